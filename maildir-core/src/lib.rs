@@ -1,0 +1,20 @@
+//! maildir-core: the ground `smtpd` and `smtp-relay` stand on.
+//!
+//! # Layout
+//! - [`address`]: RFC 5321 mailbox, reverse-path and forward-path syntax (with SMTPUTF8).
+//! - [`envelope`]: the `Return-Path` / `X-Original-To` block at the head of each queued file.
+//! - [`maildir`]: Maildir layout, unique names, atomic durable delivery and batch commit.
+//! - [`date`]: RFC 5322 date text for trace headers and reports.
+//! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
+//!
+//! Nothing here speaks SMTP or touches a socket.
+
+pub mod address;
+pub mod date;
+pub mod envelope;
+pub mod logging;
+pub mod maildir;
+
+pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
+pub use envelope::{Envelope, EnvelopeError, EnvelopeReader};
+pub use maildir::{Delivered, Delivery, Durability, Maildir, MaildirError, NewEntry};

@@ -1,0 +1,562 @@
+//! A Maildir on disk: layout, unique names, atomic and durable delivery, batch commit, and the
+//! scan of `new/` that the relay reads.
+//!
+//! Delivery writes into `tmp/`, and a message appears in `new/` only by rename after its bytes
+//! are on stable storage, so a reader never sees a partial file and a crash loses nothing that
+//! was committed. This module does no protocol work and owns no threads: callers decide where a
+//! commit runs (smtpd runs batch commits off its reactor thread).
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Files in `tmp/` older than this are abandoned deliveries (the Maildir convention).
+pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 3600);
+
+/// A failed Maildir operation, naming what was attempted and on which path.
+#[derive(Debug)]
+pub struct MaildirError {
+    /// What was being done ("create", "write", "fsync", "rename", ...).
+    pub op: &'static str,
+    /// The path involved.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: io::Error,
+}
+
+impl MaildirError {
+    fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        MaildirError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the failure is a full disk or exhausted quota (a temporary condition).
+    pub fn is_storage_full(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ) || self.source.kind() == io::ErrorKind::StorageFull
+    }
+}
+
+impl fmt::Display for MaildirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot {} {}: {}", self.op, self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for MaildirError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// How a commit makes messages durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the data and the `new/` directory before reporting success.
+    Fsync,
+    /// Rename only (benchmarks and throw-away sinks): a crash may lose committed mail.
+    NoFsync,
+}
+
+/// An open Maildir: the root with its `tmp/`, `new/` and `cur/` subdirectories.
+#[derive(Debug, Clone)]
+pub struct Maildir {
+    root: PathBuf,
+    tmp: PathBuf,
+    new: PathBuf,
+    cur: PathBuf,
+}
+
+/// A message that reached `new/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The unique base name, used as the queue id.
+    pub id: String,
+    /// Its path in `new/`.
+    pub path: PathBuf,
+    /// Its size in octets.
+    pub size: u64,
+}
+
+/// A message in `new/`, as listed by [`Maildir::scan_new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    /// File name inside `new/`.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+}
+
+impl Maildir {
+    /// Opens the Maildir at `root`, creating it and its subdirectories (mode 0700) if missing,
+    /// checking it is writable, and removing abandoned files from `tmp/`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Maildir, MaildirError> {
+        let root = root.as_ref().to_path_buf();
+        let md = Maildir {
+            tmp: root.join("tmp"),
+            new: root.join("new"),
+            cur: root.join("cur"),
+            root,
+        };
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        for dir in [&md.root, &md.tmp, &md.new, &md.cur] {
+            if dir.exists() && !dir.is_dir() {
+                return Err(MaildirError::new(
+                    "use",
+                    dir,
+                    io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                ));
+            }
+            builder
+                .create(dir)
+                .map_err(|e| MaildirError::new("create directory", dir, e))?;
+        }
+        // A probe file proves tmp/ is writable (access(2) says yes to root on a read-only mount).
+        let probe = md.tmp.join(format!(".probe.{}", std::process::id()));
+        File::create(&probe).map_err(|e| MaildirError::new("write in", &md.tmp, e))?;
+        let _ = fs::remove_file(&probe);
+        md.clean_tmp(SystemTime::now())?;
+        Ok(md)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `new/` directory.
+    pub fn new_dir(&self) -> &Path {
+        &self.new
+    }
+
+    /// The `cur/` directory.
+    pub fn cur_dir(&self) -> &Path {
+        &self.cur
+    }
+
+    /// The `tmp/` directory.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Removes files in `tmp/` older than [`STALE_TMP_AGE`] relative to `now`; returns how many.
+    pub fn clean_tmp(&self, now: SystemTime) -> Result<usize, MaildirError> {
+        let mut removed = 0;
+        let dir = fs::read_dir(&self.tmp).map_err(|e| MaildirError::new("read", &self.tmp, e))?;
+        for entry in dir.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if meta.is_file() && age > STALE_TMP_AGE {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => {
+                        log::info!("removed stale tmp file {}", path.display());
+                        removed += 1;
+                    }
+                    Err(e) => log::warn!("cannot remove stale tmp file {}: {e}", path.display()),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts a delivery: creates a new uniquely named file in `tmp/` to stream the message into.
+    pub fn deliver(&self) -> Result<Delivery, MaildirError> {
+        let id = unique_name(SystemTime::now());
+        let tmp_path = self.tmp.join(&id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp_path)
+            .map_err(|e| MaildirError::new("create", &tmp_path, e))?;
+        Ok(Delivery {
+            file: Some(file),
+            tmp_path,
+            new_dir: self.new.clone(),
+            id,
+            size: 0,
+        })
+    }
+
+    /// Makes every delivery in `batch` durable and moves it into `new/`, with one data flush and
+    /// one directory fsync for the whole batch. Results come back in the order given.
+    pub fn commit_batch(
+        &self,
+        batch: Vec<Delivery>,
+        durability: Durability,
+    ) -> Vec<Result<Delivered, MaildirError>> {
+        let mut results: Vec<Option<Result<Delivered, MaildirError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        let mut ready = Vec::with_capacity(batch.len());
+        for (i, mut d) in batch.into_iter().enumerate() {
+            match d.flush_file() {
+                Ok(()) => ready.push((i, d)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if durability == Durability::Fsync && !ready.is_empty() {
+            if let Err(e) = sync_data(&ready) {
+                for (i, _) in ready.drain(..) {
+                    results[i] = Some(Err(MaildirError::new(
+                        "fsync",
+                        &self.tmp,
+                        io::Error::new(e.source.kind(), e.to_string()),
+                    )));
+                }
+            }
+        }
+        let mut renamed = Vec::with_capacity(ready.len());
+        for (i, mut d) in ready {
+            match d.rename_into_new() {
+                Ok(done) => renamed.push((i, done)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if durability == Durability::Fsync && !renamed.is_empty() {
+            if let Err(e) = fsync_dir(&self.new) {
+                // The files are in new/ but their names may not survive a crash: report failure
+                // so the client retries (a duplicate is better than a loss).
+                for (i, _) in renamed.drain(..) {
+                    results[i] = Some(Err(MaildirError::new(
+                        "fsync",
+                        &self.new,
+                        io::Error::new(e.source.kind(), e.to_string()),
+                    )));
+                }
+            }
+        }
+        for (i, done) in renamed {
+            results[i] = Some(Ok(done));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(MaildirError::new(
+                        "commit",
+                        &self.new,
+                        io::Error::other("internal: no result"),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Lists the messages in `new/` in arrival order (by the time in their unique names, then
+    /// by modification time for names of other formats).
+    pub fn scan_new(&self) -> Result<Vec<NewEntry>, MaildirError> {
+        let dir = fs::read_dir(&self.new).map_err(|e| MaildirError::new("read", &self.new, e))?;
+        let mut entries = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(|e| MaildirError::new("read", &self.new, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let key = name_time(&name).unwrap_or_else(|| {
+                entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| (d.as_secs(), u64::from(d.subsec_micros())))
+                    .unwrap_or((0, 0))
+            });
+            entries.push((key, NewEntry {
+                path: entry.path(),
+                name,
+            }));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        Ok(entries.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Moves `new/<name>` to `cur/<name>:2,<flags>` (flags in ASCII order, as the convention asks).
+    pub fn move_to_cur(&self, name: &str, flags: &str) -> Result<PathBuf, MaildirError> {
+        let from = self.new.join(name);
+        let mut sorted: Vec<char> = flags.chars().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let base = name.split(":2,").next().unwrap_or(name);
+        let to = self
+            .cur
+            .join(format!("{base}:2,{}", sorted.into_iter().collect::<String>()));
+        fs::rename(&from, &to).map_err(|e| MaildirError::new("rename", &from, e))?;
+        Ok(to)
+    }
+}
+
+/// A message being written into `tmp/`. Dropping it without committing removes the tmp file.
+#[derive(Debug)]
+pub struct Delivery {
+    file: Option<File>,
+    tmp_path: PathBuf,
+    new_dir: PathBuf,
+    id: String,
+    size: u64,
+}
+
+impl Delivery {
+    /// The unique base name, used as the queue id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Octets written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Commits this one message durably: fsync the file, rename into `new/`, fsync `new/`.
+    pub fn commit(mut self, durability: Durability) -> Result<Delivered, MaildirError> {
+        self.flush_file()?;
+        if durability == Durability::Fsync {
+            if let Some(f) = &self.file {
+                f.sync_all()
+                    .map_err(|e| MaildirError::new("fsync", &self.tmp_path, e))?;
+            }
+        }
+        let done = self.rename_into_new()?;
+        if durability == Durability::Fsync {
+            fsync_dir(&self.new_dir)?;
+        }
+        Ok(done)
+    }
+
+    /// Abandons the delivery and removes its tmp file.
+    pub fn abort(self) {
+        drop(self)
+    }
+
+    fn flush_file(&mut self) -> Result<(), MaildirError> {
+        match &mut self.file {
+            Some(f) => f
+                .flush()
+                .map_err(|e| MaildirError::new("write", &self.tmp_path, e)),
+            None => Err(MaildirError::new(
+                "write",
+                &self.tmp_path,
+                io::Error::other("delivery already finished"),
+            )),
+        }
+    }
+
+    fn rename_into_new(&mut self) -> Result<Delivered, MaildirError> {
+        let final_name = format!("{},S={}", self.id, self.size);
+        let path = self.new_dir.join(&final_name);
+        fs::rename(&self.tmp_path, &path).map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
+        self.file = None;
+        Ok(Delivered {
+            id: std::mem::take(&mut self.id),
+            path,
+            size: self.size,
+        })
+    }
+}
+
+impl Write for Delivery {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("delivery already finished"))?;
+        let n = f.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            if let Err(e) = fs::remove_file(&self.tmp_path) {
+                log::warn!("cannot remove {}: {e}", self.tmp_path.display());
+            }
+        }
+    }
+}
+
+/// Makes the data of every file in the batch durable: fsync for one file, syncfs(2) (one
+/// writeback and one device flush for the filesystem) for several.
+fn sync_data(ready: &[(usize, Delivery)]) -> Result<(), MaildirError> {
+    let (_, first) = &ready[0];
+    let Some(file) = &first.file else {
+        return Ok(());
+    };
+    if ready.len() == 1 {
+        return file
+            .sync_all()
+            .map_err(|e| MaildirError::new("fsync", &first.tmp_path, e));
+    }
+    // SAFETY: syncfs takes a valid open file descriptor, which `file` holds for the call.
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if rc != 0 {
+        return Err(MaildirError::new(
+            "syncfs",
+            &first.tmp_path,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| MaildirError::new("fsync", dir, e))
+}
+
+/// `<secs>.M<usecs>P<pid>Q<seq>.<host>`: unique without locks across threads and processes.
+fn unique_name(now: SystemTime) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.M{}P{}Q{}.{}",
+        d.as_secs(),
+        d.subsec_micros(),
+        std::process::id(),
+        seq,
+        hostname()
+    )
+}
+
+/// The host name with `/` and `:` written as `\057` and `\072`, as the Maildir convention says.
+pub fn hostname() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let raw = system_hostname().unwrap_or_else(|| "localhost".to_owned());
+        raw.replace('/', "\\057").replace(':', "\\072")
+    })
+}
+
+/// The system's host name, as gethostname(2) gives it.
+pub fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for buf.len() bytes; gethostname NUL-terminates on success
+    // when the name fits, and we bound the search by the buffer length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The (secs, usecs) of a name in our convention, for arrival order.
+fn name_time(name: &str) -> Option<(u64, u64)> {
+    let (secs, rest) = name.split_once('.')?;
+    let rest = rest.strip_prefix('M')?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    Some((secs.parse().ok()?, rest[..end].parse().ok()?))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn deliver_commit_and_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path().join("Maildir")).unwrap();
+        let mut d = md.deliver().unwrap();
+        d.write_all(b"Subject: one\r\n\r\nhi\r\n").unwrap();
+        let done = d.commit(Durability::Fsync).unwrap();
+        assert!(done.path.to_str().unwrap().ends_with(",S=20"));
+        let mut batch = Vec::new();
+        for i in 0..5 {
+            let mut d = md.deliver().unwrap();
+            write!(d, "Subject: {i}\r\n\r\n").unwrap();
+            batch.push(d);
+        }
+        let results = md.commit_batch(batch, Durability::Fsync);
+        assert!(results.iter().all(Result::is_ok));
+        let listed = md.scan_new().unwrap();
+        assert_eq!(listed.len(), 6);
+        assert_eq!(listed[0].path, done.path);
+        let mut s = String::new();
+        File::open(&listed[3].path).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "Subject: 2\r\n\r\n");
+        assert_eq!(fs::read_dir(md.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn abort_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path()).unwrap();
+        let mut d = md.deliver().unwrap();
+        d.write_all(b"partial").unwrap();
+        d.abort();
+        drop(md.deliver().unwrap());
+        assert_eq!(fs::read_dir(md.tmp_dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(md.new_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn move_to_cur_sorts_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path()).unwrap();
+        let d = md.deliver().unwrap();
+        let done = d.commit(Durability::NoFsync).unwrap();
+        let name = done.path.file_name().unwrap().to_str().unwrap().to_owned();
+        let cur = md.move_to_cur(&name, "TS").unwrap();
+        assert!(cur.to_str().unwrap().ends_with(":2,ST"));
+        assert!(md.scan_new().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_tmp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path()).unwrap();
+        fs::write(md.tmp_dir().join("old"), b"x").unwrap();
+        let later = SystemTime::now() + STALE_TMP_AGE + Duration::from_secs(60);
+        assert_eq!(md.clean_tmp(later).unwrap(), 1);
+        assert_eq!(md.clean_tmp(SystemTime::now()).unwrap(), 0);
+    }
+
+    #[test]
+    fn refuses_a_file_as_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("plain");
+        fs::write(&f, b"x").unwrap();
+        let err = Maildir::open(&f).unwrap_err();
+        assert!(err.to_string().contains("plain"), "{err}");
+    }
+
+    #[test]
+    fn hostname_is_sanitised() {
+        assert!(!hostname().contains('/'));
+        assert!(!hostname().contains(':'));
+        assert_eq!(name_time("123.M45P6Q7.h,S=1"), Some((123, 45)));
+        assert_eq!(name_time("junk"), None);
+    }
+}

@@ -152,7 +152,9 @@ impl ReversePath {
         if inner.is_empty() {
             return Ok(ReversePath::Null);
         }
-        Ok(ReversePath::Mailbox(parse_mailbox(strip_source_route(inner)?)?))
+        Ok(ReversePath::Mailbox(parse_mailbox(strip_source_route(
+            inner,
+        )?)?))
     }
 
     /// The mailbox, unless this is the null path.
@@ -198,7 +200,9 @@ impl ForwardPath {
         if inner.is_empty() {
             return Err(AddressError::MissingAt);
         }
-        Ok(ForwardPath::Mailbox(parse_mailbox(strip_source_route(inner)?)?))
+        Ok(ForwardPath::Mailbox(parse_mailbox(strip_source_route(
+            inner,
+        )?)?))
     }
 
     /// The mailbox, unless this is the bare postmaster.
@@ -233,10 +237,16 @@ fn strip_brackets(path: &str) -> Result<&str, AddressError> {
         .strip_prefix('<')
         .and_then(|p| p.strip_suffix('>'))
         .ok_or(AddressError::MissingBrackets)?;
-    if inner.bytes().any(|b| b == b' ' || b == b'\t') && !quoted_whitespace_only(inner) {
+    if inner.chars().any(is_space) && !quoted_whitespace_only(inner) {
         return Err(AddressError::Whitespace);
     }
     Ok(inner)
+}
+
+/// Space, tab, or a non-ASCII white space character (U+00A0, U+3000, ...). CR and LF are
+/// refused as control characters instead.
+fn is_space(c: char) -> bool {
+    c == ' ' || c == '\t' || (!c.is_ascii() && c.is_whitespace())
 }
 
 /// Whitespace is allowed only inside a quoted local part (`<"a b"@c>`).
@@ -251,7 +261,7 @@ fn quoted_whitespace_only(inner: &str) -> bool {
         match c {
             '\\' if in_quote => escaped = true,
             '"' => in_quote = !in_quote,
-            ' ' | '\t' if !in_quote => return false,
+            c if !in_quote && is_space(c) => return false,
             _ => {}
         }
     }
@@ -272,7 +282,7 @@ fn strip_source_route(inner: &str) -> Result<&str, AddressError> {
 }
 
 fn parse_mailbox(s: &str) -> Result<Mailbox, AddressError> {
-    if s.bytes().any(|b| b == b' ' || b == b'\t') && !quoted_whitespace_only(s) {
+    if s.chars().any(is_space) && !quoted_whitespace_only(s) {
         return Err(AddressError::Whitespace);
     }
     if s.chars().any(|c| c.is_control()) {
@@ -430,11 +440,96 @@ mod tests {
             "<用户@例子.广告>",
             "<jöran@bücher.example>",
             "<x@a-b.example>",
+            // RFC 5321 §4.1.2: Quoted-string may be empty and may hold specials.
+            "<\"\"@example.org>",
+            "<\"john..doe\"@example.org>",
+            "<\"@\"@example.org>",
+            "<\"a\\\\b\"@example.org>",
+            "<\"<>[]:;,\"@example.org>",
+            // A domain is one or more sub-domains; Let-dig at both ends.
+            "<user@localhost>",
+            "<1@2.3>",
+            "<user@123.example>",
+            "<USER@EXAMPLE.ORG>",
+            // Address literals (§4.1.3): IPv4, IPv6 full / compressed / v4-mapped, general.
+            "<user@[127.0.0.1]>",
+            "<user@[IPv6:::1]>",
+            "<user@[IPv6:2001:db8:0:0:0:0:0:1]>",
+            "<user@[IPv6:::ffff:192.0.2.1]>",
+            "<user@[X-tag:content]>",
+            // RFC 6531: UTF-8 in quoted strings too.
+            "<\"ü ß\"@example.org>",
         ];
         for g in good {
             assert!(ForwardPath::parse(g).is_ok(), "{g} should parse");
             assert!(ReversePath::parse(g).is_ok(), "{g} should parse");
         }
+        let max_local = format!("<{}@example.org>", "a".repeat(MAX_LOCAL_LEN));
+        let max_label = format!("<a@{}.example>", "b".repeat(63));
+        for g in [max_local, max_label] {
+            assert!(ForwardPath::parse(&g).is_ok(), "{g} should parse");
+        }
+        // The whole path, brackets included, may be 256 octets and no more.
+        let domain = |n: usize| vec!["b".repeat(50); 5].join(".")[..n].to_owned();
+        let at_limit = format!("<a@{}>", domain(MAX_PATH_LEN - 4));
+        assert_eq!(at_limit.len(), MAX_PATH_LEN);
+        assert!(ForwardPath::parse(&at_limit).is_ok());
+        let over = format!("<a@{}>", domain(MAX_PATH_LEN - 3));
+        assert_eq!(ForwardPath::parse(&over), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn good_examples_round_trip_through_display() {
+        for g in ["<\"a b\"@[IPv6:::1]>", "<!x@[X-tag:c]>", "<\"\"@e.org>"] {
+            assert_eq!(ForwardPath::parse(g).unwrap().to_string(), g);
+        }
+    }
+
+    #[test]
+    fn more_rejections() {
+        let bad: &[(&str, AddressError)] = &[
+            ("<user@example.org.>", AddressError::BadDomain),
+            ("<user@.example.org>", AddressError::BadDomain),
+            ("<user@exa_mple.org>", AddressError::BadDomain),
+            ("<user@example-.org>", AddressError::BadDomain),
+            ("<a@b@c.example>", AddressError::BadDomain),
+            ("<user@[1.2.3]>", AddressError::BadAddressLiteral),
+            ("<user@[]>", AddressError::BadAddressLiteral),
+            ("<user@[IPv6:]>", AddressError::BadAddressLiteral),
+            ("<user@[IPv6:1::2::3]>", AddressError::BadAddressLiteral),
+            ("<user@[192.0.2.1>", AddressError::BadAddressLiteral),
+            ("<user@[tag:a b]>", AddressError::Whitespace),
+            ("<\"a\"b@example.org>", AddressError::BadLocalPart),
+            ("<a\"b\"@example.org>", AddressError::BadLocalPart),
+            ("<\"a\\\"@example.org>", AddressError::MissingAt),
+            ("<a\\b@example.org>", AddressError::BadLocalPart),
+            ("<a,b@example.org>", AddressError::BadLocalPart),
+            ("<a\tb@example.org>", AddressError::Whitespace),
+            ("< user@example.org>", AddressError::Whitespace),
+            ("<user@example.org >", AddressError::Whitespace),
+            ("<a\u{a0}b@example.org>", AddressError::Whitespace),
+            ("<a@exa\u{3000}mple.org>", AddressError::Whitespace),
+            ("<a\r\nb@example.org>", AddressError::BadCharacter),
+            ("<a\u{0}b@example.org>", AddressError::BadCharacter),
+            ("<\"a\u{7f}\"@example.org>", AddressError::BadCharacter),
+            ("<user@example.org", AddressError::MissingBrackets),
+            ("user@example.org>", AddressError::MissingBrackets),
+            ("<user@example.org> ", AddressError::MissingBrackets),
+            ("", AddressError::MissingBrackets),
+            ("<", AddressError::MissingBrackets),
+            ("<@>", AddressError::BadSourceRoute),
+            (
+                "<@a.example,b.example:u@c.example>",
+                AddressError::BadSourceRoute,
+            ),
+            ("<@a.example:>", AddressError::MissingAt),
+            ("<user>", AddressError::MissingAt),
+        ];
+        for (b, why) in bad {
+            assert_eq!(ForwardPath::parse(b), Err(*why), "{b:?}");
+        }
+        let label = format!("<a@{}.example>", "b".repeat(64));
+        assert_eq!(ForwardPath::parse(&label), Err(AddressError::BadDomain));
     }
 
     #[test]
@@ -469,7 +564,10 @@ mod tests {
     #[test]
     fn null_and_postmaster() {
         assert_eq!(ReversePath::parse("<>"), Ok(ReversePath::Null));
-        assert_eq!(ForwardPath::parse("<Postmaster>"), Ok(ForwardPath::Postmaster));
+        assert_eq!(
+            ForwardPath::parse("<Postmaster>"),
+            Ok(ForwardPath::Postmaster)
+        );
         assert!(ForwardPath::parse("<>").is_err());
         let pm = ForwardPath::parse("<postmaster@example.org>").unwrap();
         assert!(pm.mailbox().is_some());
@@ -477,7 +575,12 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["<a@b.example>", "<\"x y\"@[10.0.0.1]>", "<>", "<üser@ß.example>"] {
+        for s in [
+            "<a@b.example>",
+            "<\"x y\"@[10.0.0.1]>",
+            "<>",
+            "<üser@ß.example>",
+        ] {
             assert_eq!(ReversePath::parse(s).unwrap().to_string(), s);
         }
         let sr = ReversePath::parse("<@r.example:a@b.example>").unwrap();

@@ -69,7 +69,9 @@ impl fmt::Display for EnvelopeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EnvelopeError::Io(e) => write!(f, "read error: {e}"),
-            EnvelopeError::MissingReturnPath => f.write_str("file does not start with Return-Path:"),
+            EnvelopeError::MissingReturnPath => {
+                f.write_str("file does not start with Return-Path:")
+            }
             EnvelopeError::LineTooLong => f.write_str("envelope line too long"),
             EnvelopeError::NotUtf8 => f.write_str("envelope line is not UTF-8"),
             EnvelopeError::BadAddress { header, error } => {
@@ -102,21 +104,30 @@ impl<R: Read> EnvelopeReader<R> {
     pub fn open(inner: R) -> Result<(Envelope, EnvelopeReader<R>), EnvelopeError> {
         let mut inner = BufReader::with_capacity(16 * 1024, inner);
         let mut line = Vec::with_capacity(128);
-        read_line(&mut inner, &mut line)?;
+        if !read_line(&mut inner, &mut line)? {
+            return Err(EnvelopeError::LineTooLong);
+        }
         let first = line_str(&line)?;
-        let sender_text = header_value(first, RETURN_PATH).ok_or(EnvelopeError::MissingReturnPath)?;
-        let sender = ReversePath::parse(sender_text).map_err(|error| EnvelopeError::BadAddress {
-            header: RETURN_PATH,
-            error,
-        })?;
+        let sender_text =
+            header_value(first, RETURN_PATH).ok_or(EnvelopeError::MissingReturnPath)?;
+        let sender =
+            ReversePath::parse(sender_text).map_err(|error| EnvelopeError::BadAddress {
+                header: RETURN_PATH,
+                error,
+            })?;
         let mut recipients = Vec::new();
         loop {
             line.clear();
-            read_line(&mut inner, &mut line)?;
+            let complete = read_line(&mut inner, &mut line)?;
             let is_rcpt = line.len() >= ORIGINAL_TO.len()
                 && line[..ORIGINAL_TO.len()].eq_ignore_ascii_case(ORIGINAL_TO.as_bytes());
             if !is_rcpt {
+                // The first message line may be longer than any envelope line: what was read
+                // of it is handed back first and the rest streams from `inner`.
                 break;
+            }
+            if !complete {
+                return Err(EnvelopeError::LineTooLong);
             }
             let text = line_str(&line)?;
             let value = header_value(text, ORIGINAL_TO).unwrap_or_default();
@@ -167,16 +178,14 @@ impl<R: Read> BufRead for EnvelopeReader<R> {
     }
 }
 
-/// Reads one line (with its terminator) of at most `MAX_ENVELOPE_LINE` octets.
-fn read_line<R: BufRead>(r: &mut R, line: &mut Vec<u8>) -> Result<(), EnvelopeError> {
+/// Reads one line (with its terminator) of at most `MAX_ENVELOPE_LINE` octets; false when the
+/// line was cut at that limit.
+fn read_line<R: BufRead>(r: &mut R, line: &mut Vec<u8>) -> Result<bool, EnvelopeError> {
     let n = r
         .by_ref()
         .take(MAX_ENVELOPE_LINE as u64)
         .read_until(b'\n', line)?;
-    if n == MAX_ENVELOPE_LINE && line.last() != Some(&b'\n') {
-        return Err(EnvelopeError::LineTooLong);
-    }
-    Ok(())
+    Ok(!(n == MAX_ENVELOPE_LINE && line.last() != Some(&b'\n')))
 }
 
 fn line_str(line: &[u8]) -> Result<&str, EnvelopeError> {
@@ -199,7 +208,10 @@ mod tests {
     fn env(sender: &str, rcpts: &[&str]) -> Envelope {
         Envelope {
             sender: ReversePath::parse(sender).unwrap(),
-            recipients: rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
+            recipients: rcpts
+                .iter()
+                .map(|r| ForwardPath::parse(r).unwrap())
+                .collect(),
         }
     }
 
@@ -225,6 +237,19 @@ mod tests {
     }
 
     #[test]
+    fn first_message_line_may_be_long() {
+        let e = env("<a@b.example>", &["<c@d.example>"]);
+        let mut file = e.to_bytes();
+        let rest = format!("Received: {}\r\n\r\nbody\r\n", "x".repeat(3000));
+        file.extend_from_slice(rest.as_bytes());
+        let (got, mut r) = EnvelopeReader::open(&file[..]).unwrap();
+        assert_eq!(got, e);
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, rest);
+    }
+
+    #[test]
     fn accepts_lf_line_ends() {
         let file = b"Return-Path: <a@b.example>\nX-Original-To: <c@d.example>\nSubject: x\n\nhi\n";
         let (got, mut rest) = EnvelopeReader::open(&file[..]).unwrap();
@@ -247,6 +272,14 @@ mod tests {
         assert!(matches!(
             EnvelopeReader::open(&b"Return-Path: <a b@c>\r\n"[..]),
             Err(EnvelopeError::BadAddress { .. })
+        ));
+        let long = format!(
+            "Return-Path: <a@b.example>\r\nX-Original-To: <{}>",
+            "a".repeat(5000)
+        );
+        assert!(matches!(
+            EnvelopeReader::open(long.as_bytes()),
+            Err(EnvelopeError::LineTooLong)
         ));
         let long = format!("Return-Path: <{}>", "a".repeat(5000));
         assert!(matches!(

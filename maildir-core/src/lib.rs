@@ -9,6 +9,8 @@
 //!
 //! Nothing here speaks SMTP or touches a socket.
 
+#![warn(missing_docs)]
+
 pub mod address;
 pub mod date;
 pub mod envelope;

@@ -139,10 +139,15 @@ fn run(rx: Receiver<Msg>, writer: Arc<env_logger::Logger>, shared: Arc<Shared>) 
     while let Ok(msg) = rx.recv() {
         let dropped = shared.dropped.load(Ordering::Relaxed);
         if dropped > reported {
-            write(&writer, Level::Warn, "log", &format!(
-                "{} log records dropped: logging thread overloaded",
-                dropped - reported
-            ));
+            write(
+                &writer,
+                Level::Warn,
+                "log",
+                &format!(
+                    "{} log records dropped: logging thread overloaded",
+                    dropped - reported
+                ),
+            );
             reported = dropped;
         }
         match msg {

@@ -50,7 +50,13 @@ impl MaildirError {
 
 impl fmt::Display for MaildirError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot {} {}: {}", self.op, self.path.display(), self.source)
+        write!(
+            f,
+            "cannot {} {}: {}",
+            self.op,
+            self.path.display(),
+            self.source
+        )
     }
 }
 
@@ -211,15 +217,17 @@ impl Maildir {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        if durability == Durability::Fsync && !ready.is_empty() {
-            if let Err(e) = sync_data(&ready) {
-                for (i, _) in ready.drain(..) {
-                    results[i] = Some(Err(MaildirError::new(
-                        "fsync",
-                        &self.tmp,
-                        io::Error::new(e.source.kind(), e.to_string()),
-                    )));
-                }
+        let synced = match durability {
+            Durability::Fsync if !ready.is_empty() => sync_data(&ready),
+            _ => Ok(()),
+        };
+        if let Err(e) = synced {
+            for (i, _) in ready.drain(..) {
+                results[i] = Some(Err(MaildirError::new(
+                    "fsync",
+                    &self.tmp,
+                    io::Error::new(e.source.kind(), e.to_string()),
+                )));
             }
         }
         let mut renamed = Vec::with_capacity(ready.len());
@@ -229,17 +237,19 @@ impl Maildir {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        if durability == Durability::Fsync && !renamed.is_empty() {
-            if let Err(e) = fsync_dir(&self.new) {
-                // The files are in new/ but their names may not survive a crash: report failure
-                // so the client retries (a duplicate is better than a loss).
-                for (i, _) in renamed.drain(..) {
-                    results[i] = Some(Err(MaildirError::new(
-                        "fsync",
-                        &self.new,
-                        io::Error::new(e.source.kind(), e.to_string()),
-                    )));
-                }
+        let dir_synced = match durability {
+            Durability::Fsync if !renamed.is_empty() => fsync_dir(&self.new),
+            _ => Ok(()),
+        };
+        if let Err(e) = dir_synced {
+            // The files are in new/ but their names may not survive a crash: report failure
+            // so the client retries (a duplicate is better than a loss).
+            for (i, _) in renamed.drain(..) {
+                results[i] = Some(Err(MaildirError::new(
+                    "fsync",
+                    &self.new,
+                    io::Error::new(e.source.kind(), e.to_string()),
+                )));
             }
         }
         for (i, done) in renamed {
@@ -281,10 +291,13 @@ impl Maildir {
                     .map(|d| (d.as_secs(), u64::from(d.subsec_micros())))
                     .unwrap_or((0, 0))
             });
-            entries.push((key, NewEntry {
-                path: entry.path(),
-                name,
-            }));
+            entries.push((
+                key,
+                NewEntry {
+                    path: entry.path(),
+                    name,
+                },
+            ));
         }
         entries.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
         Ok(entries.into_iter().map(|(_, e)| e).collect())
@@ -297,9 +310,10 @@ impl Maildir {
         sorted.sort_unstable();
         sorted.dedup();
         let base = name.split(":2,").next().unwrap_or(name);
-        let to = self
-            .cur
-            .join(format!("{base}:2,{}", sorted.into_iter().collect::<String>()));
+        let to = self.cur.join(format!(
+            "{base}:2,{}",
+            sorted.into_iter().collect::<String>()
+        ));
         fs::rename(&from, &to).map_err(|e| MaildirError::new("rename", &from, e))?;
         Ok(to)
     }
@@ -329,11 +343,9 @@ impl Delivery {
     /// Commits this one message durably: fsync the file, rename into `new/`, fsync `new/`.
     pub fn commit(mut self, durability: Durability) -> Result<Delivered, MaildirError> {
         self.flush_file()?;
-        if durability == Durability::Fsync {
-            if let Some(f) = &self.file {
-                f.sync_all()
-                    .map_err(|e| MaildirError::new("fsync", &self.tmp_path, e))?;
-            }
+        if let (Durability::Fsync, Some(f)) = (durability, &self.file) {
+            f.sync_all()
+                .map_err(|e| MaildirError::new("fsync", &self.tmp_path, e))?;
         }
         let done = self.rename_into_new()?;
         if durability == Durability::Fsync {
@@ -363,7 +375,8 @@ impl Delivery {
     fn rename_into_new(&mut self) -> Result<Delivered, MaildirError> {
         let final_name = format!("{},S={}", self.id, self.size);
         let path = self.new_dir.join(&final_name);
-        fs::rename(&self.tmp_path, &path).map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
+        fs::rename(&self.tmp_path, &path)
+            .map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
         self.file = None;
         Ok(Delivered {
             id: std::mem::take(&mut self.id),
@@ -394,10 +407,11 @@ impl Write for Delivery {
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            if let Err(e) = fs::remove_file(&self.tmp_path) {
-                log::warn!("cannot remove {}: {e}", self.tmp_path.display());
-            }
+        if self.file.take().is_none() {
+            return;
+        }
+        if let Err(e) = fs::remove_file(&self.tmp_path) {
+            log::warn!("cannot remove {}: {e}", self.tmp_path.display());
         }
     }
 }
@@ -478,7 +492,6 @@ fn name_time(name: &str) -> Option<(u64, u64)> {
     Some((secs.parse().ok()?, rest[..end].parse().ok()?))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,7 +517,10 @@ mod tests {
         assert_eq!(listed.len(), 6);
         assert_eq!(listed[0].path, done.path);
         let mut s = String::new();
-        File::open(&listed[3].path).unwrap().read_to_string(&mut s).unwrap();
+        File::open(&listed[3].path)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "Subject: 2\r\n\r\n");
         assert_eq!(fs::read_dir(md.tmp_dir()).unwrap().count(), 0);
     }

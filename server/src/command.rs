@@ -1,0 +1,256 @@
+//! SMTP command lines: one line in (without its line end), a typed `Command` or the refusal
+//! reply out. A table maps each verb to its argument parser, as Postfix's smtpd does.
+//!
+//! Pure syntax: this module knows nothing of session state, limits or relay policy; the
+//! session decides whether a well-formed command is allowed now.
+
+use maildir_core::{ForwardPath, ReversePath};
+
+use crate::reply::{self, Reply};
+
+/// `BODY=` of MAIL FROM (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// 7-bit text (the default).
+    SevenBit,
+    /// 8-bit MIME.
+    EightBitMime,
+}
+
+/// Parameters of MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailParams {
+    /// Declared size (RFC 1870 `SIZE=`).
+    pub size: Option<u64>,
+    /// Declared body type.
+    pub body: Body,
+    /// SMTPUTF8 requested (RFC 6531).
+    pub smtputf8: bool,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `HELO name`.
+    Helo(String),
+    /// `EHLO name`.
+    Ehlo(String),
+    /// `MAIL FROM:<path> [params]`.
+    Mail(ReversePath, MailParams),
+    /// `RCPT TO:<path>`.
+    Rcpt(ForwardPath),
+    /// `DATA`.
+    Data,
+    /// `RSET`.
+    Rset,
+    /// `NOOP [text]`.
+    Noop,
+    /// `QUIT`.
+    Quit,
+    /// `VRFY something`.
+    Vrfy,
+    /// `HELP [topic]`.
+    Help,
+    /// An HTTP verb or proxy request: not a mail client; the session ends.
+    Forbidden,
+}
+
+type Parser = fn(&str) -> Result<Command, Reply>;
+
+/// The command table: verb (upper case) and its argument parser.
+const COMMANDS: &[(&str, Parser)] = &[
+    ("MAIL", parse_mail),
+    ("RCPT", parse_rcpt),
+    ("DATA", |a| no_args(a, Command::Data, "DATA")),
+    ("EHLO", |a| hello(a, Command::Ehlo, "EHLO hostname")),
+    ("HELO", |a| hello(a, Command::Helo, "HELO hostname")),
+    ("RSET", |a| no_args(a, Command::Rset, "RSET")),
+    ("NOOP", |_| Ok(Command::Noop)),
+    ("QUIT", |a| no_args(a, Command::Quit, "QUIT")),
+    ("VRFY", parse_vrfy),
+    ("HELP", |_| Ok(Command::Help)),
+    ("GET", |_| Ok(Command::Forbidden)),
+    ("POST", |_| Ok(Command::Forbidden)),
+    ("CONNECT", |_| Ok(Command::Forbidden)),
+];
+
+/// Parses one command line (the CR LF already removed).
+pub fn parse(line: &[u8]) -> Result<Command, Reply> {
+    let line = std::str::from_utf8(line).map_err(|_| reply::BAD_CHARACTERS)?;
+    if line.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(reply::BAD_CHARACTERS);
+    }
+    let line = line.trim_matches([' ', '\t']);
+    let (verb, args) = match line.find([' ', '\t']) {
+        Some(i) => (&line[..i], line[i..].trim_matches([' ', '\t'])),
+        None => (line, ""),
+    };
+    COMMANDS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(verb))
+        .map_or(Err(reply::UNRECOGNIZED), |(_, parse)| parse(args))
+}
+
+fn no_args(args: &str, cmd: Command, usage: &'static str) -> Result<Command, Reply> {
+    if args.is_empty() {
+        Ok(cmd)
+    } else {
+        Err(reply::syntax(usage))
+    }
+}
+
+fn hello(args: &str, make: fn(String) -> Command, usage: &'static str) -> Result<Command, Reply> {
+    if args.is_empty() {
+        return Err(reply::syntax(usage));
+    }
+    Ok(make(args.to_owned()))
+}
+
+fn parse_vrfy(args: &str) -> Result<Command, Reply> {
+    if args.is_empty() {
+        return Err(reply::syntax("VRFY address"));
+    }
+    Ok(Command::Vrfy)
+}
+
+/// Splits `KEYWORD:<path> params` into the path text (with brackets) and the parameters.
+fn path_and_params<'a>(args: &'a str, keyword: &str) -> Option<(String, &'a str)> {
+    let head = args.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = args[keyword.len()..].trim_start_matches([' ', '\t']);
+    if rest.is_empty() {
+        return None;
+    }
+    if rest.starts_with('<') {
+        let end = closing_bracket(rest)?;
+        let params = rest[end + 1..].trim_start_matches([' ', '\t']);
+        if !params.is_empty() && !rest[end + 1..].starts_with([' ', '\t']) {
+            return None;
+        }
+        return Some((rest[..=end].to_owned(), params));
+    }
+    // Without brackets (as many scripts send): the first word is the address, as Postfix allows.
+    let (addr, params) = match rest.find([' ', '\t']) {
+        Some(i) => (&rest[..i], rest[i..].trim_start_matches([' ', '\t'])),
+        None => (rest, ""),
+    };
+    Some((format!("<{addr}>"), params))
+}
+
+/// Index of the `>` closing the path, skipping quoted parts of the local part.
+fn closing_bracket(s: &str) -> Option<usize> {
+    let mut in_quote = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_mail(args: &str) -> Result<Command, Reply> {
+    let usage = "MAIL FROM:<address>";
+    let (path, params) = path_and_params(args, "FROM:").ok_or_else(|| reply::syntax(usage))?;
+    let from = ReversePath::parse(&path).map_err(|e| reply::bad_sender(e.reason()))?;
+    let mut p = MailParams {
+        size: None,
+        body: Body::SevenBit,
+        smtputf8: false,
+    };
+    for param in params.split([' ', '\t']).filter(|s| !s.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        match (key.to_ascii_uppercase().as_str(), value) {
+            ("SIZE", Some(v)) => {
+                let n = (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| v.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or_else(|| reply::bad_parameter("SIZE"))?;
+                p.size = Some(n);
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => p.body = Body::SevenBit,
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => p.body = Body::EightBitMime,
+            ("BODY", _) => return Err(reply::bad_parameter("BODY")),
+            ("SMTPUTF8", None) => p.smtputf8 = true,
+            _ => return Err(reply::unsupported_option(param)),
+        }
+    }
+    Ok(Command::Mail(from, p))
+}
+
+fn parse_rcpt(args: &str) -> Result<Command, Reply> {
+    let usage = "RCPT TO:<address>";
+    let (path, params) = path_and_params(args, "TO:").ok_or_else(|| reply::syntax(usage))?;
+    let to = ForwardPath::parse(&path).map_err(|e| reply::bad_recipient(e.reason()))?;
+    if let Some(param) = params.split([' ', '\t']).find(|s| !s.is_empty()) {
+        return Err(reply::unsupported_option(param));
+    }
+    Ok(Command::Rcpt(to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> u16 {
+        match parse(line.as_bytes()) {
+            Ok(_) => 0,
+            Err(r) => r.code,
+        }
+    }
+
+    #[test]
+    fn verbs_are_case_insensitive_and_spaces_tolerated() {
+        assert_eq!(parse(b"ehlo  client.example "), Ok(Command::Ehlo("client.example".into())));
+        assert!(matches!(parse(b"mail from:<a@b.example>"), Ok(Command::Mail(..))));
+        assert!(matches!(parse(b"MAIL FROM: <a@b.example>"), Ok(Command::Mail(..))));
+        assert!(matches!(parse(b"  RCPT   TO:<postmaster>"), Ok(Command::Rcpt(ForwardPath::Postmaster))));
+        assert!(matches!(parse(b"MAIL FROM:a@b.example"), Ok(Command::Mail(..))));
+        assert_eq!(parse(b"noop whatever"), Ok(Command::Noop));
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let Ok(Command::Mail(from, p)) = parse(b"MAIL FROM:<> SIZE=1000 BODY=8BITMIME SMTPUTF8") else {
+            panic!("should parse")
+        };
+        assert_eq!(from, ReversePath::Null);
+        assert_eq!(p.size, Some(1000));
+        assert_eq!(p.body, Body::EightBitMime);
+        assert!(p.smtputf8);
+        assert_eq!(code("MAIL FROM:<a@b.example> SIZE=x"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.example> BODY=BINARYMIME"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.example> FOO=1"), 555);
+        assert_eq!(code("RCPT TO:<a@b.example> NOTIFY=NEVER"), 555);
+        assert_eq!(code("MAIL FROM:<a@b.example>SIZE=1"), 501);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(code("FOO"), 500);
+        assert_eq!(code("MAIL"), 501);
+        assert_eq!(code("MAIL TO:<a@b.example>"), 501);
+        assert_eq!(code("MAIL FROM:"), 501);
+        assert_eq!(code("MAIL FROM:<a b@c.example>"), 501);
+        assert_eq!(parse(b"MAIL FROM:<a b@c.example>").unwrap_err().status, Some(reply::Status(5, 1, 7)));
+        assert_eq!(parse(b"RCPT TO:<a b@c.example>").unwrap_err().status, Some(reply::Status(5, 1, 3)));
+        assert_eq!(code("HELO"), 501);
+        assert_eq!(code("DATA now"), 501);
+        assert_eq!(code("VRFY"), 501);
+        assert_eq!(code("NO\0OP"), 500);
+        assert_eq!(parse(&[b'N', 0xff, b'P']).unwrap_err().code, 500);
+        assert_eq!(code("RCPT TO:<\"a>b\"@c.example>"), 0);
+    }
+}

@@ -1,0 +1,536 @@
+//! The reactor: one mio `Poll` serving every listener and connection on one thread.
+//!
+//! It moves bytes between sockets and each connection's [`Session`], carries out the
+//! session's queue-file actions (create, write, hand to group commit), keeps idle deadlines in
+//! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT. It holds no
+//! protocol logic and never waits on the disk flush (that is [`crate::commit`]'s thread).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, unbounded};
+use maildir_core::{Delivery, Durability, Maildir};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::commit::{self, Committer, ConnRef, Done, Job};
+use crate::config::Cidr;
+use crate::reply;
+use crate::session::{Action, Session, SessionConfig, StoreError};
+
+const WAKER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_LISTENER: usize = 2;
+const FIRST_CONN: usize = 1 << 20;
+/// Read buffer shared by all connections.
+const READ_CHUNK: usize = 64 * 1024;
+/// Unprocessed input kept per connection before reading stops (pipelined commands waiting).
+const INBUF_MAX: usize = 64 * 1024;
+/// How long a closed session may wait for its last reply to be read.
+const LINGER: Duration = Duration::from_secs(5);
+/// Pause after an accept failure such as "too many open files".
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the reactor needs besides the sessions' shared settings.
+pub struct ServerConfig {
+    /// Settings for every session.
+    pub session: Arc<SessionConfig>,
+    /// Networks allowed to relay.
+    pub trusted: Vec<Cidr>,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+    /// Most simultaneous connections per untrusted address (0: unlimited).
+    pub max_per_ip: usize,
+    /// fsync before 250, or not.
+    pub durability: Durability,
+    /// How long transfers may go on after a stop signal.
+    pub shutdown_timeout: Duration,
+}
+
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+    generation: u64,
+    /// Input the session has not consumed yet.
+    inbuf: Vec<u8>,
+    delivery: Option<Delivery>,
+    /// A write to the queue file failed; reported at commit.
+    store_failed: Option<StoreError>,
+    /// A deadline for this connection is in the heap.
+    timer_armed: bool,
+    /// Counted against the per-address limit.
+    limited_ip: Option<IpAddr>,
+    eof: bool,
+    /// Closed, waiting for the client to read its last reply (until `LINGER` runs out).
+    lingering: bool,
+}
+
+/// The server: listeners, connections, timers and the group-commit thread.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Conn>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    config: ServerConfig,
+    maildir: Maildir,
+    committer: Option<Committer>,
+    done_rx: Receiver<Done>,
+    in_flight: usize,
+    signals: Signals,
+    per_ip: HashMap<IpAddr, usize>,
+    next_generation: u64,
+    scratch: Vec<u8>,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every listen address and starts the group-commit thread.
+    pub fn bind(addrs: &[SocketAddr], maildir: Maildir, config: ServerConfig) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listeners = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut l = TcpListener::bind(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            poll.registry()
+                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+            listeners.push(l);
+        }
+        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let (done_tx, done_rx) = unbounded();
+        let committer = match config.durability {
+            Durability::Fsync => Some(Committer::spawn(maildir.clone(), done_tx, waker)?),
+            Durability::NoFsync => None,
+        };
+        Ok(Server {
+            poll,
+            listeners,
+            conns: Slab::new(),
+            timers: BinaryHeap::new(),
+            config,
+            maildir,
+            committer,
+            done_rx,
+            in_flight: 0,
+            signals,
+            per_ip: HashMap::new(),
+            next_generation: 0,
+            scratch: vec![0; READ_CHUNK],
+            accept_paused_until: None,
+            shutdown_deadline: None,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Runs until a stop signal and the end of the transfers in progress.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.next_wakeup().map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.completions(now),
+                    SIGNALS => self.signals(now),
+                    Token(t) if t >= FIRST_CONN => self.drive(t - FIRST_CONN, now),
+                    Token(t) => self.accept(t - FIRST_LISTENER, now),
+                }
+            }
+            // Completions can arrive without an event of their own being seen yet.
+            self.completions(now);
+            self.timers(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i, now);
+                }
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if now >= deadline {
+                    self.force_close_all(now);
+                }
+                if self.conns.is_empty() && self.in_flight == 0 {
+                    log::info!("stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        [timer, self.accept_paused_until, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; retry on a timer.
+                    log::warn!("accept failed: {e}; pausing for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let host = &self.config.session.hostname;
+        let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
+        let refusal = if self.conns.len() >= self.config.max_connections {
+            Some(reply::too_many_connections(host))
+        } else if !trusted
+            && self.config.max_per_ip > 0
+            && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.config.max_per_ip
+        {
+            Some(reply::too_many_from(host, &peer.ip().to_string()))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            log::warn!("refused connection from [{}]: {}", peer.ip(), r.text);
+            let mut buf = Vec::new();
+            r.write_to(&mut buf);
+            // A fresh socket's send buffer is empty: this write does not block or split.
+            let _ = stream.write(&buf);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(FIRST_CONN + key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("cannot register connection from {peer}: {e}");
+            return;
+        }
+        let limited_ip = (!trusted).then_some(peer.ip());
+        if let Some(ip) = limited_ip {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        self.next_generation += 1;
+        log::info!("connect from [{}]:{}", peer.ip(), peer.port());
+        entry.insert(Conn {
+            stream,
+            session: Session::new(self.config.session.clone(), peer, trusted, now),
+            generation: self.next_generation,
+            inbuf: Vec::new(),
+            delivery: None,
+            store_failed: None,
+            timer_armed: false,
+            limited_ip,
+            eof: false,
+            lingering: false,
+        });
+        self.drive(key, now);
+    }
+
+    /// Moves bytes for one connection until nothing more can be done without waiting.
+    fn drive(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let mut progress = false;
+            if !conn.inbuf.is_empty() && conn.session.wants_read() {
+                let n = conn.session.handle_input(&conn.inbuf, now);
+                conn.inbuf.drain(..n);
+                progress |= n > 0;
+            }
+            progress |= self.run_actions(key, now);
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.session.wants_read() && !conn.eof && conn.inbuf.len() < INBUF_MAX {
+                match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => {
+                        conn.eof = true;
+                        conn.session.handle_eof();
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        let data = &self.scratch[..n];
+                        if conn.inbuf.is_empty() {
+                            let used = conn.session.handle_input(data, now);
+                            conn.inbuf.extend_from_slice(&data[used..]);
+                        } else {
+                            conn.inbuf.extend_from_slice(data);
+                        }
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                    Err(e) => {
+                        log::info!("read error from [{}]: {e}", conn.session.peer().ip());
+                        conn.eof = true;
+                        conn.session.handle_eof();
+                        progress = true;
+                    }
+                }
+                progress |= self.run_actions(key, now);
+            }
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if !flush(conn) {
+                self.close(key);
+                return;
+            }
+            if conn.session.is_closed() {
+                if conn.session.pending_output().is_empty() {
+                    self.close(key);
+                    return;
+                }
+                if !conn.lingering {
+                    conn.lingering = true;
+                    self.timers
+                        .push(Reverse((now + LINGER, key, conn.generation)));
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.timer_armed {
+                if let Some(d) = conn.session.deadline() {
+                    conn.timer_armed = true;
+                    self.timers.push(Reverse((d, key, conn.generation)));
+                }
+            }
+        }
+    }
+
+    /// Carries out the session's queue-file actions. Returns true if there were any.
+    fn run_actions(&mut self, key: usize, now: Instant) -> bool {
+        let mut any = false;
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        while let Some(action) = conn.session.poll_action() {
+            any = true;
+            match action {
+                Action::Begin => {
+                    let result = match self.maildir.deliver() {
+                        Ok(d) => {
+                            let id = d.id().to_owned();
+                            conn.delivery = Some(d);
+                            conn.store_failed = None;
+                            Ok(id)
+                        }
+                        Err(e) => {
+                            log::error!("{e}");
+                            Err(commit::store_error(&e))
+                        }
+                    };
+                    conn.session.handle_begun(result, now, SystemTime::now());
+                }
+                Action::Write(bytes) => {
+                    if let (Some(d), None) = (&mut conn.delivery, conn.store_failed) {
+                        if let Err(e) = d.write_all(&bytes) {
+                            log::error!("cannot write queue file {}: {e}", d.id());
+                            conn.store_failed = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
+                                StoreError::Full
+                            } else {
+                                StoreError::Failed
+                            });
+                        }
+                    }
+                }
+                Action::Commit => {
+                    let generation = conn.generation;
+                    match (conn.delivery.take(), conn.store_failed.take()) {
+                        (Some(d), None) => match &self.committer {
+                            Some(c) => {
+                                let job = Job {
+                                    conn: ConnRef { key, generation },
+                                    delivery: d,
+                                };
+                                match c.submit(job) {
+                                    Ok(()) => self.in_flight += 1,
+                                    Err(_) => {
+                                        log::error!("group commit thread is gone");
+                                        conn.session.handle_stored(Err(StoreError::Failed), now);
+                                    }
+                                }
+                            }
+                            None => {
+                                let result = d
+                                    .commit(Durability::NoFsync)
+                                    .map(|_| ())
+                                    .map_err(|e| {
+                                        log::error!("{e}");
+                                        commit::store_error(&e)
+                                    });
+                                conn.session.handle_stored(result, now);
+                            }
+                        },
+                        (_, failed) => {
+                            conn.session
+                                .handle_stored(Err(failed.unwrap_or(StoreError::Failed)), now);
+                        }
+                    }
+                }
+                Action::Abort => {
+                    conn.delivery.take();
+                    conn.store_failed = None;
+                }
+                Action::Close => {}
+            }
+        }
+        any
+    }
+
+    fn completions(&mut self, now: Instant) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            let ConnRef { key, generation } = done.conn;
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.generation == generation => {
+                    conn.session.handle_stored(done.result, now);
+                    self.drive(key, now);
+                }
+                _ => {} // The client left before the commit completed.
+            }
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, key, generation))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            conn.timer_armed = false;
+            if conn.session.is_closed() {
+                // Its last reply was never read.
+                self.close(key);
+                continue;
+            }
+            match conn.session.deadline() {
+                Some(d) if d > now => {
+                    conn.timer_armed = true;
+                    self.timers.push(Reverse((d, key, generation)));
+                }
+                Some(_) => {
+                    conn.session.handle_timeout(now);
+                    self.drive(key, now);
+                }
+                None => {} // Re-armed by the next drive.
+            }
+        }
+    }
+
+    fn signals(&mut self, now: Instant) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        if received.is_empty() {
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            log::info!("second stop signal: closing every session now");
+            self.force_close_all(now);
+            return;
+        }
+        log::info!(
+            "stop signal: no new connections; {} sessions get up to {:?} to finish",
+            self.conns.len(),
+            self.config.shutdown_timeout
+        );
+        self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.session.begin_shutdown();
+            }
+            self.drive(key, now);
+        }
+    }
+
+    fn force_close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.session.force_close();
+            }
+            self.drive(key, now);
+            // Whoever did not take its last reply goes now.
+            if self.conns.contains(key) {
+                self.close(key);
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(ip) = conn.limited_ip {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+        log::info!(
+            "disconnect from [{}] {}",
+            conn.session.peer().ip(),
+            conn.session.summary()
+        );
+    }
+}
+
+/// Writes pending replies until done or the socket is full. False if the connection broke.
+fn flush(conn: &mut Conn) -> bool {
+    loop {
+        let pending = conn.session.pending_output();
+        if pending.is_empty() {
+            return true;
+        }
+        match conn.stream.write(pending) {
+            Ok(0) => return false,
+            Ok(n) => conn.session.output_written(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! SMTP replies: a code with its enhanced status code (RFC 3463) and text, and the fixed
+//! replies the server gives as typed constants, so a code never travels without its status.
+//!
+//! This module only formats; it does not decide which reply a command deserves.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+/// An RFC 3463 enhanced status code `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub u8, pub u16, pub u16);
+
+/// One SMTP reply: three-digit code, optional enhanced status, text (single line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit reply code.
+    pub code: u16,
+    /// The enhanced status code, given on every reply but the greeting and EHLO lines.
+    pub status: Option<Status>,
+    /// Human-readable text.
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    /// A reply with fixed text.
+    pub const fn fixed(code: u16, status: Status, text: &'static str) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    /// A reply with text built at run time.
+    pub fn new(code: u16, status: Status, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            text: text.into(),
+        }
+    }
+
+    /// True for 4xx and 5xx replies.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends the reply, CRLF-terminated, to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        write_line(out, self.code, ' ', self.status, &self.text);
+    }
+}
+
+/// Appends one reply line `CODE<sep>[STATUS ]TEXT\r\n`.
+pub fn write_line(out: &mut Vec<u8>, code: u16, sep: char, status: Option<Status>, text: &str) {
+    let mut line = String::with_capacity(16 + text.len());
+    // Writing into a String cannot fail.
+    let _ = write!(line, "{code}{sep}");
+    if let Some(Status(c, s, d)) = status {
+        let _ = write!(line, "{c}.{s}.{d} ");
+    }
+    line.push_str(text);
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a multi-line reply (EHLO): every line but the last with `-`.
+pub fn write_multiline(out: &mut Vec<u8>, code: u16, lines: &[&str]) {
+    for (i, l) in lines.iter().enumerate() {
+        let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+        write_line(out, code, sep, None, l);
+    }
+}
+
+/// `250 2.1.0 Ok` to MAIL.
+pub const MAIL_OK: Reply = Reply::fixed(250, Status(2, 1, 0), "Ok");
+/// `250 2.1.5 Ok` to RCPT.
+pub const RCPT_OK: Reply = Reply::fixed(250, Status(2, 1, 5), "Ok");
+/// `250 2.0.0 Ok` to RSET and NOOP.
+pub const OK: Reply = Reply::fixed(250, Status(2, 0, 0), "Ok");
+/// `354` to DATA (no enhanced code on intermediate replies, as Postfix).
+pub const START_DATA: Reply = Reply {
+    code: 354,
+    status: None,
+    text: Cow::Borrowed("End data with <CR><LF>.<CR><LF>"),
+};
+/// `221 2.0.0 Bye` to QUIT.
+pub const BYE: Reply = Reply::fixed(221, Status(2, 0, 0), "Bye");
+/// `252` to VRFY: we do not verify, but will try.
+pub const VRFY: Reply = Reply::fixed(
+    252,
+    Status(2, 0, 0),
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
+/// `214` to HELP.
+pub const HELP: Reply = Reply::fixed(
+    214,
+    Status(2, 0, 0),
+    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+);
+/// MAIL before HELO/EHLO.
+pub const NEED_HELO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send HELO/EHLO first");
+/// MAIL inside a transaction.
+pub const NESTED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: nested MAIL command");
+/// RCPT before MAIL.
+pub const NEED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need MAIL command");
+/// DATA before any accepted RCPT.
+pub const NEED_RCPT: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need RCPT command");
+/// Unknown command.
+pub const UNRECOGNIZED: Reply =
+    Reply::fixed(500, Status(5, 5, 2), "Error: command not recognized");
+/// Command line over the limit.
+pub const LINE_TOO_LONG: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: line too long");
+/// Command line that is not UTF-8 or holds control characters.
+pub const BAD_CHARACTERS: Reply =
+    Reply::fixed(500, Status(5, 5, 2), "Error: invalid characters in command");
+/// Too many recipients.
+pub const TOO_MANY_RECIPIENTS: Reply =
+    Reply::fixed(452, Status(4, 5, 3), "Error: too many recipients");
+/// Message too big (declared in SIZE= or found while streaming).
+pub const TOO_BIG: Reply = Reply::fixed(552, Status(5, 3, 4), "Message size exceeds fixed limit");
+/// UTF-8 address without the SMTPUTF8 parameter.
+pub const NEED_SMTPUTF8: Reply = Reply::fixed(
+    553,
+    Status(5, 6, 7),
+    "Error: UTF-8 address requires the SMTPUTF8 parameter",
+);
+/// Writing the queue file failed.
+pub const STORE_FAILED: Reply = Reply::fixed(451, Status(4, 3, 0), "Error: queue file write error");
+/// The disk is full.
+pub const STORE_FULL: Reply = Reply::fixed(452, Status(4, 3, 1), "Insufficient system storage");
+
+/// `501 5.5.4 Syntax: <usage>`.
+pub fn syntax(usage: &'static str) -> Reply {
+    Reply::new(501, Status(5, 5, 4), format!("Syntax: {usage}"))
+}
+
+/// `555 5.5.4 Unsupported option: <param>`.
+pub fn unsupported_option(param: &str) -> Reply {
+    Reply::new(555, Status(5, 5, 4), format!("Unsupported option: {param}"))
+}
+
+/// `501 5.5.4 Bad <what> parameter`.
+pub fn bad_parameter(what: &str) -> Reply {
+    Reply::new(501, Status(5, 5, 4), format!("Bad {what} parameter"))
+}
+
+/// `501 5.1.7 Bad sender address syntax: <why>`.
+pub fn bad_sender(why: &str) -> Reply {
+    Reply::new(501, Status(5, 1, 7), format!("Bad sender address syntax: {why}"))
+}
+
+/// `501 5.1.3 Bad recipient address syntax: <why>`.
+pub fn bad_recipient(why: &str) -> Reply {
+    Reply::new(501, Status(5, 1, 3), format!("Bad recipient address syntax: {why}"))
+}
+
+/// `554 5.7.1 <rcpt>: Relay access denied`.
+pub fn relay_denied(rcpt: &str) -> Reply {
+    Reply::new(554, Status(5, 7, 1), format!("{rcpt}: Relay access denied"))
+}
+
+/// `250 2.0.0 Ok: queued as <id>`.
+pub fn queued(id: &str) -> Reply {
+    Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}"))
+}
+
+/// `421 4.4.2 <host> Error: timeout exceeded`.
+pub fn timeout(host: &str) -> Reply {
+    Reply::new(421, Status(4, 4, 2), format!("{host} Error: timeout exceeded"))
+}
+
+/// `421 4.7.0 <host> Error: too many errors`.
+pub fn too_many_errors(host: &str) -> Reply {
+    Reply::new(421, Status(4, 7, 0), format!("{host} Error: too many errors"))
+}
+
+/// `421 4.3.2 <host> Service shutting down`.
+pub fn shutting_down(host: &str) -> Reply {
+    Reply::new(421, Status(4, 3, 2), format!("{host} Service shutting down"))
+}
+
+/// `421 4.3.2 <host> Error: too many connections`.
+pub fn too_many_connections(host: &str) -> Reply {
+    Reply::new(421, Status(4, 3, 2), format!("{host} Error: too many connections"))
+}
+
+/// `421 4.7.0 <host> Error: too many connections from <ip>`.
+pub fn too_many_from(host: &str, ip: &str) -> Reply {
+    Reply::new(
+        421,
+        Status(4, 7, 0),
+        format!("{host} Error: too many connections from {ip}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_lines() {
+        let mut out = Vec::new();
+        MAIL_OK.write_to(&mut out);
+        START_DATA.write_to(&mut out);
+        write_multiline(&mut out, 250, &["host", "PIPELINING", "SMTPUTF8"]);
+        assert_eq!(
+            out,
+            b"250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250-host\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n"
+        );
+    }
+}

@@ -1,0 +1,660 @@
+//! The SMTP server session as a pure state machine (sans-io): bytes and events in, reply bytes
+//! and actions out, time passed in.
+//!
+//! Inputs: [`Session::handle_input`] (bytes from the client), [`Session::handle_begun`] and
+//! [`Session::handle_stored`] (answers to the `Begin` and `Commit` actions),
+//! [`Session::handle_timeout`], [`Session::handle_eof`], [`Session::begin_shutdown`].
+//! Outputs: [`Session::pending_output`] (replies to send, in order), [`Session::poll_action`]
+//! (queue-file work for the caller), [`Session::deadline`] and [`Session::wants_read`] (the
+//! session, not the reactor, decides when more input is welcome). It never touches a socket,
+//! a file or the clock.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use maildir_core::{Envelope, ForwardPath, ReversePath};
+
+use crate::command::{self, Command, MailParams};
+use crate::data::DataDecoder;
+use crate::reply::{self, Reply, Status};
+
+/// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Replies waiting beyond this many octets stop input processing until the client reads.
+pub const OUTPUT_LIMIT: usize = 8 * 1024;
+
+/// Settings every session of a server shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our host name, in the greeting and trace headers.
+    pub hostname: String,
+    /// Largest message accepted, in octets.
+    pub max_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// How long to wait for each line from the client.
+    pub timeout: Duration,
+    /// Error replies after which the session is closed.
+    pub max_errors: u32,
+}
+
+/// Work the caller must do on the session's behalf.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create a queue file; answer with [`Session::handle_begun`].
+    Begin,
+    /// Append these bytes to the queue file.
+    Write(Vec<u8>),
+    /// Make the queue file durable; answer with [`Session::handle_stored`].
+    Commit,
+    /// Discard the queue file.
+    Abort,
+    /// Close the connection once the pending output is sent.
+    Close,
+}
+
+/// Why storing a message failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No space left (or quota): a temporary failure.
+    Full,
+    /// Any other write, sync or rename failure.
+    Failed,
+}
+
+/// One mail transaction, from MAIL to the end of DATA.
+#[derive(Debug, Clone)]
+struct Transaction {
+    from: ReversePath,
+    params: MailParams,
+    rcpts: Vec<ForwardPath>,
+}
+
+/// What the session is doing. Data lives in the state that needs it.
+#[derive(Debug)]
+enum State {
+    /// No transaction (before MAIL, or after one ended).
+    Idle,
+    /// MAIL accepted; RCPTs being collected.
+    Mail(Transaction),
+    /// DATA accepted; waiting for the queue file to be created.
+    Begin(Transaction),
+    /// Receiving message content into queue file `id`.
+    Data {
+        txn: Transaction,
+        id: String,
+        decoder: DataDecoder,
+    },
+    /// End of data seen; waiting for the queue file to be durable.
+    Committing {
+        txn: Transaction,
+        id: String,
+        size: u64,
+    },
+    /// QUIT, 421 or end of input: nothing more is read.
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Mail(_) => "mail",
+            State::Begin(_) => "begin",
+            State::Data { .. } => "data",
+            State::Committing { .. } => "committing",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// Command counters for the disconnect log line, as Postfix prints them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    helo: u32,
+    ehlo: u32,
+    mail: u32,
+    rcpt: u32,
+    data: u32,
+    rset: u32,
+    quit: u32,
+    other: u32,
+    errors: u32,
+}
+
+/// An SMTP server session with one client.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<SessionConfig>,
+    peer: SocketAddr,
+    trusted: bool,
+    /// HELO/EHLO name and whether it was EHLO.
+    helo: Option<(String, bool)>,
+    state: State,
+    out: Vec<u8>,
+    out_pos: usize,
+    actions: VecDeque<Action>,
+    /// Decoded message content not yet handed out as `Action::Write`.
+    body: Vec<u8>,
+    /// Discarding the rest of an overlong command line.
+    discarding: bool,
+    deadline: Option<Instant>,
+    shutting_down: bool,
+    counts: Counts,
+    accepted: u32,
+}
+
+impl Session {
+    /// A new session: the greeting is queued and the idle timer starts at `now`.
+    pub fn new(config: Arc<SessionConfig>, peer: SocketAddr, trusted: bool, now: Instant) -> Session {
+        let mut s = Session::blank(config, peer, trusted);
+        let greeting = format!("220 {} ESMTP smtpd\r\n", s.config.hostname);
+        s.out.extend_from_slice(greeting.as_bytes());
+        s.deadline = Some(now + s.config.timeout);
+        s
+    }
+
+    fn blank(config: Arc<SessionConfig>, peer: SocketAddr, trusted: bool) -> Session {
+        Session {
+            config,
+            peer,
+            trusted,
+            helo: None,
+            state: State::Idle,
+            out: Vec::new(),
+            out_pos: 0,
+            actions: VecDeque::new(),
+            body: Vec::new(),
+            discarding: false,
+            deadline: None,
+            shutting_down: false,
+            counts: Counts::default(),
+            accepted: 0,
+        }
+    }
+
+    /// Processes client bytes; returns how many were consumed. Unconsumed bytes (a partial
+    /// line, or input that must wait for an answer or for the client to read) are offered again.
+    pub fn handle_input(&mut self, input: &[u8], now: Instant) -> usize {
+        let mut pos = 0;
+        while pos < input.len() {
+            if matches!(self.state, State::Closed) {
+                pos = input.len();
+                break;
+            }
+            if !self.wants_read() {
+                break;
+            }
+            if let State::Data { decoder, .. } = &mut self.state {
+                let fed = decoder.feed(&input[pos..], &mut self.body);
+                pos += fed.consumed;
+                if fed.line_ended {
+                    self.deadline = Some(now + self.config.timeout);
+                }
+                if fed.done {
+                    self.end_of_data(now);
+                }
+                continue;
+            }
+            let rest = &input[pos..];
+            let newline = rest.iter().position(|&b| b == b'\n');
+            if self.discarding {
+                match newline {
+                    Some(i) => {
+                        pos += i + 1;
+                        self.discarding = false;
+                        self.deadline = Some(now + self.config.timeout);
+                        self.error(reply::LINE_TOO_LONG);
+                    }
+                    None => pos = input.len(),
+                }
+                continue;
+            }
+            match newline {
+                Some(i) => {
+                    pos += i + 1;
+                    self.deadline = Some(now + self.config.timeout);
+                    let line = rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]);
+                    if line.len() + 2 > MAX_COMMAND_LINE {
+                        self.error(reply::LINE_TOO_LONG);
+                    } else {
+                        self.command(line);
+                    }
+                }
+                None if rest.len() >= MAX_COMMAND_LINE => {
+                    // No line end within the limit: drop what we have and the rest of the line.
+                    self.discarding = true;
+                    pos = input.len();
+                }
+                None => break,
+            }
+        }
+        self.flush_body();
+        pos
+    }
+
+    /// Answer to `Action::Begin`: the queue file `id` exists (or could not be created).
+    /// `wall` is the time written into the trace header.
+    pub fn handle_begun(&mut self, result: Result<String, StoreError>, now: Instant, wall: SystemTime) {
+        let txn = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Begin(txn) => txn,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        match result {
+            Ok(id) => {
+                let envelope = Envelope {
+                    sender: txn.from.clone(),
+                    recipients: txn.rcpts.clone(),
+                };
+                envelope.write_to(&mut self.body).ok();
+                self.received_header(&id, &txn, wall);
+                self.flush_body();
+                self.reply(&reply::START_DATA);
+                self.state = State::Data {
+                    txn,
+                    id,
+                    decoder: DataDecoder::new(self.config.max_size),
+                };
+            }
+            Err(e) => {
+                log::warn!("{}: cannot create queue file: {e:?}", self.peer);
+                self.error(store_reply(e));
+                self.after_transaction();
+            }
+        }
+        self.deadline = Some(now + self.config.timeout);
+    }
+
+    /// Answer to `Action::Commit`: the message is durable in the Maildir, or storing failed.
+    pub fn handle_stored(&mut self, result: Result<(), StoreError>, now: Instant) {
+        let (txn, id, size) = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Committing { txn, id, size } => (txn, id, size),
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.accepted += 1;
+                log::info!(
+                    "{id}: from={}, nrcpt={}, size={size}, client=[{}]",
+                    txn.from,
+                    txn.rcpts.len(),
+                    self.peer.ip()
+                );
+                self.reply(&reply::queued(&id));
+            }
+            Err(e) => {
+                log::warn!("{id}: not stored ({e:?}), client=[{}]", self.peer.ip());
+                self.error(store_reply(e));
+            }
+        }
+        self.deadline = Some(now + self.config.timeout);
+        self.after_transaction();
+    }
+
+    /// The idle deadline passed (the caller checks [`Session::deadline`] first).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.deadline {
+            Some(d) if d <= now && !matches!(self.state, State::Closed) => {
+                log::info!("timeout after {} from [{}]", self.state.name(), self.peer.ip());
+                self.abort_transaction();
+                let r = reply::timeout(&self.config.hostname);
+                self.reply(&r);
+                self.close();
+            }
+            _ => {}
+        }
+    }
+
+    /// The client closed its side.
+    pub fn handle_eof(&mut self) {
+        if !matches!(self.state, State::Closed | State::Idle) {
+            log::info!("lost connection after {} from [{}]", self.state.name(), self.peer.ip());
+        }
+        self.abort_transaction();
+        self.close();
+    }
+
+    /// The server is stopping: idle sessions get 421 now; busy ones after their transaction.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        if matches!(self.state, State::Idle) {
+            let r = reply::shutting_down(&self.config.hostname);
+            self.reply(&r);
+            self.close();
+        }
+    }
+
+    /// Force-closes a session still busy at the shutdown deadline.
+    pub fn force_close(&mut self) {
+        if !matches!(self.state, State::Closed) {
+            self.abort_transaction();
+            let r = reply::shutting_down(&self.config.hostname);
+            self.reply(&r);
+            self.close();
+        }
+    }
+
+    /// Reply bytes waiting to be sent.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.out[self.out_pos..]
+    }
+
+    /// `n` octets of [`Session::pending_output`] were sent.
+    pub fn output_written(&mut self, n: usize) {
+        self.out_pos = (self.out_pos + n).min(self.out.len());
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > 4 * OUTPUT_LIMIT {
+                self.out.shrink_to(OUTPUT_LIMIT);
+            }
+        }
+    }
+
+    /// The next action for the caller.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the session times out, if it is waiting for the client.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Committing { .. } | State::Begin(_) | State::Closed => None,
+            _ => self.deadline,
+        }
+    }
+
+    /// True when more client input is welcome now.
+    pub fn wants_read(&self) -> bool {
+        !matches!(
+            self.state,
+            State::Begin(_) | State::Committing { .. } | State::Closed
+        ) && self.out.len() - self.out_pos < OUTPUT_LIMIT
+    }
+
+    /// True once the session has ended (QUIT, 421, end of input).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True while a transaction is under way (MAIL given, not yet finished).
+    pub fn in_transaction(&self) -> bool {
+        !matches!(self.state, State::Idle | State::Closed)
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Postfix-style summary for the disconnect log line.
+    pub fn summary(&self) -> String {
+        let c = &self.counts;
+        let mut parts = Vec::new();
+        for (name, n) in [
+            ("helo", c.helo),
+            ("ehlo", c.ehlo),
+            ("mail", c.mail),
+            ("rcpt", c.rcpt),
+            ("data", c.data),
+            ("rset", c.rset),
+            ("quit", c.quit),
+            ("other", c.other),
+            ("errors", c.errors),
+        ] {
+            if n > 0 {
+                parts.push(format!("{name}={n}"));
+            }
+        }
+        parts.push(format!("accepted={}", self.accepted));
+        parts.join(" ")
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let cmd = match command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(r) => {
+                self.counts.other += 1;
+                return self.error(r);
+            }
+        };
+        let before = self.state.name();
+        match cmd {
+            Command::Helo(name) => {
+                self.counts.helo += 1;
+                self.hello(name, false);
+            }
+            Command::Ehlo(name) => {
+                self.counts.ehlo += 1;
+                self.hello(name, true);
+            }
+            Command::Mail(from, params) => {
+                self.counts.mail += 1;
+                self.mail(from, params);
+            }
+            Command::Rcpt(to) => {
+                self.counts.rcpt += 1;
+                self.rcpt(to);
+            }
+            Command::Data => {
+                self.counts.data += 1;
+                self.data();
+            }
+            Command::Rset => {
+                self.counts.rset += 1;
+                self.state = State::Idle;
+                self.reply(&reply::OK);
+                self.after_transaction();
+            }
+            Command::Noop => self.other_ok(&reply::OK),
+            Command::Vrfy => self.other_ok(&reply::VRFY),
+            Command::Help => self.other_ok(&reply::HELP),
+            Command::Quit => {
+                self.counts.quit += 1;
+                self.state = State::Idle;
+                self.reply(&reply::BYE);
+                self.close();
+            }
+            Command::Forbidden => {
+                self.counts.other += 1;
+                log::warn!("non-SMTP command from [{}]", self.peer.ip());
+                self.reply(&Reply::fixed(221, Status(2, 7, 0), "Error: this is an SMTP server"));
+                self.close();
+            }
+        }
+        log::debug!("[{}] {before} -> {}", self.peer.ip(), self.state.name());
+    }
+
+    fn other_ok(&mut self, r: &Reply) {
+        self.counts.other += 1;
+        self.reply(r);
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) {
+        // A second HELO/EHLO resets the transaction (RFC 5321 §4.1.4).
+        self.state = State::Idle;
+        self.helo = Some((name, esmtp));
+        let host = self.config.hostname.clone();
+        if esmtp {
+            let size = format!("SIZE {}", self.config.max_size);
+            reply::write_multiline(
+                &mut self.out,
+                250,
+                &[
+                    &host,
+                    "PIPELINING",
+                    &size,
+                    "8BITMIME",
+                    "ENHANCEDSTATUSCODES",
+                    "SMTPUTF8",
+                ],
+            );
+        } else {
+            reply::write_line(&mut self.out, 250, ' ', None, &host);
+        }
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) {
+        if self.helo.is_none() {
+            return self.error(reply::NEED_HELO);
+        }
+        if !matches!(self.state, State::Idle) {
+            return self.error(reply::NESTED_MAIL);
+        }
+        if params.size.is_some_and(|s| s > self.config.max_size) {
+            return self.error(reply::TOO_BIG);
+        }
+        if from.is_utf8() && !params.smtputf8 {
+            return self.error(reply::NEED_SMTPUTF8);
+        }
+        self.state = State::Mail(Transaction {
+            from,
+            params,
+            rcpts: Vec::new(),
+        });
+        self.reply(&reply::MAIL_OK);
+    }
+
+    fn rcpt(&mut self, to: ForwardPath) {
+        let State::Mail(txn) = &mut self.state else {
+            return self.error(reply::NEED_MAIL);
+        };
+        if txn.rcpts.len() >= self.config.max_recipients {
+            return self.error(reply::TOO_MANY_RECIPIENTS);
+        }
+        if to.is_utf8() && !txn.params.smtputf8 {
+            return self.error(reply::NEED_SMTPUTF8);
+        }
+        if !self.trusted {
+            log::info!("reject: RCPT from [{}]: relay access denied: to={to}", self.peer.ip());
+            return self.error(reply::relay_denied(&to.to_string()));
+        }
+        txn.rcpts.push(to);
+        self.reply(&reply::RCPT_OK);
+    }
+
+    fn data(&mut self) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(txn) if !txn.rcpts.is_empty() => {
+                self.state = State::Begin(txn);
+                self.actions.push_back(Action::Begin);
+            }
+            State::Mail(txn) => {
+                self.state = State::Mail(txn);
+                self.error(reply::NEED_RCPT);
+            }
+            other => {
+                self.state = other;
+                self.error(reply::NEED_MAIL);
+            }
+        }
+    }
+
+    fn end_of_data(&mut self, now: Instant) {
+        self.flush_body();
+        let (txn, id, decoder) = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Data { txn, id, decoder } => (txn, id, decoder),
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        if decoder.too_big() {
+            log::info!(
+                "{id}: rejected: message size {} exceeds limit {}, client=[{}]",
+                decoder.size(),
+                self.config.max_size,
+                self.peer.ip()
+            );
+            self.actions.push_back(Action::Abort);
+            self.error(reply::TOO_BIG);
+            self.deadline = Some(now + self.config.timeout);
+            self.after_transaction();
+            return;
+        }
+        self.actions.push_back(Action::Commit);
+        self.state = State::Committing {
+            txn,
+            id,
+            size: decoder.size(),
+        };
+    }
+
+    fn received_header(&mut self, id: &str, txn: &Transaction, wall: SystemTime) {
+        let (helo, esmtp) = self.helo.clone().unwrap_or_default();
+        let proto = match (esmtp, txn.params.smtputf8) {
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        };
+        let header = format!(
+            "Received: from {helo} (unknown [{}])\r\n\tby {} with {proto} id {id};\r\n\t{}\r\n",
+            self.peer.ip(),
+            self.config.hostname,
+            maildir_core::date::rfc5322(wall)
+        );
+        self.body.extend_from_slice(header.as_bytes());
+    }
+
+    /// After a transaction ends: a stopping server closes the session now.
+    fn after_transaction(&mut self) {
+        if self.shutting_down && matches!(self.state, State::Idle) {
+            let r = reply::shutting_down(&self.config.hostname);
+            self.reply(&r);
+            self.close();
+        }
+    }
+
+    fn abort_transaction(&mut self) {
+        if matches!(self.state, State::Data { .. }) {
+            self.body.clear();
+            self.actions.push_back(Action::Abort);
+        }
+        if !matches!(self.state, State::Committing { .. }) {
+            self.state = State::Idle;
+        }
+    }
+
+    fn flush_body(&mut self) {
+        if !self.body.is_empty() {
+            let chunk = std::mem::take(&mut self.body);
+            self.actions.push_back(Action::Write(chunk));
+        }
+    }
+
+    fn reply(&mut self, r: &Reply) {
+        r.write_to(&mut self.out);
+    }
+
+    fn error(&mut self, r: Reply) {
+        self.counts.errors += 1;
+        self.reply(&r);
+        if self.counts.errors >= self.config.max_errors && !matches!(self.state, State::Closed) {
+            log::info!("too many errors from [{}]", self.peer.ip());
+            self.abort_transaction();
+            let r = reply::too_many_errors(&self.config.hostname);
+            self.reply(&r);
+            self.close();
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.actions.push_back(Action::Close);
+    }
+}
+
+fn store_reply(e: StoreError) -> Reply {
+    match e {
+        StoreError::Full => reply::STORE_FULL,
+        StoreError::Failed => reply::STORE_FAILED,
+    }
+}

@@ -95,7 +95,10 @@ fn run(maildir: &Maildir, rx: &Receiver<Job>, done: &Sender<Done>, waker: &mio::
                 Err(_) => break,
             }
         }
+        let n = files.len();
+        let started = std::time::Instant::now();
         let results = maildir.commit_batch(files, Durability::Fsync);
+        log::debug!("committed a batch of {n} in {:?}", started.elapsed());
         for (conn, result) in conns.into_iter().zip(results) {
             let result = result.map(|_| ()).map_err(|e| {
                 log::error!("commit failed: {e}");

@@ -213,17 +213,33 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive_and_spaces_tolerated() {
-        assert_eq!(parse(b"ehlo  client.example "), Ok(Command::Ehlo("client.example".into())));
-        assert!(matches!(parse(b"mail from:<a@b.example>"), Ok(Command::Mail(..))));
-        assert!(matches!(parse(b"MAIL FROM: <a@b.example>"), Ok(Command::Mail(..))));
-        assert!(matches!(parse(b"  RCPT   TO:<postmaster>"), Ok(Command::Rcpt(ForwardPath::Postmaster))));
-        assert!(matches!(parse(b"MAIL FROM:a@b.example"), Ok(Command::Mail(..))));
+        assert_eq!(
+            parse(b"ehlo  client.example "),
+            Ok(Command::Ehlo("client.example".into()))
+        );
+        assert!(matches!(
+            parse(b"mail from:<a@b.example>"),
+            Ok(Command::Mail(..))
+        ));
+        assert!(matches!(
+            parse(b"MAIL FROM: <a@b.example>"),
+            Ok(Command::Mail(..))
+        ));
+        assert!(matches!(
+            parse(b"  RCPT   TO:<postmaster>"),
+            Ok(Command::Rcpt(ForwardPath::Postmaster))
+        ));
+        assert!(matches!(
+            parse(b"MAIL FROM:a@b.example"),
+            Ok(Command::Mail(..))
+        ));
         assert_eq!(parse(b"noop whatever"), Ok(Command::Noop));
     }
 
     #[test]
     fn mail_parameters() {
-        let Ok(Command::Mail(from, p)) = parse(b"MAIL FROM:<> SIZE=1000 BODY=8BITMIME SMTPUTF8") else {
+        let Ok(Command::Mail(from, p)) = parse(b"MAIL FROM:<> SIZE=1000 BODY=8BITMIME SMTPUTF8")
+        else {
             panic!("should parse")
         };
         assert_eq!(from, ReversePath::Null);
@@ -244,8 +260,14 @@ mod tests {
         assert_eq!(code("MAIL TO:<a@b.example>"), 501);
         assert_eq!(code("MAIL FROM:"), 501);
         assert_eq!(code("MAIL FROM:<a b@c.example>"), 501);
-        assert_eq!(parse(b"MAIL FROM:<a b@c.example>").unwrap_err().status, Some(reply::Status(5, 1, 7)));
-        assert_eq!(parse(b"RCPT TO:<a b@c.example>").unwrap_err().status, Some(reply::Status(5, 1, 3)));
+        assert_eq!(
+            parse(b"MAIL FROM:<a b@c.example>").unwrap_err().status,
+            Some(reply::Status(5, 1, 7))
+        );
+        assert_eq!(
+            parse(b"RCPT TO:<a b@c.example>").unwrap_err().status,
+            Some(reply::Status(5, 1, 3))
+        );
         assert_eq!(code("HELO"), 501);
         assert_eq!(code("DATA now"), 501);
         assert_eq!(code("VRFY"), 501);

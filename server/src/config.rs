@@ -23,7 +23,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub maildir: PathBuf,
     /// Address to listen on; may be given several times.
-    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "127.0.0.1:2525")]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:2525"
+    )]
     pub listen: Vec<SocketAddr>,
     /// Host name for the greeting and trace headers [default: the system host name].
     #[arg(long, value_name = "NAME")]
@@ -96,11 +100,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,

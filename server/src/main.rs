@@ -37,7 +37,9 @@ fn run(args: &Args) -> Result<(), String> {
     let fd_budget = open_files.map_or(usize::MAX, |n| (n as usize).saturating_sub(256));
     let max_connections = match args.max_connections {
         Some(n) if n > fd_budget => {
-            log::warn!("--max-connections lowered from {n} to {fd_budget} to fit the open-files limit");
+            log::warn!(
+                "--max-connections lowered from {n} to {fd_budget} to fit the open-files limit"
+            );
             fd_budget.max(1)
         }
         Some(n) => n,
@@ -94,5 +96,5 @@ fn raise_open_files_limit() -> Option<u64> {
             }
         }
     }
-    Some(lim.rlim_cur as u64)
+    Some(lim.rlim_cur)
 }

@@ -93,7 +93,11 @@ pub struct Server {
 
 impl Server {
     /// Binds every listen address and starts the group-commit thread.
-    pub fn bind(addrs: &[SocketAddr], maildir: Maildir, config: ServerConfig) -> io::Result<Server> {
+    pub fn bind(
+        addrs: &[SocketAddr],
+        maildir: Maildir,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
@@ -143,7 +147,9 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.next_wakeup().map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_wakeup()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -193,7 +199,9 @@ impl Server {
             return;
         }
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -265,7 +273,9 @@ impl Server {
     /// Moves bytes for one connection until nothing more can be done without waiting.
     fn drive(&mut self, key: usize, now: Instant) {
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             let mut progress = false;
             if !conn.inbuf.is_empty() && conn.session.wants_read() {
                 let n = conn.session.handle_input(&conn.inbuf, now);
@@ -273,7 +283,9 @@ impl Server {
                 progress |= n > 0;
             }
             progress |= self.run_actions(key, now);
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             if conn.session.wants_read() && !conn.eof && conn.inbuf.len() < INBUF_MAX {
                 match conn.stream.read(&mut self.scratch) {
                     Ok(0) => {
@@ -302,7 +314,9 @@ impl Server {
                 }
                 progress |= self.run_actions(key, now);
             }
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             if !flush(conn) {
                 self.close(key);
                 return;
@@ -322,20 +336,21 @@ impl Server {
                 break;
             }
         }
-        if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.timer_armed {
-                if let Some(d) = conn.session.deadline() {
-                    conn.timer_armed = true;
-                    self.timers.push(Reverse((d, key, conn.generation)));
-                }
-            }
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.timer_armed
+            && let Some(d) = conn.session.deadline()
+        {
+            conn.timer_armed = true;
+            self.timers.push(Reverse((d, key, conn.generation)));
         }
     }
 
     /// Carries out the session's queue-file actions. Returns true if there were any.
     fn run_actions(&mut self, key: usize, now: Instant) -> bool {
         let mut any = false;
-        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
         while let Some(action) = conn.session.poll_action() {
             any = true;
             match action {
@@ -355,15 +370,15 @@ impl Server {
                     conn.session.handle_begun(result, now, SystemTime::now());
                 }
                 Action::Write(bytes) => {
-                    if let (Some(d), None) = (&mut conn.delivery, conn.store_failed) {
-                        if let Err(e) = d.write_all(&bytes) {
-                            log::error!("cannot write queue file {}: {e}", d.id());
-                            conn.store_failed = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
-                                StoreError::Full
-                            } else {
-                                StoreError::Failed
-                            });
-                        }
+                    if let (Some(d), None) = (&mut conn.delivery, conn.store_failed)
+                        && let Err(e) = d.write_all(&bytes)
+                    {
+                        log::error!("cannot write queue file {}: {e}", d.id());
+                        conn.store_failed = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
+                            StoreError::Full
+                        } else {
+                            StoreError::Failed
+                        });
                     }
                 }
                 Action::Commit => {
@@ -384,10 +399,8 @@ impl Server {
                                 }
                             }
                             None => {
-                                let result = d
-                                    .commit(Durability::NoFsync)
-                                    .map(|_| ())
-                                    .map_err(|e| {
+                                let result =
+                                    d.commit(Durability::NoFsync).map(|_| ()).map_err(|e| {
                                         log::error!("{e}");
                                         commit::store_error(&e)
                                     });
@@ -430,7 +443,9 @@ impl Server {
                 break;
             }
             self.timers.pop();
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.generation != generation {
                 continue;
             }
@@ -502,12 +517,12 @@ impl Server {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        if let Some(ip) = conn.limited_ip {
-            if let Some(n) = self.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&ip);
-                }
+        if let Some(ip) = conn.limited_ip
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
             }
         }
         log::info!(

@@ -107,8 +107,7 @@ pub const NEED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need MAI
 /// DATA before any accepted RCPT.
 pub const NEED_RCPT: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need RCPT command");
 /// Unknown command.
-pub const UNRECOGNIZED: Reply =
-    Reply::fixed(500, Status(5, 5, 2), "Error: command not recognized");
+pub const UNRECOGNIZED: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: command not recognized");
 /// Command line over the limit.
 pub const LINE_TOO_LONG: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: line too long");
 /// Command line that is not UTF-8 or holds control characters.
@@ -147,12 +146,20 @@ pub fn bad_parameter(what: &str) -> Reply {
 
 /// `501 5.1.7 Bad sender address syntax: <why>`.
 pub fn bad_sender(why: &str) -> Reply {
-    Reply::new(501, Status(5, 1, 7), format!("Bad sender address syntax: {why}"))
+    Reply::new(
+        501,
+        Status(5, 1, 7),
+        format!("Bad sender address syntax: {why}"),
+    )
 }
 
 /// `501 5.1.3 Bad recipient address syntax: <why>`.
 pub fn bad_recipient(why: &str) -> Reply {
-    Reply::new(501, Status(5, 1, 3), format!("Bad recipient address syntax: {why}"))
+    Reply::new(
+        501,
+        Status(5, 1, 3),
+        format!("Bad recipient address syntax: {why}"),
+    )
 }
 
 /// `554 5.7.1 <rcpt>: Relay access denied`.
@@ -167,22 +174,38 @@ pub fn queued(id: &str) -> Reply {
 
 /// `421 4.4.2 <host> Error: timeout exceeded`.
 pub fn timeout(host: &str) -> Reply {
-    Reply::new(421, Status(4, 4, 2), format!("{host} Error: timeout exceeded"))
+    Reply::new(
+        421,
+        Status(4, 4, 2),
+        format!("{host} Error: timeout exceeded"),
+    )
 }
 
 /// `421 4.7.0 <host> Error: too many errors`.
 pub fn too_many_errors(host: &str) -> Reply {
-    Reply::new(421, Status(4, 7, 0), format!("{host} Error: too many errors"))
+    Reply::new(
+        421,
+        Status(4, 7, 0),
+        format!("{host} Error: too many errors"),
+    )
 }
 
 /// `421 4.3.2 <host> Service shutting down`.
 pub fn shutting_down(host: &str) -> Reply {
-    Reply::new(421, Status(4, 3, 2), format!("{host} Service shutting down"))
+    Reply::new(
+        421,
+        Status(4, 3, 2),
+        format!("{host} Service shutting down"),
+    )
 }
 
 /// `421 4.3.2 <host> Error: too many connections`.
 pub fn too_many_connections(host: &str) -> Reply {
-    Reply::new(421, Status(4, 3, 2), format!("{host} Error: too many connections"))
+    Reply::new(
+        421,
+        Status(4, 3, 2),
+        format!("{host} Error: too many connections"),
+    )
 }
 
 /// `421 4.7.0 <host> Error: too many connections from <ip>`.

@@ -148,7 +148,12 @@ pub struct Session {
 
 impl Session {
     /// A new session: the greeting is queued and the idle timer starts at `now`.
-    pub fn new(config: Arc<SessionConfig>, peer: SocketAddr, trusted: bool, now: Instant) -> Session {
+    pub fn new(
+        config: Arc<SessionConfig>,
+        peer: SocketAddr,
+        trusted: bool,
+        now: Instant,
+    ) -> Session {
         let mut s = Session::blank(config, peer, trusted);
         let greeting = format!("220 {} ESMTP smtpd\r\n", s.config.hostname);
         s.out.extend_from_slice(greeting.as_bytes());
@@ -237,7 +242,12 @@ impl Session {
 
     /// Answer to `Action::Begin`: the queue file `id` exists (or could not be created).
     /// `wall` is the time written into the trace header.
-    pub fn handle_begun(&mut self, result: Result<String, StoreError>, now: Instant, wall: SystemTime) {
+    pub fn handle_begun(
+        &mut self,
+        result: Result<String, StoreError>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
         let txn = match std::mem::replace(&mut self.state, State::Idle) {
             State::Begin(txn) => txn,
             other => {
@@ -303,7 +313,11 @@ impl Session {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.deadline {
             Some(d) if d <= now && !matches!(self.state, State::Closed) => {
-                log::info!("timeout after {} from [{}]", self.state.name(), self.peer.ip());
+                log::info!(
+                    "timeout after {} from [{}]",
+                    self.state.name(),
+                    self.peer.ip()
+                );
                 self.abort_transaction();
                 let r = reply::timeout(&self.config.hostname);
                 self.reply(&r);
@@ -316,7 +330,11 @@ impl Session {
     /// The client closed its side.
     pub fn handle_eof(&mut self) {
         if !matches!(self.state, State::Closed | State::Idle) {
-            log::info!("lost connection after {} from [{}]", self.state.name(), self.peer.ip());
+            log::info!(
+                "lost connection after {} from [{}]",
+                self.state.name(),
+                self.peer.ip()
+            );
         }
         self.abort_transaction();
         self.close();
@@ -466,7 +484,11 @@ impl Session {
             Command::Forbidden => {
                 self.counts.other += 1;
                 log::warn!("non-SMTP command from [{}]", self.peer.ip());
-                self.reply(&Reply::fixed(221, Status(2, 7, 0), "Error: this is an SMTP server"));
+                self.reply(&Reply::fixed(
+                    221,
+                    Status(2, 7, 0),
+                    "Error: this is an SMTP server",
+                ));
                 self.close();
             }
         }
@@ -534,7 +556,10 @@ impl Session {
             return self.error(reply::NEED_SMTPUTF8);
         }
         if !self.trusted {
-            log::info!("reject: RCPT from [{}]: relay access denied: to={to}", self.peer.ip());
+            log::info!(
+                "reject: RCPT from [{}]: relay access denied: to={to}",
+                self.peer.ip()
+            );
             return self.error(reply::relay_denied(&to.to_string()));
         }
         txn.rcpts.push(to);
@@ -656,5 +681,268 @@ fn store_reply(e: StoreError) -> Reply {
     match e {
         StoreError::Full => reply::STORE_FULL,
         StoreError::Failed => reply::STORE_FAILED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Duration = Duration::from_secs(0);
+
+    fn config() -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_size: 1000,
+            max_recipients: 3,
+            timeout: Duration::from_secs(300),
+            max_errors: 20,
+        })
+    }
+
+    /// What a driven session produced: reply bytes and stored messages.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Outcome {
+        replies: String,
+        stored: Vec<Vec<u8>>,
+        closed: bool,
+    }
+
+    /// Feeds `input` in pieces cut at `cuts`, acting like the reactor (store always succeeds).
+    fn drive(input: &[u8], cuts: &[usize], trusted: bool) -> Outcome {
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        let mut s = Session::new(config(), peer, trusted, now);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut stored = Vec::new();
+        let mut current: Option<Vec<u8>> = None;
+        let mut start = 0;
+        let mut n = 0;
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        for &c in cuts.iter().chain([input.len()].iter()) {
+            let c = c.clamp(start, input.len());
+            pieces.push(&input[start..c]);
+            start = c;
+        }
+        for piece in pieces {
+            pending.extend_from_slice(piece);
+            loop {
+                let used = s.handle_input(&pending, now + T0);
+                pending.drain(..used);
+                let mut acted = false;
+                while let Some(a) = s.poll_action() {
+                    acted = true;
+                    match a {
+                        Action::Begin => {
+                            n += 1;
+                            current = Some(Vec::new());
+                            s.handle_begun(Ok(format!("ID{n}")), now, SystemTime::UNIX_EPOCH);
+                        }
+                        Action::Write(b) => current.as_mut().unwrap().extend_from_slice(&b),
+                        Action::Commit => {
+                            stored.push(current.take().unwrap());
+                            s.handle_stored(Ok(()), now);
+                        }
+                        Action::Abort => current = None,
+                        Action::Close => {}
+                    }
+                }
+                out.extend_from_slice(s.pending_output());
+                let k = s.pending_output().len();
+                s.output_written(k);
+                if used == 0 && !acted {
+                    break;
+                }
+            }
+        }
+        Outcome {
+            replies: String::from_utf8(out).unwrap(),
+            stored,
+            closed: s.is_closed(),
+        }
+    }
+
+    /// The outcome must not depend on how the input is split.
+    fn check_splits(input: &[u8], trusted: bool) -> Outcome {
+        let whole = drive(input, &[], trusted);
+        for i in 0..=input.len() {
+            assert_eq!(drive(input, &[i], trusted), whole, "split at {i}");
+        }
+        let bytes: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(drive(input, &bytes, trusted), whole, "byte by byte");
+        whole
+    }
+
+    fn codes(replies: &str) -> Vec<String> {
+        replies
+            .split("\r\n")
+            .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+            .map(|l| l[..3].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_transaction_any_split() {
+        let input = b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@z.test>\r\nDATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n";
+        let o = check_splits(input, true);
+        assert_eq!(
+            codes(&o.replies),
+            ["220", "250", "250", "250", "250", "354", "250", "221"]
+        );
+        assert!(o.replies.contains("250 2.0.0 Ok: queued as ID1\r\n"));
+        assert!(o.closed);
+        assert_eq!(o.stored.len(), 1);
+        let msg = String::from_utf8(o.stored[0].clone()).unwrap();
+        assert!(msg.starts_with(
+            "Return-Path: <a@x.test>\r\nX-Original-To: <b@y.test>\r\nX-Original-To: <c@z.test>\r\nReceived: from client.test (unknown [192.0.2.1])\r\n\tby mx.test with ESMTP id ID1;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        ), "{msg}");
+        assert!(msg.ends_with("\r\nSubject: hi\r\n\r\n.dot\r\n"), "{msg}");
+    }
+
+    #[test]
+    fn every_error_class_then_success() {
+        let long = format!("NOOP {}\r\n", "x".repeat(600));
+        let mut input = Vec::new();
+        for l in [
+            "MAIL FROM:<a@x.test>\r\n", // 503 before HELO
+            "EHLO c\r\n",
+            "RCPT TO:<b@y.test>\r\n",             // 503 need MAIL
+            "DATA\r\n",                           // 503 need MAIL
+            "BOGUS\r\n",                          // 500
+            "MAIL FROM\r\n",                      // 501 syntax
+            "MAIL FROM:<a b@x.test>\r\n",         // 501 5.1.7
+            "MAIL FROM:<a@x.test> SIZE=5000\r\n", // 552
+            "MAIL FROM:<a@x.test> FOO\r\n",       // 555
+            "MAIL FROM:<ü@x.test>\r\n",           // 553
+            "MAIL FROM:<a@x.test>\r\n",
+            "MAIL FROM:<a@x.test>\r\n", // 503 nested
+            "DATA\r\n",                 // 503 need RCPT
+            "RCPT TO:<b c@y.test>\r\n", // 501 5.1.3
+            "RCPT TO:<postmaster>\r\n",
+            "RCPT TO:<b@y.test>\r\n",
+            "RCPT TO:<c@y.test>\r\n",
+            "RCPT TO:<d@y.test>\r\n", // 452 (max 3)
+        ] {
+            input.extend_from_slice(l.as_bytes());
+        }
+        input.extend_from_slice(long.as_bytes()); // 500 line too long
+        input.extend_from_slice(b"DATA\r\nhello\r\n.\r\nQUIT\r\n");
+        let o = check_splits(&input, true);
+        assert_eq!(
+            codes(&o.replies),
+            [
+                "220", "503", "250", "503", "503", "500", "501", "501", "552", "555", "553", "250",
+                "503", "503", "501", "250", "250", "250", "452", "500", "354", "250", "221"
+            ]
+        );
+        assert!(o.replies.contains("501 5.1.7 "));
+        assert!(o.replies.contains("501 5.1.3 "));
+        assert!(o.replies.contains("452 4.5.3 "));
+        assert!(o.replies.contains("500 5.5.2 Error: line too long"));
+        assert_eq!(o.stored.len(), 1);
+    }
+
+    #[test]
+    fn untrusted_client_cannot_relay() {
+        let o = check_splits(
+            b"HELO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
+            false,
+        );
+        assert_eq!(codes(&o.replies), ["220", "250", "250", "554", "503"]);
+        assert!(
+            o.replies
+                .contains("554 5.7.1 <b@y.test>: Relay access denied")
+        );
+        assert!(o.stored.is_empty());
+    }
+
+    #[test]
+    fn oversize_message_is_refused_after_the_dot() {
+        let mut input =
+            b"HELO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec();
+        for _ in 0..30 {
+            input.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+        }
+        input.extend_from_slice(b".\r\nRSET\r\n");
+        let o = drive(&input, &[], true);
+        assert_eq!(
+            codes(&o.replies),
+            ["220", "250", "250", "250", "354", "552", "250"]
+        );
+        assert!(o.stored.is_empty());
+    }
+
+    #[test]
+    fn smuggled_transaction_stays_inside_the_first_message() {
+        for seq in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n", b"\r\n.\n"] {
+            let mut input =
+                b"HELO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nbody".to_vec();
+            input.extend_from_slice(seq);
+            input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nforged\r\n.\r\nQUIT\r\n");
+            let o = check_splits(&input, true);
+            assert_eq!(o.stored.len(), 1, "{seq:?}");
+            assert_eq!(
+                codes(&o.replies),
+                ["220", "250", "250", "250", "354", "250", "221"],
+                "{seq:?}"
+            );
+            let msg = String::from_utf8(o.stored[0].clone()).unwrap();
+            assert!(msg.contains("MAIL FROM:<evil@x.test>"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn timeout_and_too_many_errors() {
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, now);
+        s.handle_timeout(now + Duration::from_secs(299));
+        assert!(!s.is_closed());
+        s.handle_input(b"NOOP\r\n", now + Duration::from_secs(100));
+        s.handle_timeout(now + Duration::from_secs(301));
+        assert!(!s.is_closed(), "the clock restarts at each line");
+        s.handle_timeout(now + Duration::from_secs(400));
+        assert!(s.is_closed());
+        assert!(
+            String::from_utf8_lossy(s.pending_output())
+                .contains("421 4.4.2 mx.test Error: timeout exceeded")
+        );
+
+        let mut s = Session::new(config(), peer, true, now);
+        let junk = "X\r\n".repeat(25);
+        s.handle_input(junk.as_bytes(), now);
+        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        assert_eq!(out.matches("500 5.5.2").count(), 20);
+        assert!(out.ends_with("421 4.7.0 mx.test Error: too many errors\r\n"));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn client_that_does_not_read_is_not_served() {
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, now);
+        let noops = "NOOP\r\n".repeat(10_000);
+        let used = s.handle_input(noops.as_bytes(), now);
+        assert!(used < noops.len());
+        assert!(!s.wants_read());
+        assert!(s.pending_output().len() < OUTPUT_LIMIT + 100);
+    }
+
+    #[test]
+    fn shutdown_waits_for_the_transaction() {
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, now);
+        s.handle_input(b"HELO c\r\nMAIL FROM:<a@x.test>\r\n", now);
+        s.begin_shutdown();
+        assert!(!s.is_closed());
+        s.handle_input(b"RSET\r\n", now);
+        assert!(s.is_closed());
+        assert!(
+            String::from_utf8_lossy(s.pending_output())
+                .ends_with("421 4.3.2 mx.test Service shutting down\r\n")
+        );
     }
 }

@@ -1,8 +1,57 @@
-//! smtp-relay: drains a Maildir queue to the recipients' mail exchangers (work in progress).
+//! smtp-relay: drains a Maildir queue to the recipients' mail exchangers, all of one MX host's
+//! mail over one pipelined connection.
+//!
+//! This file is thin: arguments, logging, run, exit code. Layout of the crate:
+//! - [`config`]: command line → validated settings.
+//! - [`queue`]: messages in `new/` with envelopes and state; `--list`.
+//! - [`state`]: durable per-message progress in `Maildir/.relay/`, the run lock.
+//! - [`mx`]: MX resolution with hickory on a DNS thread.
+//! - [`plan`]: recipients grouped into jobs per route; the per-message tally.
+//! - [`reactor`]: the mio loop moving bytes between sockets and sessions.
+//! - [`session`]: the pure client SMTP state machine; [`reply`]: the reply parser.
+//! - [`body`]: DATA encoding (CRLF, dot-stuffing, long lines).
+//! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
+//! - [`run`]: the steps of one run and the interval loop; [`watch`]: inotify wait.
+//!
+//! Exit status: 0 done (even if some mail was deferred), 1 failure (unusable Maildir, ...),
+//! 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
+
+mod body;
+mod config;
+mod dsn;
+mod mx;
+mod plan;
+mod queue;
+mod reactor;
+mod record;
+mod reply;
+mod run;
+mod session;
+mod state;
+mod watch;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 fn main() -> ExitCode {
-    eprintln!("smtp-relay: not implemented yet");
-    ExitCode::FAILURE
+    let cfg = match config::Args::parse().validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("smtp-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log = maildir_core::logging::init("info");
+    match run::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(run::RunError::Locked(msg)) => {
+            eprintln!("smtp-relay: {msg}");
+            ExitCode::from(75)
+        }
+        Err(run::RunError::Failed(msg)) => {
+            eprintln!("smtp-relay: {msg}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,183 @@
+//! The queue: messages waiting in `Maildir/new/`, read back with their envelopes and relay state.
+//!
+//! Owns: scanning `new/` in arrival order, parsing each envelope (maildir-core), finding where
+//! the transmitted part starts (after `Return-Path` / `X-Original-To`), the 8-bit check, which
+//! messages are due, and the `--list` output. Must not: send, resolve, or change any file.
+
+use std::fs::File;
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use maildir_core::{EnvelopeReader, ForwardPath, Maildir, ReversePath};
+
+use crate::state::{MsgState, RcptState, StateDir, epoch_secs};
+
+/// One queued message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// File name in `new/`: the queue id.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// Envelope sender.
+    pub sender: ReversePath,
+    /// Envelope recipients, in RCPT order.
+    pub rcpts: Vec<ForwardPath>,
+    /// Offset of the first byte after the envelope lines.
+    pub body_offset: u64,
+    /// Octets from there to the end of the file.
+    pub body_len: u64,
+    /// The transmitted part holds octets above 127.
+    pub eight_bit: bool,
+    /// When it was queued (file modification time).
+    pub arrival: SystemTime,
+    /// History from the state directory.
+    pub state: MsgState,
+}
+
+impl Message {
+    /// True when an address needs SMTPUTF8.
+    pub fn utf8(&self) -> bool {
+        self.sender.is_utf8() || self.rcpts.iter().any(ForwardPath::is_utf8)
+    }
+
+    /// Indexes of recipients that still need an attempt.
+    pub fn open_rcpts(&self) -> Vec<usize> {
+        (0..self.rcpts.len())
+            .filter(|&i| !self.state.rcpts.get(i).is_some_and(|r| r.0.is_final()))
+            .collect()
+    }
+
+    /// Due at `now` by the retry schedule.
+    pub fn is_due(&self, now: SystemTime) -> bool {
+        self.state.next <= epoch_secs(now)
+    }
+}
+
+/// A file in `new/` that could not be read as a queued message.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub name: String,
+    pub error: String,
+}
+
+/// Reads every message in `new/` with its state.
+pub fn scan(md: &Maildir, states: &StateDir) -> io::Result<(Vec<Message>, Vec<Unreadable>)> {
+    let entries = md.scan_new().map_err(|e| io::Error::other(e.to_string()))?;
+    let with_state = states.names()?;
+    let mut msgs = Vec::with_capacity(entries.len());
+    let mut bad = Vec::new();
+    for e in entries {
+        match read_message(&e.name, e.path.clone()) {
+            Ok(Some(mut m)) => {
+                if with_state.contains(&m.name) {
+                    m.state = states.load(&m.name, m.rcpts.len())?;
+                }
+                msgs.push(m);
+            }
+            Ok(None) => {} // vanished since the scan
+            Err(error) => bad.push(Unreadable {
+                name: e.name,
+                error,
+            }),
+        }
+    }
+    Ok((msgs, bad))
+}
+
+fn read_message(name: &str, path: PathBuf) -> Result<Option<Message>, String> {
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    let (env, mut rest) =
+        EnvelopeReader::open(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut body_len = 0u64;
+    let mut eight_bit = false;
+    loop {
+        let buf = rest
+            .fill_buf()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if buf.is_empty() {
+            break;
+        }
+        eight_bit = eight_bit || crate::body::has_8bit(buf);
+        let n = buf.len();
+        body_len += n as u64;
+        rest.consume(n);
+    }
+    let n = env.recipients.len();
+    Ok(Some(Message {
+        name: name.to_owned(),
+        path,
+        sender: env.sender,
+        rcpts: env.recipients,
+        body_offset: meta.len().saturating_sub(body_len),
+        body_len,
+        eight_bit,
+        arrival: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+        state: MsgState::parse("", n),
+    }))
+}
+
+/// The `--list` text, like `mailq`.
+pub fn render_list(msgs: &[Message], bad: &[Unreadable], now: SystemTime) -> String {
+    let mut s = String::new();
+    for m in msgs {
+        let next = if m.state.next == 0 || m.is_due(now) {
+            "now".to_owned()
+        } else {
+            format!(
+                "{} (in {} s)",
+                maildir_core::date::rfc5322(
+                    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m.state.next)
+                ),
+                m.state.next.saturating_sub(epoch_secs(now))
+            )
+        };
+        s.push_str(&format!(
+            "{}  {} bytes  {}  from {}\n  attempts: {}  next attempt: {}\n",
+            m.name,
+            m.body_len,
+            maildir_core::date::rfc5322(m.arrival),
+            m.sender,
+            m.state.attempts,
+            next
+        ));
+        if !m.state.error.is_empty() {
+            s.push_str(&format!("  last error: {}\n", m.state.error));
+        }
+        for (i, r) in m.rcpts.iter().enumerate() {
+            let (st, text) = m
+                .state
+                .rcpts
+                .get(i)
+                .cloned()
+                .unwrap_or((RcptState::Pending, String::new()));
+            if text.is_empty() {
+                s.push_str(&format!("    {r} {}\n", st.word()));
+            } else {
+                s.push_str(&format!("    {r} {} ({text})\n", st.word()));
+            }
+        }
+    }
+    for b in bad {
+        s.push_str(&format!("{}  unreadable: {}\n", b.name, b.error));
+    }
+    let rcpts: usize = msgs.iter().map(|m| m.open_rcpts().len()).sum();
+    if msgs.is_empty() && bad.is_empty() {
+        s.push_str("Mail queue is empty\n");
+    } else {
+        s.push_str(&format!(
+            "-- {} messages, {} recipients pending\n",
+            msgs.len(),
+            rcpts
+        ));
+    }
+    s
+}

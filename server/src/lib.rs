@@ -7,6 +7,7 @@
 //! - [`reply`]: reply codes with their enhanced status codes, as typed constants.
 //! - [`data`]: the DATA decoder (end of data, dot-unstuffing, line ends, size).
 //! - [`session`]: the pure SMTP session state machine (sans-io; time passed in).
+//! - [`transport`]: the byte transport between socket and session (plain TCP; TLS slots in here).
 //! - [`reactor`]: the mio event loop that moves bytes and runs the session's actions.
 //! - [`commit`]: the group-commit thread, the only place that waits on fsync.
 //!
@@ -20,3 +21,4 @@ pub mod data;
 pub mod reactor;
 pub mod reply;
 pub mod session;
+pub mod transport;

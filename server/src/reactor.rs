@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +24,7 @@ use crate::commit::{self, Committer, ConnRef, Done, Job};
 use crate::config::Cidr;
 use crate::reply;
 use crate::session::{Action, Session, SessionConfig, StoreError};
+use crate::transport::Transport;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -55,7 +56,7 @@ pub struct ServerConfig {
 }
 
 struct Conn {
-    stream: TcpStream,
+    transport: Transport,
     session: Session,
     generation: u64,
     /// Input the session has not consumed yet.
@@ -239,13 +240,10 @@ impl Server {
             return;
         }
         let _ = stream.set_nodelay(true);
+        let mut transport = Transport::Plain(stream);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(FIRST_CONN + key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = transport.register(self.poll.registry(), Token(FIRST_CONN + key)) {
             log::error!("cannot register connection from {peer}: {e}");
             return;
         }
@@ -256,7 +254,7 @@ impl Server {
         self.next_generation += 1;
         log::info!("connect from [{}]:{}", peer.ip(), peer.port());
         entry.insert(Conn {
-            stream,
+            transport,
             session: Session::new(self.config.session.clone(), peer, trusted, now),
             generation: self.next_generation,
             inbuf: Vec::new(),
@@ -287,7 +285,7 @@ impl Server {
                 return;
             };
             if conn.session.wants_read() && !conn.eof && conn.inbuf.len() < INBUF_MAX {
-                match conn.stream.read(&mut self.scratch) {
+                match conn.transport.read(&mut self.scratch) {
                     Ok(0) => {
                         conn.eof = true;
                         conn.session.handle_eof();
@@ -516,7 +514,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = conn.transport.deregister(self.poll.registry());
         if let Some(ip) = conn.limited_ip
             && let Some(n) = self.per_ip.get_mut(&ip)
         {
@@ -540,7 +538,7 @@ fn flush(conn: &mut Conn) -> bool {
         if pending.is_empty() {
             return true;
         }
-        match conn.stream.write(pending) {
+        match conn.transport.write(pending) {
             Ok(0) => return false,
             Ok(n) => conn.session.output_written(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,

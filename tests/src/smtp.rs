@@ -51,8 +51,19 @@ pub fn start_on(ip: &str, extra: &[&str]) -> Smtpd {
     };
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        if TcpStream::connect(addr).is_ok() {
-            break;
+        // A connection to oneself (source port == the free port, before smtpd listens) is not
+        // smtpd listening.
+        // Nor is another program that took the port first: wait for our greeting.
+        if let Ok(probe) = TcpStream::connect(addr)
+            && probe.local_addr().ok() != Some(addr)
+        {
+            let mut c = Client::from_stream(probe);
+            let greeted = c
+                .try_reply_until(Instant::now() + Duration::from_secs(2))
+                .is_ok_and(|r| r.starts(&format!("220 {HOST} ")));
+            if greeted && s.child.try_wait().ok().flatten().is_none() {
+                break;
+            }
         }
         if let Ok(Some(status)) = s.child.try_wait() {
             panic!(
@@ -527,9 +538,15 @@ impl Stored {
     /// `Received: from HELO (unknown [IP])\r\n\tby HOST with ESMTP id ID;\r\n\tDATE\r\n`
     /// and returns the queue id.
     pub fn check_received(&self, helo: &str, ip: &str) -> Result<String, String> {
+        self.check_received_with(helo, ip, "ESMTP")
+    }
+
+    /// Like [`Stored::check_received`] with the protocol named: `SMTP` after HELO
+    /// (RFC 3848), `ESMTP` after EHLO.
+    pub fn check_received_with(&self, helo: &str, ip: &str, proto: &str) -> Result<String, String> {
         let r = &self.received;
         let want_from =
-            format!("Received: from {helo} (unknown [{ip}])\r\n\tby {HOST} with ESMTP id ");
+            format!("Received: from {helo} (unknown [{ip}])\r\n\tby {HOST} with {proto} id ");
         let rest = r
             .strip_prefix(&want_from)
             .ok_or_else(|| format!("Received header {r:?} does not start {want_from:?}"))?;

@@ -728,7 +728,7 @@ fn second_ehlo_and_rset_reset_the_transaction() {
     c.expect("QUIT", "221 2.0.0");
     let st = only_one(&s);
     assert_eq!(
-        st.check_received("three.test", "127.0.0.1")
+        st.check_received_with("three.test", "127.0.0.1", "SMTP")
             .unwrap_or_else(|e| panic!("{e}")),
         id
     );
@@ -783,4 +783,131 @@ fn sigterm_answers_idle_421_finishes_transfer_and_exits_0() {
         b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n",
     );
     let _ = parse_stored(&st.path).expect("parses");
+}
+
+#[test]
+fn sigint_is_a_stop_signal_too() {
+    let mut s = start(&[]);
+    let mut idle = Client::greeted(s.addr);
+    idle.expect("EHLO idle.test", "250");
+    s.signal(libc::SIGINT);
+    idle.expect_reply("421 4.3.2");
+    idle.expect_close(Duration::from_secs(5));
+    let code = wait_exit(&mut s, Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit status after SIGINT\n{}",
+        server_log(&s)
+    );
+}
+
+// ---- many transactions pipelined in one write, durable and --no-fsync -------------------
+
+fn pipelined_transactions(extra: &[&str]) {
+    let s = start(extra);
+    let mut c = Client::greeted(s.addr);
+    c.expect("EHLO pipe.test", "250");
+    let n = 50;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend_from_slice(
+            format!(
+                "MAIL FROM:<s{i}@example.org>\r\nRCPT TO:<r{i}@example.com>\r\nDATA\r\n\
+                 Subject: pipe {i}\r\n\r\n.body {i}\r\n.\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    all.extend_from_slice(b"QUIT\r\n");
+    c.send(&all);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        for want in ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"] {
+            let r = c.reply();
+            if !r.starts(want) {
+                c.fail(&format!("transaction {i}: want {want}"));
+            }
+            if want == "250 2.0.0" {
+                ids.push(r.queue_id().expect("queue id"));
+            }
+        }
+    }
+    c.expect_reply("221 2.0.0");
+    c.expect_close(Duration::from_secs(5));
+    let msgs = stored(&s);
+    assert_eq!(msgs.len(), n, "{extra:?}");
+    for m in &msgs {
+        let subject = m.header("Subject").expect("Subject");
+        let i: usize = subject
+            .strip_prefix("pipe ")
+            .and_then(|x| x.parse().ok())
+            .expect("number");
+        assert_eq!(m.return_path, format!("<s{i}@example.org>"));
+        assert_eq!(m.rcpts, [format!("<r{i}@example.com>")]);
+        assert_eq!(m.id().as_deref(), Some(ids[i].as_str()), "queue id of {i}");
+        assert_body(
+            m,
+            format!("Subject: pipe {i}\r\n\r\nbody {i}\r\n").as_bytes(),
+        );
+    }
+}
+
+#[test]
+fn fifty_transactions_in_one_write_durable() {
+    pipelined_transactions(&[]);
+}
+
+#[test]
+fn fifty_transactions_in_one_write_no_fsync() {
+    pipelined_transactions(&["--no-fsync"]);
+}
+
+// ---- start-up errors: one clear line on stderr, non-zero exit ----------------------------
+
+fn startup_failure(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cmd = std::process::Command::new(integration_tests::bin("smtpd"));
+    cmd.args(args)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn smtpd");
+    let mut status = None;
+    wait_for("smtpd to refuse to start", Duration::from_secs(5), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !status.expect("exited").success(),
+        "smtpd {args:?} exited 0; stderr: {err}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "smtpd {args:?}: want one line on stderr, got {err:?}"
+    );
+    err
+}
+
+#[test]
+fn port_in_use_and_unusable_maildir_fail_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tmp");
+    let md = dir.path().join("Maildir");
+    let err = startup_failure(&["--maildir", md.to_str().expect("utf-8"), "--listen", &addr]);
+    assert!(err.contains(&addr), "stderr does not name {addr}: {err:?}");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let bad = file.join("Maildir");
+    startup_failure(&[
+        "--maildir",
+        bad.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
 }

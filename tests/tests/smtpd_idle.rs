@@ -71,6 +71,7 @@ fn thousand_idle_connections_are_kept_until_their_timeout_while_another_client_w
     // Then each one gets its 421 4.4.2, never before TIMEOUT after it was opened.
     let seen = poll_readable(&fds, opened[0] + TIMEOUT + Duration::from_secs(10));
     let mut waits = Vec::with_capacity(IDLE);
+    let mut early = Vec::new();
     for (i, at) in seen.iter().enumerate() {
         let c = &mut idle[i];
         let Some(at) = at else {
@@ -80,9 +81,7 @@ fn thousand_idle_connections_are_kept_until_their_timeout_while_another_client_w
         };
         let waited = *at - opened[i];
         if waited < TIMEOUT {
-            c.fail(&format!(
-                "idle connection {i} cut after {waited:?} < {TIMEOUT:?}"
-            ));
+            early.push((i, waited));
         }
         waits.push(waited);
         c.expect_reply("421 4.4.2");
@@ -92,7 +91,7 @@ fn thousand_idle_connections_are_kept_until_their_timeout_while_another_client_w
     eprintln!(
         "{IDLE} idle connections opened and greeted in {open_took:.2?}; 100 transactions \
          (MAIL..250 queued, durable) by another client in {active_took:.2?}: latency p50 \
-         {:.2?}, p99 {:.2?}, max {:.2?}; idle ones cut after {:.2?}..{:.2?}",
+         {:.2?}, p99 {:.2?}, max {:.2?}; idle ones cut after {:.3?}..{:.3?}",
         percentile(&lat, 50),
         percentile(&lat, 99),
         lat[lat.len() - 1],
@@ -103,6 +102,14 @@ fn thousand_idle_connections_are_kept_until_their_timeout_while_another_client_w
         active_took < TIMEOUT,
         "100 transactions took {active_took:?} while {IDLE} connections were idle"
     );
+    if let Some(&(i, waited)) = early.iter().min_by_key(|(_, w)| *w) {
+        idle[i].fail(&format!(
+            "{} of {IDLE} idle connections got 421 less than {TIMEOUT:?} after connect() was \
+             called (earliest: connection {i}, after {waited:?}); first: {:?}",
+            early.len(),
+            early[0]
+        ));
+    }
 }
 
 #[test]

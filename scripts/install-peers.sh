@@ -11,6 +11,7 @@ command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -51,6 +51,8 @@ pub enum Command {
     Vrfy,
     /// `HELP [topic]`.
     Help,
+    /// `STARTTLS` (RFC 3207).
+    StartTls,
     /// An HTTP verb or proxy request: not a mail client; the session ends.
     Forbidden,
 }
@@ -69,6 +71,7 @@ const COMMANDS: &[(&str, Parser)] = &[
     ("QUIT", |a| no_args(a, Command::Quit, "QUIT")),
     ("VRFY", parse_vrfy),
     ("HELP", |_| Ok(Command::Help)),
+    ("STARTTLS", |a| no_args(a, Command::StartTls, "STARTTLS")),
     ("GET", |_| Ok(Command::Forbidden)),
     ("POST", |_| Ok(Command::Forbidden)),
     ("CONNECT", |_| Ok(Command::Forbidden)),

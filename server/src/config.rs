@@ -54,6 +54,15 @@ pub struct Args {
     /// Seconds that transfers in progress may take to finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// PEM certificate chain: enables STARTTLS (and --tls-listen).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Address for implicit TLS (port 465 style, RFC 8314); may be given several times.
+    #[arg(long = "tls-listen", value_name = "ADDR:PORT", requires = "tls_cert")]
+    pub tls_listen: Vec<SocketAddr>,
     /// FOR BENCHMARKS ONLY: answer 250 without fsync; a crash may lose accepted mail.
     #[arg(long)]
     pub no_fsync: bool,

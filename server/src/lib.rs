@@ -10,6 +10,7 @@
 //! - [`transport`]: the byte transport between socket and session (plain TCP; TLS slots in here).
 //! - [`reactor`]: the mio event loop that moves bytes and runs the session's actions.
 //! - [`commit`]: the group-commit thread, the only place that waits on fsync.
+//! - [`tls`]: loading the certificate and key for STARTTLS and implicit TLS.
 //!
 //! Invariants: `command`, `reply`, `data` and `session` never touch a socket, a file or the
 //! clock; `250` after DATA is sent only once the message is durable in `new/`.
@@ -21,4 +22,5 @@ pub mod data;
 pub mod reactor;
 pub mod reply;
 pub mod session;
+pub mod tls;
 pub mod transport;

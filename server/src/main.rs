@@ -45,6 +45,10 @@ fn run(args: &Args) -> Result<(), String> {
         Some(n) => n,
         None => fd_budget.max(1),
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(smtpd::tls::load(cert, key)?),
+        _ => None,
+    };
     let durability = if args.no_fsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
         Durability::NoFsync
@@ -58,14 +62,17 @@ fn run(args: &Args) -> Result<(), String> {
             max_recipients: args.max_recipients,
             timeout: args.timeout(),
             max_errors: 20,
+            starttls: tls.is_some(),
         }),
         trusted: args.trusted_networks(),
         max_connections,
         max_per_ip: args.max_per_ip,
         durability,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        tls,
     };
-    let server = Server::bind(&args.listen, maildir, config).map_err(|e| e.to_string())?;
+    let server =
+        Server::bind(&args.listen, &args.tls_listen, maildir, config).map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!(
         "listening on {}, Maildir {}",

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub durability: Durability,
     /// How long transfers may go on after a stop signal.
     pub shutdown_timeout: Duration,
+    /// Certificate and key for STARTTLS and implicit TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 struct Conn {
@@ -71,12 +73,17 @@ struct Conn {
     eof: bool,
     /// Closed, waiting for the client to read its last reply (until `LINGER` runs out).
     lingering: bool,
+    /// STARTTLS accepted: switch to TLS once the `220` is sent.
+    starting_tls: bool,
+    /// The handshake's outcome was given to the session.
+    tls_reported: bool,
 }
 
 /// The server: listeners, connections, timers and the group-commit thread.
 pub struct Server {
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    /// Listening sockets, and whether each speaks TLS from the first byte.
+    listeners: Vec<(TcpListener, bool)>,
     conns: Slab<Conn>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     config: ServerConfig,
@@ -93,21 +100,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listen address and starts the group-commit thread.
+    /// Binds every listen address (`plain`, and `implicit_tls` which needs `config.tls`) and
+    /// starts the group-commit thread.
     pub fn bind(
-        addrs: &[SocketAddr],
+        plain: &[SocketAddr],
+        implicit_tls: &[SocketAddr],
         maildir: Maildir,
         config: ServerConfig,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        let all = plain.iter().map(|a| (a, false));
+        for (i, (addr, tls)) in all
+            .chain(implicit_tls.iter().map(|a| (a, true)))
+            .enumerate()
+        {
             let mut l = TcpListener::bind(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
-            listeners.push(l);
+            listeners.push((l, tls));
         }
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry()
@@ -140,7 +153,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -200,11 +213,12 @@ impl Server {
             return;
         }
         loop {
-            let Some(listener) = self.listeners.get(index) else {
+            let Some((listener, tls)) = self.listeners.get(index) else {
                 return;
             };
+            let tls = *tls;
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => self.admit(stream, peer, tls, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -218,7 +232,7 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
         let refusal = if self.conns.len() >= self.config.max_connections {
@@ -240,7 +254,18 @@ impl Server {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let mut transport = Transport::Plain(stream);
+        let mut transport = Transport::plain(stream);
+        let mut session = Session::new(self.config.session.clone(), peer, trusted, now);
+        if tls {
+            let Some(config) = &self.config.tls else {
+                return;
+            };
+            if let Err(e) = transport.start_tls(config) {
+                log::error!("cannot start TLS for {peer}: {e}");
+                return;
+            }
+            session.handle_tls_started(now);
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = transport.register(self.poll.registry(), Token(FIRST_CONN + key)) {
@@ -255,7 +280,7 @@ impl Server {
         log::info!("connect from [{}]:{}", peer.ip(), peer.port());
         entry.insert(Conn {
             transport,
-            session: Session::new(self.config.session.clone(), peer, trusted, now),
+            session,
             generation: self.next_generation,
             inbuf: Vec::new(),
             delivery: None,
@@ -264,6 +289,8 @@ impl Server {
             limited_ip,
             eof: false,
             lingering: false,
+            starting_tls: false,
+            tls_reported: false,
         });
         self.drive(key, now);
     }
@@ -292,6 +319,7 @@ impl Server {
                         progress = true;
                     }
                     Ok(n) => {
+                        report_tls(conn);
                         let data = &self.scratch[..n];
                         if conn.inbuf.is_empty() {
                             let used = conn.session.handle_input(data, now);
@@ -304,7 +332,12 @@ impl Server {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) => {
-                        log::info!("read error from [{}]: {e}", conn.session.peer().ip());
+                        let what = if conn.transport.is_handshaking() {
+                            "TLS handshake failed"
+                        } else {
+                            "read error"
+                        };
+                        log::info!("{what} from [{}]: {e}", conn.session.peer().ip());
                         conn.eof = true;
                         conn.session.handle_eof();
                         progress = true;
@@ -318,6 +351,19 @@ impl Server {
             if !flush(conn) {
                 self.close(key);
                 return;
+            }
+            if conn.starting_tls
+                && conn.session.pending_output().is_empty()
+                && let Some(config) = &self.config.tls
+            {
+                conn.starting_tls = false;
+                if let Err(e) = conn.transport.start_tls(config) {
+                    log::error!("cannot start TLS: {e}");
+                    self.close(key);
+                    return;
+                }
+                conn.session.handle_tls_started(now);
+                progress = true;
             }
             if conn.session.is_closed() {
                 if conn.session.pending_output().is_empty() {
@@ -415,6 +461,7 @@ impl Server {
                     conn.delivery.take();
                     conn.store_failed = None;
                 }
+                Action::StartTls => conn.starting_tls = true,
                 Action::Close => {}
             }
         }
@@ -483,7 +530,7 @@ impl Server {
             self.config.shutdown_timeout
         );
         self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
-        for mut l in self.listeners.drain(..) {
+        for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -531,8 +578,23 @@ impl Server {
     }
 }
 
+/// Gives the session the TLS protocol and cipher once the handshake has finished.
+fn report_tls(conn: &mut Conn) {
+    if !conn.tls_reported
+        && conn.transport.is_tls()
+        && !conn.transport.is_handshaking()
+        && let Some(info) = conn.transport.tls_info()
+    {
+        conn.tls_reported = true;
+        conn.session.set_tls_info(info);
+    }
+}
+
 /// Writes pending replies until done or the socket is full. False if the connection broke.
 fn flush(conn: &mut Conn) -> bool {
+    if conn.transport.flush().is_err() {
+        return false;
+    }
     loop {
         let pending = conn.session.pending_output();
         if pending.is_empty() {

@@ -96,7 +96,7 @@ pub const VRFY: Reply = Reply::fixed(
 pub const HELP: Reply = Reply::fixed(
     214,
     Status(2, 0, 0),
-    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
 );
 /// MAIL before HELO/EHLO.
 pub const NEED_HELO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send HELO/EHLO first");
@@ -124,6 +124,16 @@ pub const NEED_SMTPUTF8: Reply = Reply::fixed(
     Status(5, 6, 7),
     "Error: UTF-8 address requires the SMTPUTF8 parameter",
 );
+/// `220` to STARTTLS: the handshake follows.
+pub const READY_TLS: Reply = Reply::fixed(220, Status(2, 0, 0), "Ready to start TLS");
+/// STARTTLS when no certificate is configured.
+pub const NOT_IMPLEMENTED: Reply =
+    Reply::fixed(502, Status(5, 5, 1), "Error: command not implemented");
+/// STARTTLS on a connection that is already encrypted.
+pub const TLS_ACTIVE: Reply = Reply::fixed(554, Status(5, 5, 1), "Error: TLS already active");
+/// STARTTLS inside a mail transaction.
+pub const TRANSACTION_IN_PROGRESS: Reply =
+    Reply::fixed(503, Status(5, 5, 1), "Error: MAIL transaction in progress");
 /// Writing the queue file failed.
 pub const STORE_FAILED: Reply = Reply::fixed(451, Status(4, 3, 0), "Error: queue file write error");
 /// The disk is full.

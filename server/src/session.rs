@@ -19,6 +19,7 @@ use maildir_core::{Envelope, ForwardPath, ReversePath};
 use crate::command::{self, Command, MailParams};
 use crate::data::DataDecoder;
 use crate::reply::{self, Reply, Status};
+use crate::transport::TlsInfo;
 
 /// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -38,6 +39,8 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// Error replies after which the session is closed.
     pub max_errors: u32,
+    /// STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -51,6 +54,9 @@ pub enum Action {
     Commit,
     /// Discard the queue file.
     Abort,
+    /// Send the pending `220`, then start the TLS handshake; answer with
+    /// [`Session::handle_tls_started`].
+    StartTls,
     /// Close the connection once the pending output is sent.
     Close,
 }
@@ -93,6 +99,8 @@ enum State {
         id: String,
         size: u64,
     },
+    /// STARTTLS accepted; waiting for the transport to switch to TLS.
+    StartingTls,
     /// QUIT, 421 or end of input: nothing more is read.
     Closed,
 }
@@ -105,6 +113,7 @@ impl State {
             State::Begin(_) => "begin",
             State::Data { .. } => "data",
             State::Committing { .. } => "committing",
+            State::StartingTls => "starttls",
             State::Closed => "closed",
         }
     }
@@ -144,6 +153,10 @@ pub struct Session {
     shutting_down: bool,
     counts: Counts,
     accepted: u32,
+    /// The connection is encrypted.
+    tls: bool,
+    /// Protocol and cipher, once the handshake finished.
+    tls_info: Option<TlsInfo>,
 }
 
 impl Session {
@@ -177,6 +190,8 @@ impl Session {
             shutting_down: false,
             counts: Counts::default(),
             accepted: 0,
+            tls: false,
+            tls_info: None,
         }
     }
 
@@ -226,6 +241,18 @@ impl Session {
                         self.error(reply::LINE_TOO_LONG);
                     } else {
                         self.command(line);
+                    }
+                    if matches!(self.state, State::StartingTls) {
+                        // RFC 3207 §4.2: anything pipelined after STARTTLS is plaintext
+                        // injection; it is dropped, never executed after the handshake.
+                        if pos < input.len() {
+                            log::warn!(
+                                "[{}] discarded {} octets sent after STARTTLS",
+                                self.peer.ip(),
+                                input.len() - pos
+                            );
+                        }
+                        pos = input.len();
                     }
                 }
                 None if rest.len() >= MAX_COMMAND_LINE => {
@@ -309,6 +336,28 @@ impl Session {
         self.after_transaction();
     }
 
+    /// The transport now speaks TLS (after STARTTLS, or from the start on an implicit TLS
+    /// listener). After STARTTLS the session starts over, as RFC 3207 requires: a new EHLO.
+    pub fn handle_tls_started(&mut self, now: Instant) {
+        self.tls = true;
+        if matches!(self.state, State::StartingTls) {
+            self.state = State::Idle;
+            self.helo = None;
+        }
+        self.deadline = Some(now + self.config.timeout);
+    }
+
+    /// The TLS handshake finished with this protocol and cipher.
+    pub fn set_tls_info(&mut self, info: TlsInfo) {
+        log::info!(
+            "[{}] TLS established: {} {}",
+            self.peer.ip(),
+            info.version,
+            info.cipher
+        );
+        self.tls_info = Some(info);
+    }
+
     /// The idle deadline passed (the caller checks [`Session::deadline`] first).
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.deadline {
@@ -385,7 +434,7 @@ impl Session {
     /// When the session times out, if it is waiting for the client.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
-            State::Committing { .. } | State::Begin(_) | State::Closed => None,
+            State::Committing { .. } | State::Begin(_) | State::StartingTls | State::Closed => None,
             _ => self.deadline,
         }
     }
@@ -394,7 +443,7 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         !matches!(
             self.state,
-            State::Begin(_) | State::Committing { .. } | State::Closed
+            State::Begin(_) | State::Committing { .. } | State::StartingTls | State::Closed
         ) && self.out.len() - self.out_pos < OUTPUT_LIMIT
     }
 
@@ -475,6 +524,10 @@ impl Session {
             Command::Noop => self.other_ok(&reply::OK),
             Command::Vrfy => self.other_ok(&reply::VRFY),
             Command::Help => self.other_ok(&reply::HELP),
+            Command::StartTls => {
+                self.counts.other += 1;
+                self.starttls();
+            }
             Command::Quit => {
                 self.counts.quit += 1;
                 self.state = State::Idle;
@@ -507,21 +560,30 @@ impl Session {
         let host = self.config.hostname.clone();
         if esmtp {
             let size = format!("SIZE {}", self.config.max_size);
-            reply::write_multiline(
-                &mut self.out,
-                250,
-                &[
-                    &host,
-                    "PIPELINING",
-                    &size,
-                    "8BITMIME",
-                    "ENHANCEDSTATUSCODES",
-                    "SMTPUTF8",
-                ],
-            );
+            let mut lines = vec![host.as_str(), "PIPELINING", &size, "8BITMIME"];
+            if self.config.starttls && !self.tls {
+                lines.push("STARTTLS");
+            }
+            lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8"]);
+            reply::write_multiline(&mut self.out, 250, &lines);
         } else {
             reply::write_line(&mut self.out, 250, ' ', None, &host);
         }
+    }
+
+    fn starttls(&mut self) {
+        if !self.config.starttls {
+            return self.error(reply::NOT_IMPLEMENTED);
+        }
+        if self.tls {
+            return self.error(reply::TLS_ACTIVE);
+        }
+        if !matches!(self.state, State::Idle) {
+            return self.error(reply::TRANSACTION_IN_PROGRESS);
+        }
+        self.reply(&reply::READY_TLS);
+        self.state = State::StartingTls;
+        self.actions.push_back(Action::StartTls);
     }
 
     fn mail(&mut self, from: ReversePath, params: MailParams) {
@@ -620,8 +682,13 @@ impl Session {
             (true, false) => "ESMTP",
             (false, _) => "SMTP",
         };
+        let s = if self.tls { "S" } else { "" };
+        let using = match &self.tls_info {
+            Some(t) => format!("\t(using {} with cipher {})\r\n", t.version, t.cipher),
+            None => String::new(),
+        };
         let header = format!(
-            "Received: from {helo} (unknown [{}])\r\n\tby {} with {proto} id {id};\r\n\t{}\r\n",
+            "Received: from {helo} (unknown [{}])\r\n{using}\tby {} with {proto}{s} id {id};\r\n\t{}\r\n",
             self.peer.ip(),
             self.config.hostname,
             maildir_core::date::rfc5322(wall)
@@ -697,6 +764,7 @@ mod tests {
             max_recipients: 3,
             timeout: Duration::from_secs(300),
             max_errors: 20,
+            starttls: true,
         })
     }
 
@@ -745,6 +813,7 @@ mod tests {
                             s.handle_stored(Ok(()), now);
                         }
                         Action::Abort => current = None,
+                        Action::StartTls => s.handle_tls_started(now),
                         Action::Close => {}
                     }
                 }
@@ -944,5 +1013,67 @@ mod tests {
             String::from_utf8_lossy(s.pending_output())
                 .ends_with("421 4.3.2 mx.test Service shutting down\r\n")
         );
+    }
+}
+
+#[cfg(test)]
+mod starttls_tests {
+    use super::*;
+
+    fn session(starttls: bool) -> Session {
+        let config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_size: 1000,
+            max_recipients: 3,
+            timeout: Duration::from_secs(300),
+            max_errors: 20,
+            starttls,
+        });
+        Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
+    }
+
+    fn take(s: &mut Session) -> String {
+        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        s.output_written(out.len());
+        out
+    }
+
+    #[test]
+    fn pipelined_commands_after_starttls_are_discarded() {
+        let now = Instant::now();
+        let mut s = session(true);
+        let input = b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\n";
+        assert_eq!(s.handle_input(input, now), input.len());
+        let out = take(&mut s);
+        assert!(out.contains("250-STARTTLS\r\n"));
+        assert!(out.ends_with("220 2.0.0 Ready to start TLS\r\n"), "{out}");
+        assert_eq!(s.poll_action(), Some(Action::StartTls));
+        assert!(!s.wants_read());
+        s.handle_tls_started(now);
+        // The injected MAIL was never executed: a new EHLO is required and STARTTLS is gone.
+        s.handle_input(b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nSTARTTLS\r\n", now);
+        let out = take(&mut s);
+        assert!(
+            out.starts_with("503 5.5.1 Error: send HELO/EHLO first\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("STARTTLS\r\n"), "{out}");
+        assert!(
+            out.ends_with("554 5.5.1 Error: TLS already active\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn starttls_refused_when_not_offered_or_in_a_transaction() {
+        let now = Instant::now();
+        let mut s = session(false);
+        s.handle_input(b"EHLO c\r\nSTARTTLS\r\n", now);
+        let out = take(&mut s);
+        assert!(!out.contains("STARTTLS"));
+        assert!(out.ends_with("502 5.5.1 Error: command not implemented\r\n"));
+        let mut s = session(true);
+        s.handle_input(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nSTARTTLS\r\n", now);
+        assert!(take(&mut s).ends_with("503 5.5.1 Error: MAIL transaction in progress\r\n"));
     }
 }

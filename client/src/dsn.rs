@@ -28,18 +28,36 @@ pub struct Failed {
 /// Longest run of original headers copied into the report.
 const MAX_HEADERS: usize = 64 * 1024;
 
+/// Who reports what about which message.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    /// This host's name.
+    pub reporting_mta: &'a str,
+    /// The bounced message's queue id.
+    pub queue_id: &'a str,
+    /// The envelope sender the DSN goes to (without brackets).
+    pub sender: &'a str,
+    /// When the message was queued.
+    pub arrival: SystemTime,
+    /// Now.
+    pub now: SystemTime,
+}
+
 /// Writes the complete DSN message (headers and body, CRLF) into `out`. `original` reads the
 /// transmitted part of the bounced message (after the envelope); only its header is copied.
 pub fn write<W: Write, R: BufRead>(
     out: &mut W,
-    reporting_mta: &str,
-    queue_id: &str,
-    sender: &str,
-    arrival: SystemTime,
-    now: SystemTime,
+    report: &Report<'_>,
     failed: &[Failed],
     original: R,
 ) -> io::Result<()> {
+    let Report {
+        reporting_mta,
+        queue_id,
+        sender,
+        arrival,
+        now,
+    } = *report;
     let boundary = format!("{queue_id}/{reporting_mta}").replace(
         |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '/',
         "_",
@@ -154,17 +172,14 @@ mod tests {
             reason: String::new(),
         }];
         let orig = &b"Subject: hi\r\nFrom: a@b\r\n\r\nbody line\r\n"[..];
-        write(
-            &mut out,
-            "relay.test",
-            "123.M1P2Q3.h",
-            "s@a.test",
-            SystemTime::UNIX_EPOCH,
-            SystemTime::UNIX_EPOCH,
-            &failed,
-            orig,
-        )
-        .unwrap();
+        let report = Report {
+            reporting_mta: "relay.test",
+            queue_id: "123.M1P2Q3.h",
+            sender: "s@a.test",
+            arrival: SystemTime::UNIX_EPOCH,
+            now: SystemTime::UNIX_EPOCH,
+        };
+        write(&mut out, &report, &failed, orig).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("multipart/report; report-type=delivery-status"));
         assert!(s.contains("Final-Recipient: rfc822; r@x.test\r\n"));

@@ -64,14 +64,12 @@ impl Tally {
         }
         *slot = Some(a);
         *open -= 1;
-        if *open == 0 {
-            if let Some(m) = self.msgs[msg].take() {
-                let results = std::mem::take(&mut self.results[msg]);
-                if self.tx.send(Finished { msg: m, results }).is_err() {
-                    log::error!(
-                        "recorder is gone; results of this run are lost and will be retried"
-                    );
-                }
+        if *open == 0
+            && let Some(m) = self.msgs[msg].take()
+        {
+            let results = std::mem::take(&mut self.results[msg]);
+            if self.tx.send(Finished { msg: m, results }).is_err() {
+                log::error!("recorder is gone; results of this run are lost and will be retried");
             }
         }
     }
@@ -93,12 +91,12 @@ pub fn build(
     };
     // Every recipient already final (a crash after recording, before the move): finish now.
     for i in 0..n {
-        if tally.open[i] == 0 {
-            if let Some(m) = tally.msgs[i].take() {
-                let results = std::mem::take(&mut tally.results[i]);
-                if tally.tx.send(Finished { msg: m, results }).is_err() {
-                    log::error!("recorder is gone");
-                }
+        if tally.open[i] == 0
+            && let Some(m) = tally.msgs[i].take()
+        {
+            let results = std::mem::take(&mut tally.results[i]);
+            if tally.tx.send(Finished { msg: m, results }).is_err() {
+                log::error!("recorder is gone");
             }
         }
     }

@@ -227,6 +227,11 @@ impl Reactor<'_> {
                 return;
             }
         };
+        // Pipelined writes are small and followed by waiting for a reply: Nagle would hold
+        // them for the peer's delayed ACK (40 ms a message).
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("cannot set TCP_NODELAY: {e}");
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -322,11 +327,11 @@ impl Reactor<'_> {
         } else {
             Some(c.connect_deadline)
         };
-        if let Some(t) = deadline {
-            if c.armed.is_none_or(|a| t < a) {
-                c.armed = Some(t);
-                self.heap.push(Reverse((t, key, c.generation)));
-            }
+        if let Some(t) = deadline
+            && c.armed.is_none_or(|a| t < a)
+        {
+            c.armed = Some(t);
+            self.heap.push(Reverse((t, key, c.generation)));
         }
     }
 

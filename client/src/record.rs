@@ -248,10 +248,10 @@ fn apply(
                 log::error!("{e}");
             }
         }
-        if moves.iter().any(|m| m.2) {
-            if let Err(e) = states.sync_dir() {
-                log::error!("{e}");
-            }
+        if moves.iter().any(|m| m.2)
+            && let Err(e) = states.sync_dir()
+        {
+            log::error!("{e}");
         }
     }
 }
@@ -285,16 +285,14 @@ fn make_dsn(
     };
     let mut d = md.deliver().map_err(|e| e.to_string())?;
     let res = env.write_to(&mut d).and_then(|_| {
-        dsn::write(
-            &mut d,
-            &cfg.reporting_mta,
-            &m.name,
+        let report = dsn::Report {
+            reporting_mta: &cfg.reporting_mta,
+            queue_id: &m.name,
             sender,
-            m.arrival,
+            arrival: m.arrival,
             now,
-            failed,
-            original,
-        )
+        };
+        dsn::write(&mut d, &report, failed, original)
     });
     res.and_then(|_| d.flush())
         .map_err(|e| format!("cannot write bounce: {e}"))?;

@@ -150,10 +150,10 @@ impl ReplyParser {
             Some(b'-') => false,
             Some(_) => return Err(ReplyError::Malformed(text)),
         };
-        if let Some(first) = self.code {
-            if first != code {
-                return Err(ReplyError::CodeChanged { first, then: code });
-            }
+        if let Some(first) = self.code
+            && first != code
+        {
+            return Err(ReplyError::CodeChanged { first, then: code });
         }
         self.code = Some(code);
         if self.lines.len() >= MAX_LINES {

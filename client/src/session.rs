@@ -323,15 +323,15 @@ impl Session {
 
     /// Checks the timeout at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(at) = self.poll_timeout() {
-            if now >= at {
-                let what = match (self.phase, self.expects.front()) {
-                    (Phase::Body(_), _) => "sending message body".to_owned(),
-                    (_, Some(e)) => format!("waiting for reply to {}", expect_name(*e)),
-                    _ => "idle".to_owned(),
-                };
-                self.close(Some(format!("timeout {what}")));
-            }
+        if let Some(at) = self.poll_timeout()
+            && now >= at
+        {
+            let what = match (self.phase, self.expects.front()) {
+                (Phase::Body(_), _) => "sending message body".to_owned(),
+                (_, Some(e)) => format!("waiting for reply to {}", expect_name(*e)),
+                _ => "idle".to_owned(),
+            };
+            self.close(Some(format!("timeout {what}")));
         }
     }
 
@@ -408,10 +408,10 @@ impl Session {
                 self.advance();
             }
             Expect::Rcpt(n, i) => {
-                if let Some(tx) = self.tx_mut(n) {
-                    if let Some(slot) = tx.rcpts.get_mut(i) {
-                        *slot = Some(reply);
-                    }
+                if let Some(tx) = self.tx_mut(n)
+                    && let Some(slot) = tx.rcpts.get_mut(i)
+                {
+                    *slot = Some(reply);
                 }
                 if !self.ext.pipelining && self.queued.is_empty() {
                     // Last RCPT answered: DATA if someone was accepted, else RSET.
@@ -508,10 +508,10 @@ impl Session {
             return;
         }
         if !self.queued.is_empty() {
-            if self.expects.is_empty() {
-                if let Some((cmd, e)) = self.queued.pop_front() {
-                    self.send(cmd, e);
-                }
+            if self.expects.is_empty()
+                && let Some((cmd, e)) = self.queued.pop_front()
+            {
+                self.send(cmd, e);
             }
             return;
         }
@@ -543,13 +543,14 @@ impl Session {
     /// A reason this server cannot take job `n`, checked before sending anything.
     fn check_job(&self, n: usize) -> Option<Reply> {
         let job = &self.jobs[n];
-        if let Some(limit) = self.ext.size {
-            if limit > 0 && job.size > limit {
-                return Some(Reply::new(
-                    552,
-                    "5.3.4 message size exceeds the server's SIZE limit",
-                ));
-            }
+        if let Some(limit) = self.ext.size
+            && limit > 0
+            && job.size > limit
+        {
+            return Some(Reply::new(
+                552,
+                "5.3.4 message size exceeds the server's SIZE limit",
+            ));
         }
         if job.utf8 && !self.ext.smtputf8 {
             return Some(Reply::new(553, "5.6.7 server does not support SMTPUTF8"));

@@ -95,10 +95,10 @@ impl MsgState {
                     let mut it = rest.splitn(3, ' ');
                     let idx = it.next().and_then(|i| i.parse::<usize>().ok());
                     let state = it.next().and_then(RcptState::parse);
-                    if let (Some(i), Some(s)) = (idx, state) {
-                        if let Some(slot) = st.rcpts.get_mut(i) {
-                            *slot = (s, it.next().unwrap_or("").to_owned());
-                        }
+                    if let (Some(i), Some(s)) = (idx, state)
+                        && let Some(slot) = st.rcpts.get_mut(i)
+                    {
+                        *slot = (s, it.next().unwrap_or("").to_owned());
                     }
                 }
                 _ => {}
@@ -186,10 +186,12 @@ impl StateDir {
         let mut set = HashSet::new();
         for e in fs::read_dir(&self.dir).map_err(|e| ctx(e, "read", &self.dir))? {
             let e = e.map_err(|e| ctx(e, "read", &self.dir))?;
-            if let Some(n) = e.file_name().to_str() {
-                if !n.starts_with('.') && n != "lock" && !n.ends_with(".tmp") {
-                    set.insert(n.to_owned());
-                }
+            if let Some(n) = e.file_name().to_str()
+                && !n.starts_with('.')
+                && n != "lock"
+                && !n.ends_with(".tmp")
+            {
+                set.insert(n.to_owned());
             }
         }
         Ok(set)
@@ -242,10 +244,10 @@ impl StateDir {
     /// Removes the state of finished messages (made durable by the caller's directory fsync).
     pub fn remove(&self, name: &str) {
         let path = self.dir.join(name);
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove {}: {e}", path.display());
-            }
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("cannot remove {}: {e}", path.display());
         }
     }
 

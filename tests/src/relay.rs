@@ -44,16 +44,28 @@ impl Dns {
         for h in hosts {
             cmd.arg(format!("--host-record={h}"));
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn dnsmasq");
-        let dns = Dns { child, addr: format!("127.0.0.1:{port}") };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dnsmasq");
+        let dns = Dns {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
         // Ready when it answers a query (a UDP probe; dnsmasq replies NXDOMAIN or records).
-        wait_for("dnsmasq to answer", Duration::from_secs(10), || dns_answers(port));
+        wait_for("dnsmasq to answer", Duration::from_secs(10), || {
+            dns_answers(port)
+        });
         Some(dns)
     }
 }
 
 fn dns_answers(port: u16) -> bool {
-    let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else { return false };
+    let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
     // Query id 0x1234, RD, one question: "probe.test" type A class IN.
     let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -79,9 +91,21 @@ impl Drop for Dns {
 /// What the sink saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkEvent {
-    Connect { conn: u32, addr: String },
-    Read { conn: u32, data: Vec<u8> },
-    Message { conn: u32, addr: String, from: String, rcpts: Vec<String>, data: Vec<u8> },
+    Connect {
+        conn: u32,
+        addr: String,
+    },
+    Read {
+        conn: u32,
+        data: Vec<u8>,
+    },
+    Message {
+        conn: u32,
+        addr: String,
+        from: String,
+        rcpts: Vec<String>,
+        data: Vec<u8>,
+    },
 }
 
 /// The recording sink (`tests/py/sink.py`) on one port of several loopback addresses.
@@ -107,14 +131,26 @@ impl Sink {
         let ready = dir.path().join("ready");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/sink.py");
         let mut cmd = Command::new("python3");
-        cmd.arg(script).arg("--log").arg(&log).arg("--ready").arg(&ready);
+        cmd.arg(script)
+            .arg("--log")
+            .arg(&log)
+            .arg("--ready")
+            .arg(&ready);
         for ip in ips {
             cmd.arg("--listen").arg(format!("{ip}:{port}"));
         }
         cmd.args(extra);
-        let child = cmd.stdin(Stdio::null()).spawn().expect("spawn python3 sink.py");
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn python3 sink.py");
         wait_for("sink to listen", Duration::from_secs(10), || ready.exists());
-        Sink { child, port, log, _dir: dir }
+        Sink {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
     }
 
     /// Everything logged so far.
@@ -125,13 +161,23 @@ impl Sink {
             let f: Vec<&str> = line.split('\t').collect();
             let conn = f.get(1).and_then(|c| c.parse().ok()).unwrap_or(0);
             match f[0] {
-                "connect" if f.len() == 3 => v.push(SinkEvent::Connect { conn, addr: f[2].into() }),
-                "read" if f.len() == 3 => v.push(SinkEvent::Read { conn, data: b64(f[2]) }),
+                "connect" if f.len() == 3 => v.push(SinkEvent::Connect {
+                    conn,
+                    addr: f[2].into(),
+                }),
+                "read" if f.len() == 3 => v.push(SinkEvent::Read {
+                    conn,
+                    data: b64(f[2]),
+                }),
                 "message" if f.len() == 6 => v.push(SinkEvent::Message {
                     conn,
                     addr: f[2].into(),
                     from: f[3].into(),
-                    rcpts: f[4].split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                    rcpts: f[4]
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
                     data: b64(f[5]),
                 }),
                 _ => {} // a line being written
@@ -145,7 +191,13 @@ impl Sink {
         self.events()
             .into_iter()
             .filter_map(|e| match e {
-                SinkEvent::Message { conn, addr, from, rcpts, data } => Some((conn, addr, from, rcpts, data)),
+                SinkEvent::Message {
+                    conn,
+                    addr,
+                    from,
+                    rcpts,
+                    data,
+                } => Some((conn, addr, from, rcpts, data)),
                 _ => None,
             })
             .collect()
@@ -200,14 +252,21 @@ pub fn b64(s: &str) -> Vec<u8> {
 pub fn queue(md: &Maildir, sender: &str, rcpts: &[&str], rest: &[u8]) -> String {
     let env = Envelope {
         sender: ReversePath::parse(sender).expect("sender"),
-        recipients: rcpts.iter().map(|r| ForwardPath::parse(r).expect("recipient")).collect(),
+        recipients: rcpts
+            .iter()
+            .map(|r| ForwardPath::parse(r).expect("recipient"))
+            .collect(),
     };
     let mut d = md.deliver().expect("deliver");
     use std::io::Write;
     env.write_to(&mut d).expect("write envelope");
     d.write_all(rest).expect("write message");
     let done = d.commit(Durability::NoFsync).expect("commit");
-    done.path.file_name().and_then(|n| n.to_str()).expect("file name").to_owned()
+    done.path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("file name")
+        .to_owned()
 }
 
 /// A message body in the stored format: Received, headers, a body with a dot line.
@@ -250,7 +309,8 @@ pub fn without_envelope(file: &[u8]) -> Vec<u8> {
     let mut pos = 0;
     for (i, line) in file.split_inclusive(|&b| b == b'\n').enumerate() {
         let l = line.to_ascii_lowercase();
-        if (i == 0 && l.starts_with(b"return-path:")) || (i > 0 && l.starts_with(b"x-original-to:")) {
+        if (i == 0 && l.starts_with(b"return-path:")) || (i > 0 && l.starts_with(b"x-original-to:"))
+        {
             pos += line.len();
         } else {
             break;

@@ -28,7 +28,17 @@ fn maildir() -> (tempfile::TempDir, Maildir) {
 }
 
 fn args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
-    vec!["--once", "--dns", &dns.addr, "--port", port, "--timeout", "10", "--helo", "relay.test"]
+    vec![
+        "--once",
+        "--dns",
+        &dns.addr,
+        "--port",
+        port,
+        "--timeout",
+        "10",
+        "--helo",
+        "relay.test",
+    ]
 }
 
 /// 1. 300 messages across 3 domains: one connection per sink address, content byte-identical
@@ -36,8 +46,16 @@ fn args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
 #[test]
 fn three_domains_one_connection_each_content_intact() {
     let Some(dns) = Dns::start(
-        &["a.test,mx.a.test,10", "b.test,mx.b.test,10", "c.test,mx.c.test,10"],
-        &["mx.a.test,127.0.1.2", "mx.b.test,127.0.1.3", "mx.c.test,127.0.1.4"],
+        &[
+            "a.test,mx.a.test,10",
+            "b.test,mx.b.test,10",
+            "c.test,mx.c.test,10",
+        ],
+        &[
+            "mx.a.test,127.0.1.2",
+            "mx.b.test,127.0.1.3",
+            "mx.c.test,127.0.1.4",
+        ],
     ) else {
         return;
     };
@@ -54,7 +72,10 @@ fn three_domains_one_connection_each_content_intact() {
     }
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &args(&dns, &port)));
-    assert!(out.contains("300 delivered, 0 deferred, 0 bounced"), "{out}");
+    assert!(
+        out.contains("300 delivered, 0 deferred, 0 bounced"),
+        "{out}"
+    );
     assert!(list(md.new_dir()).is_empty(), "new/ is empty afterwards");
     let cur = list(md.cur_dir());
     assert_eq!(cur.len(), 300);
@@ -78,19 +99,36 @@ fn three_domains_one_connection_each_content_intact() {
 /// 2. Two domains whose MX is the same host travel over one connection.
 #[test]
 fn shared_mx_host_one_connection() {
-    let Some(dns) = Dns::start(&["x.test,mx.shared.test,10", "y.test,mx.shared.test,20"], &["mx.shared.test,127.0.2.2"]) else {
+    let Some(dns) = Dns::start(
+        &["x.test,mx.shared.test,10", "y.test,mx.shared.test,20"],
+        &["mx.shared.test,127.0.2.2"],
+    ) else {
         return;
     };
     let sink = Sink::start(&["127.0.2.2"], &[]);
     let (_d, md) = maildir();
     for i in 0..10 {
-        queue(&md, "<s@src.test>", &["<a@x.test>", "<b@y.test>"], &sample(&format!("s{i}"), "a@x.test"));
-        queue(&md, "<s@src.test>", &["<c@Y.test>"], &sample(&format!("t{i}"), "c@y.test"));
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<a@x.test>", "<b@y.test>"],
+            &sample(&format!("s{i}"), "a@x.test"),
+        );
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<c@Y.test>"],
+            &sample(&format!("t{i}"), "c@y.test"),
+        );
     }
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &args(&dns, &port)));
     assert!(out.contains("30 delivered"), "{out}");
-    assert_eq!(sink.connections().len(), 1, "one connection for both domains");
+    assert_eq!(
+        sink.connections().len(),
+        1,
+        "one connection for both domains"
+    );
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 20);
     // Recipients of one message on the same host go in one transaction.
@@ -109,7 +147,12 @@ fn refused_first_mx_falls_back_to_second() {
     let sink = Sink::start(&["127.0.3.3"], &[]); // nothing listens on 127.0.3.2
     let (_d, md) = maildir();
     for i in 0..5 {
-        queue(&md, "<s@src.test>", &["<u@d.test>"], &sample(&format!("f{i}"), "u@d.test"));
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<u@d.test>"],
+            &sample(&format!("f{i}"), "u@d.test"),
+        );
     }
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &args(&dns, &port)));
@@ -124,19 +167,34 @@ fn refused_first_mx_falls_back_to_second() {
 /// `--now` run once the sink accepts; the second bounces with an RFC 3464 DSN.
 #[test]
 fn deferral_then_delivery_and_bounce_with_dsn() {
-    let Some(dns) = Dns::start(&["e.test,mx.e.test,10", "src.test,mx.src.test,10"], &["mx.e.test,127.0.4.2", "mx.src.test,127.0.4.3"]) else {
+    let Some(dns) = Dns::start(
+        &["e.test,mx.e.test,10", "src.test,mx.src.test,10"],
+        &["mx.e.test,127.0.4.2", "mx.src.test,127.0.4.3"],
+    ) else {
         return;
     };
-    let sink = Sink::start(&["127.0.4.2", "127.0.4.3"], &["--code", "later@e.test=451", "--code", "nobody@e.test=550"]);
+    let sink = Sink::start(
+        &["127.0.4.2", "127.0.4.3"],
+        &["--code", "later@e.test=451", "--code", "nobody@e.test=550"],
+    );
     let (_d, md) = maildir();
-    let name = queue(&md, "<sender@src.test>", &["<later@e.test>", "<nobody@e.test>", "<fine@e.test>"], &sample("d1", "x@e.test"));
+    let name = queue(
+        &md,
+        "<sender@src.test>",
+        &["<later@e.test>", "<nobody@e.test>", "<fine@e.test>"],
+        &sample("d1", "x@e.test"),
+    );
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &args(&dns, &port)));
     assert!(out.contains("1 delivered, 1 deferred, 1 bounced"), "{out}");
     // The original stays (one recipient deferred); a DSN is queued beside it.
     let new = list(md.new_dir());
     assert_eq!(new.len(), 2, "{new:?}");
-    let dsn = new.iter().find(|p| !p.ends_with(&name)).expect("a DSN in new/").clone();
+    let dsn = new
+        .iter()
+        .find(|p| !p.ends_with(&name))
+        .expect("a DSN in new/")
+        .clone();
     let script = r#"
 import sys, email
 raw = open(sys.argv[1], 'rb').read()
@@ -171,21 +229,45 @@ print(len(rcpts), rcpts[0]['Final-Recipient'], rcpts[0]['Status'], rcpts[0]['Act
     assert!(out.contains("1 delivered, 0 deferred, 0 bounced"), "{out}");
     assert!(list(md.new_dir()).is_empty());
     let msgs = sink.messages();
-    let later: Vec<_> = msgs.iter().filter(|m| m.3 == vec!["<later@e.test>".to_string()]).collect();
-    assert_eq!(later.len(), 1, "the deferred recipient alone, once: {msgs:?}");
-    assert!(list(md.cur_dir()).iter().any(|p| p.to_string_lossy().ends_with(&format!("{name}:2,PT"))));
+    let later: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.3 == vec!["<later@e.test>".to_string()])
+        .collect();
+    assert_eq!(
+        later.len(),
+        1,
+        "the deferred recipient alone, once: {msgs:?}"
+    );
+    assert!(
+        list(md.cur_dir())
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&format!("{name}:2,PT")))
+    );
 }
 
 /// 5. Null MX → DSN; NXDOMAIN → DSN; a message from <> that bounces → no DSN.
 #[test]
 fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
-    let Some(dns) = Dns::start(&["null.test,.,0", "src.test,mx.src.test,10"], &["mx.src.test,127.0.5.2"]) else {
+    let Some(dns) = Dns::start(
+        &["null.test,.,0", "src.test,mx.src.test,10"],
+        &["mx.src.test,127.0.5.2"],
+    ) else {
         return;
     };
     let sink = Sink::start(&["127.0.5.2"], &[]);
     let (_d, md) = maildir();
-    queue(&md, "<s@src.test>", &["<u@null.test>"], &sample("n1", "u@null.test"));
-    queue(&md, "<s@src.test>", &["<u@nx.test>"], &sample("n2", "u@nx.test"));
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@null.test>"],
+        &sample("n1", "u@null.test"),
+    );
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@nx.test>"],
+        &sample("n2", "u@nx.test"),
+    );
     queue(&md, "<>", &["<u@nx.test>"], &sample("n3", "u@nx.test"));
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &args(&dns, &port)));
@@ -197,7 +279,11 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     for f in &new {
         let text = std::fs::read_to_string(f).unwrap();
         assert!(text.starts_with("Return-Path: <>\r\nX-Original-To: <s@src.test>\r\n"));
-        let st = text.lines().find(|l| l.starts_with("Status: ")).unwrap().to_owned();
+        let st = text
+            .lines()
+            .find(|l| l.starts_with("Status: "))
+            .unwrap()
+            .to_owned();
         statuses.push(st);
     }
     statuses.sort();
@@ -213,13 +299,21 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
 /// 6. PIPELINING: MAIL/RCPT/DATA in one read when advertised; one command per read when not.
 #[test]
 fn pipelining_when_offered_and_lockstep_when_not() {
-    let Some(dns) = Dns::start(&["p.test,mx.p.test,10", "q.test,mx.q.test,10"], &["mx.p.test,127.0.6.2", "mx.q.test,127.0.6.3"]) else {
+    let Some(dns) = Dns::start(
+        &["p.test,mx.p.test,10", "q.test,mx.q.test,10"],
+        &["mx.p.test,127.0.6.2", "mx.q.test,127.0.6.3"],
+    ) else {
         return;
     };
     let pipe = Sink::start(&["127.0.6.2"], &[]);
     let (_d, md) = maildir();
     for i in 0..3 {
-        queue(&md, "<s@src.test>", &["<a@p.test>", "<b@p.test>"], &sample(&format!("p{i}"), "a@p.test"));
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<a@p.test>", "<b@p.test>"],
+            &sample(&format!("p{i}"), "a@p.test"),
+        );
     }
     let port = pipe.port.to_string();
     ok(&relay(md.root(), &args(&dns, &port)));
@@ -227,33 +321,53 @@ fn pipelining_when_offered_and_lockstep_when_not() {
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            integration_tests::relay::SinkEvent::Read { data, .. } => Some(String::from_utf8_lossy(&data).into_owned()),
+            integration_tests::relay::SinkEvent::Read { data, .. } => {
+                Some(String::from_utf8_lossy(&data).into_owned())
+            }
             _ => None,
         })
         .collect();
     assert!(
-        reads.iter().any(|r| r.starts_with("MAIL FROM:") && r.matches("RCPT TO:").count() == 2 && r.ends_with("DATA\r\n")),
+        reads.iter().any(|r| r.starts_with("MAIL FROM:")
+            && r.matches("RCPT TO:").count() == 2
+            && r.ends_with("DATA\r\n")),
         "one read with MAIL, both RCPTs and DATA: {reads:?}"
     );
     assert_eq!(pipe.messages().len(), 3);
 
     let plain = Sink::start_on(&["127.0.6.3"], pipe.port, &["--no-pipelining"]);
     for i in 0..3 {
-        queue(&md, "<s@src.test>", &["<a@q.test>", "<b@q.test>"], &sample(&format!("q{i}"), "a@q.test"));
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<a@q.test>", "<b@q.test>"],
+            &sample(&format!("q{i}"), "a@q.test"),
+        );
     }
     ok(&relay(md.root(), &args(&dns, &port)));
     let reads: Vec<String> = plain
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            integration_tests::relay::SinkEvent::Read { data, .. } => Some(String::from_utf8_lossy(&data).into_owned()),
+            integration_tests::relay::SinkEvent::Read { data, .. } => {
+                Some(String::from_utf8_lossy(&data).into_owned())
+            }
             _ => None,
         })
         .collect();
     assert!(reads.len() >= 3 * 4 + 2, "{reads:?}");
     for r in &reads {
-        if r.starts_with("EHLO") || r.starts_with("MAIL") || r.starts_with("RCPT") || r.starts_with("DATA") || r.starts_with("QUIT") {
-            assert_eq!(r.matches("\r\n").count(), 1, "one command per read without PIPELINING: {r:?}");
+        if r.starts_with("EHLO")
+            || r.starts_with("MAIL")
+            || r.starts_with("RCPT")
+            || r.starts_with("DATA")
+            || r.starts_with("QUIT")
+        {
+            assert_eq!(
+                r.matches("\r\n").count(),
+                1,
+                "one command per read without PIPELINING: {r:?}"
+            );
         }
     }
     assert_eq!(plain.messages().len(), 3);
@@ -270,11 +384,18 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
     let sink = Sink::start(&["127.0.7.2"], &["--dot-delay", "0.002"]);
     let (_d, md) = maildir();
     for i in 0..1000 {
-        queue(&md, "<s@src.test>", &["<u@k.test>"], &sample(&format!("k{i}"), "u@k.test"));
+        queue(
+            &md,
+            "<s@src.test>",
+            &["<u@k.test>"],
+            &sample(&format!("k{i}"), "u@k.test"),
+        );
     }
     let port = sink.port.to_string();
     let mut first = spawn_relay(md.root(), &args(&dns, &port));
-    wait_for("some messages delivered", Duration::from_secs(30), || sink.messages().len() >= 200);
+    wait_for("some messages delivered", Duration::from_secs(30), || {
+        sink.messages().len() >= 200
+    });
     let second = relay(md.root(), &args(&dns, &port));
     assert_eq!(second.status.code(), Some(75), "second relay must leave");
     let err = String::from_utf8_lossy(&second.stderr);
@@ -290,12 +411,18 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in sink.messages() {
         let text = String::from_utf8_lossy(&m.4).into_owned();
-        let id = text.lines().find(|l| l.starts_with("Message-ID:")).unwrap_or_default().to_owned();
+        let id = text
+            .lines()
+            .find(|l| l.starts_with("Message-ID:"))
+            .unwrap_or_default()
+            .to_owned();
         *seen.entry(id).or_default() += 1;
     }
     assert_eq!(seen.len(), 1000, "every message delivered at least once");
     let dups: usize = seen.values().map(|n| n - 1).sum();
-    eprintln!("SIGKILL after {before} deliveries, {left} left in new/: {dups} duplicate(s) on rerun");
+    eprintln!(
+        "SIGKILL after {before} deliveries, {left} left in new/: {dups} duplicate(s) on rerun"
+    );
     // In flight at the kill: what the sink accepted but the recorder had not moved yet, plus
     // one pipelined message. A batch of outcomes is at most a few hundred here.
     assert!(dups <= 1000 - left + 1 && dups <= 300, "{dups} duplicates");
@@ -314,12 +441,27 @@ fn end_to_end_swaks_smtpd_relay_sink() {
     let smtpd = Smtpd::start(&[]);
     let body = "Subject: e2e\r\n\r\nline one\r\n.dot line\r\nend\r\n";
     let out = std::process::Command::new("swaks")
-        .args(["--server", &smtpd.addr.to_string(), "--from", "me@src.test", "--to", "you@far.test,Other@FAR.test"])
+        .args([
+            "--server",
+            &smtpd.addr.to_string(),
+            "--from",
+            "me@src.test",
+            "--to",
+            "you@far.test,Other@FAR.test",
+        ])
         .args(["--data", body, "--hide-all"])
         .output()
         .expect("run swaks");
-    assert!(out.status.success(), "swaks: {}", String::from_utf8_lossy(&out.stdout));
-    wait_for("smtpd to store the message", Duration::from_secs(10), || smtpd.new_files().len() == 1);
+    assert!(
+        out.status.success(),
+        "swaks: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for(
+        "smtpd to store the message",
+        Duration::from_secs(10),
+        || smtpd.new_files().len() == 1,
+    );
     let stored = std::fs::read(&smtpd.new_files()[0]).unwrap();
     let port = sink.port.to_string();
     let out = ok(&relay(&smtpd.maildir, &args(&dns, &port)));
@@ -327,10 +469,16 @@ fn end_to_end_swaks_smtpd_relay_sink() {
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].2, "<me@src.test>");
-    assert_eq!(msgs[0].3, vec!["<you@far.test>".to_string(), "<Other@FAR.test>".to_string()]);
+    assert_eq!(
+        msgs[0].3,
+        vec!["<you@far.test>".to_string(), "<Other@FAR.test>".to_string()]
+    );
     assert_eq!(msgs[0].4, without_envelope(&stored));
     let text = String::from_utf8_lossy(&msgs[0].4).into_owned();
-    assert!(text.contains("\r\nline one\r\n.dot line\r\nend\r\n"), "{text}");
+    assert!(
+        text.contains("\r\nline one\r\n.dot line\r\nend\r\n"),
+        "{text}"
+    );
     assert!(!text.contains("X-Original-To"));
 }
 
@@ -346,5 +494,8 @@ fn bad_arguments_and_unusable_maildir() {
     let out = relay(Path::new(&file), &["--once"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("smtp-relay: cannot use Maildir") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("smtp-relay: cannot use Maildir") && err.lines().count() == 1,
+        "{err}"
+    );
 }

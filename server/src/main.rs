@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let code = match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // One line on stderr, not also through the logger.
             eprintln!("smtpd: {e}");
             ExitCode::FAILURE
         }

@@ -36,6 +36,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const INBUF_MAX: usize = 64 * 1024;
 /// How long a closed session may wait for its last reply to be read.
 const LINGER: Duration = Duration::from_secs(5);
+/// Pending connections the kernel may queue before we accept them.
+const LISTEN_BACKLOG: i32 = 4096;
 /// Pause after an accept failure such as "too many open files".
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -116,7 +118,7 @@ impl Server {
             .chain(implicit_tls.iter().map(|a| (a, true)))
             .enumerate()
         {
-            let mut l = TcpListener::bind(*addr)
+            let mut l = listen(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
@@ -233,6 +235,8 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
+        // This connection may have arrived after the poll returned: its clock starts now.
+        let now = now.max(Instant::now());
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
         let refusal = if self.conns.len() >= self.config.max_connections {
@@ -296,8 +300,11 @@ impl Server {
     }
 
     /// Moves bytes for one connection until nothing more can be done without waiting.
-    fn drive(&mut self, key: usize, now: Instant) {
+    fn drive(&mut self, key: usize, mut now: Instant) {
         loop {
+            // Deadlines count from the moment a line is handled, never from the (earlier)
+            // moment the poll returned: a timeout must not fire before it is due.
+            now = now.max(Instant::now());
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -576,6 +583,24 @@ impl Server {
             conn.session.summary()
         );
     }
+}
+
+/// A non-blocking listening socket with a backlog deep enough for connection bursts (the
+/// kernel caps it at `net.core.somaxconn`).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// Gives the session the TLS protocol and cipher once the handshake has finished.

@@ -151,5 +151,5 @@ pub fn python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-pub mod smtp;
 pub mod relay;
+pub mod smtp;

@@ -17,6 +17,9 @@ pub struct Dns {
     pub addr: String,
 }
 
+/// One message a sink received: (connection, address, from, recipients, data).
+pub type SinkMessage = (u32, String, String, Vec<String>, Vec<u8>);
+
 impl Dns {
     /// Starts dnsmasq with `--mx-host` and `--host-record` values, e.g.
     /// `mx(&["a.test,mx.a.test,10"])` and `hosts(&["mx.a.test,127.0.0.2"])`.
@@ -187,7 +190,7 @@ impl Sink {
     }
 
     /// Messages received: (connection, address, from, recipients, data).
-    pub fn messages(&self) -> Vec<(u32, String, String, Vec<String>, Vec<u8>)> {
+    pub fn messages(&self) -> Vec<SinkMessage> {
         self.events()
             .into_iter()
             .filter_map(|e| match e {

@@ -41,7 +41,7 @@ fn args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// 1. 300 messages across 3 domains: one connection per sink address, content byte-identical
+/// Acceptance 1: 300 messages across 3 domains: one connection per sink address, content byte-identical
 /// to the stored file minus the envelope lines.
 #[test]
 fn three_domains_one_connection_each_content_intact() {
@@ -96,7 +96,7 @@ fn three_domains_one_connection_each_content_intact() {
     }
 }
 
-/// 2. Two domains whose MX is the same host travel over one connection.
+/// Acceptance 2: Two domains whose MX is the same host travel over one connection.
 #[test]
 fn shared_mx_host_one_connection() {
     let Some(dns) = Dns::start(
@@ -135,7 +135,7 @@ fn shared_mx_host_one_connection() {
     assert_eq!(msgs.iter().filter(|m| m.3.len() == 2).count(), 10);
 }
 
-/// 3. The first MX refuses connections: the second MX gets the mail.
+/// Acceptance 3: The first MX refuses connections: the second MX gets the mail.
 #[test]
 fn refused_first_mx_falls_back_to_second() {
     let Some(dns) = Dns::start(
@@ -163,7 +163,7 @@ fn refused_first_mx_falls_back_to_second() {
     assert_eq!(sink.messages().len(), 5);
 }
 
-/// 4. 451 for one recipient, 550 for another: the first is deferred and delivered on a later
+/// Acceptance 4: 451 for one recipient, 550 for another: the first is deferred and delivered on a later
 /// `--now` run once the sink accepts; the second bounces with an RFC 3464 DSN.
 #[test]
 fn deferral_then_delivery_and_bounce_with_dsn() {
@@ -245,7 +245,7 @@ print(len(rcpts), rcpts[0]['Final-Recipient'], rcpts[0]['Status'], rcpts[0]['Act
     );
 }
 
-/// 5. Null MX → DSN; NXDOMAIN → DSN; a message from <> that bounces → no DSN.
+/// Acceptance 5: Null MX → DSN; NXDOMAIN → DSN; a message from <> that bounces → no DSN.
 #[test]
 fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     let Some(dns) = Dns::start(
@@ -296,7 +296,7 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     assert_eq!(sink.messages().iter().filter(|m| m.2 == "<>").count(), 2);
 }
 
-/// 6. PIPELINING: MAIL/RCPT/DATA in one read when advertised; one command per read when not.
+/// Acceptance 6: PIPELINING: MAIL/RCPT/DATA in one read when advertised; one command per read when not.
 #[test]
 fn pipelining_when_offered_and_lockstep_when_not() {
     let Some(dns) = Dns::start(
@@ -373,7 +373,7 @@ fn pipelining_when_offered_and_lockstep_when_not() {
     assert_eq!(plain.messages().len(), 3);
 }
 
-/// 7. SIGKILL mid-batch (1,000 messages to a slow sink), then a rerun: every message delivered
+/// Acceptance 7: SIGKILL mid-batch (1,000 messages to a slow sink), then a rerun: every message delivered
 /// at least once, duplicates bounded by what was in flight. Also: a second relay on the same
 /// Maildir while the first runs leaves with a clear message.
 #[test]
@@ -428,7 +428,7 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
     assert!(dups <= 1000 - left + 1 && dups <= 300, "{dups} duplicates");
 }
 
-/// 8. End to end: swaks → smtpd → Maildir → smtp-relay → sink, content intact.
+/// Acceptance 8: End to end: swaks → smtpd → Maildir → smtp-relay → sink, content intact.
 #[test]
 fn end_to_end_swaks_smtpd_relay_sink() {
     if !have("swaks") {

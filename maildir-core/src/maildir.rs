@@ -200,59 +200,36 @@ impl Maildir {
         })
     }
 
-    /// Makes every delivery in `batch` durable and moves it into `new/`, with one data flush and
-    /// one directory fsync for the whole batch. Results come back in the order given.
+    /// Makes every delivery in `batch` durable and moves it into `new/`: the files are flushed
+    /// from parallel threads (see [`Delivery::sync`]), then [`Maildir::publish`] renames them
+    /// with one directory fsync for the whole batch. Results come back in the order given.
     pub fn commit_batch(
         &self,
         batch: Vec<Delivery>,
         durability: Durability,
     ) -> Vec<Result<Delivered, MaildirError>> {
+        if durability == Durability::NoFsync {
+            return batch
+                .into_iter()
+                .map(|d| d.commit(Durability::NoFsync))
+                .collect();
+        }
+        let synced = sync_parallel(batch);
         let mut results: Vec<Option<Result<Delivered, MaildirError>>> =
-            (0..batch.len()).map(|_| None).collect();
-        let mut ready = Vec::with_capacity(batch.len());
-        for (i, mut d) in batch.into_iter().enumerate() {
-            match d.flush_file() {
-                Ok(()) => ready.push((i, d)),
+            (0..synced.len()).map(|_| None).collect();
+        let mut ok = Vec::with_capacity(synced.len());
+        let mut slots = Vec::with_capacity(synced.len());
+        for (i, r) in synced.into_iter().enumerate() {
+            match r {
+                Ok(s) => {
+                    ok.push(s);
+                    slots.push(i);
+                }
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let synced = match durability {
-            Durability::Fsync if !ready.is_empty() => sync_data(&ready),
-            _ => Ok(()),
-        };
-        if let Err(e) = synced {
-            for (i, _) in ready.drain(..) {
-                results[i] = Some(Err(MaildirError::new(
-                    "fsync",
-                    &self.tmp,
-                    io::Error::new(e.source.kind(), e.to_string()),
-                )));
-            }
-        }
-        let mut renamed = Vec::with_capacity(ready.len());
-        for (i, mut d) in ready {
-            match d.rename_into_new() {
-                Ok(done) => renamed.push((i, done)),
-                Err(e) => results[i] = Some(Err(e)),
-            }
-        }
-        let dir_synced = match durability {
-            Durability::Fsync if !renamed.is_empty() => fsync_dir(&self.new),
-            _ => Ok(()),
-        };
-        if let Err(e) = dir_synced {
-            // The files are in new/ but their names may not survive a crash: report failure
-            // so the client retries (a duplicate is better than a loss).
-            for (i, _) in renamed.drain(..) {
-                results[i] = Some(Err(MaildirError::new(
-                    "fsync",
-                    &self.new,
-                    io::Error::new(e.source.kind(), e.to_string()),
-                )));
-            }
-        }
-        for (i, done) in renamed {
-            results[i] = Some(Ok(done));
+        for (i, r) in slots.into_iter().zip(self.publish(ok)) {
+            results[i] = Some(r);
         }
         results
             .into_iter()
@@ -266,6 +243,29 @@ impl Maildir {
                 })
             })
             .collect()
+    }
+
+    /// Publishes deliveries whose bytes are already durable: renames each into `new/`, then one
+    /// fsync of `new/` for all of them. Results come back in the order given.
+    pub fn publish(&self, batch: Vec<Synced>) -> Vec<Result<Delivered, MaildirError>> {
+        let mut results: Vec<Result<Delivered, MaildirError>> = batch
+            .into_iter()
+            .map(|Synced(mut d)| d.rename_into_new())
+            .collect();
+        if results.iter().any(Result::is_ok)
+            && let Err(e) = fsync_dir(&self.new)
+        {
+            // The files are in new/ but their names may not survive a crash: report failure
+            // so the client retries (a duplicate is better than a loss).
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(MaildirError::new(
+                    "fsync",
+                    &self.new,
+                    io::Error::new(e.source.kind(), e.to_string()),
+                ));
+            }
+        }
+        results
     }
 
     /// Lists the messages in `new/` in arrival order (by the time in their unique names, then
@@ -318,6 +318,18 @@ impl Maildir {
     }
 }
 
+/// A delivery whose bytes are on stable storage, waiting for [`Maildir::publish`]. Dropping it
+/// removes the tmp file, like a [`Delivery`].
+#[derive(Debug)]
+pub struct Synced(Delivery);
+
+impl Synced {
+    /// The unique base name, used as the queue id.
+    pub fn id(&self) -> &str {
+        self.0.id()
+    }
+}
+
 /// A message being written into `tmp/`. Dropping it without committing removes the tmp file.
 #[derive(Debug)]
 pub struct Delivery {
@@ -341,16 +353,27 @@ impl Delivery {
 
     /// Commits this one message durably: fsync the file, rename into `new/`, fsync `new/`.
     pub fn commit(mut self, durability: Durability) -> Result<Delivered, MaildirError> {
+        if durability == Durability::NoFsync {
+            self.flush_file()?;
+            return self.rename_into_new();
+        }
+        let new_dir = self.new_dir.clone();
+        let mut done = self.sync()?;
+        let delivered = done.0.rename_into_new()?;
+        fsync_dir(&new_dir)?;
+        Ok(delivered)
+    }
+
+    /// Makes the file's bytes durable (fdatasync); it is not in `new/` until
+    /// [`Maildir::publish`]. Several files synced from parallel threads cost about one device
+    /// flush, as the block layer merges flush requests pending together.
+    pub fn sync(mut self) -> Result<Synced, MaildirError> {
         self.flush_file()?;
-        if let (Durability::Fsync, Some(f)) = (durability, &self.file) {
-            f.sync_all()
+        if let Some(f) = &self.file {
+            f.sync_data()
                 .map_err(|e| MaildirError::new("fsync", &self.tmp_path, e))?;
         }
-        let done = self.rename_into_new()?;
-        if durability == Durability::Fsync {
-            fsync_dir(&self.new_dir)?;
-        }
-        Ok(done)
+        Ok(Synced(self))
     }
 
     /// Abandons the delivery and removes its tmp file.
@@ -415,51 +438,49 @@ impl Drop for Delivery {
     }
 }
 
-/// Makes the data of every file in the batch durable. Several files are flushed from
-/// parallel threads: the block layer merges flush requests that are pending together, so a
-/// batch costs about one device flush instead of one per file (syncfs(2) would also flush every
-/// other writer's dirty data on the filesystem).
-fn sync_data(ready: &[(usize, Delivery)]) -> Result<(), MaildirError> {
+/// Syncs every delivery's data, from up to `SYNC_THREADS` parallel threads.
+fn sync_parallel(batch: Vec<Delivery>) -> Vec<Result<Synced, MaildirError>> {
     const SYNC_THREADS: usize = 16;
-    let sync_one = |d: &Delivery| -> Result<(), MaildirError> {
-        match &d.file {
-            Some(f) => f
-                .sync_data()
-                .map_err(|e| MaildirError::new("fsync", &d.tmp_path, e)),
-            None => Ok(()),
-        }
-    };
-    if ready.len() == 1 {
-        return sync_one(&ready[0].1);
+    if batch.len() <= 1 {
+        return batch.into_iter().map(Delivery::sync).collect();
     }
-    let workers = ready.len().min(SYNC_THREADS);
+    let n = batch.len();
+    let workers = n.min(SYNC_THREADS);
+    let mut lanes: Vec<Vec<(usize, Delivery)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, d) in batch.into_iter().enumerate() {
+        lanes[i % workers].push((i, d));
+    }
+    let mut results: Vec<Option<Result<Synced, MaildirError>>> = (0..n).map(|_| None).collect();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| {
                 scope.spawn(move || {
-                    ready
-                        .iter()
-                        .skip(w)
-                        .step_by(workers)
-                        .try_for_each(|(_, d)| sync_one(d))
+                    lane.into_iter()
+                        .map(|(i, d)| (i, d.sync()))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let mut result = Ok(());
         for h in handles {
-            let r = h.join().unwrap_or_else(|_| {
+            // A lane whose thread panicked has no results; its files count as failed below.
+            for (i, r) in h.join().unwrap_or_default() {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
                 Err(MaildirError::new(
                     "fsync",
                     Path::new("tmp"),
                     io::Error::other("sync thread panicked"),
                 ))
-            });
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    })
+            })
+        })
+        .collect()
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {

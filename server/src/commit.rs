@@ -1,14 +1,19 @@
-//! Group commit: a thread that makes finished queue files durable in batches (one data flush
-//! and one directory fsync per batch, see `Maildir::commit_batch`) and reports each result back
-//! to the reactor through a channel and a `mio::Waker`.
+//! Group commit, as a two-stage pipeline off the reactor thread:
+//! 1. a pool of sync threads flushes each finished queue file's data as soon as it arrives
+//!    (`Delivery::sync`; flushes pending together are merged by the block layer);
+//! 2. one publisher thread takes every file synced meanwhile, renames them into `new/` and
+//!    fsyncs `new/` once for the batch (`Maildir::publish`), then reports each result to the
+//!    reactor through a channel and a `mio::Waker`.
 //!
-//! This is the only place smtpd calls fsync; the reactor thread never waits on the disk flush.
+//! Stage 1 of the next messages overlaps stage 2 of the previous ones. This is the only place
+//! smtpd calls fsync; the reactor thread never waits on the disk.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use maildir_core::{Delivery, Durability, Maildir, MaildirError};
+use maildir_core::maildir::Synced;
+use maildir_core::{Delivery, Maildir, MaildirError};
 
 use crate::session::StoreError;
 
@@ -40,30 +45,53 @@ pub struct Done {
     pub result: Result<(), StoreError>,
 }
 
-/// Handle to the group-commit thread.
+/// Threads flushing file data in parallel.
+const SYNC_THREADS: usize = 16;
+
+/// Handle to the group-commit threads.
 pub struct Committer {
     tx: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Committer {
-    /// Starts the thread. Results arrive on `done`, and `waker` is woken after each batch.
+    /// Starts the threads. Results arrive on `done`, and `waker` is woken after each batch.
     pub fn spawn(
         maildir: Maildir,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Committer> {
-        let (tx, rx) = unbounded();
-        let thread = std::thread::Builder::new()
-            .name("commit".into())
-            .spawn(move || run(&maildir, &rx, &done, &waker))?;
+        let (tx, jobs) = unbounded::<Job>();
+        let (synced_tx, synced_rx) = unbounded::<(ConnRef, Result<Synced, MaildirError>)>();
+        let mut threads = Vec::with_capacity(SYNC_THREADS + 1);
+        for i in 0..SYNC_THREADS {
+            let jobs = jobs.clone();
+            let synced_tx = synced_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sync-{i}"))
+                    .spawn(move || {
+                        for job in jobs.iter() {
+                            if synced_tx.send((job.conn, job.delivery.sync())).is_err() {
+                                return;
+                            }
+                        }
+                    })?,
+            );
+        }
+        drop(synced_tx);
+        threads.push(
+            std::thread::Builder::new()
+                .name("publish".into())
+                .spawn(move || publish(&maildir, &synced_rx, &done, &waker))?,
+        );
         Ok(Committer {
             tx: Some(tx),
-            thread: Some(thread),
+            threads,
         })
     }
 
-    /// Queues a file for the next batch. Returns the job if the thread is gone.
+    /// Queues a file for commit. Returns the job if the threads are gone.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         match &self.tx {
             Some(tx) => tx.send(job).map_err(|e| e.0),
@@ -74,32 +102,46 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
+        // Closing the job channel ends the sync threads, which ends the publisher.
         self.tx.take();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn run(maildir: &Maildir, rx: &Receiver<Job>, done: &Sender<Done>, waker: &mio::Waker) {
-    while let Ok(first) = rx.recv() {
-        // Whatever queued up while the previous batch was syncing joins this one.
-        let mut conns = vec![first.conn];
-        let mut files = vec![first.delivery];
-        while files.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    conns.push(job.conn);
-                    files.push(job.delivery);
-                }
+fn publish(
+    maildir: &Maildir,
+    synced: &Receiver<(ConnRef, Result<Synced, MaildirError>)>,
+    done: &Sender<Done>,
+    waker: &mio::Waker,
+) {
+    while let Ok(first) = synced.recv() {
+        // Everything synced while the previous batch was publishing joins this one.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match synced.try_recv() {
+                Ok(item) => batch.push(item),
                 Err(_) => break,
             }
         }
-        let n = files.len();
         let started = std::time::Instant::now();
-        let results = maildir.commit_batch(files, Durability::Fsync);
-        log::debug!("committed a batch of {n} in {:?}", started.elapsed());
-        for (conn, result) in conns.into_iter().zip(results) {
+        let mut conns = Vec::with_capacity(batch.len());
+        let mut files = Vec::with_capacity(batch.len());
+        let mut results = Vec::with_capacity(batch.len());
+        for (conn, r) in batch {
+            match r {
+                Ok(s) => {
+                    conns.push(conn);
+                    files.push(s);
+                }
+                Err(e) => results.push((conn, Err(e))),
+            }
+        }
+        let n = files.len();
+        results.extend(conns.into_iter().zip(maildir.publish(files)));
+        log::debug!("published a batch of {n} in {:?}", started.elapsed());
+        for (conn, result) in results {
             let result = result.map(|_| ()).map_err(|e| {
                 log::error!("commit failed: {e}");
                 store_error(&e)

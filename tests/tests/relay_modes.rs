@@ -1,0 +1,429 @@
+//! smtp-relay's modes (issue 4): `--smarthost` (everything to one server, no MX lookup),
+//! `--interval` (a daemon fed by a real smtpd, woken at once by new mail, stopped by SIGTERM)
+//! and the `--list` format. Each test uses its own 127.0.25.x / 127.0.26.x addresses.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use integration_tests::relay::{Dns, Sink, queue, relay, sample, spawn_relay, without_envelope};
+use integration_tests::{Smtpd, free_port, list, python, wait_for};
+use maildir_core::Maildir;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "smtp-relay failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    stdout
+}
+
+fn maildir() -> (tempfile::TempDir, Maildir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let md = Maildir::open(dir.path().join("Maildir")).expect("maildir");
+    (dir, md)
+}
+
+/// `--smarthost IP:PORT`: mail for any domain goes to that one server over one connection, and
+/// no DNS is asked (the `--dns` given points at a port where nothing answers).
+#[test]
+fn smarthost_by_address_takes_everything_without_dns() {
+    let sink = Sink::start(&["127.0.25.2"], &[]);
+    let (_d, md) = maildir();
+    let mut want = Vec::new();
+    let sets: [&[&str]; 4] = [
+        &["<a@one.test>"],
+        &["<b@two.example>"],
+        &["<c@three.invalid>", "<d@one.test>"],
+        &["<e@four.test>"],
+    ];
+    for (i, rcpts) in sets.iter().enumerate() {
+        let n = queue(
+            &md,
+            "<s@src.test>",
+            rcpts,
+            &sample(&format!("h{i}"), "x@y.test"),
+        );
+        let file = std::fs::read(md.new_dir().join(n)).unwrap();
+        let r: Vec<String> = rcpts.iter().map(|s| s.to_string()).collect();
+        want.push((r, without_envelope(&file)));
+    }
+    let dead_dns = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let host = format!("127.0.25.2:{}", sink.port);
+    let t0 = Instant::now();
+    let out = ok(&relay(
+        md.root(),
+        &[
+            "--once",
+            "--smarthost",
+            &host,
+            "--dns",
+            &dead_dns,
+            "--port",
+            "1",
+            "--timeout",
+            "5",
+        ],
+    ));
+    assert!(out.contains("5 delivered, 0 deferred, 0 bounced"), "{out}");
+    assert!(out.contains("1 connection(s), 0 failed"), "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "no DNS timeout was waited for"
+    );
+    assert_eq!(sink.connections().len(), 1);
+    let mut got: Vec<_> = sink.messages().into_iter().map(|m| (m.3, m.4)).collect();
+    got.sort();
+    want.sort();
+    assert!(
+        got == want,
+        "each message once, intact, all recipients in one transaction"
+    );
+    assert!(list(md.new_dir()).is_empty());
+}
+
+/// `--smarthost NAME:PORT` resolves the name (A record) and ignores the domains' MX records:
+/// the MX host sees nothing. `--smarthost NAME` without a port uses `--port`.
+#[test]
+fn smarthost_by_name_overrides_mx() {
+    let Some(dns) = Dns::start(
+        &["mx.test,mx.mx.test,10", "other.test,mx.mx.test,10"],
+        &["mx.mx.test,127.0.25.3", "smart.test,127.0.25.4"],
+    ) else {
+        return;
+    };
+    let mx = Sink::start(&["127.0.25.3"], &[]);
+    let smart = Sink::start_on(&["127.0.25.4"], mx.port, &[]);
+    let (_d, md) = maildir();
+    for i in 0..6 {
+        let dom = if i % 2 == 0 { "mx.test" } else { "other.test" };
+        let to = format!("u{i}@{dom}");
+        queue(
+            &md,
+            "<s@src.test>",
+            &[&format!("<{to}>")],
+            &sample(&format!("n{i}"), &to),
+        );
+    }
+    let port = mx.port.to_string();
+    let host = format!("smart.test:{port}");
+    let out = ok(&relay(
+        md.root(),
+        &[
+            "--once",
+            "--dns",
+            &dns.addr,
+            "--smarthost",
+            &host,
+            "--timeout",
+            "5",
+        ],
+    ));
+    assert!(out.contains("6 delivered, 0 deferred"), "{out}");
+    assert_eq!(smart.messages().len(), 6);
+    assert_eq!(smart.connections().len(), 1);
+    assert!(mx.connections().is_empty(), "the MX host is never used");
+    // Without a port in --smarthost, --port applies.
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<z@mx.test>"],
+        &sample("n9", "z@mx.test"),
+    );
+    let out = ok(&relay(
+        md.root(),
+        &[
+            "--once",
+            "--dns",
+            &dns.addr,
+            "--smarthost",
+            "smart.test",
+            "--port",
+            &port,
+            "--timeout",
+            "5",
+        ],
+    ));
+    assert!(out.contains("1 delivered, 0 deferred"), "{out}");
+    assert_eq!(smart.messages().len(), 7);
+    assert!(mx.connections().is_empty());
+}
+
+/// A relay child whose stderr is collected line by line by a thread.
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(maildir: &Path, args: &[&str]) -> Daemon {
+        let mut child = spawn_relay(maildir, args);
+        let err = child.stderr.take().expect("stderr piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the exit with a deadline.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("smtp-relay to exit", limit, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one message to smtpd with Python's smtplib.
+fn smtplib_send(addr: &str, to: &str, subject: &str) {
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with smtplib.SMTP(host, int(port), timeout=10) as s:
+    s.sendmail("me@src.test", [sys.argv[2]], "Subject: %s\r\n\r\nbody of %s\r\n" % (sys.argv[3], sys.argv[3]))
+"#;
+    python(script, &[addr, to, subject]);
+}
+
+/// `--interval 3600`: a daemon that wakes at once when smtpd drops mail into new/ (far sooner
+/// than the hour), twice, and delivers it; the queue ends empty.
+#[test]
+fn interval_daemon_wakes_on_new_mail_from_smtpd() {
+    let sink = Sink::start(&["127.0.26.2"], &[]);
+    let smtpd = Smtpd::start(&[]);
+    let host = format!("127.0.26.2:{}", sink.port);
+    let d = Daemon::start(
+        &smtpd.maildir,
+        &["--interval", "3600", "--smarthost", &host, "--timeout", "5"],
+    );
+    wait_for("the first (empty) run", Duration::from_secs(10), || {
+        d.count("smtp-relay: 0 delivered") >= 1
+    });
+    for (i, subject) in ["first", "second"].iter().enumerate() {
+        let t0 = Instant::now();
+        smtplib_send(&smtpd.addr.to_string(), "you@far.test", subject);
+        let queued = t0.elapsed();
+        wait_for(
+            "the sink to get the message",
+            Duration::from_secs(15),
+            || sink.messages().len() > i,
+        );
+        let took = t0.elapsed();
+        let m = &sink.messages()[i];
+        assert_eq!(m.3, vec!["<you@far.test>".to_string()]);
+        assert!(text(&m.4).contains(&format!("Subject: {subject}\r\n")));
+        assert!(took < Duration::from_secs(15), "woke at once: {took:?}");
+        eprintln!("{subject}: smtplib → smtpd in {queued:?}, → relay → sink in {took:?}");
+    }
+    wait_for("new/ to drain", Duration::from_secs(10), || {
+        smtpd.new_files().is_empty()
+    });
+    assert_eq!(list(&smtpd.maildir.join("cur")).len(), 2);
+    assert!(d.count("status=sent") == 2, "{}", d.log());
+    // Still running: a second relay must leave (lock held).
+    let out = relay(&smtpd.maildir, &["--once", "--smarthost", &host]);
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+}
+
+/// SIGTERM stops the daemon promptly, releasing the lock, with nothing lost. A daemon should
+/// also exit with status 0 on SIGTERM (see the ignored test below).
+#[test]
+fn interval_daemon_stops_on_sigterm() {
+    let sink = Sink::start(&["127.0.26.3"], &[]);
+    let (_d, md) = maildir();
+    let host = format!("127.0.26.3:{}", sink.port);
+    let mut d = Daemon::start(
+        md.root(),
+        &["--interval", "3600", "--smarthost", &host, "--timeout", "5"],
+    );
+    wait_for("the first run", Duration::from_secs(10), || {
+        d.count("smtp-relay: 0 delivered") >= 1
+    });
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(5));
+    eprintln!("exit after SIGTERM: {status:?}");
+    // The lock is free again and the Maildir usable.
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@x.test>"],
+        &sample("t1", "u@x.test"),
+    );
+    let out = ok(&relay(md.root(), &["--once", "--smarthost", &host]));
+    assert!(out.contains("1 delivered"), "{out}");
+}
+
+/// A daemon asked to stop with SIGTERM should exit 0 (like the `--once` run), not die by the
+/// signal: init systems and supervisors report a signal death as a failure.
+#[test]
+#[ignore = "smtp-relay bug: no SIGTERM handler in --interval mode; the process dies by the signal instead of exiting 0"]
+fn interval_daemon_exits_zero_on_sigterm() {
+    let sink = Sink::start(&["127.0.26.4"], &[]);
+    let (_d, md) = maildir();
+    let host = format!("127.0.26.4:{}", sink.port);
+    let mut d = Daemon::start(
+        md.root(),
+        &["--interval", "3600", "--smarthost", &host, "--timeout", "5"],
+    );
+    wait_for("the first run", Duration::from_secs(10), || {
+        d.count("smtp-relay: 0 delivered") >= 1
+    });
+    d.signal(libc::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.log());
+}
+
+/// The `--list` format, like mailq: a header line per message (id, size of what is transmitted,
+/// arrival date, sender), attempts and next attempt, the last error, one line per recipient with
+/// status and reply, a footer; "Mail queue is empty" when it is.
+#[test]
+fn list_format() {
+    let (_d, md) = maildir();
+    let out = ok(&relay(md.root(), &["--list"]));
+    assert_eq!(out, "Mail queue is empty\n");
+
+    let sink = Sink::start(
+        &["127.0.26.5"],
+        &["--code", "later@l.test=451", "--code", "nobody@l.test=550"],
+    );
+    let host = format!("127.0.26.5:{}", sink.port);
+    let tried = queue(
+        &md,
+        "<sender@src.test>",
+        &["<later@l.test>", "<nobody@l.test>", "<fine@l.test>"],
+        &sample("l1", "x@l.test"),
+    );
+    let t_run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = ok(&relay(md.root(), &["--once", "--smarthost", &host]));
+    assert!(out.contains("1 delivered, 1 deferred, 1 bounced"), "{out}");
+    // Queued after the run: never tried. (The run also queued a DSN for <sender@src.test>.)
+    let fresh = queue(&md, "<>", &["<p@l.test>"], &sample("l2", "p@l.test"));
+    let listing = ok(&relay(md.root(), &["--list"]));
+    let lines: Vec<&str> = listing.lines().collect();
+
+    let size = |name: &str| {
+        let f = std::fs::read(md.new_dir().join(name)).unwrap();
+        without_envelope(&f).len()
+    };
+    let at = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{listing}"))
+    };
+
+    // The tried message.
+    let i = at(&tried);
+    let head = format!("{tried}  {} bytes  ", size(&tried));
+    assert!(lines[i].starts_with(&head), "{}", lines[i]);
+    assert!(
+        lines[i].ends_with("  from <sender@src.test>"),
+        "{}",
+        lines[i]
+    );
+    let date = &lines[i][head.len()..lines[i].len() - "  from <sender@src.test>".len()];
+    assert!(
+        date.ends_with(" +0000") && date.len() == "Tue, 24 Nov 2026 04:07:30 +0000".len(),
+        "RFC 5322 date: {date:?}"
+    );
+    let l = lines[i + 1];
+    assert!(l.starts_with("  attempts: 1  next attempt: "), "{l}");
+    let secs: u64 = l
+        .rsplit_once("(in ")
+        .and_then(|(_, r)| r.strip_suffix(" s)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("next attempt in N s: {l}"));
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - t_run;
+    assert!(
+        (290..=300).contains(&(secs + elapsed)),
+        "first retry 300 s after the attempt: {l}"
+    );
+    assert!(
+        lines[i + 2].starts_with("  last error: "),
+        "{}",
+        lines[i + 2]
+    );
+    assert!(lines[i + 2].contains("451"), "{}", lines[i + 2]);
+    let r = &lines[i + 3..i + 6];
+    assert!(
+        r[0].starts_with("    <later@l.test> deferred (451 "),
+        "{}",
+        r[0]
+    );
+    assert!(
+        r[1].starts_with("    <nobody@l.test> bounced (550 "),
+        "{}",
+        r[1]
+    );
+    assert!(
+        r[2].starts_with("    <fine@l.test> delivered (250"),
+        "{}",
+        r[2]
+    );
+
+    // The fresh one.
+    let j = at(&fresh);
+    assert!(lines[j].ends_with("  from <>"), "{}", lines[j]);
+    assert_eq!(lines[j + 1], "  attempts: 0  next attempt: now");
+    assert_eq!(lines[j + 2], "    <p@l.test> pending");
+
+    // The DSN the run queued, and the footer: 3 messages, later + p + the DSN's recipient.
+    assert!(listing.contains("  from <>\n"), "{listing}");
+    assert!(
+        lines.contains(&"    <sender@src.test> pending"),
+        "{listing}"
+    );
+    assert_eq!(
+        *lines.last().unwrap(),
+        "-- 3 messages, 3 recipients pending"
+    );
+}

@@ -30,9 +30,19 @@ pub struct Args {
     /// Port to connect to on every MX host instead of 25.
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
-    /// Send everything to this one server instead of looking up MX records.
-    #[arg(long, value_name = "HOST[:PORT]")]
+    /// Send everything to this one server instead of looking up MX records. Append
+    /// `,tls=starttls` to require STARTTLS with it, or `,tls=implicit` for TLS from the first
+    /// byte (RFC 8314, port 465 style), e.g. `mail.example:465,tls=implicit`.
+    #[arg(long, value_name = "HOST[:PORT][,tls=starttls|implicit]")]
     pub smarthost: Option<String>,
+    /// TLS policy towards MX hosts and the smarthost: `none` (never), `may` (STARTTLS when
+    /// offered, certificate not checked, plaintext if it fails), `encrypt` (STARTTLS required),
+    /// `verify` (STARTTLS and a certificate valid for the MX host name required).
+    #[arg(long, value_name = "LEVEL", default_value = "may")]
+    pub tls: TlsLevel,
+    /// Extra trusted CA certificates (PEM) for `--tls verify`, beside the bundled Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
     /// Name to give in EHLO/HELO (default: this host's name).
     #[arg(long, value_name = "NAME")]
     pub helo: Option<String>,
@@ -53,13 +63,41 @@ pub struct Args {
     pub timeout: Option<u64>,
 }
 
+/// The TLS security level (Postfix's `smtp_tls_security_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum TlsLevel {
+    /// Never use TLS.
+    None,
+    /// Opportunistic: STARTTLS when offered, no certificate check, plaintext when it fails.
+    May,
+    /// STARTTLS required; the certificate is not checked.
+    Encrypt,
+    /// STARTTLS required with a certificate chain valid for the MX host name.
+    Verify,
+}
+
+/// How a smarthost is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostTls {
+    /// As `--tls` says.
+    Policy,
+    /// STARTTLS required (at least `encrypt`).
+    StartTls,
+    /// TLS from the first byte (RFC 8314).
+    Implicit,
+}
+
 /// Where mail goes: by MX lookup, or all to one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Look up MX records for each domain.
     Mx,
     /// Everything to this host (name or IP) and optional port.
-    Smarthost { host: String, port: Option<u16> },
+    Smarthost {
+        host: String,
+        port: Option<u16>,
+        tls: SmarthostTls,
+    },
 }
 
 /// Validated settings.
@@ -78,6 +116,12 @@ pub struct Config {
     pub list: bool,
     pub timeouts: Timeouts,
     pub connect_timeout: Duration,
+    /// TLS level for every connection (a `tls=` smarthost raises it to at least `encrypt`).
+    pub tls: TlsLevel,
+    /// TLS from the first byte (implicit-TLS smarthost).
+    pub implicit_tls: bool,
+    /// Extra CA certificates (PEM).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Args {
@@ -98,6 +142,23 @@ impl Args {
             None => Route::Mx,
             Some(s) => parse_smarthost(&s)?,
         };
+        let (mut tls, mut implicit_tls) = (self.tls, false);
+        if let Route::Smarthost { tls: st, .. } = &route {
+            if *st != SmarthostTls::Policy && tls == TlsLevel::None {
+                return Err("--tls none conflicts with the smarthost's tls= setting".into());
+            }
+            match st {
+                SmarthostTls::Policy => {}
+                SmarthostTls::StartTls => tls = tls.max(TlsLevel::Encrypt),
+                SmarthostTls::Implicit => {
+                    tls = tls.max(TlsLevel::Encrypt);
+                    implicit_tls = true;
+                }
+            }
+        }
+        if self.tls_ca.is_some() && tls != TlsLevel::Verify {
+            return Err("--tls-ca is only used with --tls verify".into());
+        }
         let helo = match self.helo {
             Some(h)
                 if h.is_empty()
@@ -132,13 +193,27 @@ impl Args {
             list: self.list,
             timeouts,
             connect_timeout,
+            tls,
+            implicit_tls,
+            tls_ca: self.tls_ca,
         })
     }
 }
 
-/// `host`, `host:port`, `[ipv6]:port` or a bare IPv6 address.
-fn parse_smarthost(s: &str) -> Result<Route, String> {
-    let bad = || format!("--smarthost {s:?}: expected HOST or HOST:PORT");
+/// `host`, `host:port`, `[ipv6]:port` or a bare IPv6 address, then optionally
+/// `,tls=starttls` or `,tls=implicit`.
+fn parse_smarthost(arg: &str) -> Result<Route, String> {
+    let (s, tls) = match arg.split_once(',') {
+        None => (arg, SmarthostTls::Policy),
+        Some((s, "tls=starttls")) => (s, SmarthostTls::StartTls),
+        Some((s, "tls=implicit")) => (s, SmarthostTls::Implicit),
+        Some(_) => {
+            return Err(format!(
+                "--smarthost {arg:?}: expected HOST[:PORT] then optionally ,tls=starttls or ,tls=implicit"
+            ));
+        }
+    };
+    let bad = || format!("--smarthost {arg:?}: expected HOST or HOST:PORT");
     if s.is_empty() {
         return Err(bad());
     }
@@ -146,12 +221,14 @@ fn parse_smarthost(s: &str) -> Result<Route, String> {
         return Ok(Route::Smarthost {
             host: addr.ip().to_string(),
             port: Some(addr.port()),
+            tls,
         });
     }
     if s.parse::<std::net::IpAddr>().is_ok() {
         return Ok(Route::Smarthost {
             host: s.to_owned(),
             port: None,
+            tls,
         });
     }
     let (host, port) = match s.rsplit_once(':') {
@@ -170,6 +247,7 @@ fn parse_smarthost(s: &str) -> Result<Route, String> {
     Ok(Route::Smarthost {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
@@ -199,15 +277,42 @@ mod tests {
             parse(&["--smarthost", "127.0.0.2:2525"]).unwrap().route,
             Route::Smarthost {
                 host: "127.0.0.2".into(),
-                port: Some(2525)
+                port: Some(2525),
+                tls: SmarthostTls::Policy,
             }
         );
         assert_eq!(
             parse(&["--smarthost", "relay.test"]).unwrap().route,
             Route::Smarthost {
                 host: "relay.test".into(),
-                port: None
+                port: None,
+                tls: SmarthostTls::Policy,
             }
         );
+    }
+
+    #[test]
+    fn tls_levels_and_smarthost_tls() {
+        assert_eq!(parse(&[]).unwrap().tls, TlsLevel::May);
+        assert_eq!(parse(&["--tls", "none"]).unwrap().tls, TlsLevel::None);
+        assert!(parse(&["--tls", "sometimes"]).is_err());
+        let c = parse(&["--smarthost", "mail.example:465,tls=implicit"]).unwrap();
+        assert_eq!(
+            c.route,
+            Route::Smarthost {
+                host: "mail.example".into(),
+                port: Some(465),
+                tls: SmarthostTls::Implicit,
+            }
+        );
+        assert!(c.implicit_tls);
+        assert_eq!(c.tls, TlsLevel::Encrypt);
+        let c = parse(&["--smarthost", "[::1]:587,tls=starttls", "--tls", "verify"]).unwrap();
+        assert_eq!(c.tls, TlsLevel::Verify);
+        assert!(!c.implicit_tls);
+        assert!(parse(&["--smarthost", "m.example,tls=maybe"]).is_err());
+        assert!(parse(&["--smarthost", "m.example,tls=implicit", "--tls", "none"]).is_err());
+        assert!(parse(&["--tls-ca", "/x.pem"]).is_err());
+        assert!(parse(&["--tls", "verify", "--tls-ca", "/x.pem"]).is_ok());
     }
 }

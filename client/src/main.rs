@@ -8,7 +8,9 @@
 //! - [`mx`]: MX resolution with hickory on a DNS thread.
 //! - [`plan`]: recipients grouped into jobs per route; the per-message tally.
 //! - [`reactor`]: the mio loop moving bytes between sockets and sessions.
-//! - [`session`]: the pure client SMTP state machine; [`reply`]: the reply parser.
+//! - [`session`]: the pure client SMTP state machine (STARTTLS included); [`reply`]: the reply parser.
+//! - [`tls`]: rustls client configurations (`--tls`, `--tls-ca`) and the byte transport
+//!   (plain TCP or TLS driven sans-io) between the reactor's sockets and the sessions.
 //! - [`body`]: DATA encoding (CRLF, dot-stuffing, long lines).
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
 //! - [`run`]: the steps of one run and the interval loop; [`watch`]: inotify wait.
@@ -28,6 +30,7 @@ mod reply;
 mod run;
 mod session;
 mod state;
+mod tls;
 mod watch;
 
 use std::process::ExitCode;

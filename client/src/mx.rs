@@ -89,7 +89,7 @@ async fn resolve_inner(
 ) -> Result<HashMap<String, Resolution>, String> {
     let res = resolver(&cfg)?;
     let seed = fastrand::u64(..);
-    if let Route::Smarthost { host, port } = &cfg.route {
+    if let Route::Smarthost { host, port, .. } = &cfg.route {
         let port = port.unwrap_or(cfg.port);
         let r = match host.parse::<IpAddr>() {
             Ok(ip) => Resolution::Targets(vec![Target {

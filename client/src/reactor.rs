@@ -4,13 +4,17 @@
 //! at most `--max-connections` in all, moving bytes between sockets and each connection's pure
 //! [`Session`], streaming bodies from the queued files through the [`BodyEncoder`], deadlines in
 //! a heap (stale entries skipped by generation), failing over to the next MX address, and the
-//! Postfix-style log line per recipient attempt. Must not: parse SMTP itself, decide retry
+//! Postfix-style log line per recipient attempt. TLS: which STARTTLS policy each connection
+//! gets, starting the handshake on the transport when the session asks, telling the session
+//! when it completed, the Postfix-style TLS log line, and the fallback of `--tls may` (a failed
+//! handshake → the same host again in plaintext on a new connection, remembered for the run).
+//! Must not: parse SMTP itself, decide retry
 //! schedules, or write to the Maildir (results go to the recorder through the [`Tally`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,12 +23,13 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::body::BodyEncoder;
-use crate::config::Config;
+use crate::config::{Config, TlsLevel};
 use crate::mx::Target;
 use crate::plan::{JobSpec, Tally};
 use crate::record::Attempt;
-use crate::session::{self, Event, RcptStatus, Session};
+use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
+use crate::tls::{self, TlsContext, Transport};
 
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -43,8 +48,19 @@ struct BodySource {
     enc: BodyEncoder,
 }
 
+/// Where a connection is with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsStage {
+    Plain,
+    Handshaking,
+    Up,
+}
+
 struct Conn {
-    stream: TcpStream,
+    transport: Transport,
+    /// The STARTTLS policy this session got.
+    mode: StartTls,
+    tls: TlsStage,
     target: Target,
     session: Session,
     /// Indexes into the reactor's jobs, in session job order.
@@ -57,10 +73,17 @@ struct Conn {
     closed: Option<Option<String>>,
 }
 
-/// Runs the jobs to completion; results go to `tally`.
-pub fn run(cfg: &Config, tally: &mut Tally, jobs: Vec<JobSpec>) -> io::Result<Stats> {
+/// Runs the jobs to completion; results go to `tally`. `tls` is needed unless `--tls none`.
+pub fn run(
+    cfg: &Config,
+    tls: Option<&TlsContext>,
+    tally: &mut Tally,
+    jobs: Vec<JobSpec>,
+) -> io::Result<Stats> {
     let mut r = Reactor {
         cfg,
+        tls,
+        tls_failed: HashSet::new(),
         poll: Poll::new()?,
         conns: Slab::new(),
         heap: BinaryHeap::new(),
@@ -82,6 +105,9 @@ pub fn run(cfg: &Config, tally: &mut Tally, jobs: Vec<JobSpec>) -> io::Result<St
 
 struct Reactor<'a> {
     cfg: &'a Config,
+    tls: Option<&'a TlsContext>,
+    /// Hosts whose TLS handshake failed in this run (`may`: plaintext from now on).
+    tls_failed: HashSet<String>,
     poll: Poll,
     conns: Slab<Conn>,
     heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
@@ -213,7 +239,16 @@ impl Reactor<'_> {
                 utf8: m.utf8(),
             });
         }
-        let session = Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now);
+        let mode = match self.cfg.tls {
+            _ if self.tls.is_none() => StartTls::Off,
+            TlsLevel::None => StartTls::Off,
+            _ if self.cfg.implicit_tls => StartTls::Implicit,
+            TlsLevel::May if self.tls_failed.contains(&target.host) => StartTls::Off,
+            TlsLevel::May => StartTls::May,
+            TlsLevel::Encrypt | TlsLevel::Verify => StartTls::Require,
+        };
+        let session =
+            Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now).with_starttls(mode);
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -250,7 +285,9 @@ impl Reactor<'_> {
         self.next_gen += 1;
         let deadline = now + self.cfg.connect_timeout;
         entry.insert(Conn {
-            stream,
+            transport: Transport::plain(stream),
+            mode,
+            tls: TlsStage::Plain,
             target,
             session,
             jobs: list,
@@ -272,13 +309,16 @@ impl Reactor<'_> {
             return;
         };
         if c.closed.is_none() && !c.connected {
-            match c.stream.take_error() {
+            match c.transport.tcp.take_error() {
                 Ok(Some(e)) | Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
-                Ok(None) => match c.stream.peer_addr() {
+                Ok(None) => match c.transport.tcp.peer_addr() {
                     Ok(_) => {
                         c.connected = true;
                         self.stats.connections += 1;
                         c.session.consumed(0, now);
+                        if c.mode == StartTls::Implicit {
+                            begin_tls(c, self.tls, self.cfg.tls);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                     Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
@@ -288,12 +328,15 @@ impl Reactor<'_> {
         if c.connected && c.closed.is_none() {
             // Read everything available.
             loop {
-                match c.stream.read(&mut self.buf) {
+                match c.transport.read(&mut self.buf) {
                     Ok(0) => {
                         c.session.handle_eof(None);
                         break;
                     }
-                    Ok(n) => c.session.handle_input(&self.buf[..n], now),
+                    Ok(n) => {
+                        check_handshake(c, self.tls, self.cfg.tls, now);
+                        c.session.handle_input(&self.buf[..n], now)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -302,8 +345,9 @@ impl Reactor<'_> {
                     }
                 }
             }
+            check_handshake(c, self.tls, self.cfg.tls, now);
             loop {
-                handle_events(c, &self.jobs, tally);
+                handle_events(c, &self.jobs, tally, self.tls, self.cfg.tls);
                 if c.closed.is_some() {
                     break;
                 }
@@ -312,7 +356,7 @@ impl Reactor<'_> {
                     break; // the socket is full: a writable event brings us back
                 }
                 if !pumped {
-                    handle_events(c, &self.jobs, tally);
+                    handle_events(c, &self.jobs, tally, self.tls, self.cfg.tls);
                     break;
                 }
             }
@@ -338,7 +382,8 @@ impl Reactor<'_> {
     /// A connection ended: jobs it did not finish go to their next address, or are deferred.
     fn finish(&mut self, key: usize, tally: &mut Tally) {
         let mut c = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        c.transport.close_notify();
+        let _ = self.poll.registry().deregister(&mut c.transport.tcp);
         self.active.remove(&c.target.addr);
         if !c.connected {
             self.stats.failed_connects += 1;
@@ -355,6 +400,25 @@ impl Reactor<'_> {
             return;
         }
         let why = error.unwrap_or_else(|| "session ended early".into());
+        if c.tls == TlsStage::Handshaking {
+            let why = format!(
+                "{}[{}]: TLS handshake failed: {}",
+                c.target.host,
+                c.target.addr,
+                why.strip_prefix("lost connection: ").unwrap_or(&why)
+            );
+            if c.mode == StartTls::May {
+                // Postfix's `may`: the same host again, in plaintext, on a new connection.
+                log::info!("{why}: trying again in plaintext");
+                self.tls_failed.insert(c.target.host.clone());
+                for j in unfinished {
+                    self.enqueue(j);
+                }
+                return;
+            }
+            self.fail_over(&unfinished, &c.target, &why, tally);
+            return;
+        }
         let why = format!("{}[{}]: {why}", c.target.host, c.target.addr);
         self.fail_over(&unfinished, &c.target, &why, tally);
     }
@@ -416,10 +480,53 @@ fn pump_body(c: &mut Conn, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) 
     true
 }
 
+/// Starts the TLS handshake on the connection's transport (implicit TLS, or after `220` to
+/// STARTTLS).
+fn begin_tls(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel) {
+    let Some(ctx) = ctx else {
+        c.session.abort("TLS is not configured");
+        return;
+    };
+    let config = if level == TlsLevel::Verify {
+        &ctx.strict
+    } else {
+        &ctx.lax
+    };
+    let name = tls::server_name(&c.target.host, c.target.addr.ip());
+    match c.transport.start_tls(config, name) {
+        Ok(()) => c.tls = TlsStage::Handshaking,
+        Err(e) => c.session.abort(&format!("cannot start TLS: {e}")),
+    }
+}
+
+/// A handshake under way that has completed: log it and let the session go on.
+fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now: Instant) {
+    if c.tls != TlsStage::Handshaking || c.transport.is_handshaking() {
+        return;
+    }
+    c.tls = TlsStage::Up;
+    if let (Some(ctx), Some(conn)) = (ctx, c.transport.tls()) {
+        let name = tls::server_name(&c.target.host, c.target.addr.ip());
+        log::info!(
+            "{} TLS connection established to {}[{}]:{}: {}",
+            ctx.trust(conn, &name, level == TlsLevel::Verify),
+            c.target.host,
+            c.target.addr.ip(),
+            c.target.addr.port(),
+            tls::describe(conn)
+        );
+    }
+    c.session.tls_established(now);
+}
+
 /// Writes pending output until done or the socket would block; true when it would block.
 fn write_pending(c: &mut Conn, now: Instant) -> bool {
+    if let Err(e) = c.transport.flush() {
+        c.session.handle_eof(Some(&e.to_string()));
+        return false;
+    }
     while !c.session.output().is_empty() {
-        match c.stream.write(c.session.output()) {
+        match c.transport.write(c.session.output()) {
             Ok(n) => c.session.consumed(n, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -429,13 +536,26 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
             }
         }
     }
-    false
+    c.transport.has_unsent()
 }
 
 /// Handles a connection's session events: body starts, per-job results, the end.
-fn handle_events(c: &mut Conn, jobs: &[JobSpec], tally: &mut Tally) {
+fn handle_events(
+    c: &mut Conn,
+    jobs: &[JobSpec],
+    tally: &mut Tally,
+    tls: Option<&TlsContext>,
+    level: TlsLevel,
+) {
     while let Some(ev) = c.session.poll_event() {
         match ev {
+            Event::StartTls => begin_tls(c, tls, level),
+            Event::StartTlsRefused(reply) => log::info!(
+                "{}[{}]: STARTTLS refused ({}): continuing in plaintext",
+                c.target.host,
+                c.target.addr,
+                reply.one_line()
+            ),
             Event::SendBody(n) => {
                 let Some(spec) = c.jobs.get(n).map(|&j| &jobs[j]) else {
                     continue;

@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime};
 
 use maildir_core::Maildir;
 
-use crate::config::Config;
+use crate::config::{Config, TlsLevel};
 use crate::record::{RecorderConfig, Summary};
 use crate::state::StateDir;
+use crate::tls::TlsContext;
 use crate::{mx, plan, queue, reactor, record, watch};
 
 /// How a run failed.
@@ -48,14 +49,19 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             )));
         }
     };
+    let tls = match cfg.tls {
+        TlsLevel::None => None,
+        _ => Some(TlsContext::new(cfg.tls_ca.as_deref())?),
+    };
+    let tls = tls.as_ref();
     let Some(period) = cfg.interval else {
-        let line = run_once(cfg, &md, &states)?;
+        let line = run_once(cfg, tls, &md, &states)?;
         println!("{line}");
         return Ok(());
     };
     let watch = watch::NewMailWatch::new(md.new_dir()).map_err(|e| e.to_string())?;
     loop {
-        match run_once(cfg, &md, &states) {
+        match run_once(cfg, tls, &md, &states) {
             Ok(line) => log::info!("{line}"),
             Err(e) => log::error!("run failed: {e}"),
         }
@@ -68,7 +74,12 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
 }
 
 /// Sends everything due once; returns the summary line.
-fn run_once(cfg: &Config, md: &Maildir, states: &StateDir) -> Result<String, String> {
+fn run_once(
+    cfg: &Config,
+    tls: Option<&TlsContext>,
+    md: &Maildir,
+    states: &StateDir,
+) -> Result<String, String> {
     let started = Instant::now();
     let now = SystemTime::now();
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
@@ -102,7 +113,7 @@ fn run_once(cfg: &Config, md: &Maildir, states: &StateDir) -> Result<String, Str
         .map_err(|e| format!("cannot start recorder thread: {e}"))?;
     let n_due = due.len();
     let (mut tally, jobs) = plan::build(due, &dns, tx, now);
-    let sent = reactor::run(cfg, &mut tally, jobs);
+    let sent = reactor::run(cfg, tls, &mut tally, jobs);
     drop(tally);
     let sum: Summary = recorder
         .join()

@@ -3,8 +3,12 @@
 //! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, one transaction per
 //! job (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET), PIPELINING
 //! (RFC 2920: MAIL+RCPTs+DATA in one write, and the next group right after the final dot),
-//! per-recipient outcomes, reply timeouts (RFC 5321 §4.5.3.2) and QUIT.
-//! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`), `now`.
+//! per-recipient outcomes, reply timeouts (RFC 5321 §4.5.3.2), QUIT, and the SMTP side of
+//! STARTTLS (RFC 3207): when to send it, what a refusal means under the policy, discarding
+//! anything the server sent after `220` before the handshake, and the reset afterwards (a new
+//! EHLO whose extensions replace the old ones). The handshake itself is the driver's.
+//! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`),
+//! `tls_established`, `now`.
 //! Outputs: bytes to send (`output` / `consumed`), events (`poll_event`), `poll_timeout`.
 //! Must not: do I/O, read the clock, read files or know about queues and retries.
 
@@ -81,9 +85,27 @@ pub enum RcptStatus {
     Bounced,
 }
 
+/// What the session does about STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    /// Never send STARTTLS.
+    Off,
+    /// Send STARTTLS when offered; carry on in plaintext when it is not offered or refused.
+    May,
+    /// STARTTLS required: without it, QUIT and end with an error (the mail is not sent).
+    Require,
+    /// The connection is TLS from the first byte (RFC 8314): never send STARTTLS.
+    Implicit,
+}
+
 /// Something the driver must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The server accepted STARTTLS: start the TLS handshake now, before any other byte is
+    /// written, and call `tls_established` when it completes.
+    StartTls,
+    /// The server refused STARTTLS (policy allows carrying on in plaintext).
+    StartTlsRefused(Reply),
     /// Send the body of job `n` now with `push_body`, then `end_body`.
     SendBody(usize),
     /// Job `n` is finished on this session: one status and reply per recipient, in order.
@@ -98,6 +120,7 @@ enum Expect {
     Greeting,
     Ehlo,
     Helo,
+    StartTls,
     Rset,
     Mail(usize),
     Rcpt(usize, usize),
@@ -112,6 +135,8 @@ enum Phase {
     Commands,
     /// The driver is streaming job `n`'s body.
     Body(usize),
+    /// STARTTLS accepted: the driver runs the handshake; nothing is sent or parsed.
+    Handshake,
     /// QUIT sent.
     Quitting,
     Closed,
@@ -128,6 +153,8 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
 }
 
 /// Replies gathered for the transaction in progress.
@@ -177,6 +204,11 @@ pub struct Session {
     last_activity: Instant,
     /// First line of the greeting, for logs.
     pub banner: String,
+    starttls: StartTls,
+    /// TLS is up (implicit, or after the STARTTLS handshake).
+    tls_active: bool,
+    /// Why the session is quitting before sending everything (reported at close).
+    quit_error: Option<String>,
 }
 
 impl Session {
@@ -202,7 +234,32 @@ impl Session {
             events: VecDeque::new(),
             last_activity: now,
             banner: String::new(),
+            starttls: StartTls::Off,
+            tls_active: false,
+            quit_error: None,
         }
+    }
+
+    /// Sets the STARTTLS policy (default `Off`).
+    pub fn with_starttls(mut self, mode: StartTls) -> Session {
+        self.starttls = mode;
+        self.tls_active = mode == StartTls::Implicit;
+        self
+    }
+
+    /// The TLS handshake that followed `Event::StartTls` completed at `now`: the SMTP session
+    /// starts again (RFC 3207 §4.2) with a new EHLO.
+    pub fn tls_established(&mut self, now: Instant) {
+        if self.phase != Phase::Handshake {
+            return;
+        }
+        self.tls_active = true;
+        self.phase = Phase::Commands;
+        self.ext = Extensions::default();
+        self.parser = ReplyParser::default();
+        self.last_activity = now;
+        let cmd = format!("EHLO {}\r\n", self.helo).into_bytes();
+        self.send(cmd, Expect::Ehlo);
     }
 
     /// Bytes waiting to be written.
@@ -270,6 +327,10 @@ impl Session {
             self.last_activity = now;
         }
         while !input.is_empty() && self.phase != Phase::Closed {
+            if self.phase == Phase::Handshake {
+                // RFC 3207 §4.2: plaintext after the 220 is not to be trusted; drop it.
+                return;
+            }
             if let Phase::Body(_) = self.phase {
                 // Replies while the body is being sent (a server giving up early): keep them
                 // for when the body ends, bounded.
@@ -311,6 +372,7 @@ impl Session {
         let limit = match self.phase {
             Phase::Closed => return None,
             Phase::Body(_) => t.data_block,
+            Phase::Handshake => t.command,
             _ => match self.expects.front()? {
                 Expect::Greeting => t.greeting,
                 Expect::Data(_) => t.data_init,
@@ -328,6 +390,7 @@ impl Session {
         {
             let what = match (self.phase, self.expects.front()) {
                 (Phase::Body(_), _) => "sending message body".to_owned(),
+                (Phase::Handshake, _) => "TLS handshake".to_owned(),
                 (_, Some(e)) => format!("waiting for reply to {}", expect_name(*e)),
                 _ => "idle".to_owned(),
             };
@@ -342,8 +405,31 @@ impl Session {
 
     fn close(&mut self, error: Option<String>) {
         if self.phase != Phase::Closed {
+            let error = self.quit_error.take().or(error);
             self.phase = Phase::Closed;
             self.events.push_back(Event::Closed { error });
+        }
+    }
+
+    /// Gives up on this server politely: QUIT, then end with `why` (nothing else is sent).
+    fn quit_with(&mut self, why: String) {
+        self.quit_error = Some(why);
+        self.queued.clear();
+        self.send(b"QUIT\r\n".to_vec(), Expect::Quit);
+        self.phase = Phase::Quitting;
+    }
+
+    /// After EHLO/HELO: STARTTLS if policy and server allow, else the mail.
+    fn after_hello(&mut self) {
+        let wanted = matches!(self.starttls, StartTls::May | StartTls::Require);
+        if !wanted || self.tls_active {
+            self.advance();
+        } else if self.ext.starttls {
+            self.send(b"STARTTLS\r\n".to_vec(), Expect::StartTls);
+        } else if self.starttls == StartTls::Require {
+            self.quit_with("TLS is required, but the server does not offer STARTTLS".into());
+        } else {
+            self.advance();
         }
     }
 
@@ -372,7 +458,7 @@ impl Session {
             Expect::Ehlo => {
                 if reply.is_positive() {
                     self.ext = parse_ehlo(&reply);
-                    self.advance();
+                    self.after_hello();
                 } else if reply.code >= 500 {
                     let cmd = format!("HELO {}\r\n", self.helo).into_bytes();
                     self.send(cmd, Expect::Helo);
@@ -386,7 +472,20 @@ impl Session {
                     self.close(Some(format!("HELO: {}", reply.one_line())));
                     return;
                 }
-                self.advance();
+                self.after_hello();
+            }
+            Expect::StartTls => {
+                if reply.code == 220 {
+                    self.phase = Phase::Handshake;
+                    self.parser = ReplyParser::default();
+                    self.events.push_back(Event::StartTls);
+                    return;
+                } else if self.starttls == StartTls::Require || reply.code == 421 {
+                    self.quit_with(format!("STARTTLS refused: {}", reply.one_line()));
+                } else {
+                    self.events.push_back(Event::StartTlsRefused(reply.clone()));
+                    self.advance();
+                }
             }
             Expect::Rset => {
                 if !reply.is_positive() {
@@ -504,7 +603,10 @@ impl Session {
     /// Sends what may be sent now: queued commands of the current job, the next job's
     /// transaction, or QUIT when everything is done.
     fn advance(&mut self) {
-        if matches!(self.phase, Phase::Closed | Phase::Quitting | Phase::Body(_)) {
+        if matches!(
+            self.phase,
+            Phase::Closed | Phase::Quitting | Phase::Body(_) | Phase::Handshake
+        ) {
             return;
         }
         if !self.queued.is_empty() {
@@ -616,6 +718,7 @@ fn expect_name(e: Expect) -> &'static str {
         Expect::Greeting => "greeting",
         Expect::Ehlo => "EHLO",
         Expect::Helo => "HELO",
+        Expect::StartTls => "STARTTLS",
         Expect::Rset => "RSET",
         Expect::Mail(_) => "MAIL FROM",
         Expect::Rcpt(..) => "RCPT TO",
@@ -634,6 +737,7 @@ fn parse_ehlo(reply: &Reply) -> Extensions {
             "PIPELINING" => ext.pipelining = true,
             "8BITMIME" => ext.eight_bit_mime = true,
             "SMTPUTF8" => ext.smtputf8 = true,
+            "STARTTLS" => ext.starttls = true,
             "SIZE" => ext.size = Some(words.next().and_then(|w| w.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -881,5 +985,186 @@ mod tests {
         assert!(
             matches!(s.poll_event(), Some(Event::Closed { error: Some(e) }) if e.contains("greeting"))
         );
+    }
+
+    /// Moves output and events until the session is quiet (bodies are "B").
+    fn pump(s: &mut Session, now: Instant, written: &mut Vec<u8>, events: &mut Vec<Event>) {
+        loop {
+            while let Some(e) = s.poll_event() {
+                if let Event::SendBody(_) = e {
+                    s.push_body(b"B\r\n.\r\n");
+                    s.end_body(now);
+                }
+                events.push(e);
+            }
+            let out = s.output().to_vec();
+            if out.is_empty() {
+                break;
+            }
+            written.extend_from_slice(&out);
+            s.consumed(out.len(), now);
+        }
+    }
+
+    /// A session with STARTTLS policy `mode` fed `plain` (server bytes before TLS) in pieces
+    /// of `step`, then, if it asked for the handshake, "completes" it and feeds `tls` (server
+    /// bytes over TLS). Returns what it wrote before and after the handshake, and the events.
+    fn run_tls(
+        mode: StartTls,
+        plain: &str,
+        tls: &str,
+        step: usize,
+    ) -> (String, String, Vec<Event>) {
+        let now = Instant::now();
+        let mut s =
+            Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now).with_starttls(mode);
+        let (mut w1, mut w2, mut ev) = (Vec::new(), Vec::new(), Vec::new());
+        for chunk in plain.as_bytes().chunks(step) {
+            s.handle_input(chunk, now);
+            pump(&mut s, now, &mut w1, &mut ev);
+        }
+        if ev.contains(&Event::StartTls) {
+            s.tls_established(now);
+            pump(&mut s, now, &mut w2, &mut ev);
+            for chunk in tls.as_bytes().chunks(step) {
+                s.handle_input(chunk, now);
+                pump(&mut s, now, &mut w2, &mut ev);
+            }
+        }
+        s.handle_eof(None);
+        pump(&mut s, now, &mut w2, &mut ev);
+        let text = |v: Vec<u8>| String::from_utf8(v).unwrap();
+        (text(w1), text(w2), ev)
+    }
+
+    const EHLO_TLS: &str =
+        "220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n";
+
+    #[test]
+    fn starttls_offered_then_session_resets_and_injected_plaintext_is_dropped() {
+        // After "220 ready" the server (or a man in the middle) pipelines a reply in plaintext:
+        // it must not be taken as the answer to anything sent over TLS.
+        let plain = format!("{EHLO_TLS}220 2.0.0 ready\r\n250 injected\r\n");
+        // Over TLS: new extensions (no SIZE now, STARTTLS still listed: not sent again).
+        let tls = "250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n";
+        let reference = run_tls(StartTls::May, &plain, tls, usize::MAX);
+        let (w1, w2, ev) = &reference;
+        assert_eq!(w1, "EHLO c\r\nSTARTTLS\r\n");
+        assert_eq!(
+            w2,
+            "EHLO c\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\nB\r\n.\r\nQUIT\r\n"
+        );
+        assert_eq!(ev[0], Event::StartTls);
+        assert!(ev.contains(&Event::JobDone(
+            0,
+            vec![(RcptStatus::Sent, Reply::new(250, "queued"))]
+        )));
+        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        for step in 1..40 {
+            assert_eq!(
+                run_tls(StartTls::May, &plain, tls, step),
+                reference,
+                "step {step}"
+            );
+        }
+        // Require behaves the same when STARTTLS works.
+        assert_eq!(run_tls(StartTls::Require, &plain, tls, 7), reference);
+    }
+
+    #[test]
+    fn starttls_not_offered() {
+        let plain = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n");
+        // may: plaintext delivery.
+        let (w1, _, ev) = run_tls(StartTls::May, &plain, "", usize::MAX);
+        assert!(w1.starts_with("EHLO c\r\nMAIL FROM:"), "{w1}");
+        assert!(!w1.contains("STARTTLS"));
+        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        // encrypt: QUIT at once, nothing sent, the job unfinished with a clear reason.
+        let now = Instant::now();
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now)
+            .with_starttls(StartTls::Require);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        s.handle_input(EHLO_PIPE.as_bytes(), now);
+        pump(&mut s, now, &mut w, &mut ev);
+        assert_eq!(w, b"EHLO c\r\nQUIT\r\n");
+        s.handle_input(b"221 bye\r\n", now);
+        pump(&mut s, now, &mut w, &mut ev);
+        assert_eq!(s.unfinished(), vec![0]);
+        assert!(
+            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.contains("does not offer STARTTLS")),
+            "{ev:?}"
+        );
+        // Implicit TLS and Off never send STARTTLS, offered or not.
+        for mode in [StartTls::Implicit, StartTls::Off] {
+            let plain =
+                format!("{EHLO_TLS}250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n");
+            let (w1, _, ev) = run_tls(mode, &plain, "", usize::MAX);
+            assert!(!w1.contains("STARTTLS"), "{mode:?}: {w1}");
+            assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        }
+    }
+
+    #[test]
+    fn starttls_refused_454() {
+        let plain = format!(
+            "{EHLO_TLS}454 4.7.0 TLS not available\r\n250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n"
+        );
+        // may: carry on in plaintext on the same connection.
+        let (w1, w2, ev) = run_tls(StartTls::May, &plain, "", usize::MAX);
+        assert_eq!(
+            w1,
+            "EHLO c\r\nSTARTTLS\r\nMAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<a@x.test>\r\nDATA\r\nB\r\n.\r\nQUIT\r\n"
+        );
+        assert_eq!(w2, "");
+        assert_eq!(
+            ev[0],
+            Event::StartTlsRefused(Reply::new(454, "4.7.0 TLS not available"))
+        );
+        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        // encrypt: QUIT; the mail is deferred with the refusal as the reason.
+        let plain = format!("{EHLO_TLS}454 4.7.0 TLS not available\r\n221 bye\r\n");
+        for step in [1, 5, usize::MAX] {
+            let (w1, _, ev) = run_tls(StartTls::Require, &plain, "", step);
+            assert_eq!(w1, "EHLO c\r\nSTARTTLS\r\nQUIT\r\n");
+            assert!(!ev.iter().any(|e| matches!(e, Event::JobDone(..))));
+            assert!(
+                matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "STARTTLS refused: 454 4.7.0 TLS not available"),
+                "{ev:?}"
+            );
+        }
+        // The server drops the connection instead of answering QUIT: same reason.
+        let plain = format!("{EHLO_TLS}454 4.7.0 TLS not available\r\n");
+        let (_, _, ev) = run_tls(StartTls::Require, &plain, "", usize::MAX);
+        assert!(
+            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.starts_with("STARTTLS refused")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn handshake_timeout_and_helo_only_server_under_encrypt() {
+        let now = Instant::now();
+        let mut s = Session::new(
+            "c",
+            vec![job(&["a@x.test"])],
+            Timeouts::all(Duration::from_secs(5)),
+            now,
+        )
+        .with_starttls(StartTls::May);
+        s.handle_input(format!("{EHLO_TLS}220 go\r\n").as_bytes(), now);
+        assert_eq!(s.poll_event(), Some(Event::StartTls));
+        s.handle_timeout(now + Duration::from_secs(5));
+        assert!(
+            matches!(s.poll_event(), Some(Event::Closed { error: Some(e) }) if e.contains("TLS handshake"))
+        );
+        // EHLO refused, HELO accepted: no STARTTLS possible.
+        let (w1, _, ev) = run_tls(
+            StartTls::Require,
+            "220 old\r\n500 what\r\n250 hi\r\n221 bye\r\n",
+            "",
+            usize::MAX,
+        );
+        assert_eq!(w1, "EHLO c\r\nHELO c\r\nQUIT\r\n");
+        assert!(matches!(ev.last(), Some(Event::Closed { error: Some(_) })));
     }
 }

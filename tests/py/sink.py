@@ -6,14 +6,18 @@ tab-separated line per event to a log file (base64 where bytes matter):
   connect  CONN  ADDR
   read     CONN  BASE64(bytes of one recv() outside DATA)
   message  CONN  ADDR  FROM  RCPT,RCPT  BASE64(data)
+  tls      CONN  VERSION  CIPHER        (handshake done)
+  tlsfail  CONN  ERROR                  (handshake failed; the connection is closed)
 Options:
   --pipelining / --no-pipelining   advertise PIPELINING (default on)
   --code RCPT=CODE                 answer RCPT TO:<RCPT> with CODE (451, 550, ...), repeatable
   --dot-delay SECS                 wait before answering the final dot (a slow server)
   --ready FILE                     create FILE once listening
+  --tls-cert FILE --tls-key FILE   offer STARTTLS with this certificate (Python's ssl module)
+  --implicit-tls                   TLS from the first byte instead (RFC 8314)
 Data is stored dot-unstuffed, exactly as received otherwise.
 """
-import argparse, base64, socket, socketserver, sys, threading, time
+import argparse, base64, socket, socketserver, ssl, sys, threading, time
 
 lock = threading.Lock()
 counter = [0]
@@ -27,7 +31,14 @@ def main():
     ap.add_argument("--code", action="append", default=[])
     ap.add_argument("--dot-delay", type=float, default=0.0)
     ap.add_argument("--ready")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--implicit-tls", action="store_true")
     args = ap.parse_args()
+    tls_ctx = None
+    if args.tls_cert:
+        tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_ctx.load_cert_chain(args.tls_cert, args.tls_key)
     codes = {}
     for c in args.code:
         r, code = c.rsplit("=", 1)
@@ -49,7 +60,22 @@ def main():
             s = self.request
             addr = s.getsockname()[0]
             log("connect", conn, addr)
+
+            def start_tls(sock):
+                try:
+                    t = tls_ctx.wrap_socket(sock, server_side=True)
+                except (ssl.SSLError, OSError) as e:
+                    log("tlsfail", conn, str(e).replace("\t", " "))
+                    return None
+                log("tls", conn, t.version(), t.cipher()[0])
+                return t
+
+            if args.implicit_tls:
+                s = start_tls(s)
+                if s is None:
+                    return
             s.sendall(b"220 sink.test ESMTP\r\n")
+            tls_on = args.implicit_tls
             buf = b""
             mail, rcpts, data, in_data = None, [], [], False
             while True:
@@ -88,6 +114,8 @@ def main():
                     up = cmd.upper()
                     if up.startswith("EHLO"):
                         ext = ["sink.test", "SIZE 100000000", "8BITMIME"]
+                        if tls_ctx and not tls_on:
+                            ext.append("STARTTLS")
                         if not args.no_pipelining:
                             ext.append("PIPELINING")
                         out.append("".join(
@@ -113,6 +141,16 @@ def main():
                     elif up == "RSET":
                         mail, rcpts = None, []
                         out.append(b"250 2.0.0 ok\r\n")
+                    elif up == "STARTTLS" and tls_ctx and not tls_on:
+                        s.sendall(b"".join(out) + b"220 2.0.0 ready to start TLS\r\n")
+                        out = []
+                        s = start_tls(s)
+                        if s is None:
+                            return
+                        tls_on = True
+                        # RFC 3207: the session starts again; pipelined plaintext is dropped.
+                        buf, mail, rcpts = b"", None, []
+                        break
                     elif up == "NOOP":
                         out.append(b"250 2.0.0 ok\r\n")
                     elif up == "QUIT":

@@ -68,9 +68,15 @@ fuzz_target!(|data: &[u8]| {
     for r in &whole.0 {
         assert!((200..600).contains(&r.code), "code {}", r.code);
         assert!(!r.lines.is_empty() && r.lines.len() <= MAX_LINES);
-        assert!(r.lines.iter().all(|l| l.len() < MAX_LINE));
+        // Lines are bounded in input octets; lossy UTF-8 may triple them in the String.
+        assert!(r.lines.iter().all(|l| l.len() < 3 * MAX_LINE));
         let _ = (r.enhanced(), r.status(), r.one_line(), r.is_positive());
         let bytes = wire(r);
+        // Invalid UTF-8 became U+FFFD (3 octets for 1): a line may no longer fit MAX_LINE
+        // once written back, so the round trip is only checked for lines that still fit.
+        if r.lines.iter().any(|l| l.len() + 6 > MAX_LINE) {
+            continue;
+        }
         let (again, err) = run(&bytes, 0);
         assert_eq!(err, None, "{r:?} written back does not parse");
         assert_eq!(again, vec![r.clone()], "{r:?} written back");

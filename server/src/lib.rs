@@ -10,6 +10,7 @@
 //! - [`transport`]: the byte transport between socket and session (plain TCP; TLS slots in here).
 //! - [`reactor`]: the mio event loop that moves bytes and runs the session's actions.
 //! - [`commit`]: the group-commit thread, the only place that waits on fsync.
+//! - [`handshake`]: the threads that run TLS handshakes off the reactor.
 //! - [`tls`]: loading the certificate and key for STARTTLS and implicit TLS.
 //!
 //! Invariants: `command`, `reply`, `data` and `session` never touch a socket, a file or the
@@ -19,6 +20,7 @@ pub mod command;
 pub mod commit;
 pub mod config;
 pub mod data;
+pub mod handshake;
 pub mod reactor;
 pub mod reply;
 pub mod session;

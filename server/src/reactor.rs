@@ -22,6 +22,7 @@ use slab::Slab;
 
 use crate::commit::{self, Committer, ConnRef, Done, Job};
 use crate::config::Cidr;
+use crate::handshake::{self, Handshakers};
 use crate::reply;
 use crate::session::{Action, Session, SessionConfig, StoreError};
 use crate::transport::Transport;
@@ -93,6 +94,8 @@ pub struct Server {
     committer: Option<Committer>,
     done_rx: Receiver<Done>,
     in_flight: usize,
+    handshakers: Option<Handshakers>,
+    handshake_rx: Receiver<handshake::Done>,
     signals: Signals,
     per_ip: HashMap<IpAddr, usize>,
     next_generation: u64,
@@ -129,8 +132,16 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
         let committer = match config.durability {
-            Durability::Fsync => Some(Committer::spawn(maildir.clone(), done_tx, waker)?),
+            Durability::Fsync => Some(Committer::spawn(maildir.clone(), done_tx, waker.clone())?),
             Durability::NoFsync => None,
+        };
+        let (handshake_tx, handshake_rx) = unbounded();
+        let handshakers = match &config.tls {
+            Some(_) => {
+                let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+                Some(Handshakers::spawn(n, handshake_tx, waker)?)
+            }
+            None => None,
         };
         Ok(Server {
             poll,
@@ -142,6 +153,8 @@ impl Server {
             committer,
             done_rx,
             in_flight: 0,
+            handshakers,
+            handshake_rx,
             signals,
             per_ip: HashMap::new(),
             next_generation: 0,
@@ -352,6 +365,7 @@ impl Server {
                 }
                 progress |= self.run_actions(key, now);
             }
+            self.offload_handshake(key);
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -475,7 +489,59 @@ impl Server {
         any
     }
 
+    /// Sends handshake records a connection collected to the handshake threads.
+    fn offload_handshake(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some((tls, input)) = conn.transport.take_handshake() else {
+            return;
+        };
+        let job = handshake::Job {
+            conn: ConnRef {
+                key,
+                generation: conn.generation,
+            },
+            tls,
+            input,
+        };
+        if let Some(pool) = &self.handshakers
+            && let Err(job) = pool.submit(job)
+        {
+            // No pool thread left: do the work here rather than lose the connection.
+            log::error!("TLS handshake threads are gone");
+            let done = handshake::process(*job);
+            self.handshake_done(done, Instant::now());
+        }
+    }
+
+    /// A handshake thread processed a connection's records.
+    fn handshake_done(&mut self, done: handshake::Done, now: Instant) {
+        let ConnRef { key, generation } = done.conn;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.generation != generation {
+            return;
+        }
+        if let Err(e) = conn
+            .transport
+            .handshake_done(done.tls, &done.output, done.error)
+        {
+            log::info!(
+                "TLS handshake failed from [{}]: {e}",
+                conn.session.peer().ip()
+            );
+            self.close(key);
+            return;
+        }
+        self.drive(key, now);
+    }
+
     fn completions(&mut self, now: Instant) {
+        while let Ok(done) = self.handshake_rx.try_recv() {
+            self.handshake_done(done, now);
+        }
         while let Ok(done) = self.done_rx.try_recv() {
             self.in_flight = self.in_flight.saturating_sub(1);
             let ConnRef { key, generation } = done.conn;

@@ -18,7 +18,11 @@ fn message() -> Vec<u8> {
         if i % 8 == 3 {
             m.extend_from_slice(b"..");
         }
-        let len = if i.is_multiple_of(97) { 990 } else { 60 + i % 17 };
+        let len = if i.is_multiple_of(97) {
+            990
+        } else {
+            60 + i % 17
+        };
         m.extend((0..len).map(|k| b"abcdefghij klmnopqrstuvwxyz"[(i + k) % 27]));
         m.extend_from_slice(b"\r\n");
         i += 1;

@@ -69,10 +69,7 @@ impl DataDecoder {
         while i < input.len() {
             // Fast path: copy a run of ordinary bytes in the middle of a line.
             if self.state == State::Middle {
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 if run > 0 {
                     self.emit(&input[i..i + run], out);
                     i += run;

@@ -18,6 +18,7 @@ Modes:
   421-greeting        "421 4.3.2 ..." as the greeting, then closes
   421-after-mail      normal until MAIL FROM, answered with 421, then closes
   451-mid-data        after 354, answers the first chunk of data with 451 and closes
+  stall-mid-data      after 354, stops reading (the client's writes fill the socket buffers)
   close-after-first   accepts the first message (250 after the dot), then closes at once
 Every mode advertises PIPELINING when it gets as far as EHLO.
 """
@@ -88,6 +89,9 @@ def main():
                 if in_data and mode == "close-mid-data":
                     s.shutdown(socket.SHUT_RDWR)
                     return "closed mid-data"
+                if in_data and mode == "stall-mid-data":
+                    while True:
+                        time.sleep(3600)
                 if in_data and mode == "451-mid-data":
                     s.sendall(b"451 4.3.0 sink.test disk full\r\n")
                     s.shutdown(socket.SHUT_RDWR)

@@ -3,7 +3,10 @@
 //! (tests/py/broken_sink.py). Each must end as a deferral with the reason logged, exit status 0,
 //! the message still in `new/` with its progress in `Maildir/.relay/`, `--list` showing it
 //! deferred with the error, nothing marked delivered; and a later `--now` run against a good sink
-//! (tests/py/sink.py) delivers it intact, once. Each test uses its own 127.0.2N.x addresses.
+//! (tests/py/sink.py) delivers it intact, once. Also: 451 mid-DATA, a server that stops reading
+//! mid-DATA, one that closes after accepting the first message (that one delivered, the rest
+//! deferred), a broken first MX host (the second gets the mail), a broken host beside a good one.
+//! Each test uses its own 127.0.2N.x addresses.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -587,4 +590,46 @@ fn broken_host_does_not_affect_others() {
         let t = std::fs::read_to_string(f).unwrap();
         assert!(t.contains("@dead.test>"), "only dead.test mail is left");
     }
+}
+
+/// The server stops reading in the middle of an 8 MiB message: the relay's writes block, and
+/// `--timeout` must still end the attempt (RFC 5321 §4.5.3.2.5, data block timeout).
+#[test]
+fn stops_reading_mid_data() {
+    let ip = "127.0.22.6";
+    let broken = BrokenSink::start(&[ip], "stall-mid-data");
+    let (_d, md) = maildir();
+    let q = queue_two(&md, 8 << 20);
+    let host = format!("{ip}:{}", broken.port);
+    let mut child = integration_tests::relay::spawn_relay(md.root(), &relay_args(&host, "2"));
+    let t0 = Instant::now();
+    let mut status = None;
+    let end = t0 + Duration::from_secs(20);
+    while Instant::now() < end {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        status.is_some(),
+        "smtp-relay still running {:?} after the sink stopped reading (--timeout 2)\nstderr: {}",
+        t0.elapsed(),
+        text(&out.stderr)
+    );
+    let took = t0.elapsed();
+    let out = Output {
+        status: status.unwrap(),
+        ..out
+    };
+    assert_all_deferred(&md, &q, &out, &["timeout"], 1);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let port = broken.port;
+    drop(broken);
+    assert_delivered_later(&md, &q, ip, port);
 }

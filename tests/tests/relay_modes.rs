@@ -427,3 +427,38 @@ fn list_format() {
         "-- 3 messages, 3 recipients pending"
     );
 }
+
+/// A smarthost name that does not resolve is a local configuration problem, not the recipients'
+/// fault: the mail is deferred (as Postfix does for a bad relayhost), never bounced.
+#[test]
+#[ignore = "smtp-relay bug: NXDOMAIN for the --smarthost name bounces every message (DSN queued) instead of deferring"]
+fn unresolvable_smarthost_defers_not_bounces() {
+    let Some(dns) = Dns::start(&["x.test,mx.x.test,10"], &["mx.x.test,127.0.25.5"]) else {
+        return;
+    };
+    let (_d, md) = maildir();
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@x.test>"],
+        &sample("u1", "u@x.test"),
+    );
+    let out = relay(
+        md.root(),
+        &[
+            "--once",
+            "--dns",
+            &dns.addr,
+            "--smarthost",
+            "nosuch.test:2525",
+            "--timeout",
+            "5",
+        ],
+    );
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("0 delivered, 1 deferred, 0 bounced"),
+        "{stdout}"
+    );
+    assert_eq!(list(md.new_dir()).len(), 1, "no DSN queued");
+}

@@ -96,7 +96,14 @@ async fn resolve_inner(
                 host: host.clone(),
                 addr: SocketAddr::new(ip, port),
             }]),
-            Err(_) => host_targets(&res, host, port).await,
+            Err(_) => match host_targets(&res, host, port).await {
+                // A smarthost that does not resolve is a configuration or DNS problem, not a
+                // verdict on the recipients: defer (as Postfix does), never bounce the queue.
+                Resolution::Permanent { text, .. } => {
+                    Resolution::Temporary(format!("smarthost {host}: {text}"))
+                }
+                other => other,
+            },
         };
         return Ok(domains.into_iter().map(|d| (d, r.clone())).collect());
     }

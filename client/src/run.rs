@@ -59,6 +59,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         println!("{line}");
         return Ok(());
     };
+    // Installed before the first run, so a stop signal during a run ends the loop after it.
     let watch = watch::NewMailWatch::new(md.new_dir()).map_err(|e| e.to_string())?;
     loop {
         match run_once(cfg, tls, &md, &states) {
@@ -66,8 +67,12 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             Err(e) => log::error!("run failed: {e}"),
         }
         match watch.wait(period) {
-            Ok(true) => log::debug!("new mail in {}", md.new_dir().display()),
-            Ok(false) => {}
+            Ok(watch::Wake::NewMail) => log::debug!("new mail in {}", md.new_dir().display()),
+            Ok(watch::Wake::Timeout) => {}
+            Ok(watch::Wake::Stop) => {
+                log::info!("stop signal: exiting");
+                return Ok(());
+            }
             Err(e) => return Err(format!("cannot wait for new mail: {e}").into()),
         }
     }

@@ -251,9 +251,16 @@ fn is_space(c: char) -> bool {
 
 /// Whitespace is allowed only inside a quoted local part (`<"a b"@c>`).
 fn quoted_whitespace_only(inner: &str) -> bool {
+    find_unquoted(inner, is_space).is_none()
+}
+
+/// Byte index of the first character outside a quoted-string (`"..."`, with `\` escapes
+/// inside it) for which `pred` holds: the way to find `@` or `>` in a path whose local part
+/// may quote them.
+pub fn find_unquoted(s: &str, pred: impl Fn(char) -> bool) -> Option<usize> {
     let mut in_quote = false;
     let mut escaped = false;
-    for c in inner.chars() {
+    for (i, c) in s.char_indices() {
         if escaped {
             escaped = false;
             continue;
@@ -261,11 +268,11 @@ fn quoted_whitespace_only(inner: &str) -> bool {
         match c {
             '\\' if in_quote => escaped = true,
             '"' => in_quote = !in_quote,
-            c if !in_quote && is_space(c) => return false,
+            c if !in_quote && pred(c) => return Some(i),
             _ => {}
         }
     }
-    true
+    None
 }
 
 /// Drops an obsolete source route (`@a,@b:user@c`); RFC 5321 §4.1.1.3 says to accept and ignore it.
@@ -309,21 +316,8 @@ fn parse_mailbox(s: &str) -> Result<Mailbox, AddressError> {
 
 /// Splits at the `@` that is not inside a quoted local part.
 fn split_at_domain(s: &str) -> Result<(&str, &str), AddressError> {
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '@' if !in_quote => return Ok((&s[..i], &s[i + 1..])),
-            _ => {}
-        }
-    }
-    Err(AddressError::MissingAt)
+    let i = find_unquoted(s, |c| c == '@').ok_or(AddressError::MissingAt)?;
+    Ok((&s[..i], &s[i + 1..]))
 }
 
 /// RFC 5322 atext, extended with any non-ASCII character for SMTPUTF8 (RFC 6531).

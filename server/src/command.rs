@@ -144,21 +144,7 @@ fn path_and_params<'a>(args: &'a str, keyword: &str) -> Option<(String, &'a str)
 
 /// Index of the `>` closing the path, skipping quoted parts of the local part.
 fn closing_bracket(s: &str) -> Option<usize> {
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '>' if !in_quote => return Some(i),
-            _ => {}
-        }
-    }
-    None
+    maildir_core::address::find_unquoted(s, |c| c == '>')
 }
 
 fn parse_mail(args: &str) -> Result<Command, Reply> {

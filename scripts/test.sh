@@ -11,6 +11,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Integration tests spawn the real binaries: build them first.
 cargo build --workspace --bins --locked
+# A short run of every fuzz target (cargo-fuzz; installed under CI). FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
+    FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz-smoke.sh
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

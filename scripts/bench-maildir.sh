@@ -1,6 +1,6 @@
 #!/bin/sh
 # Deliveries per second of 4 KiB messages into a Maildir: no fsync, fsync per message, batch
-# commit of 64 (and fdatasync-from-threads for comparison). Prints a markdown table.
+# commit of 64 (and one syncfs per batch for comparison). Prints a markdown table.
 #
 # Usage: scripts/bench-maildir.sh [SCALE] [BASE_DIR]
 # Each run writes into a fresh directory name and deletes it only afterwards: on this

@@ -9,6 +9,7 @@ command -v cargo >/dev/null 2>&1 || { echo "test.sh: cargo is required (https://
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # Integration tests spawn the real binaries: build them first.
 cargo build --workspace --bins --locked
 # A short run of every fuzz target (cargo-fuzz; installed under CI). FUZZ_SECONDS=0 skips it.

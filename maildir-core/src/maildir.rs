@@ -492,13 +492,14 @@ fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
 /// `<secs>.M<usecs>P<pid>Q<seq>.<host>`: unique without locks across threads and processes.
 fn unique_name(now: SystemTime) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    static PID: OnceLock<u32> = OnceLock::new();
     let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!(
         "{}.M{}P{}Q{}.{}",
         d.as_secs(),
         d.subsec_micros(),
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         seq,
         hostname()
     )

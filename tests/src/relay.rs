@@ -478,3 +478,25 @@ impl Sink {
             .collect()
     }
 }
+
+/// A fresh Maildir in a temporary directory (kept alive by the returned guard).
+pub fn temp_maildir() -> (tempfile::TempDir, maildir_core::Maildir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let md = maildir_core::Maildir::open(dir.path().join("Maildir")).expect("maildir");
+    (dir, md)
+}
+
+/// The usual smtp-relay arguments for a test run against `dns` with every MX on `port`.
+pub fn run_args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
+    vec![
+        "--once",
+        "--dns",
+        &dns.addr,
+        "--port",
+        port,
+        "--timeout",
+        "10",
+        "--helo",
+        "relay.test",
+    ]
+}

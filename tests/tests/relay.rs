@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::relay::{Dns, Sink, queue, relay, sample, spawn_relay, without_envelope};
+use integration_tests::relay::{
+    Dns, Sink, queue, relay, run_args, sample, spawn_relay, temp_maildir, without_envelope,
+};
 use integration_tests::{Smtpd, have, list, python, wait_for};
-use maildir_core::Maildir;
 
 fn ok(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -19,26 +20,6 @@ fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-fn maildir() -> (tempfile::TempDir, Maildir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let md = Maildir::open(dir.path().join("Maildir")).expect("maildir");
-    (dir, md)
-}
-
-fn args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
-    vec![
-        "--once",
-        "--dns",
-        &dns.addr,
-        "--port",
-        port,
-        "--timeout",
-        "10",
-        "--helo",
-        "relay.test",
-    ]
 }
 
 /// Acceptance 1: 300 messages across 3 domains: one connection per sink address, content byte-identical
@@ -60,7 +41,7 @@ fn three_domains_one_connection_each_content_intact() {
         return;
     };
     let sink = Sink::start(&["127.0.1.2", "127.0.1.3", "127.0.1.4"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let mut stored = HashMap::new();
     for i in 0..300 {
         let dom = ["a.test", "B.Test", "c.test"][i % 3];
@@ -71,7 +52,7 @@ fn three_domains_one_connection_each_content_intact() {
         stored.insert(format!("<{to}>"), without_envelope(&file));
     }
     let port = sink.port.to_string();
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(
         out.contains("300 delivered, 0 deferred, 0 bounced"),
         "{out}"
@@ -106,7 +87,7 @@ fn shared_mx_host_one_connection() {
         return;
     };
     let sink = Sink::start(&["127.0.2.2"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..10 {
         queue(
             &md,
@@ -122,7 +103,7 @@ fn shared_mx_host_one_connection() {
         );
     }
     let port = sink.port.to_string();
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("30 delivered"), "{out}");
     assert_eq!(
         sink.connections().len(),
@@ -145,7 +126,7 @@ fn refused_first_mx_falls_back_to_second() {
         return;
     };
     let sink = Sink::start(&["127.0.3.3"], &[]); // nothing listens on 127.0.3.2
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..5 {
         queue(
             &md,
@@ -155,7 +136,7 @@ fn refused_first_mx_falls_back_to_second() {
         );
     }
     let port = sink.port.to_string();
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("5 delivered, 0 deferred"), "{out}");
     let conns = sink.connections();
     assert_eq!(conns.len(), 1);
@@ -177,7 +158,7 @@ fn deferral_then_delivery_and_bounce_with_dsn() {
         &["127.0.4.2", "127.0.4.3"],
         &["--code", "later@e.test=451", "--code", "nobody@e.test=550"],
     );
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let name = queue(
         &md,
         "<sender@src.test>",
@@ -185,7 +166,7 @@ fn deferral_then_delivery_and_bounce_with_dsn() {
         &sample("d1", "x@e.test"),
     );
     let port = sink.port.to_string();
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("1 delivered, 1 deferred, 1 bounced"), "{out}");
     // The original stays (one recipient deferred); a DSN is queued beside it.
     let new = list(md.new_dir());
@@ -221,9 +202,9 @@ print(len(rcpts), rcpts[0]['Final-Recipient'], rcpts[0]['Status'], rcpts[0]['Act
     let port2 = sink.port;
     drop(sink);
     let sink = Sink::start_on(&["127.0.4.2", "127.0.4.3"], port2, &[]);
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("1 not due"), "{out}");
-    let mut a = args(&dns, &port);
+    let mut a = run_args(&dns, &port);
     a.push("--now");
     let out = ok(&relay(md.root(), &a));
     assert!(out.contains("1 delivered, 0 deferred, 0 bounced"), "{out}");
@@ -255,7 +236,7 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
         return;
     };
     let sink = Sink::start(&["127.0.5.2"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
@@ -270,7 +251,7 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     );
     queue(&md, "<>", &["<u@nx.test>"], &sample("n3", "u@nx.test"));
     let port = sink.port.to_string();
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("0 delivered, 0 deferred, 3 bounced"), "{out}");
     assert!(out.contains("2 bounce(s) queued"), "{out}");
     let new = list(md.new_dir());
@@ -291,7 +272,7 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     assert_eq!(list(md.cur_dir()).len(), 3);
     assert!(sink.connections().is_empty());
     // The DSNs themselves are relayed to the sender's MX on the next run.
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("2 delivered"), "{out}");
     assert_eq!(sink.messages().iter().filter(|m| m.2 == "<>").count(), 2);
 }
@@ -306,7 +287,7 @@ fn pipelining_when_offered_and_lockstep_when_not() {
         return;
     };
     let pipe = Sink::start(&["127.0.6.2"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..3 {
         queue(
             &md,
@@ -316,7 +297,7 @@ fn pipelining_when_offered_and_lockstep_when_not() {
         );
     }
     let port = pipe.port.to_string();
-    ok(&relay(md.root(), &args(&dns, &port)));
+    ok(&relay(md.root(), &run_args(&dns, &port)));
     let reads: Vec<String> = pipe
         .events()
         .into_iter()
@@ -344,7 +325,7 @@ fn pipelining_when_offered_and_lockstep_when_not() {
             &sample(&format!("q{i}"), "a@q.test"),
         );
     }
-    ok(&relay(md.root(), &args(&dns, &port)));
+    ok(&relay(md.root(), &run_args(&dns, &port)));
     let reads: Vec<String> = plain
         .events()
         .into_iter()
@@ -382,7 +363,7 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
         return;
     };
     let sink = Sink::start(&["127.0.7.2"], &["--dot-delay", "0.002"]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..1000 {
         queue(
             &md,
@@ -392,11 +373,11 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
         );
     }
     let port = sink.port.to_string();
-    let mut first = spawn_relay(md.root(), &args(&dns, &port));
+    let mut first = spawn_relay(md.root(), &run_args(&dns, &port));
     wait_for("some messages delivered", Duration::from_secs(30), || {
         sink.messages().len() >= 200
     });
-    let second = relay(md.root(), &args(&dns, &port));
+    let second = relay(md.root(), &run_args(&dns, &port));
     assert_eq!(second.status.code(), Some(75), "second relay must leave");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains("another smtp-relay is running"), "{err}");
@@ -405,7 +386,7 @@ fn sigkill_mid_batch_then_rerun_loses_nothing() {
     let before = sink.messages().len();
     let left = list(md.new_dir()).len();
     assert!(before < 1000, "killed before the end ({before})");
-    let out = ok(&relay(md.root(), &args(&dns, &port)));
+    let out = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("0 deferred, 0 bounced"), "{out}");
     assert!(list(md.new_dir()).is_empty());
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -464,7 +445,7 @@ fn end_to_end_swaks_smtpd_relay_sink() {
     );
     let stored = std::fs::read(&smtpd.new_files()[0]).unwrap();
     let port = sink.port.to_string();
-    let out = ok(&relay(&smtpd.maildir, &args(&dns, &port)));
+    let out = ok(&relay(&smtpd.maildir, &run_args(&dns, &port)));
     assert!(out.contains("2 delivered"), "{out}");
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1);
@@ -485,7 +466,7 @@ fn end_to_end_swaks_smtpd_relay_sink() {
 /// Bad arguments and an unusable Maildir: one clear line, non-zero exit.
 #[test]
 fn bad_arguments_and_unusable_maildir() {
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let out = relay(md.root(), &["--max-connections", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-connections"));

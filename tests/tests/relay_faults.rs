@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::relay::{Dns, Sink, b64, queue, relay, sample, without_envelope};
+use integration_tests::relay::{
+    Dns, Sink, b64, queue, relay, sample, temp_maildir, without_envelope,
+};
 use integration_tests::{free_port, list, wait_for};
 use maildir_core::Maildir;
 
@@ -91,12 +93,6 @@ impl Drop for BrokenSink {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn maildir() -> (tempfile::TempDir, Maildir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let md = Maildir::open(dir.path().join("Maildir")).expect("maildir");
-    (dir, md)
 }
 
 fn text(b: &[u8]) -> String {
@@ -255,7 +251,7 @@ struct Seen {
 /// delivery by a good sink on the same address on a later `--now` run.
 fn fault_case(ip: &str, mode: &str, timeout: &str, reasons: &[&str]) -> (Seen, Queued) {
     let broken = BrokenSink::start(&[ip], mode);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let big = matches!(mode, "close-mid-data" | "451-mid-data");
     let q = queue_two(&md, if big { 1 << 20 } else { 0 });
     let host = format!("{ip}:{}", broken.port);
@@ -426,7 +422,7 @@ fn answers_451_mid_data() {
 fn closes_after_the_first_message() {
     let ip = "127.0.22.5";
     let broken = BrokenSink::start(&[ip], "close-after-first");
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let q = queue_two(&md, 0);
     let host = format!("{ip}:{}", broken.port);
     let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
@@ -496,7 +492,7 @@ fn broken_first_mx_falls_back_to_second() {
     let busy = BrokenSink::start(&["127.0.23.2"], "421-greeting");
     let mute = BrokenSink::start_on(&["127.0.23.3"], busy.port, "silent");
     let good = Sink::start_on(&["127.0.23.4"], busy.port, &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
@@ -551,7 +547,7 @@ fn broken_host_does_not_affect_others() {
     };
     let dead = BrokenSink::start(&["127.0.24.2"], "silent-at-dot");
     let live = Sink::start_on(&["127.0.24.3"], dead.port, &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..20 {
         let (dom, id) = if i % 2 == 0 {
             ("dead.test", "d")
@@ -598,7 +594,7 @@ fn broken_host_does_not_affect_others() {
 fn stops_reading_mid_data() {
     let ip = "127.0.22.6";
     let broken = BrokenSink::start(&[ip], "stall-mid-data");
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let q = queue_two(&md, 8 << 20);
     let host = format!("{ip}:{}", broken.port);
     let mut child = integration_tests::relay::spawn_relay(md.root(), &relay_args(&host, "2"));

@@ -8,9 +8,10 @@ use std::process::{Child, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use integration_tests::relay::{Dns, Sink, queue, relay, sample, spawn_relay, without_envelope};
+use integration_tests::relay::{
+    Dns, Sink, queue, relay, sample, spawn_relay, temp_maildir, without_envelope,
+};
 use integration_tests::{Smtpd, free_port, list, python, wait_for};
-use maildir_core::Maildir;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -27,18 +28,12 @@ fn ok(out: &Output) -> String {
     stdout
 }
 
-fn maildir() -> (tempfile::TempDir, Maildir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let md = Maildir::open(dir.path().join("Maildir")).expect("maildir");
-    (dir, md)
-}
-
 /// `--smarthost IP:PORT`: mail for any domain goes to that one server over one connection, and
 /// no DNS is asked (the `--dns` given points at a port where nothing answers).
 #[test]
 fn smarthost_by_address_takes_everything_without_dns() {
     let sink = Sink::start(&["127.0.25.2"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let mut want = Vec::new();
     let sets: [&[&str]; 4] = [
         &["<a@one.test>"],
@@ -103,7 +98,7 @@ fn smarthost_by_name_overrides_mx() {
     };
     let mx = Sink::start(&["127.0.25.3"], &[]);
     let smart = Sink::start_on(&["127.0.25.4"], mx.port, &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..6 {
         let dom = if i % 2 == 0 { "mx.test" } else { "other.test" };
         let to = format!("u{i}@{dom}");
@@ -272,7 +267,7 @@ fn interval_daemon_wakes_on_new_mail_from_smtpd() {
 #[test]
 fn interval_daemon_stops_on_sigterm() {
     let sink = Sink::start(&["127.0.26.3"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let host = format!("127.0.26.3:{}", sink.port);
     let mut d = Daemon::start(
         md.root(),
@@ -300,7 +295,7 @@ fn interval_daemon_stops_on_sigterm() {
 #[test]
 fn interval_daemon_exits_zero_on_sigterm() {
     let sink = Sink::start(&["127.0.26.4"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let host = format!("127.0.26.4:{}", sink.port);
     let mut d = Daemon::start(
         md.root(),
@@ -319,7 +314,7 @@ fn interval_daemon_exits_zero_on_sigterm() {
 /// status and reply, a footer; "Mail queue is empty" when it is.
 #[test]
 fn list_format() {
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     let out = ok(&relay(md.root(), &["--list"]));
     assert_eq!(out, "Mail queue is empty\n");
 
@@ -434,7 +429,7 @@ fn unresolvable_smarthost_defers_not_bounces() {
     let Some(dns) = Dns::start(&["x.test,mx.x.test,10"], &["mx.x.test,127.0.25.5"]) else {
         return;
     };
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",

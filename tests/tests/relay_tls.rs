@@ -5,9 +5,8 @@
 
 use std::process::Output;
 
-use integration_tests::relay::{Dns, Sink, TestCa, queue, relay, sample};
+use integration_tests::relay::{Dns, Sink, TestCa, queue, relay, run_args, sample, temp_maildir};
 use integration_tests::{Smtpd, have, list};
-use maildir_core::Maildir;
 
 /// (stdout, stderr) of a relay run that exited 0.
 fn ok(out: &Output) -> (String, String) {
@@ -19,26 +18,6 @@ fn ok(out: &Output) -> (String, String) {
         out.status
     );
     (stdout, stderr)
-}
-
-fn maildir() -> (tempfile::TempDir, Maildir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let md = Maildir::open(dir.path().join("Maildir")).expect("maildir");
-    (dir, md)
-}
-
-fn base<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
-    vec![
-        "--once",
-        "--dns",
-        &dns.addr,
-        "--port",
-        port,
-        "--timeout",
-        "10",
-        "--helo",
-        "relay.test",
-    ]
 }
 
 fn have_peers() -> bool {
@@ -73,14 +52,14 @@ fn opportunistic_starttls_to_smtpd_and_verified() {
     );
     let port = smtpd.addr.port().to_string();
 
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
         &["<u1@a.test>"],
         &sample("t1", "u1@a.test"),
     );
-    let (out, err) = ok(&relay(md.root(), &base(&dns, &port)));
+    let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("1 delivered, 0 deferred"), "{out}\n{err}");
     assert!(
         err.contains("Untrusted TLS connection established to mx.a.test[127.0.20.2]:")
@@ -99,7 +78,7 @@ fn opportunistic_starttls_to_smtpd_and_verified() {
     assert!(stored.contains("Subject: test t1"), "{stored}");
 
     // verify: the certificate chains to the test CA and names mx.a.test.
-    let (_d2, md2) = maildir();
+    let (_d2, md2) = temp_maildir();
     queue(
         &md2,
         "<s@src.test>",
@@ -107,7 +86,7 @@ fn opportunistic_starttls_to_smtpd_and_verified() {
         &sample("t2", "u2@a.test"),
     );
     let ca_path = ca.cert.to_str().unwrap();
-    let mut args = base(&dns, &port);
+    let mut args = run_args(&dns, &port);
     args.extend(["--tls", "verify", "--tls-ca", ca_path]);
     let (out, err) = ok(&relay(md2.root(), &args));
     assert!(out.contains("1 delivered, 0 deferred"), "{out}\n{err}");
@@ -143,7 +122,7 @@ fn verify_refuses_a_certificate_for_another_name() {
             key.to_str().unwrap(),
         ],
     );
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
@@ -157,7 +136,7 @@ fn verify_refuses_a_certificate_for_another_name() {
         &sample("no", "v@b.test"),
     );
     let port = sink.port.to_string();
-    let mut args = base(&dns, &port);
+    let mut args = run_args(&dns, &port);
     args.extend(["--tls", "verify", "--tls-ca", ca.cert.to_str().unwrap()]);
     let (out, err) = ok(&relay(md.root(), &args));
     assert!(
@@ -197,7 +176,7 @@ fn encrypt_without_starttls_defers() {
         return;
     };
     let sink = Sink::start(&["127.0.22.2"], &[]);
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
@@ -205,7 +184,7 @@ fn encrypt_without_starttls_defers() {
         &sample("e", "u@a.test"),
     );
     let port = sink.port.to_string();
-    let mut args = base(&dns, &port);
+    let mut args = run_args(&dns, &port);
     args.extend(["--tls", "encrypt"]);
     let (out, err) = ok(&relay(md.root(), &args));
     assert!(out.contains("0 delivered, 1 deferred"), "{out}\n{err}");
@@ -228,7 +207,7 @@ fn encrypt_without_starttls_defers() {
 
     let (out, err) = ok(&relay(
         md.root(),
-        &[&base(&dns, &port)[..], &["--now"]].concat(),
+        &[&run_args(&dns, &port)[..], &["--now"]].concat(),
     ));
     assert!(out.contains("1 delivered, 0 deferred"), "{out}\n{err}");
     assert!(!err.contains("TLS connection established"), "{err}");
@@ -256,7 +235,7 @@ fn implicit_tls_smarthost_delivers() {
             "--implicit-tls",
         ],
     );
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     for i in 0..3 {
         let to = format!("u{i}@far.test");
         queue(
@@ -321,7 +300,7 @@ fn failed_handshake_falls_back_to_plaintext_under_may() {
     let port = sink.port.to_string();
 
     // encrypt: deferred, nothing delivered.
-    let (_d, md) = maildir();
+    let (_d, md) = temp_maildir();
     queue(
         &md,
         "<s@src.test>",
@@ -334,7 +313,7 @@ fn failed_handshake_falls_back_to_plaintext_under_may() {
         &["<u2@a.test>"],
         &sample("f2", "u2@a.test"),
     );
-    let mut args = base(&dns, &port);
+    let mut args = run_args(&dns, &port);
     args.extend(["--tls", "encrypt"]);
     let (out, err) = ok(&relay(md.root(), &args));
     assert!(out.contains("0 delivered, 2 deferred"), "{out}\n{err}");
@@ -345,7 +324,7 @@ fn failed_handshake_falls_back_to_plaintext_under_may() {
     // connection.
     let (out, err) = ok(&relay(
         md.root(),
-        &[&base(&dns, &port)[..], &["--now"]].concat(),
+        &[&run_args(&dns, &port)[..], &["--now"]].concat(),
     ));
     assert!(out.contains("2 delivered, 0 deferred"), "{out}\n{err}");
     assert!(

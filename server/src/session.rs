@@ -290,7 +290,7 @@ impl Session {
                 };
                 envelope.write_to(&mut self.body).ok();
                 self.received_header(&id, &txn, wall);
-                // The header goes out with the first content (one write for a small message).
+                self.flush_body();
                 self.reply(&reply::START_DATA);
                 self.state = State::Data {
                     txn,

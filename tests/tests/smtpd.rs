@@ -391,11 +391,7 @@ fn data_edges_empty_message_unstuffing_bare_eols_long_lines_8bit() {
     let mut c = Client::greeted(s.addr);
     c.expect("EHLO client.test", "250");
     // `.` right after 354: the CRLF that ended DATA counts, so this is an empty message.
-    c.expect("MAIL FROM:<sender@example.org>", "250 2.1.0");
-    c.expect("RCPT TO:<empty@example.com>", "250 2.1.5");
-    c.expect("DATA", "354");
-    c.send(b".\r\n");
-    c.expect_reply("250 2.0.0");
+    c.send_mail("sender@example.org", &["empty@example.com"], b"");
     // A leading `..` right after 354 is unstuffed too.
     let long = "L".repeat(2500);
     let mut body = format!("..first\r\n..\r\n...\r\nnormal\r\n{long}\r\n").into_bytes();
@@ -407,11 +403,11 @@ fn data_edges_empty_message_unstuffing_bare_eols_long_lines_8bit() {
     c.send(b".\r\n");
     c.expect_reply("250 2.0.0");
     // Bare LF and bare CR are stored as CRLF.
-    c.expect("MAIL FROM:<sender@example.org>", "250 2.1.0");
-    c.expect("RCPT TO:<bare@example.com>", "250 2.1.5");
-    c.expect("DATA", "354");
-    c.send(b"Subject: bare\r\n\r\na\nb\r\nc\rd\r\n.\r\n");
-    c.expect_reply("250 2.0.0");
+    c.send_mail(
+        "sender@example.org",
+        &["bare@example.com"],
+        b"Subject: bare\r\n\r\na\nb\r\nc\rd\r\n",
+    );
     c.expect("QUIT", "221 2.0.0");
 
     let all = stored(&s);
@@ -448,11 +444,11 @@ fn overlong_command_lines_are_discarded_and_the_session_goes_on() {
         "500 5.5.2",
     );
     c.expect("NOOP", "250 2.0.0");
-    c.expect("MAIL FROM:<sender@example.org>", "250 2.1.0");
-    c.expect("RCPT TO:<rcpt@example.com>", "250 2.1.5");
-    c.expect("DATA", "354");
-    c.send(b"Subject: after a long line\r\n\r\nok\r\n.\r\n");
-    c.expect_reply("250 2.0.0");
+    c.send_mail(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        b"Subject: after a long line\r\n\r\nok\r\n",
+    );
     c.expect("QUIT", "221 2.0.0");
     let st = only_one(&s);
     assert_body(&st, b"Subject: after a long line\r\n\r\nok\r\n");
@@ -484,11 +480,11 @@ fn three_mib_message_over_max_size_gets_552_and_nothing_is_stored() {
         || integration_tests::list(&s.maildir.join("tmp")).is_empty(),
     );
     // The session is still usable.
-    c.expect("MAIL FROM:<sender@example.org>", "250 2.1.0");
-    c.expect("RCPT TO:<rcpt@example.com>", "250 2.1.5");
-    c.expect("DATA", "354");
-    c.send(b"Subject: small\r\n\r\nfits\r\n.\r\n");
-    c.expect_reply("250 2.0.0");
+    c.send_mail(
+        "sender@example.org",
+        &["rcpt@example.com"],
+        b"Subject: small\r\n\r\nfits\r\n",
+    );
     c.expect("QUIT", "221 2.0.0");
     let st = only_one(&s);
     assert_body(&st, b"Subject: small\r\n\r\nfits\r\n");

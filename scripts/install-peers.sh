@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to: swaks, Postfix (for smtp-source and
-# smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), and the
+# smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
+# (tests that dates are right on any day of the month), and the
 # Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 
 if [ ${#need[@]} -gt 0 ]; then

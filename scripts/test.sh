@@ -18,11 +18,19 @@ if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Every peer was installed above: a test that finds one missing fails instead of skipping.
+export REQUIRE_PEERS=1
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+# --no-fail-fast: a failing test binary must not hide the ones after it; the closing line
+# counts the whole suite.
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary, the last often a
 # doc-test run with nothing in it).
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+# A test binary that crashed (a signal, an abort) prints no result line: it counts as one failure.
+awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") fr++ }
+     /^error: test failed, to rerun pass/ { errs++ }
+     END { if (errs > fr) f += errs - fr
+           printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
 exit "$status"

@@ -43,8 +43,15 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
-/// True when `cmd` is on PATH (or an absolute path that exists). Under CI a missing tool is a
-/// failure, not a skip: the test script installs every peer.
+/// True when a missing peer must fail the test instead of skipping it: under CI, and under
+/// `scripts/test.sh` (`REQUIRE_PEERS=1`), which installs every peer first.
+pub fn peers_required() -> bool {
+    std::env::var_os("CI").is_some() || std::env::var_os("REQUIRE_PEERS").is_some_and(|v| v != "0")
+}
+
+/// True when `cmd` is on PATH (or an absolute path that exists). Where peers are required
+/// ([`peers_required`]) a missing tool is a failure; elsewhere the test says on stderr that it
+/// skips, never silently.
 pub fn have(cmd: &str) -> bool {
     let found = if cmd.contains('/') {
         Path::new(cmd).exists()
@@ -53,8 +60,13 @@ pub fn have(cmd: &str) -> bool {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).exists()))
             .unwrap_or(false)
     };
-    if !found && std::env::var_os("CI").is_some() {
-        panic!("{cmd} is required under CI; scripts/install-peers.sh installs it");
+    if !found {
+        if peers_required() {
+            panic!(
+                "{cmd} is required (CI / scripts/test.sh); scripts/install-peers.sh installs it"
+            );
+        }
+        eprintln!("SKIPPED: {cmd} is not installed (scripts/install-peers.sh installs it)");
     }
     found
 }
@@ -153,3 +165,176 @@ pub fn python(script: &str, args: &[&str]) -> String {
 }
 pub mod relay;
 pub mod smtp;
+
+/// Parses RFC 5322 date-times (`Thu, 3 Dec 2026 04:07:30 +0000`, the day with one or two
+/// digits) with Python's `email.utils`, which nobody here wrote; checks that the day of the week
+/// matches the date. Returns the seconds since the epoch of each, in order.
+pub fn rfc5322_epochs(dates: &[&str]) -> Result<Vec<i64>, String> {
+    const SCRIPT: &str = r#"
+import sys, email.utils
+DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+for s in sys.argv[1:]:
+    t = email.utils.parsedate_tz(s)
+    if t is None or t[9] is None:
+        print("ERR not an RFC 5322 date-time: %r" % s); continue
+    dt = email.utils.parsedate_to_datetime(s)
+    wd = s.split(",", 1)[0].strip() if "," in s else None
+    if wd is not None and wd != DAYS[dt.weekday()]:
+        print("ERR day of week %s but %s is a %s: %r" % (wd, dt.date(), DAYS[dt.weekday()], s)); continue
+    print(int(dt.timestamp()))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(dates)
+        .output()
+        .map_err(|e| format!("run python3: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| match l.strip_prefix("ERR ") {
+            Some(e) => Err(e.to_owned()),
+            None => l.parse().map_err(|e| format!("{l:?}: {e}")),
+        })
+        .collect()
+}
+
+/// Seconds since the epoch now.
+pub fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A file's modification time in seconds since the epoch (panics when it cannot be read).
+pub fn file_mtime(path: &Path) -> i64 {
+    let m = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("mtime of {}: {e}", path.display()));
+    m.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_else(|e| panic!("mtime of {} before 1970: {e}", path.display()))
+}
+
+/// Parses the RFC 5322 date-time smtpd and smtp-relay write (`Thu, 3 Dec 2026 04:07:30 +0000`:
+/// day of week, a day of one or two digits, month name, four-digit year, time, numeric zone)
+/// into seconds since the epoch; checks the day of the week and the ranges. A parser of the
+/// tests' own, for hot loops; [`rfc5322_epochs`] asks Python's `email.utils`.
+pub fn parse_rfc5322(date: &str) -> Result<i64, String> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]; // 1970-01-01 a Thursday
+    let bad = |why: &str| format!("{date:?} is not an RFC 5322 date-time: {why}");
+    let w: Vec<&str> = date.split(' ').collect();
+    let [wd, day, mon, year, time, zone] = w[..] else {
+        return Err(bad("six fields expected"));
+    };
+    let num = |s: &str, len: std::ops::RangeInclusive<usize>| -> Result<i64, String> {
+        if !len.contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(&format!("{s:?}")));
+        }
+        s.parse().map_err(|_| bad(s))
+    };
+    let d = num(day, 1..=2)?;
+    let m = MONTHS
+        .iter()
+        .position(|x| *x == mon)
+        .ok_or_else(|| bad("month"))? as i64
+        + 1;
+    let y = num(year, 4..=4)?;
+    let hms: Vec<&str> = time.split(':').collect();
+    let [h, mi, s] = hms[..] else {
+        return Err(bad("time"));
+    };
+    let (h, mi, s) = (num(h, 2..=2)?, num(mi, 2..=2)?, num(s, 2..=2)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if d < 1 || d > month_days[(m - 1) as usize] || h > 23 || mi > 59 || s > 60 {
+        return Err(bad("out of range"));
+    }
+    let sign = match zone.as_bytes().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => return Err(bad("zone")),
+    };
+    let z = num(&zone[1..], 4..=4)?;
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    if wd.strip_suffix(',') != Some(DAYS[days.rem_euclid(7) as usize]) {
+        return Err(bad(&format!("{wd} is not the day of the week")));
+    }
+    Ok(days * 86_400 + h * 3600 + mi * 60 + s - sign * ((z / 100) * 3600 + (z % 100) * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tests' date parser agrees with Python on dates Python formats, with one- and
+    /// two-digit days, across leap years, month ends and zones; it refuses wrong weekdays.
+    #[test]
+    fn parse_rfc5322_agrees_with_python() {
+        let mut epochs: Vec<i64> =
+            vec![0, 951_782_400, 1_798_761_599, 1_835_418_600, 4_107_542_399];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            epochs.push((x % 4_102_444_800) as i64);
+        }
+        let args: Vec<String> = epochs.iter().map(|e| e.to_string()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = python(
+            r#"
+import sys, datetime
+for a in sys.argv[1:]:
+    t = datetime.datetime.fromtimestamp(int(a), datetime.timezone.utc)
+    z = datetime.timezone(datetime.timedelta(hours=-5, minutes=-30))
+    for d, zone in ((t, "+0000"), (t.astimezone(z), "-0530")):
+        print(d.strftime("%a, ") + str(d.day) + d.strftime(" %b %Y %H:%M:%S ") + zone)
+        print(d.strftime("%a, %d %b %Y %H:%M:%S ") + zone)
+"#,
+            &args,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), epochs.len() * 4);
+        for (i, e) in epochs.iter().enumerate() {
+            for l in &lines[i * 4..i * 4 + 4] {
+                assert_eq!(parse_rfc5322(l), Ok(*e), "{l}");
+            }
+        }
+        assert!(parse_rfc5322("Wed, 3 Dec 2026 04:07:30 +0000").is_err());
+        assert!(parse_rfc5322("Thu, 31 Nov 2026 04:07:30 +0000").is_err());
+        assert!(parse_rfc5322("Thu, 3 Dec 26 04:07:30 +0000").is_err());
+        assert_eq!(
+            parse_rfc5322("Thu, 3 Dec 2026 04:07:30 +0000"),
+            Ok(1_796_270_850)
+        );
+    }
+}

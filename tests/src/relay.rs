@@ -25,7 +25,6 @@ impl Dns {
     /// `mx(&["a.test,mx.a.test,10"])` and `hosts(&["mx.a.test,127.0.0.2"])`.
     pub fn start(mx: &[&str], hosts: &[&str]) -> Option<Dns> {
         if !have("dnsmasq") {
-            eprintln!("dnsmasq not installed: skipping");
             return None;
         }
         let port = free_port("127.0.0.1");

@@ -671,7 +671,7 @@ impl Tmpfs {
             .expect("run mount");
         if !out.status.success() {
             let why = String::from_utf8_lossy(&out.stderr).into_owned();
-            if std::env::var_os("CI").is_some() {
+            if integration_tests::peers_required() {
                 panic!("mount -t tmpfs not permitted: {why}");
             }
             eprintln!("SKIPPED: mount -t tmpfs not permitted here: {why}");

@@ -1978,4 +1978,66 @@ mod tests {
         assert_eq!(o[0].1[0].0, RcptStatus::Bounced);
         assert!(o[0].1[0].2.starts_with("5.6.3 "), "{o:?}");
     }
+
+    proptest::proptest! {
+        /// Whatever a server answers, in whatever pieces: no panic, every job reported at most
+        /// once, the session always ends, and a recipient is "sent" only in a job whose body
+        /// went out (a reply of the wrong class never counts as delivery).
+        #[test]
+        fn any_server_transcript_keeps_the_invariants(
+            replies in proptest::collection::vec(0usize..16, 0..40),
+            step in 1usize..12,
+            pipelining in proptest::bool::ANY,
+            max_rcpt in 1usize..4,
+        ) {
+            const LINES: [&str; 16] = [
+                "220 mx", "250 ok", "251 ok", "354 go", "250 2.0.0 queued", "452 4.5.3 too many",
+                "550 5.1.1 no", "451 4.3.0 later", "421 4.3.2 bye", "221 bye", "334 what",
+                "220 client.test", "250-mx\r\n250 PIPELINING", "250-mx\r\n250 SIZE 10",
+                "554 5.5.1 no valid recipients", "garbage",
+            ];
+            let mut server = if pipelining {
+                "220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_owned()
+            } else {
+                "220 mx\r\n250 mx\r\n".to_owned()
+            };
+            for r in replies {
+                server.push_str(LINES[r]);
+                server.push_str("\r\n");
+            }
+            let now = Instant::now();
+            let jobs = vec![job(&["a@x.test", "b@x.test", "c@x.test"]), job(&["d@y.test"])];
+            let mut s = Session::new("client.test", jobs, Timeouts::rfc(), now).with_max_rcpt(max_rcpt);
+            let (mut w, mut ev) = (Vec::new(), Vec::new());
+            pump(&mut s, now, &mut w, &mut ev);
+            for chunk in server.as_bytes().chunks(step) {
+                feed(&mut s, chunk, now, &mut w, &mut ev);
+            }
+            s.handle_eof(None);
+            pump(&mut s, now, &mut w, &mut ev);
+            proptest::prop_assert!(matches!(ev.last(), Some(Event::Closed { .. })), "{:?}", ev);
+            let mut bodies = [0usize; 2];
+            let mut reported = [false; 2];
+            for e in &ev {
+                match e {
+                    Event::SendBody(n) => bodies[*n] += 1,
+                    Event::JobDone(n, r) => {
+                        proptest::prop_assert!(!reported[*n], "job {} reported twice", n);
+                        reported[*n] = true;
+                        proptest::prop_assert_eq!(r.len(), [3, 1][*n]);
+                        let sent = r.iter().filter(|x| x.0 == RcptStatus::Sent).count();
+                        proptest::prop_assert!(
+                            sent == 0 || bodies[*n] > 0,
+                            "job {} sent without a body: {:?}", n, ev
+                        );
+                        proptest::prop_assert!(sent <= bodies[*n] * max_rcpt);
+                    }
+                    _ => {}
+                }
+            }
+            for n in s.unfinished() {
+                proptest::prop_assert!(!reported[n]);
+            }
+        }
+    }
 }

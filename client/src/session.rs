@@ -672,6 +672,23 @@ impl Session {
                 }
                 self.advance();
             }
+            Expect::Mail(_) | Expect::Rcpt(..) | Expect::Data(_) | Expect::Dot(_) => {
+                self.on_transaction_reply(expect, reply);
+            }
+            Expect::Quit => {
+                self.close(None);
+                return;
+            }
+        }
+        if let Some(text) = closing {
+            self.close(Some(format!("server closing: {text}")));
+        }
+    }
+
+    /// A reply within a transaction (MAIL, RCPT, DATA, the final dot): these arms carry the
+    /// pipelining subtleties.
+    fn on_transaction_reply(&mut self, expect: Expect, reply: Reply) {
+        match expect {
             Expect::Mail(t) => {
                 let ok = reply.is_positive();
                 if let Some(tx) = self.tx_mut(t) {
@@ -727,13 +744,12 @@ impl Session {
                 }
                 self.advance();
             }
-            Expect::Quit => {
-                self.close(None);
-                return;
-            }
-        }
-        if let Some(text) = closing {
-            self.close(Some(format!("server closing: {text}")));
+            Expect::Greeting
+            | Expect::Ehlo
+            | Expect::Helo
+            | Expect::StartTls
+            | Expect::Rset
+            | Expect::Quit => {}
         }
     }
 

@@ -1,5 +1,8 @@
 //! Message body encoding for DATA (RFC 5321 §4.5.2, §4.5.3.1.6): CRLF line ends, dot-stuffing,
-//! and lines longer than 998 octets broken in two (as Postfix's `smtp_line_length_limit`).
+//! and lines longer than 998 octets broken (as Postfix's `smtp_line_length_limit`): in the
+//! header section (up to the first empty line) with CRLF + SPACE, so that the rest of a long
+//! header stays a folded continuation of it (RFC 5322 §2.2.3) instead of becoming body; in the
+//! body with a plain CRLF.
 //!
 //! Owns: the byte transformation only, chunk by chunk, so a body of any size streams through a
 //! small buffer. Must not: read files, touch sockets, or hold the message whole.
@@ -14,6 +17,8 @@ pub struct BodyEncoder {
     line_len: usize,
     /// A CR was seen and its LF (if any) has not arrived yet.
     pending_cr: bool,
+    /// The empty line that ends the header section has been passed.
+    in_body: bool,
 }
 
 impl BodyEncoder {
@@ -49,7 +54,7 @@ impl BodyEncoder {
                     let mut j = i;
                     while j < run_end {
                         if self.line_len >= MAX_LINE {
-                            self.end_line(out);
+                            self.break_line(out);
                         }
                         if self.line_len == 0 && input[j] == b'.' {
                             out.push(b'.');
@@ -77,9 +82,25 @@ impl BodyEncoder {
         out.extend_from_slice(b".\r\n");
     }
 
+    /// The stored line ended (an empty one ends the header section).
     fn end_line(&mut self, out: &mut Vec<u8>) {
+        if self.line_len == 0 {
+            self.in_body = true;
+        }
         out.extend_from_slice(b"\r\n");
         self.line_len = 0;
+    }
+
+    /// A line too long to send goes on on the next line: in the header section as a folded
+    /// continuation (CRLF SPACE, as Postfix does), in the body after a plain CRLF.
+    fn break_line(&mut self, out: &mut Vec<u8>) {
+        if self.in_body {
+            out.extend_from_slice(b"\r\n");
+            self.line_len = 0;
+        } else {
+            out.extend_from_slice(b"\r\n ");
+            self.line_len = 1;
+        }
     }
 }
 
@@ -126,17 +147,105 @@ mod tests {
 
     #[test]
     fn long_lines_are_broken() {
-        let mut input = vec![b'a'; 2500];
+        let mut input = b"\r\n".to_vec();
+        input.extend_from_slice(&[b'a'; 2500]);
         input.extend_from_slice(b"\r\n");
-        let out = enc(&input);
+        let out = enc(&input)[2..].to_vec();
         for line in out.split(|&b| b == b'\n') {
             assert!(line.len() <= MAX_LINE + 1);
         }
         assert_eq!(out.len(), 2500 + 3 * 2 + 3);
-        // A broken line whose continuation starts with a dot is stuffed.
-        let mut input = vec![b'a'; MAX_LINE];
+        // A broken body line whose continuation starts with a dot is stuffed.
+        let mut input = b"H: x\r\n\r\n".to_vec();
+        input.extend_from_slice(&[b'a'; MAX_LINE]);
         input.extend_from_slice(b".b\r\n");
-        assert_eq!(&enc(&input)[MAX_LINE..], b"\r\n..b\r\n.\r\n");
+        assert_eq!(&enc(&input)[8 + MAX_LINE..], b"\r\n..b\r\n.\r\n");
+    }
+
+    /// Issue 10 item 10: a header line over 998 octets is folded with CRLF SPACE, so that its
+    /// rest stays part of the header (a bare CRLF turned it, and every header after it, into
+    /// body); in the body a plain CRLF is used. Same output at every chunk boundary.
+    #[test]
+    fn long_header_lines_are_folded_not_split_into_the_body() {
+        let refs: String = (0..120)
+            .map(|i| format!("<id{i:04}.x@example.org>"))
+            .collect();
+        let mut input = format!("Received: from a\r\nReferences: {refs}\r\nSubject: after\r\n\r\n")
+            .into_bytes();
+        let body_line = format!("{}.{}", "b".repeat(MAX_LINE - 1), "c".repeat(1200));
+        input.extend_from_slice(body_line.as_bytes());
+        input.extend_from_slice(b"\r\nend\r\n");
+        let out = enc(&input);
+        let text = String::from_utf8(out.clone()).unwrap();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .expect("header/body boundary kept");
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE), "{lines:?}");
+        // Every header line is a field or a continuation of one: nothing leaked into the body.
+        assert!(
+            lines.iter().all(|l| l.starts_with(' ')
+                || l.starts_with("Received:")
+                || l.starts_with("References:")
+                || l.starts_with("Subject:")),
+            "{lines:?}"
+        );
+        assert_eq!(lines.last(), Some(&"Subject: after"));
+        assert!(
+            lines.len() >= 4,
+            "the References line was folded: {lines:?}"
+        );
+        // Unfolding (RFC 5322 §2.2.3: remove CRLF before WSP) gives the header back, with the
+        // one inserted space per fold, as Postfix does.
+        let unfolded = head.replace("\r\n ", "");
+        assert_eq!(
+            unfolded,
+            format!("Received: from a\r\nReferences: {refs}\r\nSubject: after")
+        );
+        // The body line is broken with a plain CRLF; the continuation that starts with a dot
+        // is stuffed.
+        let body_lines: Vec<&str> = body.split("\r\n").collect();
+        assert_eq!(body_lines[0], "b".repeat(MAX_LINE - 1) + ".");
+        assert!(!body_lines[1].starts_with(' '));
+        // What the receiver stores: the header folded, the body line broken in two.
+        let mut want = format!("{head}\r\n\r\n").into_bytes();
+        for piece in body_line.as_bytes().chunks(MAX_LINE) {
+            want.extend_from_slice(piece);
+            want.extend_from_slice(b"\r\n");
+        }
+        want.extend_from_slice(b"end\r\n");
+        assert!(decode(&out) == want, "decoded message differs");
+        // A header line whose fold falls just before a dot: the continuation starts with the
+        // space, so no stuffing is needed; and the fold happens whatever the chunking.
+        let mut input = b"X-Long: ".to_vec();
+        input.extend_from_slice(&[b'h'; MAX_LINE - 8]);
+        input.extend_from_slice(b".dot\r\n\r\n.body\r\n");
+        let want = {
+            let mut w = b"X-Long: ".to_vec();
+            w.extend_from_slice(&[b'h'; MAX_LINE - 8]);
+            w.extend_from_slice(b"\r\n .dot\r\n\r\n..body\r\n.\r\n");
+            w
+        };
+        assert!(
+            enc(&input) == want,
+            "{:?}",
+            String::from_utf8_lossy(&enc(&input))
+        );
+        for input in [input.clone(), {
+            let mut i = input.clone();
+            i.extend_from_slice(&body_line.into_bytes());
+            i
+        }] {
+            let whole = enc(&input);
+            for cut in 0..input.len() {
+                let mut e = BodyEncoder::default();
+                let mut out = Vec::new();
+                e.encode(&input[..cut], &mut out);
+                e.encode(&input[cut..], &mut out);
+                e.finish(&mut out);
+                assert!(out == whole, "cut at {cut}");
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct Args {
     /// Most outbound connections at once (never more than one per MX host).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub max_connections: usize,
+    /// Most recipients per transaction; more go in further transactions of the same session
+    /// (Postfix's `smtp_destination_recipient_limit`).
+    #[arg(long, value_name = "N", default_value_t = crate::session::DEFAULT_MAX_RCPT)]
+    pub max_rcpt_per_transaction: usize,
     /// Bounce what could not be delivered after this many seconds in the queue (5 days).
     #[arg(long, value_name = "SECS", default_value_t = 5 * 24 * 3600)]
     pub queue_lifetime: u64,
@@ -111,6 +115,8 @@ pub struct Config {
     pub route: Route,
     pub helo: String,
     pub max_connections: usize,
+    /// Most recipients per SMTP transaction.
+    pub max_rcpt: usize,
     pub queue_lifetime: Duration,
     pub ignore_schedule: bool,
     pub list: bool,
@@ -129,6 +135,9 @@ impl Args {
     pub fn validate(self) -> Result<Config, String> {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
+        }
+        if self.max_rcpt_per_transaction == 0 {
+            return Err("--max-rcpt-per-transaction must be at least 1".into());
         }
         let interval = match self.interval {
             Some(0) => return Err("--interval must be at least 1 second".into()),
@@ -188,6 +197,7 @@ impl Args {
             route,
             helo,
             max_connections: self.max_connections,
+            max_rcpt: self.max_rcpt_per_transaction,
             queue_lifetime: Duration::from_secs(self.queue_lifetime),
             ignore_schedule: self.now,
             list: self.list,
@@ -270,6 +280,14 @@ mod tests {
         assert_eq!(c.route, Route::Mx);
         assert!(c.interval.is_none());
         assert!(parse(&["--max-connections", "0"]).is_err());
+        assert_eq!(c.max_rcpt, 50);
+        assert!(parse(&["--max-rcpt-per-transaction", "0"]).is_err());
+        assert_eq!(
+            parse(&["--max-rcpt-per-transaction", "3"])
+                .unwrap()
+                .max_rcpt,
+            3
+        );
         assert!(parse(&["--once", "--interval", "5"]).is_err());
         assert!(parse(&["--smarthost", "mx.test:0"]).is_err());
         assert!(parse(&["--helo", "a b"]).is_err());

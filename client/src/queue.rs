@@ -37,11 +37,6 @@ pub struct Message {
 }
 
 impl Message {
-    /// True when an address needs SMTPUTF8.
-    pub fn utf8(&self) -> bool {
-        self.sender.is_utf8() || self.rcpts.iter().any(ForwardPath::is_utf8)
-    }
-
     /// Indexes of recipients that still need an attempt.
     pub fn open_rcpts(&self) -> Vec<usize> {
         (0..self.rcpts.len())

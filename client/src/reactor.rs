@@ -236,7 +236,6 @@ impl Reactor<'_> {
                 rcpts: spec.rcpts.iter().map(|&r| m.rcpts[r].to_string()).collect(),
                 size: m.body_len,
                 eight_bit: m.eight_bit,
-                utf8: m.utf8(),
             });
         }
         let mode = match self.cfg.tls {
@@ -247,8 +246,9 @@ impl Reactor<'_> {
             TlsLevel::May => StartTls::May,
             TlsLevel::Encrypt | TlsLevel::Verify => StartTls::Require,
         };
-        let session =
-            Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now).with_starttls(mode);
+        let session = Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now)
+            .with_starttls(mode)
+            .with_max_rcpt(self.cfg.max_rcpt);
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {

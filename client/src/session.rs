@@ -1,12 +1,21 @@
 //! The client SMTP session as a pure state machine (sans-io, like rustls or quinn-proto).
 //!
-//! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, one transaction per
-//! job (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET), PIPELINING
+//! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, transactions
+//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET; at most
+//! `max_rcpt` recipients per transaction, the rest and those refused with "452 too many
+//! recipients" in the next transaction of the same session, RFC 5321 §4.5.3.1.10), PIPELINING
 //! (RFC 2920: MAIL+RCPTs+DATA in one write, and the next group right after the final dot),
-//! per-recipient outcomes, reply timeouts (RFC 5321 §4.5.3.2), QUIT, and the SMTP side of
-//! STARTTLS (RFC 3207): when to send it, what a refusal means under the policy, discarding
-//! anything the server sent after `220` before the handshake, and the reset afterwards (a new
-//! EHLO whose extensions replace the old ones). The handshake itself is the driver's.
+//! checking every reply against the command it answers (a reply of the wrong class, one before
+//! its command was written, or one when none is expected is a protocol error: the transactions
+//! in progress are deferred with 4.5.0, the connection closed, nothing counted as sent),
+//! per-recipient outcomes, what a server cannot take (SIZE; 8-bit content without 8BITMIME,
+//! RFC 6152: 5.6.3; SMTPUTF8 judged per transaction, RFC 6531: 5.6.7), mail loops (the server
+//! greets or answers EHLO with our own name: 5.4.6), reply timeouts (RFC 5321 §4.5.3.2: a total
+//! deadline per reply, counted from when the command was sent or the previous reply arrived;
+//! bytes of a reply do not extend it), QUIT, and the SMTP side of STARTTLS (RFC 3207): when to
+//! send it, what a refusal means under the policy, discarding anything the server sent after
+//! `220` before the handshake, and the reset afterwards (a new EHLO whose extensions replace the
+//! old ones). The handshake itself is the driver's.
 //! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`),
 //! `tls_established`, `now`.
 //! Outputs: bytes to send (`output` / `consumed`), events (`poll_event`), `poll_timeout`.
@@ -20,6 +29,12 @@ use crate::reply::{Reply, ReplyParser};
 /// Most server bytes kept while a body is being sent.
 const MAX_HELD: usize = 4096;
 
+/// Recipients per transaction unless configured (Postfix's `smtp_destination_recipient_limit`).
+pub const DEFAULT_MAX_RCPT: usize = 50;
+
+/// Transaction id of the empty message sent when DATA got 354 although no recipient was taken.
+const NO_TX: usize = usize::MAX;
+
 /// One message to send over this session: the recipients that route to this host.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -31,8 +46,6 @@ pub struct Job {
     pub size: u64,
     /// The body holds octets above 127.
     pub eight_bit: bool,
-    /// An address needs SMTPUTF8.
-    pub utf8: bool,
 }
 
 /// Reply timeouts (RFC 5321 §4.5.3.2).
@@ -106,7 +119,8 @@ pub enum Event {
     StartTls,
     /// The server refused STARTTLS (policy allows carrying on in plaintext).
     StartTlsRefused(Reply),
-    /// Send the body of job `n` now with `push_body`, then `end_body`.
+    /// Send the body of job `n` now with `push_body`, then `end_body` (once per transaction:
+    /// a job split into several transactions sends its body in each).
     SendBody(usize),
     /// Job `n` is finished on this session: one status and reply per recipient, in order.
     JobDone(usize, Vec<(RcptStatus, Reply)>),
@@ -122,9 +136,12 @@ enum Expect {
     Helo,
     StartTls,
     Rset,
+    /// MAIL of transaction `t`.
     Mail(usize),
+    /// RCPT number `i` of transaction `t`.
     Rcpt(usize, usize),
     Data(usize),
+    /// The final dot of transaction `t` (`NO_TX`: the empty message).
     Dot(usize),
     Quit,
 }
@@ -133,8 +150,8 @@ enum Expect {
 enum Phase {
     /// Waiting for replies; no body in progress.
     Commands,
-    /// The driver is streaming job `n`'s body.
-    Body(usize),
+    /// The driver is streaming job `n`'s body for transaction `t`: `Body(n, t)`.
+    Body(usize, usize),
     /// STARTTLS accepted: the driver runs the handshake; nothing is sent or parsed.
     Handshake,
     /// QUIT sent.
@@ -157,9 +174,13 @@ pub struct Extensions {
     pub starttls: bool,
 }
 
-/// Replies gathered for the transaction in progress.
-#[derive(Debug, Default)]
+/// One transaction in progress: some of a job's recipients.
+#[derive(Debug)]
 struct Tx {
+    id: usize,
+    job: usize,
+    /// Indexes into the job's recipients, in RCPT order.
+    idx: Vec<usize>,
     mail: Option<Reply>,
     rcpts: Vec<Option<Reply>>,
 }
@@ -177,31 +198,56 @@ impl Tx {
     }
 }
 
+/// Progress of one job on this session.
+#[derive(Debug, Clone, Default)]
+struct JobState {
+    /// Recipients not yet in a transaction (or put back after "452 too many recipients").
+    pending: VecDeque<usize>,
+    /// Outcome per recipient.
+    results: Vec<Option<(RcptStatus, Reply)>>,
+    /// A transaction of it was started, or a recipient got an outcome.
+    started: bool,
+    /// Reported by `JobDone`.
+    done: bool,
+}
+
 /// A client SMTP session over one connection.
 #[derive(Debug)]
 pub struct Session {
     helo: String,
     timeouts: Timeouts,
+    max_rcpt: usize,
     jobs: Vec<Job>,
-    /// Jobs with an outcome reported.
-    done: Vec<bool>,
+    js: Vec<JobState>,
     /// Index of the next job to start.
     next_job: usize,
-    /// Transactions in progress, by job index (at most two with pipelining).
-    txs: VecDeque<(usize, Tx)>,
+    /// The job whose recipients are being sent (more transactions of it may follow).
+    current: Option<usize>,
+    /// Transactions in progress (at most two with pipelining).
+    txs: VecDeque<Tx>,
+    next_tx: usize,
     ext: Extensions,
     parser: ReplyParser,
-    expects: VecDeque<Expect>,
-    /// Commands of the current job not yet sent (without PIPELINING: one at a time).
+    /// Replies awaited, each with the output offset its command ends at.
+    expects: VecDeque<(Expect, u64)>,
+    /// Commands of the current transaction not yet sent (without PIPELINING: one at a time).
     queued: VecDeque<(Vec<u8>, Expect)>,
     out: Vec<u8>,
     out_pos: usize,
+    /// Octets ever appended to the output, and ever written by the driver.
+    out_total: u64,
+    written: u64,
     phase: Phase,
     need_rset: bool,
     /// Server bytes that arrived while the body was being sent.
     held: Vec<u8>,
     events: VecDeque<Event>,
-    last_activity: Instant,
+    /// The time given with the latest input (`handle_input`, `consumed`, ...).
+    now: Instant,
+    /// When the wait for the reply at the head of `expects` began: a total deadline per reply.
+    wait_since: Instant,
+    /// Last progress writing (the body's data-block timeout).
+    last_write: Instant,
     /// First line of the greeting, for logs.
     pub banner: String,
     starttls: StartTls,
@@ -214,25 +260,40 @@ pub struct Session {
 impl Session {
     /// A session that will send `jobs` in order, starting when the connection is up at `now`.
     pub fn new(helo: &str, jobs: Vec<Job>, timeouts: Timeouts, now: Instant) -> Session {
-        let n = jobs.len();
+        let js = jobs
+            .iter()
+            .map(|j| JobState {
+                pending: (0..j.rcpts.len()).collect(),
+                results: vec![None; j.rcpts.len()],
+                started: false,
+                done: false,
+            })
+            .collect();
         Session {
             helo: helo.to_owned(),
             timeouts,
+            max_rcpt: DEFAULT_MAX_RCPT,
             jobs,
-            done: vec![false; n],
+            js,
             next_job: 0,
+            current: None,
             txs: VecDeque::new(),
+            next_tx: 0,
             ext: Extensions::default(),
             parser: ReplyParser::default(),
-            expects: VecDeque::from([Expect::Greeting]),
+            expects: VecDeque::from([(Expect::Greeting, 0)]),
             queued: VecDeque::new(),
             out: Vec::with_capacity(8 * 1024),
             out_pos: 0,
+            out_total: 0,
+            written: 0,
             phase: Phase::Commands,
             need_rset: false,
             held: Vec::new(),
             events: VecDeque::new(),
-            last_activity: now,
+            now,
+            wait_since: now,
+            last_write: now,
             banner: String::new(),
             starttls: StartTls::Off,
             tls_active: false,
@@ -247,17 +308,23 @@ impl Session {
         self
     }
 
+    /// Sets the most recipients per transaction (default [`DEFAULT_MAX_RCPT`]; at least 1).
+    pub fn with_max_rcpt(mut self, n: usize) -> Session {
+        self.max_rcpt = n.max(1);
+        self
+    }
+
     /// The TLS handshake that followed `Event::StartTls` completed at `now`: the SMTP session
     /// starts again (RFC 3207 §4.2) with a new EHLO.
     pub fn tls_established(&mut self, now: Instant) {
         if self.phase != Phase::Handshake {
             return;
         }
+        self.now = now;
         self.tls_active = true;
         self.phase = Phase::Commands;
         self.ext = Extensions::default();
         self.parser = ReplyParser::default();
-        self.last_activity = now;
         let cmd = format!("EHLO {}\r\n", self.helo).into_bytes();
         self.send(cmd, Expect::Ehlo);
     }
@@ -269,7 +336,10 @@ impl Session {
 
     /// `n` bytes of `output()` were written at `now`.
     pub fn consumed(&mut self, n: usize, now: Instant) {
+        self.now = now;
+        let n = n.min(self.out.len() - self.out_pos);
         self.out_pos += n;
+        self.written += n as u64;
         if self.out_pos >= self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -278,7 +348,11 @@ impl Session {
             self.out_pos = 0;
         }
         if n > 0 {
-            self.last_activity = now;
+            self.last_write = now;
+            // Waiting for a reply starts when its command is out; writing is progress.
+            if !self.expects.is_empty() {
+                self.wait_since = now;
+            }
         }
     }
 
@@ -286,7 +360,7 @@ impl Session {
     /// output is pending).
     pub fn wants_body(&self) -> Option<usize> {
         match self.phase {
-            Phase::Body(n) if self.output().len() < 64 * 1024 => Some(n),
+            Phase::Body(n, _) if self.output().len() < 64 * 1024 => Some(n),
             _ => None,
         }
     }
@@ -294,14 +368,18 @@ impl Session {
     /// Appends encoded body bytes (dot-stuffed, CRLF) of the job being sent.
     pub fn push_body(&mut self, data: &[u8]) {
         self.out.extend_from_slice(data);
+        self.out_total += data.len() as u64;
     }
 
     /// The body (including the final `.` CRLF) has been pushed.
     pub fn end_body(&mut self, now: Instant) {
-        if let Phase::Body(n) = self.phase {
-            self.expects.push_back(Expect::Dot(n));
+        if let Phase::Body(_, t) = self.phase {
+            self.now = now;
+            if self.expects.is_empty() {
+                self.wait_since = now;
+            }
+            self.expects.push_back((Expect::Dot(t), self.out_total));
             self.phase = Phase::Commands;
-            self.last_activity = now;
             // RFC 2920 §3.1: message content may open a group; pipeline the next transaction.
             if self.ext.pipelining {
                 self.advance();
@@ -318,20 +396,18 @@ impl Session {
 
     /// Jobs that have no outcome yet.
     pub fn unfinished(&self) -> Vec<usize> {
-        (0..self.jobs.len()).filter(|&i| !self.done[i]).collect()
+        (0..self.jobs.len()).filter(|&i| !self.js[i].done).collect()
     }
 
-    /// Bytes from the server.
+    /// Bytes from the server. They do not extend any deadline: only complete replies do.
     pub fn handle_input(&mut self, mut input: &[u8], now: Instant) {
-        if !input.is_empty() {
-            self.last_activity = now;
-        }
+        self.now = now;
         while !input.is_empty() && self.phase != Phase::Closed {
             if self.phase == Phase::Handshake {
                 // RFC 3207 §4.2: plaintext after the 220 is not to be trusted; drop it.
                 return;
             }
-            if let Phase::Body(_) = self.phase {
+            if let Phase::Body(..) = self.phase {
                 // Replies while the body is being sent (a server giving up early): keep them
                 // for when the body ends, bounded.
                 if self.held.len() + input.len() > MAX_HELD {
@@ -348,7 +424,7 @@ impl Session {
             match res {
                 Ok(Some(reply)) => self.on_reply(reply),
                 Ok(None) => {}
-                Err(e) => self.close(Some(format!("protocol error: {e}"))),
+                Err(e) => self.protocol_error(e.to_string()),
             }
         }
     }
@@ -369,29 +445,32 @@ impl Session {
     /// When a timeout would fire if nothing happens.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = &self.timeouts;
-        let limit = match self.phase {
-            Phase::Closed => return None,
-            Phase::Body(_) => t.data_block,
-            Phase::Handshake => t.command,
-            _ => match self.expects.front()? {
-                Expect::Greeting => t.greeting,
-                Expect::Data(_) => t.data_init,
-                Expect::Dot(_) => t.data_term,
-                _ => t.command,
-            },
-        };
-        Some(self.last_activity + limit)
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Body(..) => Some(self.last_write + t.data_block),
+            Phase::Handshake => Some(self.wait_since + t.command),
+            _ => {
+                let limit = match self.expects.front()?.0 {
+                    Expect::Greeting => t.greeting,
+                    Expect::Data(_) => t.data_init,
+                    Expect::Dot(_) => t.data_term,
+                    _ => t.command,
+                };
+                Some(self.wait_since + limit)
+            }
+        }
     }
 
     /// Checks the timeout at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         if let Some(at) = self.poll_timeout()
             && now >= at
         {
             let what = match (self.phase, self.expects.front()) {
-                (Phase::Body(_), _) => "sending message body".to_owned(),
+                (Phase::Body(..), _) => "sending message body".to_owned(),
                 (Phase::Handshake, _) => "TLS handshake".to_owned(),
-                (_, Some(e)) => format!("waiting for reply to {}", expect_name(*e)),
+                (_, Some((e, _))) => format!("waiting for reply to {}", expect_name(*e)),
                 _ => "idle".to_owned(),
             };
             self.close(Some(format!("timeout {what}")));
@@ -403,12 +482,56 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Ends the session. Jobs with some recipients final and the others not (a job split into
+    /// several transactions) are reported now, the rest deferred: sending them elsewhere would
+    /// send the finished ones twice.
     fn close(&mut self, error: Option<String>) {
-        if self.phase != Phase::Closed {
-            let error = self.quit_error.take().or(error);
-            self.phase = Phase::Closed;
-            self.events.push_back(Event::Closed { error });
+        if self.phase == Phase::Closed {
+            return;
         }
+        let error = self.quit_error.take().or(error);
+        let why = error
+            .clone()
+            .unwrap_or_else(|| "session ended early".into());
+        let reply = Reply::new(451, &format!("4.4.2 {why}"));
+        self.txs.clear();
+        for n in 0..self.jobs.len() {
+            let st = &self.js[n];
+            if !st.done && st.results.iter().any(Option::is_some) {
+                self.fill_and_report(n, &reply);
+            }
+        }
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Closed { error });
+    }
+
+    /// The server broke the protocol: every job with a transaction begun is deferred (4.5.0),
+    /// never counted as sent; the connection is closed at once.
+    fn protocol_error(&mut self, why: String) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let why = format!("protocol error: {why}");
+        let reply = Reply::new(451, &format!("4.5.0 {why}"));
+        self.txs.clear();
+        self.queued.clear();
+        self.expects.clear();
+        for n in 0..self.jobs.len() {
+            if self.js[n].started && !self.js[n].done {
+                self.fill_and_report(n, &reply);
+            }
+        }
+        self.close(Some(why));
+    }
+
+    /// Gives `reply` to every recipient of job `n` without an outcome and reports the job.
+    fn fill_and_report(&mut self, n: usize, reply: &Reply) {
+        let st = &mut self.js[n];
+        st.pending.clear();
+        for r in st.results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some((status_of(reply), reply.clone()));
+        }
+        self.report_if_done(n);
     }
 
     /// Gives up on this server politely: QUIT, then end with `why` (nothing else is sent).
@@ -434,16 +557,62 @@ impl Session {
     }
 
     fn send(&mut self, cmd: Vec<u8>, expect: Expect) {
+        if self.expects.is_empty() {
+            self.wait_since = self.now;
+        }
         self.out.extend_from_slice(&cmd);
-        self.expects.push_back(expect);
+        self.out_total += cmd.len() as u64;
+        self.expects.push_back((expect, self.out_total));
+    }
+
+    /// The server named itself `name` (greeting or EHLO): if that is our own name the mail
+    /// would come back to us (RFC 5321 §5.1 "loops back to myself"): bounce everything, QUIT.
+    fn is_loop(&mut self, name: Option<&str>) -> bool {
+        let Some(name) = name.filter(|n| n.eq_ignore_ascii_case(&self.helo)) else {
+            return false;
+        };
+        let reply = Reply::new(
+            554,
+            &format!("5.4.6 mail loops back to myself: the server calls itself {name}"),
+        );
+        for n in 0..self.jobs.len() {
+            if !self.js[n].done {
+                self.js[n].started = true;
+                self.fill_and_report(n, &reply);
+            }
+        }
+        self.next_job = self.jobs.len();
+        self.current = None;
+        self.quit_with(format!("mail loops back to myself: {name}"));
+        true
     }
 
     fn on_reply(&mut self, reply: Reply) {
-        let Some(expect) = self.expects.pop_front() else {
-            let text = reply.one_line();
-            self.close(Some(format!("unexpected reply: {text}")));
+        let Some((expect, end)) = self.expects.pop_front() else {
+            self.protocol_error(format!(
+                "reply when none was expected: {}",
+                reply.one_line()
+            ));
             return;
         };
+        if end > self.written {
+            self.protocol_error(format!(
+                "reply to {} before it was sent: {}",
+                expect_name(expect),
+                reply.one_line()
+            ));
+            return;
+        }
+        if !fits(expect, reply.code) {
+            self.protocol_error(format!(
+                "unexpected reply to {}: {}",
+                expect_name(expect),
+                reply.one_line()
+            ));
+            return;
+        }
+        // The wait for the next reply starts now.
+        self.wait_since = self.now;
         let closing = (reply.code == 421).then(|| reply.one_line());
         match expect {
             Expect::Greeting => {
@@ -452,11 +621,17 @@ impl Session {
                     self.close(Some(format!("greeting: {}", reply.one_line())));
                     return;
                 }
+                if self.is_loop(first_word(&reply)) {
+                    return;
+                }
                 let cmd = format!("EHLO {}\r\n", self.helo).into_bytes();
                 self.send(cmd, Expect::Ehlo);
             }
             Expect::Ehlo => {
                 if reply.is_positive() {
+                    if self.is_loop(first_word(&reply)) {
+                        return;
+                    }
                     self.ext = parse_ehlo(&reply);
                     self.after_hello();
                 } else if reply.code >= 500 {
@@ -470,6 +645,9 @@ impl Session {
             Expect::Helo => {
                 if !reply.is_positive() {
                     self.close(Some(format!("HELO: {}", reply.one_line())));
+                    return;
+                }
+                if self.is_loop(first_word(&reply)) {
                     return;
                 }
                 self.after_hello();
@@ -494,58 +672,8 @@ impl Session {
                 }
                 self.advance();
             }
-            Expect::Mail(n) => {
-                let ok = reply.is_positive();
-                if let Some(tx) = self.tx_mut(n) {
-                    tx.mail = Some(reply);
-                }
-                if !ok && !self.ext.pipelining {
-                    // Nothing else of this job was sent: finish it now.
-                    self.queued.clear();
-                    self.finish_job(n, None);
-                }
-                self.advance();
-            }
-            Expect::Rcpt(n, i) => {
-                if let Some(tx) = self.tx_mut(n)
-                    && let Some(slot) = tx.rcpts.get_mut(i)
-                {
-                    *slot = Some(reply);
-                }
-                if !self.ext.pipelining && self.queued.is_empty() {
-                    // Last RCPT answered: DATA if someone was accepted, else RSET.
-                    let any = self.tx(n).is_some_and(|t| t.accepted() > 0);
-                    if any {
-                        self.queued
-                            .push_back((b"DATA\r\n".to_vec(), Expect::Data(n)));
-                    } else {
-                        self.finish_job(n, None);
-                        self.queued.push_back((b"RSET\r\n".to_vec(), Expect::Rset));
-                    }
-                }
-                self.advance();
-            }
-            Expect::Data(n) => {
-                let usable = self.tx(n).is_some_and(|t| t.mail_ok() && t.accepted() > 0);
-                if reply.code == 354 && usable {
-                    self.phase = Phase::Body(n);
-                    self.events.push_back(Event::SendBody(n));
-                } else if reply.code == 354 {
-                    // RFC 2920 §3.1: DATA accepted although no recipient was: send an empty message.
-                    self.out.extend_from_slice(b".\r\n");
-                    self.expects.push_back(Expect::Dot(usize::MAX));
-                    self.finish_job(n, None);
-                } else {
-                    self.finish_job(n, Some(&reply));
-                    self.need_rset = true;
-                    self.advance();
-                }
-            }
-            Expect::Dot(n) => {
-                if n != usize::MAX {
-                    self.finish_job(n, Some(&reply));
-                }
-                self.advance();
+            Expect::Mail(_) | Expect::Rcpt(..) | Expect::Data(_) | Expect::Dot(_) => {
+                self.on_transaction_reply(expect, reply);
             }
             Expect::Quit => {
                 self.close(None);
@@ -557,55 +685,165 @@ impl Session {
         }
     }
 
-    fn tx(&self, n: usize) -> Option<&Tx> {
-        self.txs.iter().find(|(j, _)| *j == n).map(|(_, t)| t)
+    /// A reply within a transaction (MAIL, RCPT, DATA, the final dot): these arms carry the
+    /// pipelining subtleties.
+    fn on_transaction_reply(&mut self, expect: Expect, reply: Reply) {
+        match expect {
+            Expect::Mail(t) => {
+                let ok = reply.is_positive();
+                if let Some(tx) = self.tx_mut(t) {
+                    tx.mail = Some(reply);
+                }
+                if !ok && !self.ext.pipelining {
+                    // Nothing else of this transaction was sent: finish it now.
+                    self.queued.clear();
+                    self.finish_tx(t, None);
+                }
+                self.advance();
+            }
+            Expect::Rcpt(t, i) => {
+                if let Some(tx) = self.tx_mut(t)
+                    && let Some(slot) = tx.rcpts.get_mut(i)
+                {
+                    *slot = Some(reply);
+                }
+                if !self.ext.pipelining && self.queued.is_empty() {
+                    // Last RCPT answered: DATA if someone was accepted, else RSET.
+                    let any = self.tx(t).is_some_and(|x| x.accepted() > 0);
+                    if any {
+                        self.queued
+                            .push_back((b"DATA\r\n".to_vec(), Expect::Data(t)));
+                    } else {
+                        self.finish_tx(t, None);
+                        self.queued.push_back((b"RSET\r\n".to_vec(), Expect::Rset));
+                    }
+                }
+                self.advance();
+            }
+            Expect::Data(t) => {
+                self.retry_too_many(t);
+                let usable = self.tx(t).is_some_and(|x| x.mail_ok() && x.accepted() > 0);
+                let job = self.tx(t).map(|x| x.job);
+                if let (354, true, Some(n)) = (reply.code, usable, job) {
+                    self.phase = Phase::Body(n, t);
+                    self.last_write = self.now;
+                    self.events.push_back(Event::SendBody(n));
+                } else if reply.code == 354 {
+                    // RFC 2920 §3.1: DATA accepted although no recipient was: send an empty message.
+                    self.send(b".\r\n".to_vec(), Expect::Dot(NO_TX));
+                    self.finish_tx(t, None);
+                } else {
+                    self.finish_tx(t, Some(&reply));
+                    self.need_rset = true;
+                    self.advance();
+                }
+            }
+            Expect::Dot(t) => {
+                if t != NO_TX {
+                    self.finish_tx(t, Some(&reply));
+                }
+                self.advance();
+            }
+            Expect::Greeting
+            | Expect::Ehlo
+            | Expect::Helo
+            | Expect::StartTls
+            | Expect::Rset
+            | Expect::Quit => {}
+        }
     }
 
-    fn tx_mut(&mut self, n: usize) -> Option<&mut Tx> {
-        self.txs.iter_mut().find(|(j, _)| *j == n).map(|(_, t)| t)
+    fn tx(&self, t: usize) -> Option<&Tx> {
+        self.txs.iter().find(|x| x.id == t)
     }
 
-    /// Reports job `n`: recipients refused at RCPT keep their reply; accepted ones get `last`
-    /// (the reply to DATA or to the dot). Without MAIL success every recipient gets MAIL's reply.
-    fn finish_job(&mut self, n: usize, last: Option<&Reply>) {
-        let Some(pos) = self.txs.iter().position(|(j, _)| *j == n) else {
+    fn tx_mut(&mut self, t: usize) -> Option<&mut Tx> {
+        self.txs.iter_mut().find(|x| x.id == t)
+    }
+
+    /// All RCPTs of transaction `t` are answered: recipients refused as "too many recipients"
+    /// go back to the job's pending list for the next transaction, as long as this one took
+    /// someone (otherwise the refusals are final for this session: real deferrals).
+    fn retry_too_many(&mut self, t: usize) {
+        let Some(tx) = self.tx_mut(t) else { return };
+        if !tx.mail_ok() || tx.accepted() == 0 {
+            return;
+        }
+        let mut back = Vec::new();
+        let (mut idx, mut rcpts) = (Vec::new(), Vec::new());
+        for (i, r) in tx.idx.drain(..).zip(tx.rcpts.drain(..)) {
+            if r.as_ref().is_some_and(too_many) {
+                back.push(i);
+            } else {
+                idx.push(i);
+                rcpts.push(r);
+            }
+        }
+        tx.idx = idx;
+        tx.rcpts = rcpts;
+        let n = tx.job;
+        for i in back.into_iter().rev() {
+            self.js[n].pending.push_front(i);
+        }
+    }
+
+    /// Records transaction `t`'s outcome: recipients refused at RCPT keep their reply; accepted
+    /// ones get `last` (the reply to DATA or to the dot). Without MAIL success every recipient
+    /// of the job still waiting gets MAIL's reply.
+    fn finish_tx(&mut self, t: usize, last: Option<&Reply>) {
+        let Some(pos) = self.txs.iter().position(|x| x.id == t) else {
             return;
         };
-        let Some((_, tx)) = self.txs.remove(pos) else {
+        let Some(tx) = self.txs.remove(pos) else {
             return;
         };
+        let n = tx.job;
         let fallback = Reply::new(451, "4.4.0 transaction not completed");
-        let mut results = Vec::with_capacity(tx.rcpts.len());
-        for r in &tx.rcpts {
-            let reply = match (&tx.mail, r, last) {
-                (Some(m), _, _) if !m.is_positive() => m.clone(),
+        let mail_failed = tx.mail.as_ref().filter(|m| !m.is_positive());
+        for (&i, r) in tx.idx.iter().zip(&tx.rcpts) {
+            let reply = match (mail_failed, r, last) {
+                (Some(m), _, _) => m.clone(),
                 (_, Some(r), _) if !r.is_positive() => r.clone(),
                 (_, Some(_), Some(l)) => l.clone(),
                 _ => fallback.clone(),
             };
-            results.push((status_of(&reply), reply));
+            self.js[n].results[i] = Some((outcome(&reply), reply));
         }
-        self.done[n] = true;
+        if let Some(m) = mail_failed {
+            let m = m.clone();
+            let st = &mut self.js[n];
+            for i in st.pending.drain(..) {
+                st.results[i] = Some((outcome(&m), m.clone()));
+            }
+        }
+        self.report_if_done(n);
+    }
+
+    /// Reports job `n` once every recipient has an outcome and none is in a transaction.
+    fn report_if_done(&mut self, n: usize) {
+        let st = &self.js[n];
+        if st.done
+            || !st.pending.is_empty()
+            || self.txs.iter().any(|x| x.job == n)
+            || st.results.iter().any(Option::is_none)
+        {
+            return;
+        }
+        let results = st.results.iter().flatten().cloned().collect();
+        self.js[n].done = true;
+        if self.current == Some(n) {
+            self.current = None;
+        }
         self.events.push_back(Event::JobDone(n, results));
     }
 
-    /// Fails a job that cannot be sent to this server at all, with a synthesised reply.
-    fn refuse_job(&mut self, n: usize, reply: Reply) {
-        let results = self.jobs[n]
-            .rcpts
-            .iter()
-            .map(|_| (status_of(&reply), reply.clone()))
-            .collect();
-        self.done[n] = true;
-        self.events.push_back(Event::JobDone(n, results));
-    }
-
-    /// Sends what may be sent now: queued commands of the current job, the next job's
-    /// transaction, or QUIT when everything is done.
+    /// Sends what may be sent now: queued commands of the current transaction, the next
+    /// transaction (more of the current job's recipients, or the next job), or QUIT when
+    /// everything is done.
     fn advance(&mut self) {
         if matches!(
             self.phase,
-            Phase::Closed | Phase::Quitting | Phase::Body(_) | Phase::Handshake
+            Phase::Closed | Phase::Quitting | Phase::Body(..) | Phase::Handshake
         ) {
             return;
         }
@@ -622,19 +860,44 @@ impl Session {
         let busy = self
             .expects
             .iter()
-            .any(|e| !matches!(e, Expect::Dot(_)) || !self.ext.pipelining);
+            .any(|(e, _)| !matches!(e, Expect::Dot(_)) || !self.ext.pipelining);
         if busy {
             return;
         }
-        while self.next_job < self.jobs.len() {
+        loop {
+            if let Some(n) = self.current {
+                if !self.js[n].pending.is_empty() {
+                    self.start_tx(n);
+                    return;
+                }
+                self.current = None;
+            }
+            if self.next_job >= self.jobs.len() {
+                break;
+            }
             let n = self.next_job;
             self.next_job += 1;
             if let Some(reply) = self.check_job(n) {
-                self.refuse_job(n, reply);
+                self.js[n].started = true;
+                self.fill_and_report(n, &reply);
                 continue;
             }
-            self.start_job(n);
-            return;
+            self.js[n].started = true;
+            self.current = Some(n);
+            if !self.ext.smtputf8 {
+                // RFC 6531: only the recipients that need SMTPUTF8 cannot go to this server.
+                let refused = Reply::new(553, "5.6.7 server does not support SMTPUTF8");
+                let job = &self.jobs[n];
+                let st = &mut self.js[n];
+                st.pending.retain(|&i| {
+                    let ascii = job.rcpts[i].is_ascii();
+                    if !ascii {
+                        st.results[i] = Some((RcptStatus::Bounced, refused.clone()));
+                    }
+                    ascii
+                });
+            }
+            self.report_if_done(n);
         }
         if self.expects.is_empty() {
             self.send(b"QUIT\r\n".to_vec(), Expect::Quit);
@@ -642,7 +905,7 @@ impl Session {
         }
     }
 
-    /// A reason this server cannot take job `n`, checked before sending anything.
+    /// A reason this server cannot take job `n` at all, checked before sending anything.
     fn check_job(&self, n: usize) -> Option<Reply> {
         let job = &self.jobs[n];
         if let Some(limit) = self.ext.size
@@ -654,43 +917,59 @@ impl Session {
                 "5.3.4 message size exceeds the server's SIZE limit",
             ));
         }
-        if job.utf8 && !self.ext.smtputf8 {
+        if job.eight_bit && !self.ext.eight_bit_mime {
+            // RFC 6152 §3: 8-bit data must not go to a server without 8BITMIME (no conversion
+            // to quoted-printable is done here).
+            return Some(Reply::new(
+                554,
+                "5.6.3 message has 8-bit content but the server does not support 8BITMIME",
+            ));
+        }
+        if !job.sender.is_ascii() && !self.ext.smtputf8 {
             return Some(Reply::new(553, "5.6.7 server does not support SMTPUTF8"));
         }
         None
     }
 
-    fn start_job(&mut self, n: usize) {
+    /// Starts a transaction for the next (at most `max_rcpt`) pending recipients of job `n`.
+    fn start_tx(&mut self, n: usize) {
+        let take = self.max_rcpt.min(self.js[n].pending.len());
+        let idx: Vec<usize> = self.js[n].pending.drain(..take).collect();
         let job = &self.jobs[n];
+        // RFC 6531 §3.4: SMTPUTF8 when this transaction's envelope needs it.
+        let utf8 = !job.sender.is_ascii() || idx.iter().any(|&i| !job.rcpts[i].is_ascii());
         let mut mail = format!("MAIL FROM:{}", job.sender);
         if self.ext.size.is_some() {
             mail.push_str(&format!(" SIZE={}", job.size));
         }
-        if job.eight_bit && self.ext.eight_bit_mime {
+        if job.eight_bit {
             mail.push_str(" BODY=8BITMIME");
         }
-        if job.utf8 {
+        if utf8 {
             mail.push_str(" SMTPUTF8");
         }
         mail.push_str("\r\n");
-        let mut cmds: Vec<(Vec<u8>, Expect)> = Vec::with_capacity(job.rcpts.len() + 3);
+        let t = self.next_tx;
+        self.next_tx += 1;
+        let mut cmds: Vec<(Vec<u8>, Expect)> = Vec::with_capacity(idx.len() + 3);
         if self.need_rset {
             cmds.push((b"RSET\r\n".to_vec(), Expect::Rset));
             self.need_rset = false;
         }
-        cmds.push((mail.into_bytes(), Expect::Mail(n)));
-        for (i, r) in job.rcpts.iter().enumerate() {
-            cmds.push((format!("RCPT TO:{r}\r\n").into_bytes(), Expect::Rcpt(n, i)));
+        cmds.push((mail.into_bytes(), Expect::Mail(t)));
+        for (k, &i) in idx.iter().enumerate() {
+            let cmd = format!("RCPT TO:{}\r\n", job.rcpts[i]).into_bytes();
+            cmds.push((cmd, Expect::Rcpt(t, k)));
         }
-        self.txs.push_back((
-            n,
-            Tx {
-                mail: None,
-                rcpts: vec![None; job.rcpts.len()],
-            },
-        ));
+        self.txs.push_back(Tx {
+            id: t,
+            job: n,
+            rcpts: vec![None; idx.len()],
+            idx,
+            mail: None,
+        });
         if self.ext.pipelining {
-            cmds.push((b"DATA\r\n".to_vec(), Expect::Data(n)));
+            cmds.push((b"DATA\r\n".to_vec(), Expect::Data(t)));
             for (c, e) in cmds {
                 self.send(c, e);
             }
@@ -703,6 +982,35 @@ impl Session {
     }
 }
 
+/// Whether a reply with `code` is a possible answer to `expect` (RFC 5321 §4.3.2): the success
+/// code(s) of the command, or a 4xx/5xx failure. Anything else is a protocol error.
+fn fits(expect: Expect, code: u16) -> bool {
+    let failure = (400..600).contains(&code);
+    match expect {
+        Expect::Greeting | Expect::StartTls => code == 220 || failure,
+        Expect::Ehlo | Expect::Helo | Expect::Rset => code == 250 || failure,
+        Expect::Mail(_) | Expect::Rcpt(..) => matches!(code, 250 | 251) || failure,
+        Expect::Data(_) => code == 354 || failure,
+        Expect::Dot(_) => (200..300).contains(&code) || failure,
+        Expect::Quit => true,
+    }
+}
+
+/// The first word of a reply: the server's name in a greeting or EHLO/HELO reply.
+fn first_word(reply: &Reply) -> Option<&str> {
+    reply.lines.first()?.split_whitespace().next()
+}
+
+/// "Too many recipients" (RFC 5321 §4.5.3.1.10): 452, or 552 which clients must treat the same.
+fn too_many(reply: &Reply) -> bool {
+    matches!(reply.code, 452 | 552)
+        && (reply.enhanced().is_some_and(|e| e.ends_with(".5.3"))
+            || reply
+                .lines
+                .first()
+                .is_some_and(|l| l.to_ascii_lowercase().contains("too many recipients")))
+}
+
 fn status_of(reply: &Reply) -> RcptStatus {
     if reply.is_positive() {
         RcptStatus::Sent
@@ -710,6 +1018,15 @@ fn status_of(reply: &Reply) -> RcptStatus {
         RcptStatus::Bounced
     } else {
         RcptStatus::Deferred
+    }
+}
+
+/// A recipient's outcome from its reply; "too many recipients" is temporary even as 552.
+fn outcome(reply: &Reply) -> RcptStatus {
+    if too_many(reply) {
+        RcptStatus::Deferred
+    } else {
+        status_of(reply)
     }
 }
 
@@ -755,7 +1072,21 @@ mod tests {
             rcpts: rcpts.iter().map(|r| format!("<{r}>")).collect(),
             size: 100,
             eight_bit: false,
-            utf8: false,
+        }
+    }
+
+    /// Feeds server bytes the way a real server sends them: a line at a time, each after the
+    /// client has written what it had to (a reply can only answer a command already sent).
+    fn feed(
+        s: &mut Session,
+        data: &[u8],
+        now: Instant,
+        written: &mut Vec<u8>,
+        ev: &mut Vec<Event>,
+    ) {
+        for piece in data.split_inclusive(|&b| b == b'\n') {
+            s.handle_input(piece, now);
+            pump(s, now, written, ev);
         }
     }
 
@@ -768,30 +1099,26 @@ mod tests {
         split: &dyn Fn(usize) -> Vec<usize>,
     ) -> (String, Vec<Event>) {
         let now = Instant::now();
-        let mut s = Session::new("client.test", jobs, Timeouts::rfc(), now);
+        let s = Session::new("client.test", jobs, Timeouts::rfc(), now);
+        run_session(s, now, replies, split)
+    }
+
+    /// [`run`] with a session built by the test.
+    fn run_session(
+        mut s: Session,
+        now: Instant,
+        replies: &[u8],
+        split: &dyn Fn(usize) -> Vec<usize>,
+    ) -> (String, Vec<Event>) {
         let mut written = Vec::new();
         let mut events = Vec::new();
         let mut cuts = split(replies.len());
         cuts.push(replies.len());
         let mut pos = 0;
+        pump(&mut s, now, &mut written, &mut events);
         for cut in cuts {
-            s.handle_input(&replies[pos..cut], now);
+            feed(&mut s, &replies[pos..cut], now, &mut written, &mut events);
             pos = cut;
-            loop {
-                while let Some(e) = s.poll_event() {
-                    if let Event::SendBody(_) = e {
-                        s.push_body(b"B\r\n.\r\n");
-                        s.end_body(now);
-                    }
-                    events.push(e);
-                }
-                let out = s.output().to_vec();
-                if out.is_empty() {
-                    break;
-                }
-                written.extend_from_slice(&out);
-                s.consumed(out.len(), now);
-            }
         }
         s.handle_eof(None);
         while let Some(e) = s.poll_event() {
@@ -953,11 +1280,15 @@ mod tests {
         let server = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n");
         let now = Instant::now();
         let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
-        s.handle_input(server.as_bytes(), now);
+        let (mut w, mut evs) = (Vec::new(), Vec::new());
+        pump(&mut s, now, &mut w, &mut evs);
+        feed(&mut s, server.as_bytes(), now, &mut w, &mut evs);
         s.handle_eof(None);
+        pump(&mut s, now, &mut w, &mut evs);
         assert_eq!(s.unfinished(), vec![0]);
-        let evs: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-        assert!(matches!(evs.last(), Some(Event::Closed { error: Some(_) })));
+        assert!(
+            matches!(evs.last(), Some(Event::Closed { error: Some(e) }) if e.contains("lost connection"))
+        );
     }
 
     #[test]
@@ -1020,15 +1351,13 @@ mod tests {
             Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now).with_starttls(mode);
         let (mut w1, mut w2, mut ev) = (Vec::new(), Vec::new(), Vec::new());
         for chunk in plain.as_bytes().chunks(step) {
-            s.handle_input(chunk, now);
-            pump(&mut s, now, &mut w1, &mut ev);
+            feed(&mut s, chunk, now, &mut w1, &mut ev);
         }
         if ev.contains(&Event::StartTls) {
             s.tls_established(now);
             pump(&mut s, now, &mut w2, &mut ev);
             for chunk in tls.as_bytes().chunks(step) {
-                s.handle_input(chunk, now);
-                pump(&mut s, now, &mut w2, &mut ev);
+                feed(&mut s, chunk, now, &mut w2, &mut ev);
             }
         }
         s.handle_eof(None);
@@ -1084,8 +1413,7 @@ mod tests {
         let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now)
             .with_starttls(StartTls::Require);
         let (mut w, mut ev) = (Vec::new(), Vec::new());
-        s.handle_input(EHLO_PIPE.as_bytes(), now);
-        pump(&mut s, now, &mut w, &mut ev);
+        feed(&mut s, EHLO_PIPE.as_bytes(), now, &mut w, &mut ev);
         assert_eq!(w, b"EHLO c\r\nQUIT\r\n");
         s.handle_input(b"221 bye\r\n", now);
         pump(&mut s, now, &mut w, &mut ev);
@@ -1151,8 +1479,15 @@ mod tests {
             now,
         )
         .with_starttls(StartTls::May);
-        s.handle_input(format!("{EHLO_TLS}220 go\r\n").as_bytes(), now);
-        assert_eq!(s.poll_event(), Some(Event::StartTls));
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        feed(
+            &mut s,
+            format!("{EHLO_TLS}220 go\r\n").as_bytes(),
+            now,
+            &mut w,
+            &mut ev,
+        );
+        assert_eq!(ev, vec![Event::StartTls]);
         s.handle_timeout(now + Duration::from_secs(5));
         assert!(
             matches!(s.poll_event(), Some(Event::Closed { error: Some(e) }) if e.contains("TLS handshake"))
@@ -1166,5 +1501,559 @@ mod tests {
         );
         assert_eq!(w1, "EHLO c\r\nHELO c\r\nQUIT\r\n");
         assert!(matches!(ev.last(), Some(Event::Closed { error: Some(_) })));
+    }
+
+    /// One recipient's outcome: status, reply code, first line of the reply.
+    type Outcome = (RcptStatus, u16, String);
+
+    /// The outcomes reported, as (job, outcome per recipient).
+    fn outcomes(ev: &[Event]) -> Vec<(usize, Vec<Outcome>)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::JobDone(n, r) => Some((
+                    *n,
+                    r.iter()
+                        .map(|(st, rep)| (st.clone(), rep.code, rep.lines[0].clone()))
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs `server` whole and split at every index; all must agree. Returns the whole run.
+    fn run_all_splits(make: &dyn Fn(Instant) -> Session, server: &str) -> (String, Vec<Event>) {
+        let now = Instant::now();
+        let reference = run_session(make(now), now, server.as_bytes(), &whole);
+        for cut in 0..server.len() {
+            assert_eq!(
+                run_session(make(now), now, server.as_bytes(), &|_| vec![cut]),
+                reference,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            run_session(make(now), now, server.as_bytes(), &|n| (1..n).collect()),
+            reference,
+            "byte by byte"
+        );
+        reference
+    }
+
+    fn plain(jobs: Vec<Job>) -> impl Fn(Instant) -> Session {
+        move |now| Session::new("client.test", jobs.clone(), Timeouts::rfc(), now)
+    }
+
+    /// Issue 10 item 4: a reply of the wrong class for its command is a protocol error: the
+    /// transaction is deferred with 4.5.0 and the connection closed; nothing is ever "sent".
+    #[test]
+    fn reply_of_the_wrong_class_is_a_protocol_error() {
+        let deferred = |ev: &[Event]| {
+            let o = outcomes(ev);
+            assert_eq!(o.len(), 1, "{ev:?}");
+            assert_eq!(o[0].1[0].0, RcptStatus::Deferred, "{ev:?}");
+            assert_eq!(o[0].1[0].1, 451);
+            assert!(o[0].1[0].2.starts_with("4.5.0 protocol error: "), "{ev:?}");
+            assert!(
+                matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.starts_with("protocol error")),
+                "{ev:?}"
+            );
+        };
+        // DATA answered with 250 (pipelined): no content was ever sent, so never delivered.
+        let server = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), &server);
+        deferred(&ev);
+        assert!(!w.contains("B\r\n"), "no body after a 250 to DATA: {w}");
+        assert!(!w.contains("QUIT"), "closed at once: {w}");
+        assert!(ev.iter().any(
+            |e| matches!(e, Event::Closed { error: Some(e) } if e.contains("unexpected reply to DATA: 250"))
+        ));
+        // The same without PIPELINING.
+        let server = format!("{EHLO_PLAIN}250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), &server);
+        deferred(&ev);
+        assert!(w.ends_with("DATA\r\n"), "{w}");
+        // 3xx to MAIL, 354 to RCPT, 3xx after the final dot, 1xx anywhere.
+        for server in [
+            format!("{EHLO_PIPE}354 what\r\n"),
+            format!("{EHLO_PIPE}250 ok\r\n354 what\r\n"),
+            format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n354 again\r\n"),
+            format!("{EHLO_PIPE}250 ok\r\n150 hm\r\n"),
+        ] {
+            let (_, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), &server);
+            deferred(&ev);
+        }
+        // Any 2xx after the final dot is success.
+        let server = format!("{EHLO_PIPE}250 ok\r\n251 ok\r\n354 go\r\n251 fine\r\n221 bye\r\n");
+        let (_, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), &server);
+        assert_eq!(
+            outcomes(&ev),
+            vec![(0, vec![(RcptStatus::Sent, 251, "fine".into())])]
+        );
+    }
+
+    /// Item 4: a second greeting shifts every later reply by one; it must not be taken as the
+    /// answer to EHLO, whether it arrives before EHLO was written or after.
+    #[test]
+    fn a_second_greeting_is_a_protocol_error() {
+        // After EHLO was written: 220 is not an answer to EHLO.
+        let server = format!("220 mx\r\n{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), &server);
+        assert_eq!(w, "EHLO client.test\r\n");
+        assert!(outcomes(&ev).is_empty(), "no job was started: {ev:?}");
+        assert!(
+            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "protocol error: unexpected reply to EHLO: 220 mx ESMTP"),
+            "{ev:?}"
+        );
+        // In the same packet as the greeting, before EHLO could be written: a reply that
+        // answers nothing we sent, whatever its code.
+        let now = Instant::now();
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
+        s.handle_input(b"220 mx\r\n250 mx\r\n", now);
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "protocol error: reply to EHLO before it was sent: 250 mx"),
+            "{ev:?}"
+        );
+        assert_eq!(s.unfinished(), vec![0]);
+    }
+
+    /// Item 4: replies that arrive while the body is still being written answer nothing we sent
+    /// (the final dot is not out yet): a protocol error, never "delivered".
+    #[test]
+    fn reply_to_the_dot_before_the_dot_was_written() {
+        let now = Instant::now();
+        // Written line by line, but the body is left unfinished when the reply comes.
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
+        let mut ev = Vec::new();
+        for line in format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n").split_inclusive("\r\n") {
+            s.handle_input(line.as_bytes(), now);
+            while let Some(e) = s.poll_event() {
+                ev.push(e);
+            }
+            let n = s.output().len();
+            s.consumed(n, now);
+        }
+        assert_eq!(ev, vec![Event::SendBody(0)]);
+        s.push_body(b"B\r\n");
+        s.handle_input(b"250 2.0.0 queued\r\n", now);
+        s.push_body(b".\r\n");
+        s.end_body(now);
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Deferred, "{ev:?}");
+        assert!(
+            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.contains("reply to end of data before it was sent")),
+            "{ev:?}"
+        );
+    }
+
+    /// Issue 10 item 6: the server greets, or answers EHLO, with our own name: the mail would
+    /// loop; bounce it (5.4.6) and QUIT, whatever the case of the name.
+    #[test]
+    fn mail_loops_back_to_myself() {
+        let bounced = |ev: &[Event]| {
+            assert_eq!(outcomes(ev).len(), 2, "{ev:?}");
+            for (_, r) in outcomes(ev) {
+                assert!(
+                    r.iter().all(|x| x.0 == RcptStatus::Bounced && x.1 == 554),
+                    "{r:?}"
+                );
+                assert!(
+                    r[0].2.starts_with("5.4.6 mail loops back to myself"),
+                    "{r:?}"
+                );
+            }
+        };
+        let jobs = || vec![job(&["a@x.test", "b@x.test"]), job(&["c@y.test"])];
+        let (w, ev) = run_all_splits(&plain(jobs()), "220 Client.TEST ESMTP\r\n221 bye\r\n");
+        assert_eq!(w, "QUIT\r\n");
+        bounced(&ev);
+        let (w, ev) = run_all_splits(
+            &plain(jobs()),
+            "220 mx.test ESMTP\r\n250-CLIENT.test hello\r\n250 PIPELINING\r\n221 bye\r\n",
+        );
+        assert_eq!(w, "EHLO client.test\r\nQUIT\r\n");
+        bounced(&ev);
+        // HELO fallback too.
+        let (w, ev) = run_all_splits(
+            &plain(jobs()),
+            "220 mx.test\r\n502 no\r\n250 client.test\r\n221 bye\r\n",
+        );
+        assert_eq!(w, "EHLO client.test\r\nHELO client.test\r\nQUIT\r\n");
+        bounced(&ev);
+        // A name that merely contains ours is another host.
+        let server = "220 client.test.example ESMTP\r\n250-mx.client.test\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
+        let (_, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), server);
+        assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent);
+    }
+
+    /// Issue 10 item 7: the reply timeout is a total deadline per reply; a server trickling a
+    /// byte a second does not extend it. A complete reply starts the next reply's deadline.
+    #[test]
+    fn trickled_reply_does_not_extend_the_timeout() {
+        let t0 = Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut s = Session::new(
+            "c",
+            vec![job(&["a@x.test"])],
+            Timeouts::all(Duration::from_secs(5)),
+            t0,
+        );
+        s.handle_input(b"220 mx\r\n", t0);
+        assert_eq!(s.output(), b"EHLO c\r\n");
+        s.consumed(8, t0);
+        assert_eq!(s.poll_timeout(), Some(t0 + 5 * sec));
+        let ehlo = b"250-mx\r\n250-PIPELINING\r\n250 SIZE\r\n";
+        let mut closed = None;
+        for (k, b) in ehlo.iter().enumerate() {
+            let t = t0 + (k as u32 + 1) * sec;
+            s.handle_input(&[*b], t);
+            s.handle_timeout(t);
+            if let Some(Event::Closed { error }) = s.poll_event() {
+                closed = Some((k, error));
+                break;
+            }
+            assert_eq!(s.poll_timeout(), Some(t0 + 5 * sec), "byte {k}");
+        }
+        let (k, error) = closed.expect("the trickle was cut off");
+        assert_eq!(k, 4, "closed at the deadline, 5 s after EHLO");
+        assert_eq!(error.as_deref(), Some("timeout waiting for reply to EHLO"));
+
+        // A reply completed at t0+4 gives the next command its own full deadline.
+        let mut s = Session::new(
+            "c",
+            vec![job(&["a@x.test"])],
+            Timeouts::all(Duration::from_secs(5)),
+            t0,
+        );
+        s.handle_input(b"220 mx\r\n", t0);
+        s.consumed(8, t0);
+        s.handle_input(b"250-mx\r\n", t0 + 3 * sec);
+        s.handle_input(b"250 PIPELINING\r\n", t0 + 4 * sec);
+        assert_eq!(s.poll_timeout(), Some(t0 + 9 * sec));
+        let n = s.output().len();
+        s.consumed(n, t0 + 5 * sec);
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t0 + 10 * sec),
+            "from when MAIL was written"
+        );
+        s.handle_input(b"25", t0 + 6 * sec);
+        s.handle_input(b"0 ok\r\n25", t0 + 9 * sec);
+        assert_eq!(
+            s.poll_timeout(),
+            Some(t0 + 14 * sec),
+            "RCPT's reply waited for from MAIL's"
+        );
+    }
+
+    fn server_for(replies: &[&str]) -> String {
+        let mut s = EHLO_PIPE.to_owned();
+        for r in replies {
+            s.push_str(r);
+            s.push_str("\r\n");
+        }
+        s
+    }
+
+    /// Issue 10 item 9: at most `max_rcpt` recipients per transaction; the rest follow in the
+    /// next transaction of the same session, each with the body.
+    #[test]
+    fn recipients_over_the_limit_go_in_the_next_transaction() {
+        let make = |now| {
+            Session::new(
+                "client.test",
+                vec![
+                    job(&["a@x.test", "b@x.test", "c@x.test", "d@x.test", "e@x.test"]),
+                    job(&["f@x.test"]),
+                ],
+                Timeouts::rfc(),
+                now,
+            )
+            .with_max_rcpt(2)
+        };
+        let server = server_for(&[
+            "250 ok",
+            "250 ok",
+            "250 ok",
+            "354 go",
+            "250 one", // a, b
+            "250 ok",
+            "250 ok",
+            "550 no d",
+            "354 go",
+            "250 two", // c, d
+            "250 ok",
+            "250 ok",
+            "354 go",
+            "250 three", // e
+            "250 ok",
+            "250 ok",
+            "354 go",
+            "250 four", // f
+            "221 bye",
+        ]);
+        let (w, ev) = run_all_splits(&make, &server);
+        let tx = |rcpts: &[&str]| {
+            let mut t = "MAIL FROM:<s@a.test> SIZE=100\r\n".to_owned();
+            for r in rcpts {
+                t.push_str(&format!("RCPT TO:<{r}@x.test>\r\n"));
+            }
+            t + "DATA\r\nB\r\n.\r\n"
+        };
+        assert_eq!(
+            w,
+            format!(
+                "EHLO client.test\r\n{}{}{}{}QUIT\r\n",
+                tx(&["a", "b"]),
+                tx(&["c", "d"]),
+                tx(&["e"]),
+                tx(&["f"])
+            )
+        );
+        let sent = |t: &str| (RcptStatus::Sent, 250, t.to_owned());
+        assert_eq!(
+            outcomes(&ev),
+            vec![
+                (
+                    0,
+                    vec![
+                        sent("one"),
+                        sent("one"),
+                        sent("two"),
+                        (RcptStatus::Bounced, 550, "no d".into()),
+                        sent("three")
+                    ]
+                ),
+                (1, vec![sent("four")]),
+            ]
+        );
+    }
+
+    /// Item 9: recipients refused with "452 4.5.3 too many recipients" go in the next
+    /// transaction at once (RFC 5321 §4.5.3.1.10), with and without PIPELINING; when a
+    /// transaction took nobody, the 452s are real deferrals (no endless retry).
+    #[test]
+    fn too_many_recipients_are_sent_in_the_next_transaction() {
+        let jobs = || vec![job(&["a@x.test", "b@x.test", "c@x.test"])];
+        let server = server_for(&[
+            "250 ok",
+            "250 ok",
+            "452 4.5.3 too many recipients",
+            "452 4.5.3 too many recipients",
+            "354 go",
+            "250 one",
+            "250 ok",
+            "250 ok",
+            "452 4.5.3 Too many recipients",
+            "354 go",
+            "250 two",
+            "250 ok",
+            "250 ok",
+            "354 go",
+            "250 three",
+            "221 bye",
+        ]);
+        let (w, ev) = run_all_splits(&plain(jobs()), &server);
+        assert_eq!(w.matches("MAIL FROM").count(), 3, "{w}");
+        assert!(w.contains("RCPT TO:<c@x.test>\r\nDATA\r\nB\r\n.\r\nMAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\n"), "{w}");
+        let sent = |t: &str| (RcptStatus::Sent, 250, t.to_owned());
+        assert_eq!(
+            outcomes(&ev),
+            vec![(0, vec![sent("one"), sent("two"), sent("three")])]
+        );
+        // Without PIPELINING (452 without an enhanced code, recognised by its text).
+        let server = format!(
+            "{EHLO_PLAIN}250 ok\r\n250 ok\r\n452 Too many recipients\r\n354 go\r\n250 one\r\n\
+             250 ok\r\n250 ok\r\n354 go\r\n250 two\r\n221 bye\r\n"
+        );
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test", "b@x.test"])]), &server);
+        assert_eq!(w.matches("MAIL FROM").count(), 2, "{w} {ev:?}");
+        assert_eq!(outcomes(&ev), vec![(0, vec![sent("one"), sent("two")])]);
+        // Nobody taken: the 452s are the outcome (deferred); 552 5.5.3 is temporary too.
+        let server = server_for(&[
+            "250 ok",
+            "452 4.5.3 too many recipients",
+            "552 5.5.3 too many recipients",
+            "554 5.5.1 no valid recipients",
+            "221 bye",
+        ]);
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test", "b@x.test"])]), &server);
+        assert_eq!(w.matches("MAIL FROM").count(), 1, "{w}");
+        assert_eq!(
+            outcomes(&ev),
+            vec![(
+                0,
+                vec![
+                    (
+                        RcptStatus::Deferred,
+                        452,
+                        "4.5.3 too many recipients".into()
+                    ),
+                    (
+                        RcptStatus::Deferred,
+                        552,
+                        "5.5.3 too many recipients".into()
+                    )
+                ]
+            )]
+        );
+        // Other 452s (insufficient storage) are ordinary deferrals, not retried.
+        let server = server_for(&[
+            "250 ok",
+            "250 ok",
+            "452 4.3.1 insufficient system storage",
+            "354 go",
+            "250 one",
+            "221 bye",
+        ]);
+        let (w, ev) = run_all_splits(&plain(vec![job(&["a@x.test", "b@x.test"])]), &server);
+        assert_eq!(w.matches("MAIL FROM").count(), 1, "{w}");
+        assert_eq!(outcomes(&ev)[0].1[1].0, RcptStatus::Deferred);
+    }
+
+    /// A connection lost after some of a job's transactions finished: the job is reported with
+    /// the finished recipients as they are and the others deferred (never sent twice elsewhere).
+    #[test]
+    fn lost_connection_between_transactions_of_one_job() {
+        let make = |now| {
+            Session::new(
+                "client.test",
+                vec![job(&["a@x.test", "b@x.test"])],
+                Timeouts::rfc(),
+                now,
+            )
+            .with_max_rcpt(1)
+        };
+        let server = server_for(&["250 ok", "250 ok", "354 go", "250 one", "250 ok"]);
+        let (_, ev) = run_all_splits(&make, &server);
+        let o = outcomes(&ev);
+        assert_eq!(o.len(), 1, "{ev:?}");
+        assert_eq!(o[0].1[0], (RcptStatus::Sent, 250, "one".into()));
+        assert_eq!(o[0].1[1].0, RcptStatus::Deferred);
+        assert!(o[0].1[1].2.starts_with("4.4.2 lost connection"), "{o:?}");
+    }
+
+    /// Issue 10 item 11: SMTPUTF8 is needed per transaction (sender or that transaction's
+    /// recipients), not per message; 8-bit content never goes to a server without 8BITMIME.
+    #[test]
+    fn smtputf8_per_transaction_and_8bit_needs_8bitmime() {
+        // No SMTPUTF8: the UTF-8 recipient bounces (5.6.7), the ASCII one goes plainly.
+        let server = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![job(&["jürgen@x.test", "a@x.test"])]), &server);
+        assert!(
+            w.contains("MAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<a@x.test>\r\nDATA\r\n"),
+            "{w}"
+        );
+        assert!(!w.contains("jürgen"), "{w}");
+        assert_eq!(
+            outcomes(&ev),
+            vec![(
+                0,
+                vec![
+                    (
+                        RcptStatus::Bounced,
+                        553,
+                        "5.6.7 server does not support SMTPUTF8".into()
+                    ),
+                    (RcptStatus::Sent, 250, "done".into())
+                ]
+            )]
+        );
+        // A UTF-8 sender needs it for every transaction.
+        let mut j = job(&["a@x.test"]);
+        j.sender = "<jürgen@a.test>".into();
+        let (w, ev) = run_all_splits(&plain(vec![j.clone()]), &format!("{EHLO_PIPE}221 bye\r\n"));
+        assert_eq!(w, "EHLO client.test\r\nQUIT\r\n");
+        assert_eq!(outcomes(&ev)[0].1[0].1, 553);
+        // With SMTPUTF8: asked for only in the transaction that needs it.
+        let ehlo = "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n";
+        let server = format!(
+            "{ehlo}250 ok\r\n250 ok\r\n354 go\r\n250 one\r\n250 ok\r\n250 ok\r\n354 go\r\n250 two\r\n221 bye\r\n"
+        );
+        let (w, _) = run_all_splits(
+            &plain(vec![job(&["a@x.test"]), job(&["jürgen@x.test"])]),
+            &server,
+        );
+        assert!(
+            w.contains("MAIL FROM:<s@a.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\nB\r\n.\r\nMAIL FROM:<s@a.test> SMTPUTF8\r\nRCPT TO:<jürgen@x.test>\r\n"),
+            "{w}"
+        );
+        // 8-bit body: BODY=8BITMIME where offered; elsewhere bounced with 5.6.3, nothing sent.
+        let mut j = job(&["a@x.test"]);
+        j.eight_bit = true;
+        let server = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, _) = run_all_splits(&plain(vec![j.clone()]), &server);
+        assert!(
+            w.contains("MAIL FROM:<s@a.test> SIZE=100 BODY=8BITMIME\r\n"),
+            "{w}"
+        );
+        let (w, ev) = run_all_splits(&plain(vec![j]), &format!("{EHLO_PLAIN}221 bye\r\n"));
+        assert_eq!(w, "EHLO client.test\r\nQUIT\r\n");
+        let o = outcomes(&ev);
+        assert_eq!(o[0].1[0].0, RcptStatus::Bounced);
+        assert!(o[0].1[0].2.starts_with("5.6.3 "), "{o:?}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a server answers, in whatever pieces: no panic, every job reported at most
+        /// once, the session always ends, and a recipient is "sent" only in a job whose body
+        /// went out (a reply of the wrong class never counts as delivery).
+        #[test]
+        fn any_server_transcript_keeps_the_invariants(
+            replies in proptest::collection::vec(0usize..16, 0..40),
+            step in 1usize..12,
+            pipelining in proptest::bool::ANY,
+            max_rcpt in 1usize..4,
+        ) {
+            const LINES: [&str; 16] = [
+                "220 mx", "250 ok", "251 ok", "354 go", "250 2.0.0 queued", "452 4.5.3 too many",
+                "550 5.1.1 no", "451 4.3.0 later", "421 4.3.2 bye", "221 bye", "334 what",
+                "220 client.test", "250-mx\r\n250 PIPELINING", "250-mx\r\n250 SIZE 10",
+                "554 5.5.1 no valid recipients", "garbage",
+            ];
+            let mut server = if pipelining {
+                "220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_owned()
+            } else {
+                "220 mx\r\n250 mx\r\n".to_owned()
+            };
+            for r in replies {
+                server.push_str(LINES[r]);
+                server.push_str("\r\n");
+            }
+            let now = Instant::now();
+            let jobs = vec![job(&["a@x.test", "b@x.test", "c@x.test"]), job(&["d@y.test"])];
+            let mut s = Session::new("client.test", jobs, Timeouts::rfc(), now).with_max_rcpt(max_rcpt);
+            let (mut w, mut ev) = (Vec::new(), Vec::new());
+            pump(&mut s, now, &mut w, &mut ev);
+            for chunk in server.as_bytes().chunks(step) {
+                feed(&mut s, chunk, now, &mut w, &mut ev);
+            }
+            s.handle_eof(None);
+            pump(&mut s, now, &mut w, &mut ev);
+            proptest::prop_assert!(matches!(ev.last(), Some(Event::Closed { .. })), "{:?}", ev);
+            let mut bodies = [0usize; 2];
+            let mut reported = [false; 2];
+            for e in &ev {
+                match e {
+                    Event::SendBody(n) => bodies[*n] += 1,
+                    Event::JobDone(n, r) => {
+                        proptest::prop_assert!(!reported[*n], "job {} reported twice", n);
+                        reported[*n] = true;
+                        proptest::prop_assert_eq!(r.len(), [3, 1][*n]);
+                        let sent = r.iter().filter(|x| x.0 == RcptStatus::Sent).count();
+                        proptest::prop_assert!(
+                            sent == 0 || bodies[*n] > 0,
+                            "job {} sent without a body: {:?}", n, ev
+                        );
+                        proptest::prop_assert!(sent <= bodies[*n] * max_rcpt);
+                    }
+                    _ => {}
+                }
+            }
+            for n in s.unfinished() {
+                proptest::prop_assert!(!reported[n]);
+            }
+        }
     }
 }

@@ -8,92 +8,14 @@
 //! deferred), a broken first MX host (the second gets the mail), a broken host beside a good one.
 //! Each test uses its own 127.0.2N.x addresses.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
-    Dns, Sink, b64, queue, relay, sample, temp_maildir, without_envelope,
+    BrokenSink, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
 };
-use integration_tests::{free_port, list, wait_for};
+use integration_tests::{list, wait_for};
 use maildir_core::Maildir;
-
-/// A misbehaving server (tests/py/broken_sink.py) in one `--mode`; killed when dropped.
-struct BrokenSink {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl BrokenSink {
-    fn start(ips: &[&str], mode: &str) -> BrokenSink {
-        BrokenSink::start_on(ips, free_port(ips[0]), mode)
-    }
-
-    fn start_on(ips: &[&str], port: u16, mode: &str) -> BrokenSink {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("broken.log");
-        let ready = dir.path().join("ready");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/broken_sink.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(["--mode", mode, "--log"])
-            .arg(&log)
-            .arg("--ready")
-            .arg(&ready);
-        for ip in ips {
-            cmd.arg("--listen").arg(format!("{ip}:{port}"));
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn python3 broken_sink.py");
-        wait_for("broken sink to listen", Duration::from_secs(10), || {
-            ready.exists()
-        });
-        BrokenSink {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn lines(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split('\t').map(String::from).collect())
-            .collect()
-    }
-
-    /// Connections accepted.
-    fn connections(&self) -> usize {
-        self.lines().iter().filter(|f| f[0] == "connect").count()
-    }
-
-    /// Every byte the relay sent, all connections together.
-    fn received(&self) -> Vec<u8> {
-        self.lines()
-            .iter()
-            .filter(|f| f[0] == "read" && f.len() == 3)
-            .flat_map(|f| b64(&f[2]))
-            .collect()
-    }
-
-    /// True once a connection has been closed (by either side) and logged.
-    fn closed(&self) -> bool {
-        self.lines().iter().any(|f| f[0] == "close")
-    }
-}
-
-impl Drop for BrokenSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

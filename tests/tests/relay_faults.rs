@@ -4,8 +4,9 @@
 //! the message still in `new/` with its progress in `Maildir/.relay/`, `--list` showing it
 //! deferred with the error, nothing marked delivered; and a later `--now` run against a good sink
 //! (tests/py/sink.py) delivers it intact, once. Also: 451 mid-DATA, a server that stops reading
-//! mid-DATA, one that closes after accepting the first message (that one delivered, the rest
-//! deferred), a broken first MX host (the second gets the mail), a broken host beside a good one.
+//! mid-DATA, one that closes (or answers 421) after accepting the first message on each
+//! connection (the relay connects again, at most three times), a broken first MX host (the
+//! second gets the mail), a broken host beside a good one.
 //! Each test uses its own 127.0.2N.x addresses.
 
 use std::process::Output;
@@ -338,10 +339,11 @@ fn answers_451_mid_data() {
     );
 }
 
-/// The first message is accepted (250 after its dot), then the server closes: the first is
-/// delivered and recorded so, the second deferred; the later run sends only the second.
+/// The server closes after accepting one message on each connection: the relay connects
+/// again for the rest (issue 10, item 9) instead of deferring it, so both messages are delivered,
+/// each once, over two connections.
 #[test]
-fn closes_after_the_first_message() {
+fn closes_after_the_first_message_then_reconnect() {
     let ip = "127.0.22.5";
     let broken = BrokenSink::start(&[ip], "close-after-first");
     let (_d, md) = temp_maildir();
@@ -349,47 +351,91 @@ fn closes_after_the_first_message() {
     let host = format!("{ip}:{}", broken.port);
     let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
     assert!(
-        out.contains("2 delivered, 1 deferred, 0 bounced"),
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
         "{out}\n{err}"
     );
-    let sent = |r: &str| {
-        err.lines()
-            .any(|l| l.contains(&format!("to={r},")) && l.contains("status=sent"))
-    };
-    assert!(sent("<a@faults.test>") && sent("<b@other.test>"), "{err}");
+    for r in ["<a@faults.test>", "<b@other.test>", "<c@faults.test>"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("to={r},")) && l.contains("status=sent")),
+            "{r}: {err}"
+        );
+    }
+    assert!(err.contains("connecting again for 1 message(s)"), "{err}");
+    assert_eq!(broken.connections(), 2);
+    assert_eq!(count_messages(&broken), 2, "each message once");
+    assert!(list(md.new_dir()).is_empty());
+    let cur = list(md.cur_dir());
+    assert_eq!(cur.len(), 2);
+    for n in &q.names {
+        assert!(
+            cur.iter()
+                .any(|p| p.to_string_lossy().ends_with(&format!("{n}:2,P"))),
+            "{cur:?}"
+        );
+    }
+}
+
+/// 421 to MAIL FROM after one accepted message on each connection (a per-connection limit):
+/// the relay connects again, and everything is delivered in the same run.
+#[test]
+fn answers_421_after_the_first_message_then_reconnect() {
+    let ip = "127.0.22.7";
+    let broken = BrokenSink::start(&[ip], "421-after-first");
+    let (_d, md) = temp_maildir();
+    queue_two(&md, 0);
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
     assert!(
-        err.lines().any(|l| l.contains("to=<c@faults.test>,")
-            && l.contains("status=deferred")
-            && l.contains("lost connection")),
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(err.contains("421 4.3.2 sink.test shutting down"), "{err}");
+    assert_eq!(broken.connections(), 2);
+    assert_eq!(count_messages(&broken), 2);
+    assert!(list(md.new_dir()).is_empty());
+}
+
+/// Reconnecting is bounded: against a server that takes one message per connection, six
+/// messages give four connections (the first and three more); the last two are deferred with the
+/// reason, and a later run delivers them.
+#[test]
+fn reconnects_at_most_three_times() {
+    let ip = "127.0.22.8";
+    let broken = BrokenSink::start(&[ip], "close-after-first");
+    let (_d, md) = temp_maildir();
+    for i in 0..6 {
+        let to = format!("r{i}@faults.test");
+        queue(
+            &md,
+            "<s@src.test>",
+            &[&format!("<{to}>")],
+            &sample(&format!("r{i}"), &to),
+        );
+    }
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
+    assert!(
+        out.contains("4 delivered, 2 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert_eq!(broken.connections(), 4, "{err}");
+    assert_eq!(count_messages(&broken), 4);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("status=deferred") && l.contains("lost connection"))
+            .count(),
+        2,
         "{err}"
     );
-    assert_eq!(list(md.new_dir()), vec![md.new_dir().join(&q.names[1])]);
-    let cur = list(md.cur_dir());
-    assert_eq!(cur.len(), 1);
-    assert!(
-        cur[0]
-            .to_string_lossy()
-            .ends_with(&format!("{}:2,P", q.names[0]))
-    );
-    let (listing, _) = ok(&relay(md.root(), &["--list"]));
-    assert!(listing.contains("<c@faults.test> deferred ("), "{listing}");
-    assert!(!listing.contains("faults.test> delivered"), "{listing}");
-    assert!(
-        listing.contains("-- 1 messages, 1 recipients pending"),
-        "{listing}"
-    );
-    let port = broken.port;
-    drop(broken);
-    let sink = Sink::start_on(&[ip], port, &[]);
-    let mut a = relay_args(&host, "5");
-    a.push("--now");
-    let (out, _) = ok(&relay(md.root(), &a));
-    assert!(out.contains("1 delivered, 0 deferred, 0 bounced"), "{out}");
-    let msgs = sink.messages();
-    assert_eq!(msgs.len(), 1, "only the deferred message is sent again");
-    assert_eq!(msgs[0].3, q.want[1].0);
-    assert_eq!(msgs[0].4, q.want[1].1);
-    assert!(list(md.new_dir()).is_empty());
+    assert_eq!(list(md.new_dir()).len(), 2);
+    assert_eq!(list(md.cur_dir()).len(), 4);
+}
+
+/// Messages a broken sink accepted (each "250 2.0.0 queued" it sent follows a final dot).
+fn count_messages(b: &BrokenSink) -> usize {
+    let got = b.received();
+    got.windows(5).filter(|w| w == b"\r\n.\r\n").count()
 }
 
 /// RFC 5321 §5.1: a 421 greeting or a silent first MX host → the next MX host, in the same run.

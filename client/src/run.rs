@@ -8,7 +8,8 @@
 //! session in progress. When every recipient of the pass has a result, the pass's recorder
 //! finishes and the pass's summary line is printed (`--once`: on stdout) or logged.
 //! `--interval`: a pass starts every SECS after the previous scan, and at once when inotify
-//! reports mail in `new/` (at most one scan at a time; wake-ups during a scan give one more).
+//! reports mail in `new/` (one scan at a time; wake-ups meanwhile give one more, at least 1 s
+//! and at least as long as reading the queue took after the previous one).
 //! A message stays "in flight" from its scan until its pass's recorder has finished, so a later
 //! scan never sends it twice. SIGTERM/SIGINT (both modes): the reactor closes every session at
 //! once (their messages deferred and recorded), waits for the recorders, exits 0.
@@ -51,6 +52,10 @@ impl From<String> for RunError {
     }
 }
 
+/// Scans for new mail are at least this far apart, and at least as far as the last scan took,
+/// so a steady stream of arriving mail does not keep the disk busy rescanning the queue.
+const MIN_SCAN_GAP: Duration = Duration::from_secs(1);
+
 const SIGNAL: Token = Token(EXTERNAL);
 const NEW_MAIL: Token = Token(EXTERNAL + 1);
 const WAKE: Token = Token(EXTERNAL + 2);
@@ -58,6 +63,8 @@ const WAKE: Token = Token(EXTERNAL + 2);
 /// What a scan thread found.
 struct Scanned {
     started: Instant,
+    /// How long reading `new/` took (without DNS).
+    read: Duration,
     /// Messages in `new/`.
     total: usize,
     /// Not due yet.
@@ -151,6 +158,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         scanning: None,
         rescan: false,
         next_scan: None,
+        scan_ended: None,
         failed: None,
     };
     lp.start_scan();
@@ -159,7 +167,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
     loop {
         woken.clear();
         reactor
-            .turn(lp.next_scan, &mut woken)
+            .turn(lp.wake_at(), &mut woken)
             .map_err(|e| format!("reactor failed: {e}"))?;
         if woken.contains(&SIGNAL) && signals.take() {
             log::info!("stop signal: closing every session");
@@ -199,7 +207,10 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             lp.next_scan = Some(Instant::now() + period);
             lp.rescan = true;
         }
-        if lp.rescan && lp.scanning.is_none() {
+        if lp.rescan
+            && lp.scanning.is_none()
+            && lp.earliest_scan().is_none_or(|t| Instant::now() >= t)
+        {
             lp.start_scan();
         }
         if cfg.interval.is_none()
@@ -247,11 +258,31 @@ struct Loop<'a> {
     rescan: bool,
     /// `--interval`: when the next scan is due.
     next_scan: Option<Instant>,
+    /// When the last scan ended, and how long reading the queue took in it.
+    scan_ended: Option<(Instant, Duration)>,
     /// A scan failed (`--once`: the run fails).
     failed: Option<String>,
 }
 
 impl Loop<'_> {
+    /// When a scan asked for by new mail may start.
+    fn earliest_scan(&self) -> Option<Instant> {
+        self.scan_ended.map(|(t, took)| t + took.max(MIN_SCAN_GAP))
+    }
+
+    /// When the loop must look again even if nothing happens.
+    fn wake_at(&self) -> Option<Instant> {
+        let rescan = if self.rescan && self.scanning.is_none() {
+            self.earliest_scan()
+        } else {
+            None
+        };
+        match (self.next_scan, rescan) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Scans and resolves on a thread; the result comes back through the waker.
     fn start_scan(&mut self) {
         self.rescan = false;
@@ -276,6 +307,9 @@ impl Loop<'_> {
     /// A scan finished: plan its messages and hand them to the reactor.
     fn scanned(&mut self, res: Result<Scanned, String>, reactor: &mut Reactor) {
         let released = self.scanning.take().unwrap_or_default();
+        if let Ok(s) = &res {
+            self.scan_ended = Some((Instant::now(), s.read));
+        }
         if let Some(p) = self.cfg.interval {
             self.next_scan = Some(Instant::now() + p);
         }
@@ -427,6 +461,7 @@ fn scan(
     let started = Instant::now();
     let now = SystemTime::now();
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
+    let read = started.elapsed();
     for b in &bad {
         log::warn!("{}: skipped, not a queued message: {}", b.name, b.error);
     }
@@ -450,6 +485,7 @@ fn scan(
     };
     Ok(Scanned {
         started,
+        read,
         total,
         waiting: waiting.len(),
         due,

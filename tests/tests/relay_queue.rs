@@ -211,8 +211,8 @@ fn once_run_stops_on_sigterm_and_loses_nothing() {
     assert!(list(md.new_dir()).is_empty());
 }
 
-/// RFC 5321 §5.1 and Postfix: a 4xx from the first MX host to RCPT is not the end of the run's
-/// attempt; the next MX host gets the recipient and takes it.
+/// RFC 5321 §5.1 and Postfix: a 4xx from the first MX host to RCPT or to MAIL FROM is not the
+/// end of the run's attempt; the next MX host gets the recipients and takes them.
 #[test]
 fn soft_failure_at_first_mx_goes_to_the_next() {
     let Some(dns) = Dns::start(
@@ -221,7 +221,15 @@ fn soft_failure_at_first_mx_goes_to_the_next() {
     ) else {
         return;
     };
-    let first = Sink::start(&["127.0.27.5"], &["--code", "u@soft.test=451"]);
+    let first = Sink::start(
+        &["127.0.27.5"],
+        &[
+            "--code",
+            "u@soft.test=451",
+            "--mail-code",
+            "later@src.test=451",
+        ],
+    );
     let second = Sink::start_on(&["127.0.27.6"], first.port, &[]);
     let (_d, md) = temp_maildir();
     queue(
@@ -229,6 +237,12 @@ fn soft_failure_at_first_mx_goes_to_the_next() {
         "<s@src.test>",
         &["<u@soft.test>", "<w@soft.test>"],
         &sample("t1", "u@soft.test"),
+    );
+    queue(
+        &md,
+        "<later@src.test>",
+        &["<x@soft.test>"],
+        &sample("t2", "x@soft.test"),
     );
     let port = first.port.to_string();
     let (out, err) = ok(&relay(
@@ -244,16 +258,24 @@ fn soft_failure_at_first_mx_goes_to_the_next() {
         ],
     ));
     assert!(
-        out.contains("2 delivered, 0 deferred, 0 bounced"),
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
         "{out}\n{err}"
     );
-    // <w> went to the first host; <u>, refused there for now, to the second.
+    // <w> went to the first host; <u>, refused there for now at RCPT, and <x>, whose sender
+    // was refused for now at MAIL, to the second.
     let m1 = first.messages();
-    let m2 = second.messages();
+    let mut m2: Vec<Vec<String>> = second.messages().into_iter().map(|m| m.3).collect();
+    m2.sort();
     assert_eq!(m1.len(), 1, "{err}");
     assert_eq!(m1[0].3, vec!["<w@soft.test>".to_string()]);
-    assert_eq!(m2.len(), 1, "{err}");
-    assert_eq!(m2[0].3, vec!["<u@soft.test>".to_string()]);
+    assert_eq!(
+        m2,
+        vec![
+            vec!["<u@soft.test>".to_string()],
+            vec!["<x@soft.test>".to_string()]
+        ],
+        "{err}"
+    );
     assert!(
         err.contains("to=<u@soft.test>, relay=mx1.soft.test[127.0.27.5]")
             && err.contains("trying the next MX host"),

@@ -86,6 +86,8 @@ struct Conn {
     closed: Option<Option<String>>,
     /// Jobs this session finished (the server took or refused them): progress.
     answered: usize,
+    /// The session ended because a reply (or the body's progress) took too long.
+    timed_out: bool,
 }
 
 /// A pass in flight: its tally and how many of its jobs are not finished. Every finished job
@@ -289,6 +291,7 @@ impl<'a> Reactor<'a> {
                     self.cfg.connect_timeout
                 )));
             } else {
+                c.timed_out = true;
                 c.session.handle_timeout(now);
             }
             self.drive(key);
@@ -423,6 +426,7 @@ impl<'a> Reactor<'a> {
             armed: Some(deadline),
             closed: None,
             answered: 0,
+            timed_out: false,
         });
         self.heap.push(Reverse((deadline, key, self.next_gen)));
         self.active.insert(addr);
@@ -564,12 +568,15 @@ impl<'a> Reactor<'a> {
             return;
         }
         let why = format!("{}[{}]: {why}", c.target.host, c.target.addr);
-        if c.answered == 0 || self.stopping {
+        // A host that stalls (a timeout) gets no second chance in this pass; one that closed
+        // after taking or refusing jobs does.
+        if c.answered == 0 || c.timed_out || self.stopping {
             self.fail_over(&unfinished, &c.target, &why);
             return;
         }
         // The server took or refused messages on this connection, then closed (a per-connection
-        // limit, a 421 after N messages): the rest goes to a new connection to the same host.
+        // limit, a 421 after N messages) or broke the protocol: the rest goes to a new
+        // connection to the same host.
         let mut again = Vec::new();
         let mut over = Vec::new();
         for k in unfinished {

@@ -21,6 +21,7 @@ Modes:
   stall-mid-data      after 354, stops reading (the client's writes fill the socket buffers)
   close-after-first   accepts the first message (250 after the dot), then closes at once
   421-after-first     accepts the first message, answers the next MAIL FROM with 421 and closes
+  silent-after-first  accepts the first message, never answers the final dot of the next one
   trickle-greeting    sends a multi-line greeting one byte a second, forever (a slow MX)
 Every mode advertises PIPELINING when it gets as far as EHLO.
 """
@@ -116,7 +117,7 @@ def main():
                     if in_data:
                         if line == b".\r\n":
                             in_data = False
-                            if mode == "silent-at-dot":
+                            if mode == "silent-at-dot" or (mode == "silent-after-first" and accepted):
                                 if out:
                                     s.sendall(b"".join(out))
                                 return self.hold(s, conn)

@@ -5,7 +5,8 @@
 //! deferred with the error, nothing marked delivered; and a later `--now` run against a good sink
 //! (tests/py/sink.py) delivers it intact, once. Also: 451 mid-DATA, a server that stops reading
 //! mid-DATA, one that closes (or answers 421) after accepting the first message on each
-//! connection (the relay connects again, at most three times), a broken first MX host (the
+//! connection (the relay connects again, at most three times; not after a stall), a broken
+//! first MX host (the
 //! second gets the mail), a broken host beside a good one.
 //! Each test uses its own 127.0.2N.x addresses.
 
@@ -430,6 +431,31 @@ fn reconnects_at_most_three_times() {
     );
     assert_eq!(list(md.new_dir()).len(), 2);
     assert_eq!(list(md.cur_dir()).len(), 4);
+}
+
+/// A server that takes one message and then stalls at the next final dot gets no new
+/// connection (a stalled host is not given a second chance in the same run): the first message
+/// is delivered, the second deferred with the timeout, over one connection.
+#[test]
+fn stalls_after_the_first_message_no_reconnect() {
+    let ip = "127.0.22.9";
+    let broken = BrokenSink::start(&[ip], "silent-after-first");
+    let (_d, md) = temp_maildir();
+    let q = queue_two(&md, 0);
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "2")));
+    assert!(
+        out.contains("2 delivered, 1 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.contains("to=<c@faults.test>,")
+            && l.contains("status=deferred")
+            && l.contains("timeout")),
+        "{err}"
+    );
+    assert_eq!(broken.connections(), 1, "{err}");
+    assert_eq!(list(md.new_dir()), vec![md.new_dir().join(&q.names[1])]);
 }
 
 /// Messages a broken sink accepted (each "250 2.0.0 queued" it sent follows a final dot).

@@ -6,8 +6,7 @@
 //! (tests/py/sink.py) delivers it intact, once. Also: 451 mid-DATA, a server that stops reading
 //! mid-DATA, one that closes (or answers 421) after accepting the first message on each
 //! connection (the relay connects again, at most three times; not after a stall), a broken
-//! first MX host (the
-//! second gets the mail), a broken host beside a good one.
+//! first MX host (the second gets the mail), a broken host beside a good one.
 //! Each test uses its own 127.0.2N.x addresses.
 
 use std::process::Output;

@@ -34,6 +34,17 @@ pub const MX_SESSION_LIMIT: u8 = 2;
 /// closed (421 or a plain close) after accepting other messages on that connection.
 pub const RECONNECT_LIMIT: u8 = 3;
 
+/// Where a job goes after its connection ended before finishing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A new connection to the same address.
+    Same,
+    /// The next MX address.
+    Address,
+    /// Nowhere in this run: defer.
+    Defer,
+}
+
 /// Recipients of one message that travel together along one route.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -72,6 +83,21 @@ impl JobSpec {
     /// Counts a session at the current address that answered a transaction of this job.
     pub fn answered(&mut self) {
         self.sessions = self.sessions.saturating_add(1);
+    }
+
+    /// Where this job goes after its connection ended without finishing it. `progress`: the
+    /// server took or refused other jobs on that connection (then it closed, answered 421 or
+    /// broke the protocol: a per-connection limit, so the same host again, a bounded number
+    /// of times); `stalled`: it ended by a timeout (no second chance for that host). Otherwise,
+    /// or past the reconnect limit: the next address, within the limits; else defer.
+    pub fn after_close(&mut self, progress: bool, stalled: bool) -> Next {
+        if progress && !stalled && self.reconnect() {
+            Next::Same
+        } else if self.next_address() {
+            Next::Address
+        } else {
+            Next::Defer
+        }
     }
 
     /// Goes back to the same address on a new connection if the limit allows.
@@ -300,6 +326,25 @@ mod tests {
         j.answered();
         assert!(!j.next_address(), "two sessions answered: deferred");
         assert_eq!(j.pos, 1);
+    }
+
+    #[test]
+    fn after_a_close() {
+        // Refused, 421 greeting, closed before anything: the next address, then deferral.
+        let mut j = job(2);
+        assert_eq!(j.after_close(false, false), Next::Address);
+        assert_eq!(j.after_close(false, false), Next::Defer);
+        // Closed after other jobs: the same address three times, then the next one.
+        let mut j = job(2);
+        for _ in 0..3 {
+            assert_eq!(j.after_close(true, false), Next::Same);
+        }
+        assert_eq!(j.after_close(true, false), Next::Address);
+        assert_eq!(j.pos, 1);
+        assert_eq!(j.after_close(true, false), Next::Same);
+        // A stall after other jobs: never the same host again.
+        let mut j = job(1);
+        assert_eq!(j.after_close(true, true), Next::Defer);
     }
 
     #[test]

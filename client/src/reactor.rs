@@ -32,7 +32,7 @@ use slab::Slab;
 use crate::body::BodyEncoder;
 use crate::config::{Config, TlsLevel};
 use crate::mx::Target;
-use crate::plan::{JobSpec, Tally};
+use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
 use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
@@ -568,40 +568,11 @@ impl<'a> Reactor<'a> {
             return;
         }
         let why = format!("{}[{}]: {why}", c.target.host, c.target.addr);
-        // A host that stalls (a timeout) gets no second chance in this pass; one that closed
-        // after taking or refusing jobs does.
-        if c.answered == 0 || c.timed_out || self.stopping {
-            self.fail_over(&unfinished, &c.target, &why);
-            return;
-        }
-        // The server took or refused messages on this connection, then closed (a per-connection
-        // limit, a 421 after N messages) or broke the protocol: the rest goes to a new
-        // connection to the same host.
-        let mut again = Vec::new();
-        let mut over = Vec::new();
-        for k in unfinished {
-            let Some(j) = self.jobs.get_mut(k) else {
-                continue;
-            };
-            if j.spec.reconnect() {
-                again.push(k);
-            } else {
-                over.push(k);
-            }
-        }
-        if !again.is_empty() {
-            log::info!(
-                "{why}: connecting again for {} message(s) after {} on that connection",
-                again.len(),
-                c.answered
-            );
-        }
-        for k in again {
-            self.enqueue(k);
-        }
-        if !over.is_empty() {
-            self.fail_over(&over, &c.target, &why);
-        }
+        let ended = Ended {
+            answered: c.answered,
+            stalled: c.timed_out,
+        };
+        self.route(&unfinished, &c.target, &why, ended);
     }
 
     /// Removes a finished job from its pass's count.
@@ -615,16 +586,34 @@ impl<'a> Reactor<'a> {
 
     /// Jobs that could not be tried at their address: the next address, else deferred.
     fn fail_over(&mut self, list: &[usize], target: &Target, why: &str) {
-        let mut deferred = 0;
-        let mut moved = 0;
+        self.route(list, target, why, Ended::default());
+    }
+
+    /// Sends jobs a connection did not finish where [`JobSpec::after_close`] says: a new
+    /// connection to the same address, the next address, or deferral (always when stopping).
+    fn route(&mut self, list: &[usize], target: &Target, why: &str, ended: Ended) {
+        let (mut again, mut moved, mut deferred) = (0, 0, 0);
         for &k in list {
             let Some(job) = self.jobs.get_mut(k) else {
                 continue;
             };
-            if !self.stopping && job.spec.next_address() {
-                moved += 1;
-                self.enqueue(k);
-                continue;
+            let next = if self.stopping {
+                Next::Defer
+            } else {
+                job.spec.after_close(ended.answered > 0, ended.stalled)
+            };
+            match next {
+                Next::Same => {
+                    again += 1;
+                    self.enqueue(k);
+                    continue;
+                }
+                Next::Address => {
+                    moved += 1;
+                    self.enqueue(k);
+                    continue;
+                }
+                Next::Defer => {}
             }
             deferred += 1;
             let Some(job) = self.remove_job(k) else {
@@ -645,6 +634,12 @@ impl<'a> Reactor<'a> {
                 tally.record(job.spec.msg, r, a);
             }
         }
+        if again > 0 {
+            log::info!(
+                "{why}: connecting again for {again} message(s) after {} on that connection",
+                ended.answered
+            );
+        }
         if moved > 0 {
             log::info!("{why}: trying the next MX host for {moved} message(s)");
         }
@@ -652,6 +647,15 @@ impl<'a> Reactor<'a> {
             log::debug!("{why}: {deferred} message(s) deferred");
         }
     }
+}
+
+/// How a connection that left jobs unfinished ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ended {
+    /// Jobs the server took or refused on it.
+    answered: usize,
+    /// It ended by a timeout.
+    stalled: bool,
 }
 
 /// What [`handle_events`] works on besides the connection.

@@ -4,9 +4,9 @@
 //!
 //! Owns: grouping recipients by domain (case-insensitive) and by route (domains with the same MX
 //! addresses share jobs, and jobs are queued per address, so domains sharing an MX host share
-//! its session), the limits on how far a job travels in one run (MX addresses tried, sessions
-//! that answered, reconnects to the same host: [`JobSpec`]), turning DNS failures into
-//! immediate results, and the per-message tally.
+//! its session), where a job goes when a connection ends without finishing it and how far it
+//! travels in one run (MX addresses tried, sessions that answered, reconnects to the same
+//! host: [`JobSpec`]), turning DNS failures into immediate results, and the per-message tally.
 //! Must not: do I/O other than handing finished messages to the recorder's channel.
 
 use std::collections::HashMap;

@@ -6,10 +6,10 @@
 //! `--max-connections` in all (jobs for an address with a session wait for the next one, so a
 //! slow host delays only its own mail), moving bytes between sockets and each connection's pure
 //! [`Session`], streaming bodies from the queued files through the [`BodyEncoder`], deadlines in
-//! a heap (stale entries skipped by generation), where a job goes after a failure (the next MX
-//! address after a connection failure or a 4xx, the same address again after a close that
-//! followed accepted messages, within the limits of [`JobSpec`]), closing everything at a stop
-//! signal ([`Reactor::stop`]), and the Postfix-style log line per recipient attempt. TLS: which
+//! a heap (stale entries skipped by generation), sending jobs on after a failure (what a
+//! connection's end means is [`JobSpec::after_close`]'s decision; recipients that got a 4xx go
+//! to the next MX address), closing everything at a stop signal ([`Reactor::stop`]), and the
+//! Postfix-style log line per recipient attempt. TLS: which
 //! STARTTLS policy each connection gets, starting the handshake on the transport when the
 //! session asks, telling the session when it completed, the Postfix-style TLS log line, and the
 //! fallback of `--tls may` (a failed handshake → the same host again in plaintext on a new

@@ -13,7 +13,7 @@
 //! STARTTLS policy each connection gets, starting the handshake on the transport when the
 //! session asks, telling the session when it completed, the Postfix-style TLS log line, and the
 //! fallback of `--tls may` (a failed handshake → the same host again in plaintext on a new
-//! connection, remembered while the relay runs). Tokens from [`EXTERNAL`] up are the caller's
+//! connection, remembered for an hour). Tokens from [`EXTERNAL`] up are the caller's
 //! (signals, inotify, its waker): [`Reactor::turn`] hands their events back.
 //! Must not: parse SMTP itself, scan the queue, decide retry schedules, or write to the Maildir
 //! (results go to the recorder through each pass's [`Tally`]).
@@ -43,6 +43,10 @@ const CHUNK: usize = 64 * 1024;
 
 /// Tokens from here up belong to the caller; connections use slab keys below.
 pub const EXTERNAL: usize = usize::MAX / 2;
+
+/// How long `--tls may` sends to a host in plaintext after a failed handshake with it, before
+/// trying STARTTLS again (the reactor lives as long as an `--interval` daemon).
+const TLS_FALLBACK: Duration = Duration::from_secs(3600);
 
 /// Why sessions closed by [`Reactor::stop`] end.
 const STOPPING: &str = "delivery interrupted: smtp-relay is stopping";
@@ -108,8 +112,8 @@ struct Job {
 pub struct Reactor<'a> {
     cfg: &'a Config,
     tls: Option<&'a TlsContext>,
-    /// Hosts whose TLS handshake failed (`may`: plaintext from now on).
-    tls_failed: HashSet<String>,
+    /// Hosts whose TLS handshake failed, and when (`may`: plaintext for [`TLS_FALLBACK`]).
+    tls_failed: HashMap<String, Instant>,
     poll: Poll,
     events: Events,
     tokens: Vec<usize>,
@@ -138,7 +142,7 @@ impl<'a> Reactor<'a> {
         Ok(Reactor {
             cfg,
             tls,
-            tls_failed: HashSet::new(),
+            tls_failed: HashMap::new(),
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
             tokens: Vec::with_capacity(1024),
@@ -373,7 +377,14 @@ impl<'a> Reactor<'a> {
             _ if self.tls.is_none() => StartTls::Off,
             TlsLevel::None => StartTls::Off,
             _ if self.cfg.implicit_tls => StartTls::Implicit,
-            TlsLevel::May if self.tls_failed.contains(&target.host) => StartTls::Off,
+            TlsLevel::May
+                if self
+                    .tls_failed
+                    .get(&target.host)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < TLS_FALLBACK) =>
+            {
+                StartTls::Off
+            }
             TlsLevel::May => StartTls::May,
             TlsLevel::Encrypt | TlsLevel::Verify => StartTls::Require,
         };
@@ -558,7 +569,8 @@ impl<'a> Reactor<'a> {
             if c.mode == StartTls::May {
                 // Postfix's `may`: the same host again, in plaintext, on a new connection.
                 log::info!("{why}: trying again in plaintext");
-                self.tls_failed.insert(c.target.host.clone());
+                self.tls_failed
+                    .insert(c.target.host.clone(), Instant::now());
                 for j in unfinished {
                     self.enqueue(j);
                 }

@@ -2,17 +2,18 @@
 //! mail while the daemon keeps sending to the others; a stop signal ends a run or a daemon in
 //! bounded time with the sessions in progress closed and their messages deferred and recorded;
 //! a 4xx at the first MX host sends the recipient to the next one in the same run, within
-//! Postfix's limits (5 MX addresses, 2 sessions that answered). Each test uses its own
-//! 127.0.27.x addresses.
+//! Postfix's limits (5 MX addresses, 2 sessions that answered); a daemon fed two bursts through
+//! smtpd, the second while the first is being sent, sends each message once. Each test uses its
+//! own 127.0.27.x addresses.
 
 use std::io::Read;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
     BrokenSink, Daemon, Dns, Sink, queue, relay, sample, spawn_relay, temp_maildir,
 };
-use integration_tests::{list, wait_for};
+use integration_tests::{Smtpd, have, list, wait_for};
 use maildir_core::Maildir;
 
 fn text(b: &[u8]) -> String {
@@ -387,4 +388,69 @@ fn at_most_five_mx_addresses_are_tried() {
         .collect();
     addrs.sort();
     assert_eq!(addrs, ips[..5].to_vec(), "{err}");
+}
+
+/// `--interval` fed by a stream: two bursts of 100 messages from Postfix's smtp-source through
+/// smtpd, the second while the daemon is still sending the first (the sink takes 50 ms a
+/// message), so a scan runs while a pass is in flight and must skip its messages; every message
+/// reaches the sink exactly once and ends in `cur/`.
+#[test]
+fn interval_daemon_under_a_stream_sends_each_message_once() {
+    if !have("/usr/sbin/smtp-source") {
+        return;
+    }
+    let sink = Sink::start(&["127.0.27.20"], &["--dot-delay", "0.05"]);
+    let smtpd = Smtpd::start(&[]);
+    let host = format!("127.0.27.20:{}", sink.port);
+    let d = Daemon::start(
+        &smtpd.maildir,
+        &[
+            "--interval",
+            "3600",
+            "--smarthost",
+            &host,
+            "--timeout",
+            "10",
+            "--tls",
+            "none",
+        ],
+    );
+    wait_for("the first (empty) pass", Duration::from_secs(10), || {
+        d.count("smtp-relay: 0 delivered") >= 1
+    });
+    let burst = || {
+        let out = Command::new("/usr/sbin/smtp-source")
+            .args(["-s", "5", "-m", "100"])
+            .args(["-f", "sender@example.org", "-t", "rcpt@far.test"])
+            .arg(smtpd.addr.to_string())
+            .output()
+            .expect("run smtp-source");
+        assert!(
+            out.status.success(),
+            "smtp-source failed ({}): {}{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    };
+    burst();
+    wait_for(
+        "the first burst to be on its way",
+        Duration::from_secs(20),
+        || !sink.messages().is_empty(),
+    );
+    burst();
+    let cur = smtpd.maildir.join("cur");
+    wait_for(
+        "every message relayed and recorded",
+        Duration::from_secs(90),
+        || smtpd.new_files().is_empty() && list(&cur).len() == 200,
+    );
+    // Nothing is left in new/, so no later pass can send anything again.
+    assert_eq!(sink.messages().len(), 200, "each message once");
+    assert_eq!(d.count("status=sent"), 200, "{}", d.log());
+    assert_eq!(d.count("status=deferred"), 0, "{}", d.log());
+    wait_for("the passes' summaries", Duration::from_secs(10), || {
+        d.count("already in progress") >= 1
+    });
 }

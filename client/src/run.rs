@@ -221,14 +221,25 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             break;
         }
     }
-    // Stopping or drained: wait for the recorders (bounded by their disk work).
+    // Stopping or drained: wait for the recorders (their last batch's disk work). Another stop
+    // signal meanwhile, or a minute without progress, leaves at once: what they did not record
+    // is tried again by the next run (sent again at worst, never lost).
+    let mut quiet = Duration::ZERO;
     while !lp.passes.is_empty() {
-        match rec_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(r) => lp.recorded(r),
-            Err(_) => {
-                log::error!("recorders did not finish within 60 s; leaving");
-                break;
+        match rec_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                quiet = Duration::ZERO;
+                lp.recorded(r);
             }
+            Err(_) => quiet += Duration::from_millis(100),
+        }
+        if signals.take() {
+            log::warn!("second stop signal: leaving without waiting for the recorders");
+            break;
+        }
+        if quiet >= Duration::from_secs(60) {
+            log::error!("recorders made no progress for 60 s; leaving");
+            break;
         }
     }
     if stopped {

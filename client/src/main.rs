@@ -6,17 +6,21 @@
 //! - [`queue`]: messages in `new/` with envelopes and state; `--list`.
 //! - [`state`]: durable per-message progress in `Maildir/.relay/`, the run lock.
 //! - [`mx`]: MX resolution with hickory on a DNS thread.
-//! - [`plan`]: recipients grouped into jobs per route; the per-message tally.
-//! - [`reactor`]: the mio loop moving bytes between sockets and sessions.
+//! - [`plan`]: recipients grouped into jobs per route, how far a job travels (MX address,
+//!   session and reconnect limits); the per-message tally.
+//! - [`reactor`]: the long-lived mio loop moving bytes between sockets and sessions for every
+//!   pass in flight.
 //! - [`session`]: the pure client SMTP state machine (STARTTLS included); [`reply`]: the reply parser.
 //! - [`tls`]: rustls client configurations (`--tls`, `--tls-ca`) and the byte transport
 //!   (plain TCP or TLS driven sans-io) between the reactor's sockets and the sessions.
 //! - [`body`]: DATA encoding (CRLF, dot-stuffing, long lines).
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
-//! - [`run`]: the steps of one run and the interval loop; [`watch`]: inotify wait.
+//! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,
+//!   summarise), the interval timer, stopping; [`watch`]: the signal pipe and inotify.
 //!
-//! Exit status: 0 done (even if some mail was deferred), 1 failure (unusable Maildir, ...),
-//! 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
+//! Exit status: 0 done (even if some mail was deferred, and after SIGTERM/SIGINT, which close
+//! the sessions in progress and record their mail as deferred), 1 failure (unusable Maildir,
+//! ...), 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
 
 mod body;
 mod config;

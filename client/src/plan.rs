@@ -4,7 +4,9 @@
 //!
 //! Owns: grouping recipients by domain (case-insensitive) and by route (domains with the same MX
 //! addresses share jobs, and jobs are queued per address, so domains sharing an MX host share
-//! its session), turning DNS failures into immediate results, and the per-message tally.
+//! its session), where a job goes when a connection ends without finishing it and how far it
+//! travels in one run (MX addresses tried, sessions that answered, reconnects to the same
+//! host: [`JobSpec`]), turning DNS failures into immediate results, and the per-message tally.
 //! Must not: do I/O other than handing finished messages to the recorder's channel.
 
 use std::collections::HashMap;
@@ -19,6 +21,30 @@ use crate::queue::Message;
 use crate::record::{Attempt, Finished};
 use crate::state::RcptState;
 
+/// Most MX addresses tried for one job in one run (Postfix: `smtp_mx_address_limit = 5`).
+/// Addresses past it are not tried; what is left is deferred.
+pub const MX_ADDRESS_LIMIT: usize = 5;
+
+/// Most sessions that answered a transaction of one job in one run before it is deferred
+/// (Postfix: `smtp_mx_session_limit = 2`). Connections that fail, or end before the server
+/// answered anything of the job, do not count.
+pub const MX_SESSION_LIMIT: u8 = 2;
+
+/// Most times one job goes back to the same address on a new connection because the server
+/// closed (421 or a plain close) after accepting other messages on that connection.
+pub const RECONNECT_LIMIT: u8 = 3;
+
+/// Where a job goes after its connection ended before finishing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// A new connection to the same address.
+    Same,
+    /// The next MX address.
+    Address,
+    /// Nowhere in this run: defer.
+    Defer,
+}
+
 /// Recipients of one message that travel together along one route.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -26,10 +52,62 @@ pub struct JobSpec {
     pub msg: usize,
     /// Envelope recipient indexes.
     pub rcpts: Vec<usize>,
-    /// Addresses to try in order.
+    /// Addresses to try in order (at most [`MX_ADDRESS_LIMIT`]).
     pub route: Arc<Vec<Target>>,
     /// The address being tried.
     pub pos: usize,
+    /// Sessions that answered a transaction of this job and did not take it.
+    pub sessions: u8,
+    /// New connections to the same address after a close mid-batch.
+    pub reconnects: u8,
+}
+
+impl JobSpec {
+    /// The address being tried.
+    pub fn target(&self) -> &Target {
+        &self.route[self.pos]
+    }
+
+    /// Moves to the next MX address if the limits allow; false when the job must be deferred.
+    pub fn next_address(&mut self) -> bool {
+        if self.pos + 1 >= self.route.len().min(MX_ADDRESS_LIMIT)
+            || self.sessions >= MX_SESSION_LIMIT
+        {
+            return false;
+        }
+        self.pos += 1;
+        self.reconnects = 0;
+        true
+    }
+
+    /// Counts a session at the current address that answered a transaction of this job.
+    pub fn answered(&mut self) {
+        self.sessions = self.sessions.saturating_add(1);
+    }
+
+    /// Where this job goes after its connection ended without finishing it. `progress`: the
+    /// server took or refused other jobs on that connection (then it closed, answered 421 or
+    /// broke the protocol: a per-connection limit, so the same host again, a bounded number
+    /// of times); `stalled`: it ended by a timeout (no second chance for that host). Otherwise,
+    /// or past the reconnect limit: the next address, within the limits; else defer.
+    pub fn after_close(&mut self, progress: bool, stalled: bool) -> Next {
+        if progress && !stalled && self.reconnect() {
+            Next::Same
+        } else if self.next_address() {
+            Next::Address
+        } else {
+            Next::Defer
+        }
+    }
+
+    /// Goes back to the same address on a new connection if the limit allows.
+    pub fn reconnect(&mut self) -> bool {
+        if self.reconnects >= RECONNECT_LIMIT {
+            return false;
+        }
+        self.reconnects += 1;
+        true
+    }
 }
 
 /// The domain key of a recipient (`None` for a bare `<postmaster>`, which has no route).
@@ -49,6 +127,27 @@ impl Tally {
     /// Index of a message, for jobs.
     pub fn message(&self, i: usize) -> Option<&Message> {
         self.msgs.get(i).and_then(Option::as_ref)
+    }
+
+    /// Stopping: sends every message that has a result for some recipient to the recorder, the
+    /// others (`None`) keeping their state; messages with no result at all are left untouched.
+    pub fn flush_tried(&mut self) {
+        for i in 0..self.msgs.len() {
+            if !self.results[i].iter().any(Option::is_some) {
+                continue;
+            }
+            if let Some(m) = self.msgs[i].take() {
+                let results = std::mem::take(&mut self.results[i]);
+                if self.tx.send(Finished { msg: m, results }).is_err() {
+                    log::error!(
+                        "recorder is gone; results of this run are lost and will be retried"
+                    );
+                }
+            }
+        }
+        for m in &mut self.msgs {
+            *m = None;
+        }
     }
 
     /// Records one recipient's result; sends the message on when it was the last one open.
@@ -118,7 +217,8 @@ pub fn build(
                 },
             };
             match res {
-                Resolution::Targets(t) => {
+                Resolution::Targets(mut t) => {
+                    t.truncate(MX_ADDRESS_LIMIT);
                     let route = routes
                         .entry(t.clone())
                         .or_insert_with(|| Arc::new(t))
@@ -158,6 +258,8 @@ pub fn build(
                 rcpts,
                 route,
                 pos: 0,
+                sessions: 0,
+                reconnects: 0,
             });
         }
     }
@@ -178,4 +280,79 @@ pub fn build(
         tally.record(i, r, a);
     }
     (tally, jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(hosts: usize) -> JobSpec {
+        let route = (0..hosts)
+            .map(|i| Target {
+                host: format!("mx{i}.test"),
+                addr: format!("127.0.0.{}:25", i + 2).parse().unwrap(),
+            })
+            .collect();
+        JobSpec {
+            msg: 0,
+            rcpts: vec![0],
+            route: Arc::new(route),
+            pos: 0,
+            sessions: 0,
+            reconnects: 0,
+        }
+    }
+
+    #[test]
+    fn at_most_five_addresses() {
+        let mut j = job(7);
+        let mut tried = vec![j.target().host.clone()];
+        while j.next_address() {
+            tried.push(j.target().host.clone());
+        }
+        assert_eq!(
+            tried,
+            ["mx0.test", "mx1.test", "mx2.test", "mx3.test", "mx4.test"]
+        );
+        let mut j = job(1);
+        assert!(!j.next_address());
+    }
+
+    #[test]
+    fn at_most_two_sessions_that_answered() {
+        let mut j = job(4);
+        j.answered();
+        assert!(j.next_address());
+        j.answered();
+        assert!(!j.next_address(), "two sessions answered: deferred");
+        assert_eq!(j.pos, 1);
+    }
+
+    #[test]
+    fn after_a_close() {
+        // Refused, 421 greeting, closed before anything: the next address, then deferral.
+        let mut j = job(2);
+        assert_eq!(j.after_close(false, false), Next::Address);
+        assert_eq!(j.after_close(false, false), Next::Defer);
+        // Closed after other jobs: the same address three times, then the next one.
+        let mut j = job(2);
+        for _ in 0..3 {
+            assert_eq!(j.after_close(true, false), Next::Same);
+        }
+        assert_eq!(j.after_close(true, false), Next::Address);
+        assert_eq!(j.pos, 1);
+        assert_eq!(j.after_close(true, false), Next::Same);
+        // A stall after other jobs: never the same host again.
+        let mut j = job(1);
+        assert_eq!(j.after_close(true, true), Next::Defer);
+    }
+
+    #[test]
+    fn reconnects_are_bounded_per_address() {
+        let mut j = job(2);
+        assert!(j.reconnect() && j.reconnect() && j.reconnect());
+        assert!(!j.reconnect());
+        assert!(j.next_address());
+        assert!(j.reconnect(), "a new address starts a new count");
+    }
 }

@@ -1,15 +1,22 @@
-//! The mio reactor: every outbound SMTP connection of a run, on one thread.
+//! The mio reactor: every outbound SMTP connection, on one thread, for as long as the relay runs.
 //!
-//! Owns: connecting (non-blocking, with a deadline), at most one connection per MX address and
-//! at most `--max-connections` in all, moving bytes between sockets and each connection's pure
+//! Owns: the jobs handed in by the passes of the run loop ([`Reactor::add`]: a pass's tally and
+//! its jobs; a pass ends when its tally has every result, [`Reactor::take_done`]), connecting
+//! (non-blocking, with a deadline), at most one connection per MX address and at most
+//! `--max-connections` in all (jobs for an address with a session wait for the next one, so a
+//! slow host delays only its own mail), moving bytes between sockets and each connection's pure
 //! [`Session`], streaming bodies from the queued files through the [`BodyEncoder`], deadlines in
-//! a heap (stale entries skipped by generation), failing over to the next MX address, and the
-//! Postfix-style log line per recipient attempt. TLS: which STARTTLS policy each connection
-//! gets, starting the handshake on the transport when the session asks, telling the session
-//! when it completed, the Postfix-style TLS log line, and the fallback of `--tls may` (a failed
-//! handshake → the same host again in plaintext on a new connection, remembered for the run).
-//! Must not: parse SMTP itself, decide retry
-//! schedules, or write to the Maildir (results go to the recorder through the [`Tally`]).
+//! a heap (stale entries skipped by generation), sending jobs on after a failure (what a
+//! connection's end means is [`JobSpec::after_close`]'s decision; recipients that got a 4xx go
+//! to the next MX address), closing everything at a stop signal ([`Reactor::stop`]), and the
+//! Postfix-style log line per recipient attempt. TLS: which
+//! STARTTLS policy each connection gets, starting the handshake on the transport when the
+//! session asks, telling the session when it completed, the Postfix-style TLS log line, and the
+//! fallback of `--tls may` (a failed handshake → the same host again in plaintext on a new
+//! connection, remembered for an hour). Tokens from [`EXTERNAL`] up are the caller's
+//! (signals, inotify, its waker): [`Reactor::turn`] hands their events back.
+//! Must not: parse SMTP itself, scan the queue, decide retry schedules, or write to the Maildir
+//! (results go to the recorder through each pass's [`Tally`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -19,13 +26,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
 use crate::body::BodyEncoder;
 use crate::config::{Config, TlsLevel};
 use crate::mx::Target;
-use crate::plan::{JobSpec, Tally};
+use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
 use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
@@ -34,7 +41,17 @@ use crate::tls::{self, TlsContext, Transport};
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;
 
-/// What a run of the reactor did.
+/// Tokens from here up belong to the caller; connections use slab keys below.
+pub const EXTERNAL: usize = usize::MAX / 2;
+
+/// How long `--tls may` sends to a host in plaintext after a failed handshake with it, before
+/// trying STARTTLS again (the reactor lives as long as an `--interval` daemon).
+const TLS_FALLBACK: Duration = Duration::from_secs(3600);
+
+/// Why sessions closed by [`Reactor::stop`] end.
+const STOPPING: &str = "delivery interrupted: smtp-relay is stopping";
+
+/// What the reactor did so far.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
     /// Connections that reached the server.
@@ -63,7 +80,7 @@ struct Conn {
     tls: TlsStage,
     target: Target,
     session: Session,
-    /// Indexes into the reactor's jobs, in session job order.
+    /// Keys of the reactor's jobs, in session job order.
     jobs: Vec<usize>,
     connected: bool,
     connect_deadline: Instant,
@@ -71,47 +88,40 @@ struct Conn {
     generation: u64,
     armed: Option<Instant>,
     closed: Option<Option<String>>,
+    /// Jobs this session finished (the server took or refused them): progress.
+    answered: usize,
+    /// The session ended because a reply (or the body's progress) took too long.
+    timed_out: bool,
 }
 
-/// Runs the jobs to completion; results go to `tally`. `tls` is needed unless `--tls none`.
-pub fn run(
-    cfg: &Config,
-    tls: Option<&TlsContext>,
-    tally: &mut Tally,
-    jobs: Vec<JobSpec>,
-) -> io::Result<Stats> {
-    let mut r = Reactor {
-        cfg,
-        tls,
-        tls_failed: HashSet::new(),
-        poll: Poll::new()?,
-        conns: Slab::new(),
-        heap: BinaryHeap::new(),
-        jobs,
-        queues: HashMap::new(),
-        order: VecDeque::new(),
-        active: HashSet::new(),
-        next_gen: 0,
-        stats: Stats::default(),
-        buf: vec![0; CHUNK],
-        scratch: Vec::with_capacity(CHUNK * 2),
-    };
-    for j in 0..r.jobs.len() {
-        r.enqueue(j);
-    }
-    r.run(tally)?;
-    Ok(r.stats)
+/// A pass in flight: its tally and how many of its jobs are not finished. Every finished job
+/// has a result for each of its recipients, so a pass without jobs has them all.
+struct PassSlot {
+    tally: Tally,
+    jobs: usize,
 }
 
-struct Reactor<'a> {
+/// A job of one pass.
+struct Job {
+    /// Key of the pass's tally.
+    pass: usize,
+    spec: JobSpec,
+}
+
+/// The reactor and everything in flight.
+pub struct Reactor<'a> {
     cfg: &'a Config,
     tls: Option<&'a TlsContext>,
-    /// Hosts whose TLS handshake failed in this run (`may`: plaintext from now on).
-    tls_failed: HashSet<String>,
+    /// Hosts whose TLS handshake failed, and when (`may`: plaintext for [`TLS_FALLBACK`]).
+    tls_failed: HashMap<String, Instant>,
     poll: Poll,
+    events: Events,
+    tokens: Vec<usize>,
     conns: Slab<Conn>,
     heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    jobs: Vec<JobSpec>,
+    jobs: Slab<Job>,
+    /// The passes in flight.
+    passes: Slab<PassSlot>,
     /// Jobs waiting, per address.
     queues: HashMap<SocketAddr, Vec<usize>>,
     /// Addresses with waiting jobs, in the order they first got some.
@@ -122,84 +132,190 @@ struct Reactor<'a> {
     stats: Stats,
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    /// Set by `stop`: nothing is retried or started any more.
+    stopping: bool,
 }
 
-impl Reactor<'_> {
-    fn enqueue(&mut self, j: usize) {
-        let spec = &self.jobs[j];
-        let addr = spec.route[spec.pos].addr;
+impl<'a> Reactor<'a> {
+    /// A reactor with nothing to do yet. `tls` is needed unless `--tls none`.
+    pub fn new(cfg: &'a Config, tls: Option<&'a TlsContext>) -> io::Result<Reactor<'a>> {
+        Ok(Reactor {
+            cfg,
+            tls,
+            tls_failed: HashMap::new(),
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            tokens: Vec::with_capacity(1024),
+            conns: Slab::new(),
+            heap: BinaryHeap::new(),
+            jobs: Slab::new(),
+            passes: Slab::new(),
+            queues: HashMap::new(),
+            order: VecDeque::new(),
+            active: HashSet::new(),
+            next_gen: 0,
+            stats: Stats::default(),
+            buf: vec![0; CHUNK],
+            scratch: Vec::with_capacity(CHUNK * 2),
+            stopping: false,
+        })
+    }
+
+    /// Where the caller registers its own sources, with tokens from [`EXTERNAL`] up.
+    pub fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    /// Counters since the start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// True when no pass is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.passes.is_empty()
+    }
+
+    /// Takes a pass: its tally and its jobs. Returns the pass's key (see [`Reactor::take_done`]).
+    pub fn add(&mut self, tally: Tally, jobs: Vec<JobSpec>) -> usize {
+        let pass = self.passes.insert(PassSlot {
+            tally,
+            jobs: jobs.len(),
+        });
+        for spec in jobs {
+            let key = self.jobs.insert(Job { pass, spec });
+            self.enqueue(key);
+        }
+        pass
+    }
+
+    /// Passes whose every recipient has a result, with their tallies (drop one to let its
+    /// recorder finish).
+    pub fn take_done(&mut self) -> Vec<(usize, Tally)> {
+        let keys: Vec<usize> = self
+            .passes
+            .iter()
+            .filter(|(_, p)| p.jobs == 0)
+            .map(|(k, _)| k)
+            .collect();
+        keys.into_iter()
+            .map(|k| (k, self.passes.remove(k).tally))
+            .collect()
+    }
+
+    /// Stop signal: closes every connection at once (their jobs are deferred and recorded),
+    /// drops the jobs still waiting for a connection (not tried: their messages keep their
+    /// state), and returns every pass with what was tried already sent to its recorder.
+    pub fn stop(&mut self) -> Vec<(usize, Tally)> {
+        self.stopping = true;
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some(c) = self.conns.get_mut(k)
+                && c.closed.is_none()
+            {
+                c.closed = Some(Some(STOPPING.into()));
+            }
+            self.finish(k);
+        }
+        self.queues.clear();
+        self.order.clear();
+        self.jobs.clear();
+        let keys: Vec<usize> = self.passes.iter().map(|(k, _)| k).collect();
+        keys.into_iter()
+            .map(|k| {
+                let mut t = self.passes.remove(k).tally;
+                t.flush_tried();
+                (k, t)
+            })
+            .collect()
+    }
+
+    /// One turn: opens the connections the limits allow, waits for readiness until the next
+    /// deadline (or `until`), moves bytes, fires deadlines. Events on the caller's tokens are
+    /// appended to `external`.
+    pub fn turn(&mut self, until: Option<Instant>, external: &mut Vec<Token>) -> io::Result<()> {
+        if !self.stopping {
+            self.start_sessions();
+        }
+        let now = Instant::now();
+        let timer = self.heap.peek().map(|Reverse((t, _, _))| *t);
+        let wake = match (timer, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = wake.map(|t| t.saturating_duration_since(now));
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        self.tokens.clear();
+        self.tokens
+            .extend(self.events.iter().map(|ev| ev.token().0));
+        for i in 0..self.tokens.len() {
+            let key = self.tokens[i];
+            if key >= EXTERNAL {
+                external.push(Token(key));
+            } else if self.conns.contains(key) {
+                self.drive(key);
+            }
+        }
+        self.fire_deadlines();
+        Ok(())
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((t, key, generation))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if c.generation != generation || c.armed != Some(t) {
+                continue;
+            }
+            c.armed = None;
+            let actual = if c.connected {
+                c.session.poll_timeout()
+            } else {
+                Some(c.connect_deadline)
+            };
+            if let Some(a) = actual.filter(|a| *a > now) {
+                c.armed = Some(a);
+                self.heap.push(Reverse((a, key, generation)));
+                continue;
+            }
+            if !c.connected {
+                c.closed = Some(Some(format!(
+                    "connect timeout after {:?}",
+                    self.cfg.connect_timeout
+                )));
+            } else {
+                c.timed_out = true;
+                c.session.handle_timeout(now);
+            }
+            self.drive(key);
+        }
+    }
+
+    fn enqueue(&mut self, key: usize) {
+        let Some(job) = self.jobs.get(key) else {
+            return;
+        };
+        let addr = job.spec.target().addr;
         let q = self.queues.entry(addr).or_default();
         if q.is_empty() {
             self.order.push_back(addr);
         }
-        q.push(j);
-    }
-
-    fn run(&mut self, tally: &mut Tally) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        loop {
-            self.start_sessions(tally);
-            if self.conns.is_empty() {
-                if self.order.is_empty() {
-                    return Ok(());
-                }
-                continue;
-            }
-            let now = Instant::now();
-            let timeout = self
-                .heap
-                .peek()
-                .map(|Reverse((t, _, _))| t.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for ev in events.iter() {
-                let key = ev.token().0;
-                if self.conns.contains(key) {
-                    self.drive(key, tally);
-                }
-            }
-            let now = Instant::now();
-            while let Some(Reverse((t, key, generation))) = self.heap.peek().copied() {
-                if t > now {
-                    break;
-                }
-                self.heap.pop();
-                let Some(c) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                if c.generation != generation || c.armed != Some(t) {
-                    continue;
-                }
-                c.armed = None;
-                let actual = if c.connected {
-                    c.session.poll_timeout()
-                } else {
-                    Some(c.connect_deadline)
-                };
-                if let Some(a) = actual.filter(|a| *a > now) {
-                    c.armed = Some(a);
-                    self.heap.push(Reverse((a, key, generation)));
-                    continue;
-                }
-                if !c.connected {
-                    c.closed = Some(Some(format!(
-                        "connect timeout after {:?}",
-                        self.cfg.connect_timeout
-                    )));
-                } else {
-                    c.session.handle_timeout(now);
-                }
-                self.drive(key, tally);
-            }
-        }
+        q.push(key);
     }
 
     /// Opens connections for waiting addresses while the limits allow.
-    fn start_sessions(&mut self, tally: &mut Tally) {
+    fn start_sessions(&mut self) {
         let mut skipped = Vec::new();
         while self.active.len() < self.cfg.max_connections {
             let Some(addr) = self.order.pop_front() else {
@@ -212,37 +328,62 @@ impl Reactor<'_> {
             let Some(list) = self.queues.remove(&addr) else {
                 continue;
             };
-            self.connect(addr, list, tally);
+            self.connect(addr, list);
         }
         for a in skipped.into_iter().rev() {
             self.order.push_front(a);
         }
     }
 
-    fn connect(&mut self, addr: SocketAddr, list: Vec<usize>, tally: &mut Tally) {
+    fn connect(&mut self, addr: SocketAddr, list: Vec<usize>) {
         let now = Instant::now();
-        let target = {
-            let s = &self.jobs[list[0]];
-            s.route[s.pos].clone()
-        };
+        let mut keys = Vec::with_capacity(list.len());
         let mut sjobs = Vec::with_capacity(list.len());
-        for &j in &list {
-            let spec = &self.jobs[j];
-            let Some(m) = tally.message(spec.msg) else {
+        for key in list {
+            let Some(job) = self.jobs.get(key) else {
+                continue;
+            };
+            let Some(m) = self
+                .passes
+                .get(job.pass)
+                .and_then(|p| p.tally.message(job.spec.msg))
+            else {
+                // Every recipient has a result already: nothing left to send.
+                self.remove_job(key);
                 continue;
             };
             sjobs.push(session::Job {
                 sender: m.sender.to_string(),
-                rcpts: spec.rcpts.iter().map(|&r| m.rcpts[r].to_string()).collect(),
+                rcpts: job
+                    .spec
+                    .rcpts
+                    .iter()
+                    .map(|&r| m.rcpts[r].to_string())
+                    .collect(),
                 size: m.body_len,
                 eight_bit: m.eight_bit,
             });
+            keys.push(key);
         }
+        let Some(target) = keys
+            .first()
+            .and_then(|&k| self.jobs.get(k))
+            .map(|j| j.spec.target().clone())
+        else {
+            return;
+        };
         let mode = match self.cfg.tls {
             _ if self.tls.is_none() => StartTls::Off,
             TlsLevel::None => StartTls::Off,
             _ if self.cfg.implicit_tls => StartTls::Implicit,
-            TlsLevel::May if self.tls_failed.contains(&target.host) => StartTls::Off,
+            TlsLevel::May
+                if self
+                    .tls_failed
+                    .get(&target.host)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < TLS_FALLBACK) =>
+            {
+                StartTls::Off
+            }
             TlsLevel::May => StartTls::May,
             TlsLevel::Encrypt | TlsLevel::Verify => StartTls::Require,
         };
@@ -254,10 +395,9 @@ impl Reactor<'_> {
             Err(e) => {
                 self.stats.failed_connects += 1;
                 self.fail_over(
-                    &list,
+                    &keys,
                     &target,
                     &format!("connect to {}[{}]: {e}", target.host, addr),
-                    tally,
                 );
                 return;
             }
@@ -269,17 +409,16 @@ impl Reactor<'_> {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
+        if key >= EXTERNAL {
+            self.fail_over(&keys, &target, "too many connections");
+            return;
+        }
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            self.fail_over(
-                &list,
-                &target,
-                &format!("cannot register socket: {e}"),
-                tally,
-            );
+            self.fail_over(&keys, &target, &format!("cannot register socket: {e}"));
             return;
         }
         self.next_gen += 1;
@@ -290,20 +429,22 @@ impl Reactor<'_> {
             tls: TlsStage::Plain,
             target,
             session,
-            jobs: list,
+            jobs: keys,
             connected: false,
             connect_deadline: deadline,
             body: None,
             generation: self.next_gen,
             armed: Some(deadline),
             closed: None,
+            answered: 0,
+            timed_out: false,
         });
         self.heap.push(Reverse((deadline, key, self.next_gen)));
         self.active.insert(addr);
     }
 
     /// Moves bytes for one connection until it would block, then handles its end if it ended.
-    fn drive(&mut self, key: usize, tally: &mut Tally) {
+    fn drive(&mut self, key: usize) {
         let now = Instant::now();
         let Some(c) = self.conns.get_mut(key) else {
             return;
@@ -325,7 +466,15 @@ impl Reactor<'_> {
                 },
             }
         }
+        let mut retries = Vec::new();
         if c.connected && c.closed.is_none() {
+            let mut ctx = Ctx {
+                jobs: &mut self.jobs,
+                passes: &mut self.passes,
+                retries: &mut retries,
+                tls: self.tls,
+                level: self.cfg.tls,
+            };
             // Read everything available.
             loop {
                 match c.transport.read(&mut self.buf) {
@@ -347,7 +496,7 @@ impl Reactor<'_> {
             }
             check_handshake(c, self.tls, self.cfg.tls, now);
             loop {
-                handle_events(c, &self.jobs, tally, self.tls, self.cfg.tls);
+                handle_events(c, &mut ctx);
                 if c.closed.is_some() {
                     break;
                 }
@@ -356,31 +505,41 @@ impl Reactor<'_> {
                     break; // the socket is full: a writable event brings us back
                 }
                 if !pumped {
-                    handle_events(c, &self.jobs, tally, self.tls, self.cfg.tls);
+                    handle_events(c, &mut ctx);
                     break;
                 }
             }
         }
-        if c.closed.is_some() {
-            self.finish(key, tally);
-            return;
+        let closed = c.closed.is_some();
+        if !closed {
+            // Lazy deadlines: arm only when earlier than the armed one; a fired entry re-arms.
+            let deadline = if c.connected {
+                c.session.poll_timeout()
+            } else {
+                Some(c.connect_deadline)
+            };
+            if let Some(t) = deadline
+                && c.armed.is_none_or(|a| t < a)
+            {
+                c.armed = Some(t);
+                self.heap.push(Reverse((t, key, c.generation)));
+            }
         }
-        // Lazy deadlines: arm only when earlier than the armed one; a fired entry re-arms.
-        let deadline = if c.connected {
-            c.session.poll_timeout()
-        } else {
-            Some(c.connect_deadline)
-        };
-        if let Some(t) = deadline
-            && c.armed.is_none_or(|a| t < a)
-        {
-            c.armed = Some(t);
-            self.heap.push(Reverse((t, key, c.generation)));
+        for job in retries {
+            if let Some(p) = self.passes.get_mut(job.pass) {
+                p.jobs += 1;
+            }
+            let k = self.jobs.insert(job);
+            self.enqueue(k);
+        }
+        if closed {
+            self.finish(key);
         }
     }
 
-    /// A connection ended: jobs it did not finish go to their next address, or are deferred.
-    fn finish(&mut self, key: usize, tally: &mut Tally) {
+    /// A connection ended: jobs it did not finish go to the same address again (the server
+    /// closed after taking other messages), their next address, or are deferred.
+    fn finish(&mut self, key: usize) {
         let mut c = self.conns.remove(key);
         c.transport.close_notify();
         let _ = self.poll.registry().deregister(&mut c.transport.tcp);
@@ -393,14 +552,14 @@ impl Reactor<'_> {
             .session
             .unfinished()
             .into_iter()
-            .map(|n| c.jobs[n])
+            .filter_map(|n| c.jobs.get(n).copied())
             .collect();
         if unfinished.is_empty() {
             log::debug!("closed connection to {}[{}]", c.target.host, c.target.addr);
             return;
         }
         let why = error.unwrap_or_else(|| "session ended early".into());
-        if c.tls == TlsStage::Handshaking {
+        if c.tls == TlsStage::Handshaking && !self.stopping {
             let why = format!(
                 "{}[{}]: TLS handshake failed: {}",
                 c.target.host,
@@ -410,33 +569,72 @@ impl Reactor<'_> {
             if c.mode == StartTls::May {
                 // Postfix's `may`: the same host again, in plaintext, on a new connection.
                 log::info!("{why}: trying again in plaintext");
-                self.tls_failed.insert(c.target.host.clone());
+                self.tls_failed
+                    .insert(c.target.host.clone(), Instant::now());
                 for j in unfinished {
                     self.enqueue(j);
                 }
                 return;
             }
-            self.fail_over(&unfinished, &c.target, &why, tally);
+            self.fail_over(&unfinished, &c.target, &why);
             return;
         }
         let why = format!("{}[{}]: {why}", c.target.host, c.target.addr);
-        self.fail_over(&unfinished, &c.target, &why, tally);
+        let ended = Ended {
+            answered: c.answered,
+            stalled: c.timed_out,
+        };
+        self.route(&unfinished, &c.target, &why, ended);
     }
 
-    fn fail_over(&mut self, list: &[usize], target: &Target, why: &str, tally: &mut Tally) {
-        log::info!(
-            "{why}: trying the next MX host for {} message(s)",
-            list.len()
-        );
-        for &j in list {
-            self.jobs[j].pos += 1;
-            let spec = &self.jobs[j];
-            if spec.pos < spec.route.len() {
-                self.enqueue(j);
+    /// Removes a finished job from its pass's count.
+    fn remove_job(&mut self, key: usize) -> Option<Job> {
+        let job = self.jobs.try_remove(key)?;
+        if let Some(p) = self.passes.get_mut(job.pass) {
+            p.jobs = p.jobs.saturating_sub(1);
+        }
+        Some(job)
+    }
+
+    /// Jobs that could not be tried at their address: the next address, else deferred.
+    fn fail_over(&mut self, list: &[usize], target: &Target, why: &str) {
+        self.route(list, target, why, Ended::default());
+    }
+
+    /// Sends jobs a connection did not finish where [`JobSpec::after_close`] says: a new
+    /// connection to the same address, the next address, or deferral (always when stopping).
+    fn route(&mut self, list: &[usize], target: &Target, why: &str, ended: Ended) {
+        let (mut again, mut moved, mut deferred) = (0, 0, 0);
+        for &k in list {
+            let Some(job) = self.jobs.get_mut(k) else {
                 continue;
+            };
+            let next = if self.stopping {
+                Next::Defer
+            } else {
+                job.spec.after_close(ended.answered > 0, ended.stalled)
+            };
+            match next {
+                Next::Same => {
+                    again += 1;
+                    self.enqueue(k);
+                    continue;
+                }
+                Next::Address => {
+                    moved += 1;
+                    self.enqueue(k);
+                    continue;
+                }
+                Next::Defer => {}
             }
-            let (msg, rcpts) = (spec.msg, spec.rcpts.clone());
-            for r in rcpts {
+            deferred += 1;
+            let Some(job) = self.remove_job(k) else {
+                continue;
+            };
+            let Some(tally) = self.passes.get_mut(job.pass).map(|p| &mut p.tally) else {
+                continue;
+            };
+            for &r in &job.spec.rcpts {
                 let a = Attempt {
                     state: RcptState::Deferred,
                     text: why.to_owned(),
@@ -444,14 +642,44 @@ impl Reactor<'_> {
                     smtp: false,
                     remote: Some(target.host.clone()),
                 };
-                log_attempt(tally, msg, r, target, &a);
-                tally.record(msg, r, a);
+                log_attempt(tally, job.spec.msg, r, target, &a);
+                tally.record(job.spec.msg, r, a);
             }
+        }
+        if again > 0 {
+            log::info!(
+                "{why}: connecting again for {again} message(s) after {} on that connection",
+                ended.answered
+            );
+        }
+        if moved > 0 {
+            log::info!("{why}: trying the next MX host for {moved} message(s)");
+        }
+        if deferred > 0 {
+            log::debug!("{why}: {deferred} message(s) deferred");
         }
     }
 }
 
-/// Feeds one chunk of the body to the session when it wants one; true if it did.
+/// How a connection that left jobs unfinished ended.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ended {
+    /// Jobs the server took or refused on it.
+    answered: usize,
+    /// It ended by a timeout.
+    stalled: bool,
+}
+
+/// What [`handle_events`] works on besides the connection.
+struct Ctx<'r> {
+    jobs: &'r mut Slab<Job>,
+    passes: &'r mut Slab<PassSlot>,
+    /// Recipients that got a 4xx here and go on to the next MX address.
+    retries: &'r mut Vec<Job>,
+    tls: Option<&'r TlsContext>,
+    level: TlsLevel,
+}
+
 fn pump_body(c: &mut Conn, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) -> bool {
     if c.session.wants_body().is_none() {
         return false;
@@ -540,16 +768,10 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
 }
 
 /// Handles a connection's session events: body starts, per-job results, the end.
-fn handle_events(
-    c: &mut Conn,
-    jobs: &[JobSpec],
-    tally: &mut Tally,
-    tls: Option<&TlsContext>,
-    level: TlsLevel,
-) {
+fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
     while let Some(ev) = c.session.poll_event() {
         match ev {
-            Event::StartTls => begin_tls(c, tls, level),
+            Event::StartTls => begin_tls(c, ctx.tls, ctx.level),
             Event::StartTlsRefused(reply) => log::info!(
                 "{}[{}]: STARTTLS refused ({}): continuing in plaintext",
                 c.target.host,
@@ -557,10 +779,14 @@ fn handle_events(
                 reply.one_line()
             ),
             Event::SendBody(n) => {
-                let Some(spec) = c.jobs.get(n).map(|&j| &jobs[j]) else {
+                let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
                     continue;
                 };
-                let Some(m) = tally.message(spec.msg) else {
+                let Some(m) = ctx
+                    .passes
+                    .get(job.pass)
+                    .and_then(|p| p.tally.message(job.spec.msg))
+                else {
                     continue;
                 };
                 let opened = File::open(&m.path)
@@ -578,13 +804,44 @@ fn handle_events(
                 }
             }
             Event::JobDone(n, results) => {
-                let Some(spec) = c.jobs.get(n).map(|&j| &jobs[j]) else {
+                c.answered += 1;
+                let Some(&key) = c.jobs.get(n) else {
                     continue;
                 };
+                if !ctx.jobs.contains(key) {
+                    continue;
+                }
+                let job = ctx.jobs.remove(key);
+                let Some(slot) = ctx.passes.get_mut(job.pass) else {
+                    continue;
+                };
+                slot.jobs = slot.jobs.saturating_sub(1);
+                let tally = &mut slot.tally;
+                // A 4xx here: the next MX address may take it in this run (RFC 5321 §5.1;
+                // Postfix keeps soft-failed recipients for the next server).
+                let mut next = job.spec.clone();
+                next.answered();
+                let can_move = next.next_address();
+                let mut moved = Vec::new();
                 for (k, (status, reply)) in results.into_iter().enumerate() {
-                    let Some(&r) = spec.rcpts.get(k) else {
+                    let Some(&r) = job.spec.rcpts.get(k) else {
                         continue;
                     };
+                    if status == RcptStatus::Deferred && can_move {
+                        if let Some(m) = tally.message(job.spec.msg) {
+                            log::info!(
+                                "{}: to={}, relay={}[{}]:{}, status=retry ({}): trying the next MX host",
+                                m.name,
+                                m.rcpts[r],
+                                c.target.host,
+                                c.target.addr.ip(),
+                                c.target.addr.port(),
+                                reply.one_line()
+                            );
+                        }
+                        moved.push(r);
+                        continue;
+                    }
                     let a = Attempt {
                         state: match status {
                             RcptStatus::Sent => RcptState::Delivered,
@@ -596,8 +853,15 @@ fn handle_events(
                         smtp: true,
                         remote: Some(c.target.host.clone()),
                     };
-                    log_attempt(tally, spec.msg, r, &c.target, &a);
-                    tally.record(spec.msg, r, a);
+                    log_attempt(tally, job.spec.msg, r, &c.target, &a);
+                    tally.record(job.spec.msg, r, a);
+                }
+                if !moved.is_empty() {
+                    next.rcpts = moved;
+                    ctx.retries.push(Job {
+                        pass: job.pass,
+                        spec: next,
+                    });
                 }
             }
             Event::Closed { error } => {

@@ -1,18 +1,41 @@
-//! One relay run and the `--interval` loop: lock, scan, resolve, plan, send, record, summarise.
+//! The run loop: lock, then passes over the queue fed to one long-lived reactor, until the
+//! queue is drained (`--once`) or a stop signal arrives.
 //!
-//! Owns: the order of the steps and the summary line. Must not: speak SMTP, parse files or
-//! write state itself (queue, mx, plan, reactor and record do).
+//! A pass: scan `new/` for due messages not already in flight and resolve their domains (on a
+//! thread of its own, so sessions in progress keep going; the result comes back through the
+//! reactor's waker), plan the jobs, start a recorder for the pass and hand the jobs to the
+//! reactor, which starts sessions for MX hosts without one and queues the rest behind the
+//! session in progress. When every recipient of the pass has a result, the pass's recorder
+//! finishes and the pass's summary line is printed (`--once`: on stdout) or logged.
+//! `--interval`: a pass starts every SECS after the previous scan, and at once when inotify
+//! reports mail in `new/` (one scan at a time; wake-ups meanwhile give one more, at least 1 s
+//! and at least as long as reading the queue took after the previous one).
+//! A message stays "in flight" from its scan until its pass's recorder has finished, so a later
+//! scan never sends it twice. SIGTERM/SIGINT (both modes): the reactor closes every session at
+//! once (their messages deferred and recorded), waits for the recorders, exits 0.
+//!
+//! Owns: the order of the steps, the in-flight set, the interval timer, the summary lines.
+//! Must not: speak SMTP, parse files or write state itself (queue, mx, plan, reactor and
+//! record do).
 
-use std::collections::BTreeSet;
-use std::time::{Instant, SystemTime};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_channel::Sender;
 use maildir_core::Maildir;
+use mio::unix::SourceFd;
+use mio::{Interest, Token, Waker};
 
 use crate::config::{Config, TlsLevel};
+use crate::mx::Resolution;
+use crate::queue::Message;
+use crate::reactor::{EXTERNAL, Reactor, Stats};
 use crate::record::{RecorderConfig, Summary};
 use crate::state::StateDir;
 use crate::tls::TlsContext;
-use crate::{mx, plan, queue, reactor, record, watch};
+use crate::{mx, plan, queue, record, watch};
 
 /// How a run failed.
 #[derive(Debug)]
@@ -27,6 +50,49 @@ impl From<String> for RunError {
     fn from(s: String) -> Self {
         RunError::Failed(s)
     }
+}
+
+/// Scans for new mail are at least this far apart, and at least as far as the last scan took,
+/// so a steady stream of arriving mail does not keep the disk busy rescanning the queue.
+const MIN_SCAN_GAP: Duration = Duration::from_secs(1);
+
+const SIGNAL: Token = Token(EXTERNAL);
+const NEW_MAIL: Token = Token(EXTERNAL + 1);
+const WAKE: Token = Token(EXTERNAL + 2);
+
+/// What a scan thread found.
+struct Scanned {
+    started: Instant,
+    /// How long reading `new/` took (without DNS).
+    read: Duration,
+    /// Messages in `new/`.
+    total: usize,
+    /// Not due yet.
+    waiting: usize,
+    /// Due, not in flight when the scan started.
+    due: Vec<Message>,
+    /// Due but skipped: in flight.
+    busy: usize,
+    dns: HashMap<String, Resolution>,
+}
+
+/// A pass handed to the reactor, until its summary.
+struct Pass {
+    started: Instant,
+    total: usize,
+    waiting: usize,
+    busy: usize,
+    tried: usize,
+    names: Vec<String>,
+    stats: Stats,
+    recorder: Option<JoinHandle<Summary>>,
+    interrupted: bool,
+}
+
+/// A pass whose recorder finished (sent by the thread that joined it).
+struct Recorded {
+    pass: u64,
+    summary: Result<Summary, String>,
 }
 
 /// Runs as configured: `--list`, once, or every interval.
@@ -49,54 +115,372 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             )));
         }
     };
+    // Before anything slow, so a stop signal at any moment is seen.
+    let signals =
+        watch::StopSignals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
     let tls = match cfg.tls {
         TlsLevel::None => None,
         _ => Some(TlsContext::new(cfg.tls_ca.as_deref())?),
     };
-    let tls = tls.as_ref();
-    let Some(period) = cfg.interval else {
-        let line = run_once(cfg, tls, &md, &states)?;
-        println!("{line}");
-        return Ok(());
-    };
-    // Installed before the first run, so a stop signal during a run ends the loop after it.
-    let watch = watch::NewMailWatch::new(md.new_dir()).map_err(|e| e.to_string())?;
-    loop {
-        match run_once(cfg, tls, &md, &states) {
-            Ok(line) => log::info!("{line}"),
-            Err(e) => log::error!("run failed: {e}"),
+    let mut reactor =
+        Reactor::new(cfg, tls.as_ref()).map_err(|e| format!("cannot start reactor: {e}"))?;
+    reactor
+        .registry()
+        .register(&mut SourceFd(&signals.fd()), SIGNAL, Interest::READABLE)
+        .map_err(|e| format!("cannot poll the signal pipe: {e}"))?;
+    let watch = match cfg.interval {
+        None => None,
+        Some(_) => {
+            let w = watch::NewMailWatch::new(md.new_dir()).map_err(|e| e.to_string())?;
+            reactor
+                .registry()
+                .register(&mut SourceFd(&w.fd()), NEW_MAIL, Interest::READABLE)
+                .map_err(|e| format!("cannot poll inotify: {e}"))?;
+            Some(w)
         }
-        match watch.wait(period) {
-            Ok(watch::Wake::NewMail) => log::debug!("new mail in {}", md.new_dir().display()),
-            Ok(watch::Wake::Timeout) => {}
-            Ok(watch::Wake::Stop) => {
-                log::info!("stop signal: exiting");
-                return Ok(());
+    };
+    let waker = Arc::new(
+        Waker::new(reactor.registry(), WAKE).map_err(|e| format!("cannot make a waker: {e}"))?,
+    );
+    let (scan_tx, scan_rx) = crossbeam_channel::unbounded();
+    let (rec_tx, rec_rx) = crossbeam_channel::unbounded();
+    let mut lp = Loop {
+        cfg,
+        md,
+        states,
+        waker,
+        scan_tx,
+        rec_tx,
+        passes: HashMap::new(),
+        by_key: HashMap::new(),
+        next_pass: 0,
+        in_flight: HashSet::new(),
+        scanning: None,
+        rescan: false,
+        next_scan: None,
+        scan_ended: None,
+        failed: None,
+    };
+    lp.start_scan();
+    let mut woken = Vec::new();
+    let mut stopped = false;
+    loop {
+        woken.clear();
+        reactor
+            .turn(lp.wake_at(), &mut woken)
+            .map_err(|e| format!("reactor failed: {e}"))?;
+        if woken.contains(&SIGNAL) && signals.take() {
+            log::info!("stop signal: closing every session");
+            stopped = true;
+            for (key, tally) in reactor.stop() {
+                drop(tally);
+                lp.pass_done(key, &reactor, true);
             }
-            Err(e) => return Err(format!("cannot wait for new mail: {e}").into()),
+            break;
+        }
+        if woken.contains(&NEW_MAIL)
+            && let Some(w) = &watch
+        {
+            w.drain();
+            log::debug!("new mail in {}", lp.md.new_dir().display());
+            lp.rescan = true;
+        }
+        while let Ok(res) = scan_rx.try_recv() {
+            lp.scanned(res, &mut reactor);
+        }
+        for (key, tally) in reactor.take_done() {
+            drop(tally);
+            lp.pass_done(key, &reactor, false);
+        }
+        while let Ok(r) = rec_rx.try_recv() {
+            lp.recorded(r);
+        }
+        if let Some(e) = lp.failed.take() {
+            if cfg.interval.is_none() {
+                return Err(RunError::Failed(e));
+            }
+            log::error!("run failed: {e}");
+        }
+        if let (Some(period), Some(at)) = (cfg.interval, lp.next_scan)
+            && Instant::now() >= at
+        {
+            lp.next_scan = Some(Instant::now() + period);
+            lp.rescan = true;
+        }
+        if lp.rescan
+            && lp.scanning.is_none()
+            && lp.earliest_scan().is_none_or(|t| Instant::now() >= t)
+        {
+            lp.start_scan();
+        }
+        if cfg.interval.is_none()
+            && lp.scanning.is_none()
+            && reactor.is_idle()
+            && lp.passes.is_empty()
+        {
+            break;
+        }
+    }
+    // Stopping or drained: wait for the recorders (their last batch's disk work). Another stop
+    // signal meanwhile, or a minute without progress, leaves at once: what they did not record
+    // is tried again by the next run (sent again at worst, never lost).
+    let mut quiet = Duration::ZERO;
+    while !lp.passes.is_empty() {
+        match rec_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                quiet = Duration::ZERO;
+                lp.recorded(r);
+            }
+            Err(_) => quiet += Duration::from_millis(100),
+        }
+        if signals.take() {
+            log::warn!("second stop signal: leaving without waiting for the recorders");
+            break;
+        }
+        if quiet >= Duration::from_secs(60) {
+            log::error!("recorders made no progress for 60 s; leaving");
+            break;
+        }
+    }
+    if stopped {
+        log::info!("stop signal: exiting");
+    }
+    Ok(())
+}
+
+/// The state of the run loop beside the reactor.
+struct Loop<'a> {
+    cfg: &'a Config,
+    md: Maildir,
+    states: StateDir,
+    waker: Arc<Waker>,
+    scan_tx: Sender<Result<Scanned, String>>,
+    rec_tx: Sender<Recorded>,
+    /// Passes by id, until their recorder finished.
+    passes: HashMap<u64, Pass>,
+    /// Reactor pass keys → ids (keys are reused).
+    by_key: HashMap<usize, u64>,
+    next_pass: u64,
+    /// Names of messages handed out and not yet recorded.
+    in_flight: HashSet<String>,
+    /// A scan running: names released since it started (it may have read them as they were).
+    scanning: Option<HashSet<String>>,
+    /// Scan again when the running one is done.
+    rescan: bool,
+    /// `--interval`: when the next scan is due.
+    next_scan: Option<Instant>,
+    /// When the last scan ended, and how long reading the queue took in it.
+    scan_ended: Option<(Instant, Duration)>,
+    /// A scan failed (`--once`: the run fails).
+    failed: Option<String>,
+}
+
+impl Loop<'_> {
+    /// When a scan asked for by new mail may start.
+    fn earliest_scan(&self) -> Option<Instant> {
+        self.scan_ended.map(|(t, took)| t + took.max(MIN_SCAN_GAP))
+    }
+
+    /// When the loop must look again even if nothing happens.
+    fn wake_at(&self) -> Option<Instant> {
+        let rescan = if self.rescan && self.scanning.is_none() {
+            self.earliest_scan()
+        } else {
+            None
+        };
+        match (self.next_scan, rescan) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Scans and resolves on a thread; the result comes back through the waker.
+    fn start_scan(&mut self) {
+        self.rescan = false;
+        self.scanning = Some(HashSet::new());
+        let (cfg, md, states) = (self.cfg.clone(), self.md.clone(), self.states.clone());
+        let skip = self.in_flight.clone();
+        let (tx, waker) = (self.scan_tx.clone(), Arc::clone(&self.waker));
+        let spawned = std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(move || {
+                let res = scan(&cfg, &md, &states, &skip);
+                // The loop may be gone (stopped): nothing to do then.
+                let _ = tx.send(res);
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            self.scanning = None;
+            self.failed = Some(format!("cannot start scan thread: {e}"));
+        }
+    }
+
+    /// A scan finished: plan its messages and hand them to the reactor.
+    fn scanned(&mut self, res: Result<Scanned, String>, reactor: &mut Reactor) {
+        let released = self.scanning.take().unwrap_or_default();
+        if let Ok(s) = &res {
+            self.scan_ended = Some((Instant::now(), s.read));
+        }
+        if let Some(p) = self.cfg.interval {
+            self.next_scan = Some(Instant::now() + p);
+        }
+        let s = match res {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed = Some(e);
+                return;
+            }
+        };
+        // Messages that went in flight or were recorded while the scan ran: the scan may have
+        // read them as they were before; a later scan sees them as they are.
+        let mut busy = s.busy;
+        let due: Vec<Message> = s
+            .due
+            .into_iter()
+            .filter(|m| {
+                let skip = self.in_flight.contains(&m.name) || released.contains(&m.name);
+                busy += usize::from(skip);
+                !skip
+            })
+            .collect();
+        let rcfg = RecorderConfig {
+            reporting_mta: self.cfg.helo.clone(),
+            queue_lifetime: self.cfg.queue_lifetime,
+        };
+        let (tx, recorder) = match record::spawn(self.md.clone(), self.states.clone(), rcfg) {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed = Some(format!("cannot start recorder thread: {e}"));
+                return;
+            }
+        };
+        let names: Vec<String> = due.iter().map(|m| m.name.clone()).collect();
+        self.in_flight.extend(names.iter().cloned());
+        let tried = due.len();
+        let (tally, jobs) = plan::build(due, &s.dns, tx, SystemTime::now());
+        let id = self.next_pass;
+        self.next_pass += 1;
+        self.passes.insert(
+            id,
+            Pass {
+                started: s.started,
+                total: s.total,
+                waiting: s.waiting,
+                busy,
+                tried,
+                names,
+                stats: reactor.stats(),
+                recorder: Some(recorder),
+                interrupted: false,
+            },
+        );
+        let key = reactor.add(tally, jobs);
+        self.by_key.insert(key, id);
+    }
+
+    /// Every recipient of a pass has a result (or the pass was stopped): let its recorder
+    /// finish on a thread that reports back.
+    fn pass_done(&mut self, key: usize, reactor: &Reactor, interrupted: bool) {
+        let Some(id) = self.by_key.remove(&key) else {
+            return;
+        };
+        let Some(p) = self.passes.get_mut(&id) else {
+            return;
+        };
+        p.interrupted = interrupted;
+        let now = reactor.stats();
+        p.stats = Stats {
+            connections: now.connections - p.stats.connections,
+            failed_connects: now.failed_connects - p.stats.failed_connects,
+        };
+        let Some(h) = p.recorder.take() else {
+            return;
+        };
+        let (tx, waker) = (self.rec_tx.clone(), Arc::clone(&self.waker));
+        let joined = std::thread::Builder::new()
+            .name("recorded".into())
+            .spawn(move || {
+                let summary = h.join().map_err(|_| "recorder thread panicked".to_owned());
+                let _ = tx.send(Recorded { pass: id, summary });
+                let _ = waker.wake();
+            });
+        if let Err(e) = joined {
+            log::error!("cannot start a thread to wait for the recorder: {e}");
+            let _ = self.rec_tx.send(Recorded {
+                pass: id,
+                summary: Err(format!("recorder not awaited: {e}")),
+            });
+        }
+    }
+
+    /// A pass's recorder finished: its messages leave the in-flight set; the summary line.
+    fn recorded(&mut self, r: Recorded) {
+        let Some(p) = self.passes.remove(&r.pass) else {
+            return;
+        };
+        for n in &p.names {
+            self.in_flight.remove(n);
+            if let Some(released) = &mut self.scanning {
+                released.insert(n.clone());
+            }
+        }
+        let sum = match r.summary {
+            Ok(s) => s,
+            Err(e) => {
+                self.failed = Some(e);
+                return;
+            }
+        };
+        let mut counts = format!(
+            "{} of {} messages tried, {} not due",
+            p.tried, p.total, p.waiting
+        );
+        if p.busy > 0 {
+            counts.push_str(&format!(", {} already in progress", p.busy));
+        }
+        let line = format!(
+            "smtp-relay: {} delivered, {} deferred, {} bounced ({counts}; {} finished, {} bounce(s) queued; {} connection(s), {} failed; {:.3} s{})",
+            sum.delivered,
+            sum.deferred,
+            sum.bounced,
+            sum.messages_done,
+            sum.dsns,
+            p.stats.connections,
+            p.stats.failed_connects,
+            p.started.elapsed().as_secs_f64(),
+            if p.interrupted {
+                "; interrupted by a stop signal"
+            } else {
+                ""
+            }
+        );
+        if self.cfg.interval.is_none() {
+            println!("{line}");
+        } else {
+            log::info!("{line}");
         }
     }
 }
 
-/// Sends everything due once; returns the summary line.
-fn run_once(
+/// The scan of one pass: messages in `new/`, the due ones not in `skip`, their domains resolved.
+fn scan(
     cfg: &Config,
-    tls: Option<&TlsContext>,
     md: &Maildir,
     states: &StateDir,
-) -> Result<String, String> {
+    skip: &HashSet<String>,
+) -> Result<Scanned, String> {
     let started = Instant::now();
     let now = SystemTime::now();
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
+    let read = started.elapsed();
     for b in &bad {
         log::warn!("{}: skipped, not a queued message: {}", b.name, b.error);
     }
     let total = msgs.len();
-    let due: Vec<_> = msgs
+    let (due, waiting): (Vec<_>, Vec<_>) = msgs
         .into_iter()
-        .filter(|m| cfg.ignore_schedule || m.is_due(now))
-        .collect();
-    let waiting = total - due.len();
+        .partition(|m| cfg.ignore_schedule || m.is_due(now));
+    let (busy, due): (Vec<_>, Vec<_>) = due.into_iter().partition(|m| skip.contains(&m.name));
     let domains: BTreeSet<String> = due
         .iter()
         .flat_map(|m| {
@@ -106,36 +490,17 @@ fn run_once(
         })
         .collect();
     let dns = if domains.is_empty() {
-        Default::default()
+        HashMap::new()
     } else {
         mx::resolve_all(cfg, domains.into_iter().collect())?
     };
-    let rcfg = RecorderConfig {
-        reporting_mta: cfg.helo.clone(),
-        queue_lifetime: cfg.queue_lifetime,
-    };
-    let (tx, recorder) = record::spawn(md.clone(), states.clone(), rcfg)
-        .map_err(|e| format!("cannot start recorder thread: {e}"))?;
-    let n_due = due.len();
-    let (mut tally, jobs) = plan::build(due, &dns, tx, now);
-    let sent = reactor::run(cfg, tls, &mut tally, jobs);
-    drop(tally);
-    let sum: Summary = recorder
-        .join()
-        .map_err(|_| "recorder thread panicked".to_owned())?;
-    let stats = sent.map_err(|e| format!("reactor failed: {e}"))?;
-    Ok(format!(
-        "smtp-relay: {} delivered, {} deferred, {} bounced ({} of {} messages tried, {} not due; {} finished, {} bounce(s) queued; {} connection(s), {} failed; {:.3} s)",
-        sum.delivered,
-        sum.deferred,
-        sum.bounced,
-        n_due,
+    Ok(Scanned {
+        started,
+        read,
         total,
-        waiting,
-        sum.messages_done,
-        sum.dsns,
-        stats.connections,
-        stats.failed_connects,
-        started.elapsed().as_secs_f64()
-    ))
+        waiting: waiting.len(),
+        due,
+        busy: busy.len(),
+        dns,
+    })
 }

@@ -1,31 +1,54 @@
-//! Waiting between runs in `--interval` mode: until the period passes, a file appears in
-//! `new/` (inotify), or a stop signal (SIGTERM/SIGINT) arrives, whichever comes first.
+//! The relay's outside wake-ups as descriptors the reactor polls: stop signals (SIGTERM/SIGINT,
+//! through a self-pipe) and, in `--interval` mode, files appearing in `new/` (inotify).
 //!
-//! Owns: the inotify descriptor, the signal self-pipe and the wait. Must not: read or change
-//! queued messages.
+//! Owns: the inotify descriptor, the signal self-pipe, and draining them. Must not: read or
+//! change queued messages, or decide what a wake-up leads to (run does).
 
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-/// Why a wait ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// The period passed.
-    Timeout,
-    /// Mail appeared in `new/`.
-    NewMail,
-    /// SIGTERM or SIGINT: finish up and exit.
-    Stop,
+/// The read end of a self-pipe that SIGTERM and SIGINT write to. Installed once at start, so a
+/// signal at any moment (during a scan, a session, a pause) is seen by the next poll.
+pub struct StopSignals {
+    reader: UnixStream,
 }
 
-/// A watch on a directory for files moved or created in it, and on stop signals.
+impl StopSignals {
+    /// Installs the handlers (replacing the default "terminate" disposition).
+    pub fn install() -> io::Result<StopSignals> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let writer2 = writer.try_clone()?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, writer)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, writer2)?;
+        Ok(StopSignals { reader })
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
+    }
+
+    /// True when a signal arrived since the last call (the pipe is emptied).
+    pub fn take(&self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut got = false;
+        while let Ok(n) = (&self.reader).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got = true;
+        }
+        got
+    }
+}
+
+/// An inotify watch on a directory for files moved or created in it.
 pub struct NewMailWatch {
     fd: OwnedFd,
-    /// Read end of the self-pipe the signal handler writes to.
-    signals: UnixStream,
 }
 
 impl NewMailWatch {
@@ -55,59 +78,16 @@ impl NewMailWatch {
                 format!("cannot watch {}: {e}", dir.display()),
             ));
         }
-        let (signals, writer) = UnixStream::pair()?;
-        signals.set_nonblocking(true)?;
-        writer.set_nonblocking(true)?;
-        let writer2 = writer.try_clone()?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, writer)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, writer2)?;
-        Ok(NewMailWatch { fd, signals })
+        Ok(NewMailWatch { fd })
     }
 
-    /// Returns after `period`, earlier when new mail arrives, or at once when a stop signal
-    /// arrived (also one that arrived while a run was under way).
-    pub fn wait(&self, period: Duration) -> io::Result<Wake> {
-        let end = Instant::now() + period;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(Wake::Timeout);
-            }
-            let mut pfd = [
-                libc::pollfd {
-                    fd: self.signals.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: two valid pollfds in a local array.
-            let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if pfd[0].revents != 0 {
-                let mut buf = [0u8; 64];
-                let _ = (&self.signals).read(&mut buf);
-                return Ok(Wake::Stop);
-            }
-            if rc > 0 {
-                self.drain();
-                return Ok(Wake::NewMail);
-            }
-        }
+    /// The descriptor to poll for readability.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
-    fn drain(&self) {
+    /// Reads every pending event (their content does not matter: any means "scan again").
+    pub fn drain(&self) {
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a local buffer from our descriptor (non-blocking).
         while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}

@@ -20,6 +20,9 @@ Modes:
   451-mid-data        after 354, answers the first chunk of data with 451 and closes
   stall-mid-data      after 354, stops reading (the client's writes fill the socket buffers)
   close-after-first   accepts the first message (250 after the dot), then closes at once
+  421-after-first     accepts the first message, answers the next MAIL FROM with 421 and closes
+  silent-after-first  accepts the first message, never answers the final dot of the next one
+  trickle-greeting    sends a multi-line greeting one byte a second, forever (a slow MX)
 Every mode advertises PIPELINING when it gets as far as EHLO.
 """
 import argparse, base64, socket, socketserver, sys, threading, time
@@ -75,6 +78,13 @@ def main():
             if mode == "garbage-greeting":
                 s.sendall(b"\x00\xff\xfeHTTP/1.1 400 Bad Request\r\nServer: junk\r\n\r\n")
                 return self.hold(s, conn)
+            if mode == "trickle-greeting":
+                line = b"220-sink.test is slow today\r\n"
+                k = 0
+                while True:
+                    s.sendall(line[k % len(line):k % len(line) + 1])
+                    k += 1
+                    time.sleep(1)
             if mode == "421-greeting":
                 s.sendall(b"421 4.3.2 sink.test too busy, try later\r\n")
                 s.shutdown(socket.SHUT_RDWR)
@@ -82,6 +92,7 @@ def main():
             s.sendall(b"220 sink.test ESMTP\r\n")
             buf = b""
             in_data = False
+            accepted = 0
             while True:
                 chunk = self.recv(s, conn)
                 if not chunk:
@@ -106,7 +117,7 @@ def main():
                     if in_data:
                         if line == b".\r\n":
                             in_data = False
-                            if mode == "silent-at-dot":
+                            if mode == "silent-at-dot" or (mode == "silent-after-first" and accepted):
                                 if out:
                                     s.sendall(b"".join(out))
                                 return self.hold(s, conn)
@@ -114,6 +125,7 @@ def main():
                                 out.append(b"OK THANKS\r\n")
                             else:
                                 out.append(b"250 2.0.0 queued\r\n")
+                            accepted += 1
                             if mode == "close-after-first":
                                 s.sendall(b"".join(out))
                                 s.shutdown(socket.SHUT_RDWR)
@@ -137,7 +149,7 @@ def main():
                     elif up.startswith("HELO"):
                         out.append(b"250 sink.test\r\n")
                     elif up.startswith("MAIL FROM:"):
-                        if mode == "421-after-mail":
+                        if mode == "421-after-mail" or (mode == "421-after-first" and accepted):
                             out.append(b"421 4.3.2 sink.test shutting down\r\n")
                             s.sendall(b"".join(out))
                             s.shutdown(socket.SHUT_RDWR)

@@ -11,6 +11,7 @@ tab-separated line per event to a log file (base64 where bytes matter):
 Options:
   --pipelining / --no-pipelining   advertise PIPELINING (default on)
   --code RCPT=CODE                 answer RCPT TO:<RCPT> with CODE (451, 550, ...), repeatable
+  --mail-code SENDER=CODE          answer MAIL FROM:<SENDER> with CODE, repeatable
   --dot-delay SECS                 wait before answering the final dot (a slow server)
   --ready FILE                     create FILE once listening
   --tls-cert FILE --tls-key FILE   offer STARTTLS with this certificate (Python's ssl module)
@@ -29,6 +30,7 @@ def main():
     ap.add_argument("--log", required=True)
     ap.add_argument("--no-pipelining", action="store_true")
     ap.add_argument("--code", action="append", default=[])
+    ap.add_argument("--mail-code", action="append", default=[])
     ap.add_argument("--dot-delay", type=float, default=0.0)
     ap.add_argument("--ready")
     ap.add_argument("--tls-cert")
@@ -43,6 +45,10 @@ def main():
     for c in args.code:
         r, code = c.rsplit("=", 1)
         codes[r.lower()] = code
+    mail_codes = {}
+    for c in args.mail_code:
+        r, code = c.rsplit("=", 1)
+        mail_codes[r.lower()] = code
     logf = open(args.log, "a", buffering=1)
 
     def log(*fields):
@@ -123,9 +129,15 @@ def main():
                     elif up.startswith("HELO"):
                         out.append(b"250 sink.test\r\n")
                     elif up.startswith("MAIL FROM:"):
-                        mail = cmd[10:].split(" ")[0]
+                        sender = cmd[10:].split(" ")[0]
+                        code = mail_codes.get(sender.strip("<>").lower(), "250")
                         rcpts = []
-                        out.append(b"250 2.1.0 ok\r\n")
+                        if code.startswith("2"):
+                            mail = sender
+                            out.append(b"250 2.1.0 ok\r\n")
+                        else:
+                            mail = None
+                            out.append(f"{code} {code[0]}.1.0 sender {sender}\r\n".encode())
                     elif up.startswith("RCPT TO:"):
                         r = cmd[8:].split(" ")[0]
                         code = codes.get(r.strip("<>").lower(), "250")

@@ -1,9 +1,12 @@
 //! Helpers for the smtp-relay tests: a dnsmasq serving MX records on a loopback port, the
-//! recording sink (`tests/py/sink.py`) on several loopback addresses, queueing messages in the
-//! envelope format smtpd writes, and running the relay.
+//! recording sink (`tests/py/sink.py`) on several loopback addresses, the misbehaving one
+//! (`tests/py/broken_sink.py`), queueing messages in the envelope format smtpd writes, and
+//! running the relay (once, or as a daemon whose log is collected).
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use maildir_core::{Durability, Envelope, ForwardPath, Maildir, ReversePath};
@@ -498,4 +501,148 @@ pub fn run_args<'a>(dns: &'a Dns, port: &'a str) -> Vec<&'a str> {
         "--helo",
         "relay.test",
     ]
+}
+
+/// A misbehaving server (tests/py/broken_sink.py) in one `--mode`; killed when dropped.
+pub struct BrokenSink {
+    child: Child,
+    /// The port (the same on every address).
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl BrokenSink {
+    /// Starts the broken sink in `mode` on `ips`, all on one fresh port.
+    pub fn start(ips: &[&str], mode: &str) -> BrokenSink {
+        BrokenSink::start_on(ips, free_port(ips[0]), mode)
+    }
+
+    /// Starts the broken sink in `mode` on `ips` and a given port.
+    pub fn start_on(ips: &[&str], port: u16, mode: &str) -> BrokenSink {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("broken.log");
+        let ready = dir.path().join("ready");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/broken_sink.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--mode", mode, "--log"])
+            .arg(&log)
+            .arg("--ready")
+            .arg(&ready);
+        for ip in ips {
+            cmd.arg("--listen").arg(format!("{ip}:{port}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn python3 broken_sink.py");
+        wait_for("broken sink to listen", Duration::from_secs(10), || {
+            ready.exists()
+        });
+        BrokenSink {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The log, one vector of tab-separated fields per line.
+    pub fn lines(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('\t').map(String::from).collect())
+            .collect()
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> usize {
+        self.lines().iter().filter(|f| f[0] == "connect").count()
+    }
+
+    /// Every byte the relay sent, all connections together.
+    pub fn received(&self) -> Vec<u8> {
+        self.lines()
+            .iter()
+            .filter(|f| f[0] == "read" && f.len() == 3)
+            .flat_map(|f| b64(&f[2]))
+            .collect()
+    }
+
+    /// True once a connection has been closed (by either side) and logged.
+    pub fn closed(&self) -> bool {
+        self.lines().iter().any(|f| f[0] == "close")
+    }
+}
+
+impl Drop for BrokenSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A relay child whose stderr is collected line by line by a thread.
+pub struct Daemon {
+    /// The child process.
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Spawns `smtp-relay --maildir MAILDIR ARGS...` and collects its stderr.
+    pub fn start(maildir: &Path, args: &[&str]) -> Daemon {
+        let mut child = spawn_relay(maildir, args);
+        let err = child.stderr.take().expect("stderr piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// Log lines so far that contain `what`.
+    pub fn count(&self, what: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal to the relay.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the exit with a deadline.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for("smtp-relay to exit", limit, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -4,96 +4,19 @@
 //! the message still in `new/` with its progress in `Maildir/.relay/`, `--list` showing it
 //! deferred with the error, nothing marked delivered; and a later `--now` run against a good sink
 //! (tests/py/sink.py) delivers it intact, once. Also: 451 mid-DATA, a server that stops reading
-//! mid-DATA, one that closes after accepting the first message (that one delivered, the rest
-//! deferred), a broken first MX host (the second gets the mail), a broken host beside a good one.
+//! mid-DATA, one that closes (or answers 421) after accepting the first message on each
+//! connection (the relay connects again, at most three times; not after a stall), a broken
+//! first MX host (the second gets the mail), a broken host beside a good one.
 //! Each test uses its own 127.0.2N.x addresses.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
-    Dns, Sink, b64, queue, relay, sample, temp_maildir, without_envelope,
+    BrokenSink, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
 };
-use integration_tests::{free_port, list, wait_for};
+use integration_tests::{list, wait_for};
 use maildir_core::Maildir;
-
-/// A misbehaving server (tests/py/broken_sink.py) in one `--mode`; killed when dropped.
-struct BrokenSink {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl BrokenSink {
-    fn start(ips: &[&str], mode: &str) -> BrokenSink {
-        BrokenSink::start_on(ips, free_port(ips[0]), mode)
-    }
-
-    fn start_on(ips: &[&str], port: u16, mode: &str) -> BrokenSink {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("broken.log");
-        let ready = dir.path().join("ready");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/broken_sink.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(["--mode", mode, "--log"])
-            .arg(&log)
-            .arg("--ready")
-            .arg(&ready);
-        for ip in ips {
-            cmd.arg("--listen").arg(format!("{ip}:{port}"));
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn python3 broken_sink.py");
-        wait_for("broken sink to listen", Duration::from_secs(10), || {
-            ready.exists()
-        });
-        BrokenSink {
-            child,
-            port,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn lines(&self) -> Vec<Vec<String>> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split('\t').map(String::from).collect())
-            .collect()
-    }
-
-    /// Connections accepted.
-    fn connections(&self) -> usize {
-        self.lines().iter().filter(|f| f[0] == "connect").count()
-    }
-
-    /// Every byte the relay sent, all connections together.
-    fn received(&self) -> Vec<u8> {
-        self.lines()
-            .iter()
-            .filter(|f| f[0] == "read" && f.len() == 3)
-            .flat_map(|f| b64(&f[2]))
-            .collect()
-    }
-
-    /// True once a connection has been closed (by either side) and logged.
-    fn closed(&self) -> bool {
-        self.lines().iter().any(|f| f[0] == "close")
-    }
-}
-
-impl Drop for BrokenSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -416,10 +339,11 @@ fn answers_451_mid_data() {
     );
 }
 
-/// The first message is accepted (250 after its dot), then the server closes: the first is
-/// delivered and recorded so, the second deferred; the later run sends only the second.
+/// The server closes after accepting one message on each connection: the relay connects
+/// again for the rest (issue 10, item 9) instead of deferring it, so both messages are delivered,
+/// each once, over two connections.
 #[test]
-fn closes_after_the_first_message() {
+fn closes_after_the_first_message_then_reconnect() {
     let ip = "127.0.22.5";
     let broken = BrokenSink::start(&[ip], "close-after-first");
     let (_d, md) = temp_maildir();
@@ -427,47 +351,116 @@ fn closes_after_the_first_message() {
     let host = format!("{ip}:{}", broken.port);
     let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
     assert!(
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    for r in ["<a@faults.test>", "<b@other.test>", "<c@faults.test>"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("to={r},")) && l.contains("status=sent")),
+            "{r}: {err}"
+        );
+    }
+    assert!(err.contains("connecting again for 1 message(s)"), "{err}");
+    assert_eq!(broken.connections(), 2);
+    assert_eq!(count_messages(&broken), 2, "each message once");
+    assert!(list(md.new_dir()).is_empty());
+    let cur = list(md.cur_dir());
+    assert_eq!(cur.len(), 2);
+    for n in &q.names {
+        assert!(
+            cur.iter()
+                .any(|p| p.to_string_lossy().ends_with(&format!("{n}:2,P"))),
+            "{cur:?}"
+        );
+    }
+}
+
+/// 421 to MAIL FROM after one accepted message on each connection (a per-connection limit):
+/// the relay connects again, and everything is delivered in the same run.
+#[test]
+fn answers_421_after_the_first_message_then_reconnect() {
+    let ip = "127.0.22.7";
+    let broken = BrokenSink::start(&[ip], "421-after-first");
+    let (_d, md) = temp_maildir();
+    queue_two(&md, 0);
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
+    assert!(
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(err.contains("421 4.3.2 sink.test shutting down"), "{err}");
+    assert_eq!(broken.connections(), 2);
+    assert_eq!(count_messages(&broken), 2);
+    assert!(list(md.new_dir()).is_empty());
+}
+
+/// Reconnecting is bounded: against a server that takes one message per connection, six
+/// messages give four connections (the first and three more); the last two are deferred with the
+/// reason, and a later run delivers them.
+#[test]
+fn reconnects_at_most_three_times() {
+    let ip = "127.0.22.8";
+    let broken = BrokenSink::start(&[ip], "close-after-first");
+    let (_d, md) = temp_maildir();
+    for i in 0..6 {
+        let to = format!("r{i}@faults.test");
+        queue(
+            &md,
+            "<s@src.test>",
+            &[&format!("<{to}>")],
+            &sample(&format!("r{i}"), &to),
+        );
+    }
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "5")));
+    assert!(
+        out.contains("4 delivered, 2 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert_eq!(broken.connections(), 4, "{err}");
+    assert_eq!(count_messages(&broken), 4);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("status=deferred") && l.contains("lost connection"))
+            .count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(list(md.new_dir()).len(), 2);
+    assert_eq!(list(md.cur_dir()).len(), 4);
+}
+
+/// A server that takes one message and then stalls at the next final dot gets no new
+/// connection (a stalled host is not given a second chance in the same run): the first message
+/// is delivered, the second deferred with the timeout, over one connection.
+#[test]
+fn stalls_after_the_first_message_no_reconnect() {
+    let ip = "127.0.22.9";
+    let broken = BrokenSink::start(&[ip], "silent-after-first");
+    let (_d, md) = temp_maildir();
+    let q = queue_two(&md, 0);
+    let host = format!("{ip}:{}", broken.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "2")));
+    assert!(
         out.contains("2 delivered, 1 deferred, 0 bounced"),
         "{out}\n{err}"
     );
-    let sent = |r: &str| {
-        err.lines()
-            .any(|l| l.contains(&format!("to={r},")) && l.contains("status=sent"))
-    };
-    assert!(sent("<a@faults.test>") && sent("<b@other.test>"), "{err}");
     assert!(
         err.lines().any(|l| l.contains("to=<c@faults.test>,")
             && l.contains("status=deferred")
-            && l.contains("lost connection")),
+            && l.contains("timeout")),
         "{err}"
     );
+    assert_eq!(broken.connections(), 1, "{err}");
     assert_eq!(list(md.new_dir()), vec![md.new_dir().join(&q.names[1])]);
-    let cur = list(md.cur_dir());
-    assert_eq!(cur.len(), 1);
-    assert!(
-        cur[0]
-            .to_string_lossy()
-            .ends_with(&format!("{}:2,P", q.names[0]))
-    );
-    let (listing, _) = ok(&relay(md.root(), &["--list"]));
-    assert!(listing.contains("<c@faults.test> deferred ("), "{listing}");
-    assert!(!listing.contains("faults.test> delivered"), "{listing}");
-    assert!(
-        listing.contains("-- 1 messages, 1 recipients pending"),
-        "{listing}"
-    );
-    let port = broken.port;
-    drop(broken);
-    let sink = Sink::start_on(&[ip], port, &[]);
-    let mut a = relay_args(&host, "5");
-    a.push("--now");
-    let (out, _) = ok(&relay(md.root(), &a));
-    assert!(out.contains("1 delivered, 0 deferred, 0 bounced"), "{out}");
-    let msgs = sink.messages();
-    assert_eq!(msgs.len(), 1, "only the deferred message is sent again");
-    assert_eq!(msgs[0].3, q.want[1].0);
-    assert_eq!(msgs[0].4, q.want[1].1);
-    assert!(list(md.new_dir()).is_empty());
+}
+
+/// Messages a broken sink accepted (each "250 2.0.0 queued" it sent follows a final dot).
+fn count_messages(b: &BrokenSink) -> usize {
+    let got = b.received();
+    got.windows(5).filter(|w| w == b"\r\n.\r\n").count()
 }
 
 /// RFC 5321 §5.1: a 421 greeting or a silent first MX host → the next MX host, in the same run.

@@ -2,14 +2,11 @@
 //! `--interval` (a daemon fed by a real smtpd, woken at once by new mail, stopped by SIGTERM)
 //! and the `--list` format. Each test uses its own 127.0.25.x / 127.0.26.x addresses.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Output};
-use std::sync::{Arc, Mutex};
+use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::relay::{
-    Dns, Sink, queue, relay, sample, spawn_relay, temp_maildir, without_envelope,
+    Daemon, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
 };
 use integration_tests::{Smtpd, file_mtime, free_port, list, python, rfc5322_epochs, wait_for};
 
@@ -151,64 +148,6 @@ fn smarthost_by_name_overrides_mx() {
     assert!(out.contains("1 delivered, 0 deferred"), "{out}");
     assert_eq!(smart.messages().len(), 7);
     assert!(mx.connections().is_empty());
-}
-
-/// A relay child whose stderr is collected line by line by a thread.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(maildir: &Path, args: &[&str]) -> Daemon {
-        let mut child = spawn_relay(maildir, args);
-        let err = child.stderr.take().expect("stderr piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l2 = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn count(&self, what: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(what))
-            .count()
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    /// Waits for the exit with a deadline.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let mut status = None;
-        wait_for("smtp-relay to exit", limit, || {
-            status = self.child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        status.unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Sends one message to smtpd with Python's smtplib.

@@ -216,3 +216,31 @@ fn ehlo_after_sigterm_ends_the_session_with_421() {
     assert_eq!(wait_exit(&mut s, Duration::from_secs(20)), Some(0));
     assert!(s.new_files().is_empty());
 }
+
+/// Item 16: SIGHUP (logrotate sends it) is caught and logged, not fatal.
+#[test]
+fn sighup_is_ignored_and_logged() {
+    let mut s = start(&[]);
+    let mut c = Client::greeted(s.addr);
+    c.expect("EHLO hup.test", "250");
+    s.signal(libc::SIGHUP);
+    wait_for("the SIGHUP log line", Duration::from_secs(10), || {
+        server_log(&s).contains("SIGHUP received: ignored")
+    });
+    c.expect("NOOP", "250 2.0.0");
+    c.send_mail(
+        "a@example.org",
+        &["b@example.com"],
+        b"Subject: after HUP\r\n\r\nx\r\n",
+    );
+    let mut other = Client::greeted(s.addr);
+    other.expect("QUIT", "221 2.0.0");
+    assert!(
+        s.child.try_wait().expect("try_wait").is_none(),
+        "smtpd exited"
+    );
+    assert_eq!(stored(&s).len(), 1);
+    // SIGTERM still stops it.
+    s.signal(libc::SIGTERM);
+    assert_eq!(wait_exit(&mut s, Duration::from_secs(20)), Some(0));
+}

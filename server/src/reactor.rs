@@ -425,10 +425,14 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
                 return;
             }
+            // Sending replies can make room for more input: read it now, as no new readiness
+            // event comes for input that arrived while the session was not reading.
+            progress |= blocked && conn.session.wants_read();
             if conn.starting_tls
                 && conn.session.pending_output().is_empty()
                 && let Some(config) = &self.config.tls

@@ -3,6 +3,7 @@
 //! stop signal and SIGHUP, bounded timeouts, a reactor that one connection cannot freeze, and
 //! replies that survive a TLS close.
 
+use integration_tests::relay::TestCa;
 use integration_tests::smtp::{Client, server_log, start, stored, wait_exit};
 use integration_tests::{have, list, python, wait_for};
 use std::time::{Duration, Instant};
@@ -243,4 +244,78 @@ fn sighup_is_ignored_and_logged() {
     // SIGTERM still stops it.
     s.signal(libc::SIGTERM);
     assert_eq!(wait_exit(&mut s, Duration::from_secs(20)), Some(0));
+}
+
+/// A client with a small receive window pipelines `n` NOOPs and QUIT in one go, over TLS
+/// (after STARTTLS) or not, and reads only after it has sent everything and paused (the pause
+/// is the client behaviour under test: the server must process QUIT while it cannot send).
+/// Prints `n replies ended-with-221` per count.
+const PY_PIPELINE_THEN_READ: &str = r#"
+import socket, ssl, sys, time
+host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+for n in [int(x) for x in sys.argv[4].split(",")]:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+    s.connect((host, port))
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO drain.test\r\n")
+    while not f.readline().startswith(b"250 "): pass
+    if mode == "tls":
+        s.sendall(b"STARTTLS\r\n")
+        f.readline()
+        s = ctx.wrap_socket(s)
+        s.sendall(b"EHLO drain.test\r\n")
+        f = s.makefile("rb")
+        while not f.readline().startswith(b"250 "): pass
+    s.sendall(b"NOOP\r\n" * n + b"QUIT\r\n")
+    time.sleep(0.5)
+    s.settimeout(20)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk: break
+            data += chunk
+    except Exception as e:
+        print("error", n, repr(e))
+    print(n, data.count(b"250 2.0.0 Ok\r\n"), data.endswith(b"221 2.0.0 Bye\r\n"))
+"#;
+
+/// Item 15 (and a stall found with it): every reply pipelined before QUIT reaches the client,
+/// also those still inside the TLS layer when the session ends, and a server that had stopped
+/// reading because the client did not read resumes once its replies are sent.
+#[test]
+fn replies_before_quit_survive_the_close_with_and_without_tls() {
+    if !have("python3") || !have("openssl") {
+        return;
+    }
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("mx.smtpd.test");
+    let s = start(&[
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    let counts = [1000, 4000, 8000, 16000, 32000];
+    let list: Vec<String> = counts.iter().map(|n| n.to_string()).collect();
+    for mode in ["tls", "plain"] {
+        let out = python(
+            PY_PIPELINE_THEN_READ,
+            &[
+                "127.0.0.1",
+                &s.addr.port().to_string(),
+                mode,
+                &list.join(","),
+            ],
+        );
+        let want: Vec<String> = counts.iter().map(|n| format!("{n} {n} True")).collect();
+        let got: Vec<&str> = out.lines().filter(|l| !l.starts_with("error")).collect();
+        assert_eq!(got, want, "{mode}: replies lost\n{out}\n{}", server_log(&s));
+    }
 }

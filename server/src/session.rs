@@ -25,6 +25,9 @@ use crate::transport::TlsInfo;
 pub const MAX_COMMAND_LINE: usize = 512;
 /// Replies waiting beyond this many octets stop input processing until the client reads.
 pub const OUTPUT_LIMIT: usize = 8 * 1024;
+/// Recipients over the limit answered `452` without counting as errors, per transaction (as
+/// Postfix's `smtpd_recipient_overshoot_limit`); those beyond count.
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 
 /// Settings every session of a server shares.
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     rcpts: Vec<ForwardPath>,
+    /// Recipients refused for being over the limit.
+    overshoot: usize,
 }
 
 /// What the session is doing. Data lives in the state that needs it.
@@ -623,6 +628,7 @@ impl Session {
             from,
             params,
             rcpts: Vec::new(),
+            overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
     }
@@ -633,7 +639,12 @@ impl Session {
         };
         if txn.rcpts.len() >= self.config.max_recipients {
             // Not an error of the client's: clients send every recipient and retry the rest
-            // later (RFC 5321 §4.5.3.1.8), so it does not count toward the error limit.
+            // later (RFC 5321 §4.5.3.1.8), so it does not count toward the error limit, up to
+            // a large overshoot.
+            txn.overshoot += 1;
+            if txn.overshoot > RECIPIENT_OVERSHOOT {
+                return self.error(reply::TOO_MANY_RECIPIENTS);
+            }
             return self.reply(&reply::TOO_MANY_RECIPIENTS);
         }
         if to.is_utf8() && !txn.params.smtputf8 {
@@ -1073,6 +1084,25 @@ mod tests {
             o.replies
                 .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
         );
+    }
+
+    /// Recipients over the limit stop being free after `RECIPIENT_OVERSHOOT` of them.
+    #[test]
+    fn recipient_overshoot_is_bounded() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n".to_vec();
+        for i in 0..3 + RECIPIENT_OVERSHOOT + 30 {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+        }
+        let o = drive(&input, &[], true);
+        assert_eq!(
+            o.replies.matches("452 4.5.3 ").count(),
+            RECIPIENT_OVERSHOOT + 20
+        );
+        assert!(
+            o.replies
+                .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+        );
+        assert!(o.closed);
     }
 
     /// Issue 10 item 6: more than `max_hops` (3 here) `Received:` fields in the header section

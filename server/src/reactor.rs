@@ -241,11 +241,12 @@ impl Server {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        let shutdown = self.shutdown_deadline.filter(|_| !self.forced);
-        [timer, self.accept_paused_until, shutdown]
-            .into_iter()
-            .flatten()
-            .min()
+        next_wakeup(
+            timer,
+            self.accept_paused_until,
+            self.shutdown_deadline,
+            self.forced,
+        )
     }
 
     /// Gives one more turn to each connection that had input left (those whose turn ends
@@ -736,6 +737,22 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// When the poll must return at the latest: the first timer, the end of an accept pause, and
+/// the shutdown deadline until it has been acted on (`forced`). A deadline already handled
+/// must not count, or the poll would return at once forever while commits finish.
+fn next_wakeup(
+    timer: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    forced: bool,
+) -> Option<Instant> {
+    let shutdown = shutdown_deadline.filter(|_| !forced);
+    [timer, accept_paused_until, shutdown]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
 /// A heap entry: when, which connection (slab key and generation).
 type TimerEntry = Reverse<(Instant, usize, u64)>;
 
@@ -806,6 +823,24 @@ mod tests {
         }
         assert_eq!(read_room(0), INBUF_MAX.min(READ_CHUNK));
         assert_eq!(read_room(INBUF_MAX - 10), 10);
+    }
+
+    /// Issue 10 item 16: once the shutdown deadline has been acted on, it no longer wakes the
+    /// poll (the reactor spun at 100% CPU while the last commits finished).
+    #[test]
+    fn handled_shutdown_deadline_does_not_wake_the_poll() {
+        let past = Instant::now();
+        let later = past + Duration::from_secs(60);
+        assert_eq!(next_wakeup(None, None, Some(past), false), Some(past));
+        assert_eq!(next_wakeup(None, None, Some(past), true), None);
+        assert_eq!(
+            next_wakeup(Some(later), None, Some(past), true),
+            Some(later)
+        );
+        assert_eq!(
+            next_wakeup(Some(later), Some(past), None, false),
+            Some(past)
+        );
     }
 
     /// Issue 10 item 17: entries of closed connections do not pile up in the timer heap.

@@ -6,10 +6,11 @@
 //! and ignored). It holds no protocol logic and never waits on the disk flush (that is
 //! [`crate::commit`]'s thread).
 //!
-//! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times; a
-//! connection with input left goes on a ready list served after the other events, so one
-//! client streaming without pause cannot keep the thread from the others, from accepting, from
-//! timers, signals or commit completions.
+//! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
+//! listener accepts at most 64 connections; one with work left goes on a ready list served
+//! after the other events, so one client streaming without pause (or a burst of connections)
+//! cannot keep the thread from the other connections, accepts, timers, signals or commit
+//! completions.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -43,6 +44,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const INBUF_MAX: usize = 64 * 1024;
 /// Reads one connection may do in one turn before the others get theirs.
 pub const READ_BUDGET: usize = 4;
+/// Connections one listener may accept in one turn (the rest wait for the next round).
+const ACCEPT_BUDGET: usize = 64;
 /// How long a closed session may wait for its last reply to be read.
 const LINGER: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before we accept them.
@@ -101,6 +104,8 @@ pub struct Server {
     timers: BinaryHeap<TimerEntry>,
     /// Connections whose turn ended before they ran out of input, served in order.
     ready: VecDeque<(usize, u64)>,
+    /// Listeners whose turn ended with connections possibly left to accept.
+    accept_ready: Vec<usize>,
     config: ServerConfig,
     maildir: Maildir,
     committer: Option<Committer>,
@@ -163,6 +168,7 @@ impl Server {
             conns: Slab::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
+            accept_ready: Vec::new(),
             config,
             maildir,
             committer,
@@ -192,7 +198,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.accept_ready.is_empty() {
                 self.next_wakeup()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             } else {
@@ -217,6 +223,9 @@ impl Server {
             // Completions can arrive without an event of their own being seen yet.
             self.completions(now);
             self.serve_ready(now);
+            for index in std::mem::take(&mut self.accept_ready) {
+                self.accept(index, now);
+            }
             self.timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -270,13 +279,24 @@ impl Server {
         if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
             return;
         }
+        let mut accepted = 0;
         loop {
             let Some((listener, tls)) = self.listeners.get(index) else {
                 return;
             };
+            if accepted == ACCEPT_BUDGET {
+                // The connections already admitted get their turn first.
+                if !self.accept_ready.contains(&index) {
+                    self.accept_ready.push(index);
+                }
+                return;
+            }
             let tls = *tls;
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, tls, now),
+                Ok((stream, peer)) => {
+                    accepted += 1;
+                    self.admit(stream, peer, tls, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,

@@ -147,6 +147,8 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         timeout: Duration::from_secs(300),
         max_errors: 20,
         starttls: false,
+        max_hops: 2,
+        postmaster: None,
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();

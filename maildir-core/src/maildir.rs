@@ -3,7 +3,8 @@
 //!
 //! Delivery writes into `tmp/`, and a message appears in `new/` only by rename after its bytes
 //! are on stable storage, so a reader never sees a partial file and a crash loses nothing that
-//! was committed. This module does no protocol work and owns no threads: callers decide where a
+//! was committed. That rename never replaces a file already in `new/` (a name repeated after a
+//! pid reuse fails the delivery instead of overwriting a message). This module does no protocol work and owns no threads: callers decide where a
 //! commit runs (smtpd runs batch commits off its reactor thread).
 
 use std::fmt;
@@ -397,7 +398,7 @@ impl Delivery {
     fn rename_into_new(&mut self) -> Result<Delivered, MaildirError> {
         let final_name = format!("{},S={}", self.id, self.size);
         let path = self.new_dir.join(&final_name);
-        fs::rename(&self.tmp_path, &path)
+        rename_noreplace(&self.tmp_path, &path)
             .map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
         self.file = None;
         Ok(Delivered {
@@ -487,6 +488,42 @@ fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| MaildirError::new("fsync", dir, e))
+}
+
+/// Renames `from` to `to` unless `to` exists (then `EEXIST`, and both files stay as they
+/// were): a name reused after a pid reuse must never replace a message already in `new/`.
+/// `renameat2(RENAME_NOREPLACE)`, or link and unlink where the file system lacks it.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+        };
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: two valid NUL-terminated paths relative to the current directory.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+            return Err(e);
+        }
+    }
+    // link(2) never replaces an existing name.
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
 }
 
 /// `<secs>.M<usecs>P<pid>Q<seq>.<host>`: unique without locks across threads and processes.
@@ -610,6 +647,23 @@ mod tests {
         fs::write(&f, b"x").unwrap();
         let err = Maildir::open(&f).unwrap_err();
         assert!(err.to_string().contains("plain"), "{err}");
+    }
+
+    /// Issue 10 item 17: a rename into `new/` never replaces a file of the same name.
+    #[test]
+    fn rename_into_new_does_not_replace_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new message").unwrap();
+        fs::write(&b, b"message already delivered").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+        assert_eq!(fs::read(&b).unwrap(), b"message already delivered");
+        assert_eq!(fs::read(&a).unwrap(), b"new message");
+        let c = dir.path().join("c");
+        rename_noreplace(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(fs::read(&c).unwrap(), b"new message");
     }
 
     #[test]

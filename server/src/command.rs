@@ -106,7 +106,31 @@ fn hello(args: &str, make: fn(String) -> Command, usage: &'static str) -> Result
     if args.is_empty() {
         return Err(reply::syntax(usage));
     }
+    if !valid_helo(args) {
+        return Err(reply::BAD_HELO);
+    }
     Ok(make(args.to_owned()))
+}
+
+/// True for a HELO/EHLO argument that may go into `Received:` as it is: a domain-like name
+/// (ASCII letters, digits, `-`, `.`, and `_` as real-world names have it) or an address literal
+/// `[...]` (letters, digits, `.`, `:`, `-` inside). Nothing else: no whitespace, control
+/// characters, non-ASCII, parentheses or stray brackets that could forge a trace comment.
+pub fn valid_helo(name: &str) -> bool {
+    if name.is_empty() || name.len() > 255 {
+        return false;
+    }
+    if let Some(inner) = name.strip_prefix('[') {
+        let Some(inner) = inner.strip_suffix(']') else {
+            return false;
+        };
+        return !inner.is_empty()
+            && inner
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'-'));
+    }
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 fn parse_vrfy(args: &str) -> Result<Command, Reply> {
@@ -192,6 +216,41 @@ fn parse_rcpt(args: &str) -> Result<Command, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helo_argument_must_be_a_name_or_an_address_literal() {
+        for ok in [
+            "client.example",
+            "my_host.local",
+            "localhost",
+            "[127.0.0.1]",
+            "[IPv6:::1]",
+            "x-1.example.",
+        ] {
+            assert!(
+                matches!(parse(format!("EHLO {ok}").as_bytes()), Ok(Command::Ehlo(n)) if n == ok),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "EHLO a\tb",
+            "EHLO a b",
+            "HELO evil (host [1.2.3.4])",
+            "HELO a(b",
+            "EHLO [1.2.3.4",
+            "EHLO a]",
+            "EHLO []",
+            "EHLO [1.2.3.4](x)",
+            "EHLO caf\u{e9}.example",
+            "EHLO a\u{2028}b",
+        ] {
+            let r = parse(bad.as_bytes());
+            assert!(
+                matches!(&r, Err(r) if r.code == 501 && r.status == Some(reply::Status(5, 5, 2))),
+                "{bad}: {r:?}"
+            );
+        }
+    }
 
     fn code(line: &str) -> u16 {
         match parse(line.as_bytes()) {

@@ -164,3 +164,30 @@ pub fn store_error(e: &MaildirError) -> StoreError {
         StoreError::Failed
     }
 }
+
+/// The store error for a failed write to a queue file: out of space or over quota is
+/// temporary and answered `452 4.3.1`, anything else `451 4.3.0`.
+pub fn io_store_error(e: &std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::Full,
+        _ => StoreError::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 item 17: a quota error while DATA streams is "full" (452), as ENOSPC is.
+    #[test]
+    fn quota_and_no_space_are_full() {
+        let e = |n| std::io::Error::from_raw_os_error(n);
+        assert_eq!(io_store_error(&e(libc::EDQUOT)), StoreError::Full);
+        assert_eq!(io_store_error(&e(libc::ENOSPC)), StoreError::Full);
+        assert_eq!(io_store_error(&e(libc::EIO)), StoreError::Failed);
+        assert_eq!(
+            io_store_error(&std::io::Error::other("x")),
+            StoreError::Failed
+        );
+    }
+}

@@ -10,6 +10,24 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use maildir_core::Mailbox;
+
+/// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
+/// the limits of `Instant` arithmetic.
+pub const MAX_SECS: u64 = 86_400;
+
+/// `--postmaster`: a plain ASCII mailbox, with or without angle brackets.
+fn parse_postmaster(s: &str) -> Result<Mailbox, String> {
+    let bare = s
+        .strip_prefix('<')
+        .and_then(|s| s.strip_suffix('>'))
+        .unwrap_or(s);
+    let m = Mailbox::parse(bare).map_err(|e| format!("'{s}': {}", e.reason()))?;
+    if m.is_utf8() {
+        return Err(format!("'{s}': must be ASCII"));
+    }
+    Ok(m)
+}
 
 /// Command-line arguments of smtpd.
 #[derive(Debug, Parser)]
@@ -48,12 +66,19 @@ pub struct Args {
     /// Most simultaneous connections from one untrusted client address (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub max_per_ip: usize,
-    /// Seconds to wait for each command or data line before 421 and close.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds to wait for each command or data line before 421 and close (1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub timeout: u64,
-    /// Seconds that transfers in progress may take to finish after SIGTERM/SIGINT.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// Seconds that transfers in progress may take to finish after SIGTERM/SIGINT (0 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
     pub shutdown_timeout: u64,
+    /// Most `Received:` headers a message may carry; more is a mail loop: 554 5.4.6.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub max_hops: usize,
+    /// Address that `RCPT TO:<postmaster>` is delivered to [default: refuse it, 550 5.1.1,
+    /// since smtpd has no local delivery].
+    #[arg(long, value_name = "ADDR", value_parser = parse_postmaster)]
+    pub postmaster: Option<Mailbox>,
     /// PEM certificate chain: enables STARTTLS (and --tls-listen).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -158,6 +183,24 @@ impl fmt::Display for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_bounded_and_postmaster_is_checked() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["smtpd", "--maildir", "m"].iter().chain(extra.iter()))
+        };
+        assert!(parse(&["--timeout", "18446744073709551615"]).is_err());
+        assert!(parse(&["--shutdown-timeout", "18446744073709551615"]).is_err());
+        assert!(parse(&["--timeout", "86401"]).is_err());
+        assert!(parse(&["--timeout", "0"]).is_err());
+        let a = parse(&["--timeout", "86400", "--shutdown-timeout", "0"]).unwrap();
+        assert_eq!(a.timeout(), Duration::from_secs(86_400));
+        let a = parse(&["--postmaster", "<ops@example.org>"]).unwrap();
+        assert_eq!(a.postmaster.unwrap().to_string(), "ops@example.org");
+        assert!(parse(&["--postmaster", "not an address"]).is_err());
+        assert!(parse(&["--postmaster", "op\u{e9}@example.org"]).is_err());
+        assert_eq!(parse(&[]).unwrap().max_hops, 50);
+    }
 
     #[test]
     fn cidr_contains() {

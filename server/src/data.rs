@@ -6,6 +6,9 @@
 //! message always has CRLF line ends; a "." line reached through a bare CR or LF is content,
 //! stored as the line ".", and never ends the message or starts another. This module owns no
 //! buffers beyond the output it is handed and does no I/O.
+//!
+//! It also owns [`HopCounter`], which counts the `Received:` fields of the header section in
+//! the decoded content as it streams (loop detection, RFC 5321 §6.3), without holding it.
 
 /// Where the decoder is within the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +180,51 @@ enum Step {
     End,
 }
 
+/// Counts `Received:` header fields in decoded message content (CRLF line ends), chunk by
+/// chunk, until the empty line that ends the header section. Holds at most 9 octets.
+#[derive(Debug, Clone, Default)]
+pub struct HopCounter {
+    /// The header section has ended (empty line seen).
+    done: bool,
+    /// Octets of the current line seen so far (capped).
+    len: usize,
+    /// The first octets of the current line.
+    prefix: [u8; 9],
+    count: usize,
+}
+
+impl HopCounter {
+    /// `Received:` fields counted so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Scans more decoded content.
+    pub fn feed(&mut self, content: &[u8]) {
+        const NAME: &[u8; 9] = b"received:";
+        for &b in content {
+            if self.done {
+                return;
+            }
+            if b == b'\n' {
+                // Only CR before the LF: the empty line ending the header section.
+                if self.len == 0 || (self.len == 1 && self.prefix[0] == b'\r') {
+                    self.done = true;
+                }
+                self.len = 0;
+                continue;
+            }
+            if self.len < NAME.len() {
+                self.prefix[self.len] = b;
+                self.len += 1;
+                if self.len == NAME.len() && self.prefix.eq_ignore_ascii_case(NAME) {
+                    self.count += 1;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +306,25 @@ mod tests {
         assert!(d.too_big());
         assert!(out.len() <= 4);
         assert_eq!(d.size(), 10);
+    }
+
+    #[test]
+    fn hop_counter_counts_received_fields_of_the_header_section_only() {
+        let msg = b"Received: from a\r\n\tby b\r\nRECEIVED:x\r\nX-Received: no\r\n Received: folded\r\nSubject: s\r\n\r\nReceived: in the body\r\n";
+        let whole = {
+            let mut h = HopCounter::default();
+            h.feed(msg);
+            h.count()
+        };
+        assert_eq!(whole, 2);
+        for i in 0..=msg.len() {
+            let mut h = HopCounter::default();
+            h.feed(&msg[..i]);
+            h.feed(&msg[i..]);
+            assert_eq!(h.count(), whole, "split at {i}");
+        }
+        let mut h = HopCounter::default();
+        h.feed(b"\r\nReceived: body only\r\n");
+        assert_eq!(h.count(), 0);
     }
 }

@@ -63,6 +63,8 @@ fn run(args: &Args) -> Result<(), String> {
             timeout: args.timeout(),
             max_errors: 20,
             starttls: tls.is_some(),
+            max_hops: args.max_hops,
+            postmaster: args.postmaster.clone(),
         }),
         trusted: args.trusted_networks(),
         max_connections,

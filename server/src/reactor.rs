@@ -2,11 +2,18 @@
 //!
 //! It moves bytes between sockets and each connection's [`Session`], carries out the
 //! session's queue-file actions (create, write, hand to group commit), keeps idle deadlines in
-//! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT. It holds no
-//! protocol logic and never waits on the disk flush (that is [`crate::commit`]'s thread).
+//! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught
+//! and ignored). It holds no protocol logic and never waits on the disk flush (that is
+//! [`crate::commit`]'s thread).
+//!
+//! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
+//! listener accepts at most 64 connections; one with work left goes on a ready list served
+//! after the other events, so one client streaming without pause (or a burst of connections)
+//! cannot keep the thread from the other connections, accepts, timers, signals or commit
+//! completions.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,7 +23,7 @@ use crossbeam_channel::{Receiver, unbounded};
 use maildir_core::{Delivery, Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -35,6 +42,10 @@ const FIRST_CONN: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// Unprocessed input kept per connection before reading stops (pipelined commands waiting).
 const INBUF_MAX: usize = 64 * 1024;
+/// Reads one connection may do in one turn before the others get theirs.
+pub const READ_BUDGET: usize = 4;
+/// Connections one listener may accept in one turn (the rest wait for the next round).
+const ACCEPT_BUDGET: usize = 64;
 /// How long a closed session may wait for its last reply to be read.
 const LINGER: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before we accept them.
@@ -80,6 +91,8 @@ struct Conn {
     starting_tls: bool,
     /// The handshake's outcome was given to the session.
     tls_reported: bool,
+    /// On the ready list (its turn ended with input possibly left to read).
+    ready: bool,
 }
 
 /// The server: listeners, connections, timers and the group-commit thread.
@@ -88,7 +101,11 @@ pub struct Server {
     /// Listening sockets, and whether each speaks TLS from the first byte.
     listeners: Vec<(TcpListener, bool)>,
     conns: Slab<Conn>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    timers: BinaryHeap<TimerEntry>,
+    /// Connections whose turn ended before they ran out of input, served in order.
+    ready: VecDeque<(usize, u64)>,
+    /// Listeners whose turn ended with connections possibly left to accept.
+    accept_ready: Vec<usize>,
     config: ServerConfig,
     maildir: Maildir,
     committer: Option<Committer>,
@@ -102,6 +119,8 @@ pub struct Server {
     scratch: Vec<u8>,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
+    /// The shutdown deadline passed and every session was closed.
+    forced: bool,
 }
 
 impl Server {
@@ -127,7 +146,7 @@ impl Server {
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
@@ -148,6 +167,8 @@ impl Server {
             listeners,
             conns: Slab::new(),
             timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            accept_ready: Vec::new(),
             config,
             maildir,
             committer,
@@ -161,6 +182,7 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
             shutdown_deadline: None,
+            forced: false,
         })
     }
 
@@ -176,9 +198,13 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
-                .next_wakeup()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = if self.ready.is_empty() && self.accept_ready.is_empty() {
+                self.next_wakeup()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                // Connections with input left: only look for new events, do not wait.
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -196,6 +222,10 @@ impl Server {
             }
             // Completions can arrive without an event of their own being seen yet.
             self.completions(now);
+            self.serve_ready(now);
+            for index in std::mem::take(&mut self.accept_ready) {
+                self.accept(index, now);
+            }
             self.timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -204,7 +234,10 @@ impl Server {
                 }
             }
             if let Some(deadline) = self.shutdown_deadline {
-                if now >= deadline {
+                if now >= deadline && !self.forced {
+                    // Once: afterwards only commits in flight remain, and their completions
+                    // wake the poll (the deadline no longer does, see `next_wakeup`).
+                    self.forced = true;
                     self.force_close_all(now);
                 }
                 if self.conns.is_empty() && self.in_flight == 0 {
@@ -217,23 +250,53 @@ impl Server {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
-        [timer, self.accept_paused_until, self.shutdown_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        next_wakeup(
+            timer,
+            self.accept_paused_until,
+            self.shutdown_deadline,
+            self.forced,
+        )
+    }
+
+    /// Gives one more turn to each connection that had input left (those whose turn ends
+    /// short again go to the back of the list).
+    fn serve_ready(&mut self, now: Instant) {
+        for _ in 0..self.ready.len() {
+            let Some((key, generation)) = self.ready.pop_front() else {
+                break;
+            };
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.generation == generation => {
+                    conn.ready = false;
+                    self.drive(key, now);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
         if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
             return;
         }
+        let mut accepted = 0;
         loop {
             let Some((listener, tls)) = self.listeners.get(index) else {
                 return;
             };
+            if accepted == ACCEPT_BUDGET {
+                // The connections already admitted get their turn first.
+                if !self.accept_ready.contains(&index) {
+                    self.accept_ready.push(index);
+                }
+                return;
+            }
             let tls = *tls;
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, tls, now),
+                Ok((stream, peer)) => {
+                    accepted += 1;
+                    self.admit(stream, peer, tls, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -308,12 +371,16 @@ impl Server {
             lingering: false,
             starting_tls: false,
             tls_reported: false,
+            ready: false,
         });
         self.drive(key, now);
     }
 
-    /// Moves bytes for one connection until nothing more can be done without waiting.
+    /// Moves bytes for one connection until nothing more can be done without waiting, or
+    /// until its read budget for this turn is spent (then it goes on the ready list).
     fn drive(&mut self, key: usize, mut now: Instant) {
+        let mut reads = 0;
+        let mut spent = false;
         loop {
             // Deadlines count from the moment a line is handled, never from the (earlier)
             // moment the poll returned: a timeout must not fire before it is due.
@@ -331,8 +398,18 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.session.wants_read() && !conn.eof && conn.inbuf.len() < INBUF_MAX {
-                match conn.transport.read(&mut self.scratch) {
+            let room = read_room(conn.inbuf.len());
+            let may_read = conn.session.wants_read() && !conn.eof && room > 0;
+            if may_read && reads == READ_BUDGET {
+                // Its turn is over: the rest waits for the next round of the event loop.
+                spent = true;
+                if !conn.ready {
+                    conn.ready = true;
+                    self.ready.push_back((key, conn.generation));
+                }
+            } else if may_read {
+                reads += 1;
+                match conn.transport.read(&mut self.scratch[..room]) {
                     Ok(0) => {
                         conn.eof = true;
                         conn.session.handle_eof();
@@ -369,10 +446,14 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
                 return;
             }
+            // Sending replies can make room for more input: read it now, as no new readiness
+            // event comes for input that arrived while the session was not reading.
+            progress |= blocked && conn.session.wants_read();
             if conn.starting_tls
                 && conn.session.pending_output().is_empty()
                 && let Some(config) = &self.config.tls
@@ -387,7 +468,8 @@ impl Server {
                 progress = true;
             }
             if conn.session.is_closed() {
-                if conn.session.pending_output().is_empty() {
+                // Replies still inside the transport (TLS records rustls holds) count too.
+                if conn.session.pending_output().is_empty() && !conn.transport.has_unsent() {
                     self.close(key);
                     return;
                 }
@@ -397,7 +479,7 @@ impl Server {
                         .push(Reverse((now + LINGER, key, conn.generation)));
                 }
             }
-            if !progress {
+            if !progress || spent {
                 break;
             }
         }
@@ -439,11 +521,7 @@ impl Server {
                         && let Err(e) = d.write_all(&bytes)
                     {
                         log::error!("cannot write queue file {}: {e}", d.id());
-                        conn.store_failed = Some(if e.raw_os_error() == Some(libc::ENOSPC) {
-                            StoreError::Full
-                        } else {
-                            StoreError::Failed
-                        });
+                        conn.store_failed = Some(commit::io_store_error(&e));
                     }
                 }
                 Action::Commit => {
@@ -589,7 +667,11 @@ impl Server {
 
     fn signals(&mut self, now: Instant) {
         let received: Vec<i32> = self.signals.pending().collect();
-        if received.is_empty() {
+        if received.contains(&SIGHUP) {
+            // logrotate sends it; reloading is not implemented yet, so it must not kill us.
+            log::info!("SIGHUP received: ignored (no configuration reload yet)");
+        }
+        if !received.iter().any(|&s| s == SIGTERM || s == SIGINT) {
             return;
         }
         if self.shutdown_deadline.is_some() {
@@ -648,6 +730,12 @@ impl Server {
             conn.session.peer().ip(),
             conn.session.summary()
         );
+        // Entries of closed connections would stay until they expire (up to the timeout):
+        // drop them once they outnumber the live ones, so the heap stays O(connections).
+        let conns = &self.conns;
+        compact_timers(&mut self.timers, conns.len(), |key, generation| {
+            conns.get(key).is_some_and(|c| c.generation == generation)
+        });
     }
 }
 
@@ -667,6 +755,43 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// When the poll must return at the latest: the first timer, the end of an accept pause, and
+/// the shutdown deadline until it has been acted on (`forced`). A deadline already handled
+/// must not count, or the poll would return at once forever while commits finish.
+fn next_wakeup(
+    timer: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+    forced: bool,
+) -> Option<Instant> {
+    let shutdown = shutdown_deadline.filter(|_| !forced);
+    [timer, accept_paused_until, shutdown]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// A heap entry: when, which connection (slab key and generation).
+type TimerEntry = Reverse<(Instant, usize, u64)>;
+
+/// Removes the entries of connections that are gone once the heap holds more than two per
+/// live connection (each has at most an idle deadline and a linger entry) plus some slack.
+/// Amortised O(1) per closed connection.
+fn compact_timers(
+    timers: &mut BinaryHeap<TimerEntry>,
+    live_conns: usize,
+    live: impl Fn(usize, u64) -> bool,
+) {
+    if timers.len() > 2 * live_conns + 64 {
+        timers.retain(|Reverse((_, key, generation))| live(*key, *generation));
+    }
+}
+
+/// How many octets the next read may take: the unprocessed input stays within `INBUF_MAX`.
+fn read_room(unprocessed: usize) -> usize {
+    INBUF_MAX.saturating_sub(unprocessed).min(READ_CHUNK)
 }
 
 /// Gives the session the TLS protocol and cipher once the handshake has finished.
@@ -698,5 +823,68 @@ fn flush(conn: &mut Conn) -> bool {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 item 17: the unprocessed input of a connection stays within 64 KiB.
+    #[test]
+    fn reads_keep_unprocessed_input_within_the_limit() {
+        for unprocessed in [0, 1, 100, INBUF_MAX - 1, INBUF_MAX, INBUF_MAX + 5] {
+            let room = read_room(unprocessed);
+            assert!(
+                unprocessed + room <= INBUF_MAX.max(unprocessed),
+                "{unprocessed}"
+            );
+            assert!(room <= READ_CHUNK);
+        }
+        assert_eq!(read_room(0), INBUF_MAX.min(READ_CHUNK));
+        assert_eq!(read_room(INBUF_MAX - 10), 10);
+    }
+
+    /// Issue 10 item 16: once the shutdown deadline has been acted on, it no longer wakes the
+    /// poll (the reactor spun at 100% CPU while the last commits finished).
+    #[test]
+    fn handled_shutdown_deadline_does_not_wake_the_poll() {
+        let past = Instant::now();
+        let later = past + Duration::from_secs(60);
+        assert_eq!(next_wakeup(None, None, Some(past), false), Some(past));
+        assert_eq!(next_wakeup(None, None, Some(past), true), None);
+        assert_eq!(
+            next_wakeup(Some(later), None, Some(past), true),
+            Some(later)
+        );
+        assert_eq!(
+            next_wakeup(Some(later), Some(past), None, false),
+            Some(past)
+        );
+    }
+
+    /// Issue 10 item 17: entries of closed connections do not pile up in the timer heap.
+    #[test]
+    fn timer_heap_stays_proportional_to_live_connections() {
+        let now = Instant::now();
+        let mut timers = BinaryHeap::new();
+        // 10 live connections (generation 0), then 10,000 connections that come and go.
+        for key in 0..10 {
+            timers.push(Reverse((now + Duration::from_secs(300), key, 0)));
+        }
+        let live = |_key: usize, generation: u64| generation == 0;
+        for generation in 1..=10_000u64 {
+            timers.push(Reverse((now + Duration::from_secs(300), 10, generation)));
+            compact_timers(&mut timers, 10, live);
+            assert!(timers.len() <= 2 * 10 + 65, "{} entries", timers.len());
+        }
+        compact_timers(&mut timers, 0, |_, _| false);
+        assert!(timers.len() <= 64);
+        let mut all = BinaryHeap::new();
+        for key in 0..100 {
+            all.push(Reverse((now, key, 0)));
+        }
+        compact_timers(&mut all, 100, live);
+        assert_eq!(all.len(), 100, "live entries are kept");
     }
 }

@@ -108,6 +108,12 @@ pub const NEED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need MAI
 pub const NEED_RCPT: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need RCPT command");
 /// Unknown command.
 pub const UNRECOGNIZED: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: command not recognized");
+/// HELO/EHLO argument that is neither a domain name nor an address literal.
+pub const BAD_HELO: Reply = Reply::fixed(
+    501,
+    Status(5, 5, 2),
+    "Error: HELO/EHLO needs a domain name or an address literal",
+);
 /// Command line over the limit.
 pub const LINE_TOO_LONG: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: line too long");
 /// Command line that is not UTF-8 or holds control characters.
@@ -138,6 +144,19 @@ pub const TRANSACTION_IN_PROGRESS: Reply =
 pub const STORE_FAILED: Reply = Reply::fixed(451, Status(4, 3, 0), "Error: queue file write error");
 /// The disk is full.
 pub const STORE_FULL: Reply = Reply::fixed(452, Status(4, 3, 1), "Insufficient system storage");
+
+/// More `Received:` fields than `--max-hops`: a mail loop (RFC 5321 §6.3).
+pub const TOO_MANY_HOPS: Reply = Reply::fixed(
+    554,
+    Status(5, 4, 6),
+    "Error: too many hops (Received: headers), mail loop?",
+);
+/// `RCPT TO:<postmaster>` without `--postmaster`: there is no local delivery to take it.
+pub const NO_POSTMASTER: Reply = Reply::fixed(
+    550,
+    Status(5, 1, 1),
+    "<postmaster>: no local delivery on this server; write to postmaster@<domain>",
+);
 
 /// `501 5.5.4 Syntax: <usage>`.
 pub fn syntax(usage: &'static str) -> Reply {

@@ -14,10 +14,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use maildir_core::{Envelope, ForwardPath, ReversePath};
+use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
 use crate::command::{self, Command, MailParams};
-use crate::data::DataDecoder;
+use crate::data::{DataDecoder, HopCounter};
 use crate::reply::{self, Reply, Status};
 use crate::transport::TlsInfo;
 
@@ -25,6 +25,9 @@ use crate::transport::TlsInfo;
 pub const MAX_COMMAND_LINE: usize = 512;
 /// Replies waiting beyond this many octets stop input processing until the client reads.
 pub const OUTPUT_LIMIT: usize = 8 * 1024;
+/// Recipients over the limit answered `452` without counting as errors, per transaction (as
+/// Postfix's `smtpd_recipient_overshoot_limit`); those beyond count.
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 
 /// Settings every session of a server shares.
 #[derive(Debug, Clone)]
@@ -41,6 +44,10 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
+    /// Most `Received:` fields a message may carry (loop detection).
+    pub max_hops: usize,
+    /// Where `RCPT TO:<postmaster>` goes; without it that recipient is refused.
+    pub postmaster: Option<Mailbox>,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -76,6 +83,8 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     rcpts: Vec<ForwardPath>,
+    /// Recipients refused for being over the limit.
+    overshoot: usize,
 }
 
 /// What the session is doing. Data lives in the state that needs it.
@@ -92,6 +101,7 @@ enum State {
         txn: Transaction,
         id: String,
         decoder: DataDecoder,
+        hops: HopCounter,
     },
     /// End of data seen; waiting for the queue file to be durable.
     Committing {
@@ -152,6 +162,9 @@ pub struct Session {
     deadline: Option<Instant>,
     shutting_down: bool,
     counts: Counts,
+    /// Errors since the session began or since the last message it delivered: the
+    /// `max_errors` limit applies to these.
+    recent_errors: u32,
     accepted: u32,
     /// The connection is encrypted.
     tls: bool,
@@ -189,6 +202,7 @@ impl Session {
             deadline: None,
             shutting_down: false,
             counts: Counts::default(),
+            recent_errors: 0,
             accepted: 0,
             tls: false,
             tls_info: None,
@@ -207,8 +221,10 @@ impl Session {
             if !self.wants_read() {
                 break;
             }
-            if let State::Data { decoder, .. } = &mut self.state {
+            if let State::Data { decoder, hops, .. } = &mut self.state {
+                let start = self.body.len();
                 let fed = decoder.feed(&input[pos..], &mut self.body);
+                hops.feed(&self.body[start..]);
                 pos += fed.consumed;
                 if fed.line_ended {
                     self.deadline = Some(now + self.config.timeout);
@@ -296,6 +312,7 @@ impl Session {
                     txn,
                     id,
                     decoder: DataDecoder::new(self.config.max_size),
+                    hops: HopCounter::default(),
                 };
             }
             Err(e) => {
@@ -319,6 +336,7 @@ impl Session {
         match result {
             Ok(()) => {
                 self.accepted += 1;
+                self.recent_errors = 0;
                 log::info!(
                     "{id}: from={}, nrcpt={}, size={size}, client=[{}]",
                     txn.from,
@@ -345,6 +363,7 @@ impl Session {
             self.helo = None;
         }
         self.deadline = Some(now + self.config.timeout);
+        self.after_transaction();
     }
 
     /// The TLS handshake finished with this protocol and cipher.
@@ -431,10 +450,14 @@ impl Session {
         self.actions.pop_front()
     }
 
-    /// When the session times out, if it is waiting for the client.
+    /// When the session times out. Every state that waits for the client has one, including
+    /// `StartingTls` (a client that does not read the `220`) and states whose replies the
+    /// client does not read (the deadline only moves when a line arrives). Only the states that
+    /// wait for the server's own disk work (creating or committing the queue file) and the
+    /// closed session (the reactor bounds its linger) have none.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
-            State::Committing { .. } | State::Begin(_) | State::StartingTls | State::Closed => None,
+            State::Committing { .. } | State::Begin(_) | State::Closed => None,
             _ => self.deadline,
         }
     }
@@ -569,6 +592,8 @@ impl Session {
         } else {
             reply::write_line(&mut self.out, 250, ' ', None, &host);
         }
+        // A stopping server takes no new transaction: HELO/EHLO ended the one in progress.
+        self.after_transaction();
     }
 
     fn starttls(&mut self) {
@@ -603,6 +628,7 @@ impl Session {
             from,
             params,
             rcpts: Vec::new(),
+            overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
     }
@@ -612,12 +638,26 @@ impl Session {
             return self.error(reply::NEED_MAIL);
         };
         if txn.rcpts.len() >= self.config.max_recipients {
-            return self.error(reply::TOO_MANY_RECIPIENTS);
+            // Not an error of the client's: clients send every recipient and retry the rest
+            // later (RFC 5321 §4.5.3.1.8), so it does not count toward the error limit, up to
+            // a large overshoot.
+            txn.overshoot += 1;
+            if txn.overshoot > RECIPIENT_OVERSHOOT {
+                return self.error(reply::TOO_MANY_RECIPIENTS);
+            }
+            return self.reply(&reply::TOO_MANY_RECIPIENTS);
         }
         if to.is_utf8() && !txn.params.smtputf8 {
             return self.error(reply::NEED_SMTPUTF8);
         }
-        if !self.trusted {
+        // There is no local delivery: the bare postmaster goes to the configured address
+        // (from any client, as RFC 5321 §4.5.1 requires), or is refused.
+        let (to, postmaster) = match (to, &self.config.postmaster) {
+            (ForwardPath::Postmaster, Some(m)) => (ForwardPath::Mailbox(m.clone()), true),
+            (ForwardPath::Postmaster, None) => return self.error(reply::NO_POSTMASTER),
+            (to, _) => (to, false),
+        };
+        if !self.trusted && !postmaster {
             log::info!(
                 "reject: RCPT from [{}]: relay access denied: to={to}",
                 self.peer.ip()
@@ -647,8 +687,13 @@ impl Session {
 
     fn end_of_data(&mut self, now: Instant) {
         self.flush_body();
-        let (txn, id, decoder) = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Data { txn, id, decoder } => (txn, id, decoder),
+        let (txn, id, decoder, hops) = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Data {
+                txn,
+                id,
+                decoder,
+                hops,
+            } => (txn, id, decoder, hops),
             other => {
                 self.state = other;
                 return;
@@ -663,6 +708,20 @@ impl Session {
             );
             self.actions.push_back(Action::Abort);
             self.error(reply::TOO_BIG);
+            self.deadline = Some(now + self.config.timeout);
+            self.after_transaction();
+            return;
+        }
+        if hops.count() > self.config.max_hops {
+            log::info!(
+                "{id}: rejected: {} Received: headers exceed the hop limit {} (mail loop?), from={}, client=[{}]",
+                hops.count(),
+                self.config.max_hops,
+                txn.from,
+                self.peer.ip()
+            );
+            self.actions.push_back(Action::Abort);
+            self.error(reply::TOO_MANY_HOPS);
             self.deadline = Some(now + self.config.timeout);
             self.after_transaction();
             return;
@@ -728,8 +787,9 @@ impl Session {
 
     fn error(&mut self, r: Reply) {
         self.counts.errors += 1;
+        self.recent_errors += 1;
         self.reply(&r);
-        if self.counts.errors >= self.config.max_errors && !matches!(self.state, State::Closed) {
+        if self.recent_errors >= self.config.max_errors && !matches!(self.state, State::Closed) {
             log::info!("too many errors from [{}]", self.peer.ip());
             self.abort_transaction();
             let r = reply::too_many_errors(&self.config.hostname);
@@ -765,6 +825,8 @@ mod tests {
             timeout: Duration::from_secs(300),
             max_errors: 20,
             starttls: true,
+            max_hops: 3,
+            postmaster: None,
         })
     }
 
@@ -888,10 +950,11 @@ mod tests {
             "MAIL FROM:<a@x.test>\r\n", // 503 nested
             "DATA\r\n",                 // 503 need RCPT
             "RCPT TO:<b c@y.test>\r\n", // 501 5.1.3
-            "RCPT TO:<postmaster>\r\n",
+            "RCPT TO:<postmaster>\r\n", // 550: no --postmaster
             "RCPT TO:<b@y.test>\r\n",
             "RCPT TO:<c@y.test>\r\n",
-            "RCPT TO:<d@y.test>\r\n", // 452 (max 3)
+            "RCPT TO:<d@y.test>\r\n",
+            "RCPT TO:<e@y.test>\r\n", // 452 (max 3)
         ] {
             input.extend_from_slice(l.as_bytes());
         }
@@ -902,12 +965,16 @@ mod tests {
             codes(&o.replies),
             [
                 "220", "503", "250", "503", "503", "500", "501", "501", "552", "555", "553", "250",
-                "503", "503", "501", "250", "250", "250", "452", "500", "354", "250", "221"
+                "503", "503", "501", "550", "250", "250", "250", "452", "500", "354", "250", "221"
             ]
         );
         assert!(o.replies.contains("501 5.1.7 "));
         assert!(o.replies.contains("501 5.1.3 "));
         assert!(o.replies.contains("452 4.5.3 "));
+        assert!(
+            o.replies
+                .contains("550 5.1.1 <postmaster>: no local delivery")
+        );
         assert!(o.replies.contains("500 5.5.2 Error: line too long"));
         assert_eq!(o.stored.len(), 1);
     }
@@ -987,6 +1054,141 @@ mod tests {
         assert!(s.is_closed());
     }
 
+    /// Issue 10 item 14: recipients over the limit are not errors, and a delivered message
+    /// starts the error count again.
+    #[test]
+    fn recipients_over_the_limit_and_delivered_messages_do_not_exhaust_the_error_limit() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n".to_vec();
+        for i in 0..120 {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"DATA\r\nhi\r\n.\r\n");
+        // 19 errors before each of three messages: 57 in all, never 20 in a row.
+        for _ in 0..3 {
+            input.extend_from_slice(&b"BOGUS\r\n".repeat(19));
+            input.extend_from_slice(
+                b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nhi\r\n.\r\n",
+            );
+        }
+        input.extend_from_slice(b"QUIT\r\n");
+        let o = drive(&input, &[], true);
+        assert_eq!(o.stored.len(), 4, "{}", o.replies);
+        assert_eq!(o.replies.matches("452 4.5.3 ").count(), 117);
+        assert!(!o.replies.contains("421"), "{}", o.replies);
+        assert!(o.replies.ends_with("221 2.0.0 Bye\r\n"));
+        // Still 20 errors without a delivery in between close the session.
+        let mut input = b"EHLO c\r\n".to_vec();
+        input.extend_from_slice(&b"BOGUS\r\n".repeat(20));
+        let o = drive(&input, &[], true);
+        assert!(
+            o.replies
+                .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+        );
+    }
+
+    /// Recipients over the limit stop being free after `RECIPIENT_OVERSHOOT` of them.
+    #[test]
+    fn recipient_overshoot_is_bounded() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n".to_vec();
+        for i in 0..3 + RECIPIENT_OVERSHOOT + 30 {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@y.test>\r\n").as_bytes());
+        }
+        let o = drive(&input, &[], true);
+        assert_eq!(
+            o.replies.matches("452 4.5.3 ").count(),
+            RECIPIENT_OVERSHOOT + 20
+        );
+        assert!(
+            o.replies
+                .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+        );
+        assert!(o.closed);
+    }
+
+    /// Issue 10 item 6: more than `max_hops` (3 here) `Received:` fields in the header section
+    /// is a loop: 554 5.4.6 after the dot, nothing stored; `Received:` in the body is content.
+    #[test]
+    fn too_many_hops_is_refused_after_the_dot() {
+        let head = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n";
+        let mut looped = head.to_vec();
+        looped.extend_from_slice(&b"Received: from a by b; date\r\n".repeat(4));
+        looped.extend_from_slice(b"Subject: s\r\n\r\nbody\r\n.\r\nNOOP\r\n");
+        let o = check_splits(&looped, true);
+        assert_eq!(
+            codes(&o.replies),
+            ["220", "250", "250", "250", "354", "554", "250"]
+        );
+        assert!(o.replies.contains("554 5.4.6 "), "{}", o.replies);
+        assert!(o.stored.is_empty());
+        let mut fine = head.to_vec();
+        fine.extend_from_slice(&b"received: from a by b; date\r\n".repeat(3));
+        fine.extend_from_slice(b"\r\n");
+        fine.extend_from_slice(&b"Received: quoted in the body\r\n".repeat(5));
+        fine.extend_from_slice(b".\r\n");
+        let o = check_splits(&fine, true);
+        assert_eq!(
+            codes(&o.replies),
+            ["220", "250", "250", "250", "354", "250"]
+        );
+        assert_eq!(o.stored.len(), 1);
+    }
+
+    /// Issue 10 item 17: the bare postmaster goes to `--postmaster`, from any client.
+    #[test]
+    fn postmaster_is_rewritten_to_the_configured_address() {
+        let config = Arc::new(SessionConfig {
+            postmaster: Some(Mailbox::parse("ops@example.org").unwrap()),
+            ..(*config()).clone()
+        });
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let mut s = Session::new(config, peer, false, now);
+        s.handle_input(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
+            now,
+        );
+        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        assert_eq!(codes(&out), ["220", "250", "250", "250", "554"], "{out}");
+        assert_eq!(s.poll_action(), Some(Action::Begin));
+        s.handle_begun(Ok("ID".into()), now, SystemTime::UNIX_EPOCH);
+        match s.poll_action() {
+            Some(Action::Write(b)) => {
+                let head = String::from_utf8_lossy(&b).into_owned();
+                assert!(
+                    head.starts_with(
+                        "Return-Path: <a@x.test>\r\nX-Original-To: <ops@example.org>\r\nReceived"
+                    ),
+                    "{head}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Issue 10 item 16: HELO/EHLO during a transaction after the stop signal ends it with
+    /// 421, never back to idle for another message.
+    #[test]
+    fn hello_after_shutdown_closes() {
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        for hello in ["EHLO again\r\n", "HELO again\r\n"] {
+            let mut s = Session::new(config(), peer, true, now);
+            s.handle_input(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n", now);
+            s.begin_shutdown();
+            assert!(!s.is_closed());
+            s.output_written(s.pending_output().len());
+            s.handle_input(hello.as_bytes(), now);
+            s.handle_input(b"MAIL FROM:<a@x.test>\r\n", now);
+            assert!(s.is_closed());
+            let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+            assert!(
+                out.ends_with("421 4.3.2 mx.test Service shutting down\r\n"),
+                "{out}"
+            );
+            assert!(!out.contains("250 2.1.0"), "{out}");
+        }
+    }
+
     #[test]
     fn client_that_does_not_read_is_not_served() {
         let now = Instant::now();
@@ -1028,6 +1230,8 @@ mod starttls_tests {
             timeout: Duration::from_secs(300),
             max_errors: 20,
             starttls,
+            max_hops: 50,
+            postmaster: None,
         });
         Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
     }
@@ -1062,6 +1266,34 @@ mod starttls_tests {
             out.ends_with("554 5.5.1 Error: TLS already active\r\n"),
             "{out}"
         );
+    }
+
+    /// Issue 10 item 13: a client that never reads the `220 Ready to start TLS` is timed out.
+    #[test]
+    fn starttls_waiting_for_the_client_has_a_deadline() {
+        let now = Instant::now();
+        let mut s = session(true);
+        s.handle_input(b"EHLO c\r\nSTARTTLS\r\n", now);
+        assert_eq!(s.poll_action(), Some(Action::StartTls));
+        let d = s.deadline().expect("a deadline while STARTTLS waits");
+        assert!(d <= now + Duration::from_secs(300));
+        s.handle_timeout(d);
+        assert!(s.is_closed());
+        assert!(take(&mut s).ends_with("421 4.4.2 mx.test Error: timeout exceeded\r\n"));
+    }
+
+    /// Issue 10 item 16: the end of a TLS handshake after the stop signal closes the session.
+    #[test]
+    fn tls_start_after_shutdown_closes() {
+        let now = Instant::now();
+        let mut s = session(true);
+        s.handle_input(b"EHLO c\r\nSTARTTLS\r\n", now);
+        take(&mut s);
+        s.begin_shutdown();
+        assert!(!s.is_closed());
+        s.handle_tls_started(now);
+        assert!(s.is_closed());
+        assert!(take(&mut s).ends_with("421 4.3.2 mx.test Service shutting down\r\n"));
     }
 
     #[test]

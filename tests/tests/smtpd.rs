@@ -663,7 +663,7 @@ fn greeting_helo_ehlo_and_informational_commands() {
 
 #[test]
 fn lower_case_space_after_colon_and_postmaster_are_accepted() {
-    let s = start(&[]);
+    let s = start(&["--postmaster", "hostmaster@example.net"]);
     let mut c = Client::greeted(s.addr);
     c.expect("ehlo lower.test", "250");
     c.expect("mail from: <sender@example.org>", "250 2.1.0");
@@ -678,7 +678,11 @@ fn lower_case_space_after_colon_and_postmaster_are_accepted() {
     assert_eq!(st.return_path, "<sender@example.org>");
     assert_eq!(
         st.rcpts,
-        ["<postmaster>", "<Other@Example.COM>", "<third@example.com>"]
+        [
+            "<hostmaster@example.net>",
+            "<Other@Example.COM>",
+            "<third@example.com>"
+        ]
     );
 }
 

@@ -5,6 +5,10 @@
 use integration_tests::{Smtpd, bin};
 use std::process::Command;
 
+/// smtp-stress sends some messages to the bare `<postmaster>` and expects 250: smtpd delivers
+/// those only with `--postmaster`.
+const POSTMASTER: &str = "postmaster@stress.test";
+
 /// Runs smtp-stress against `s` with `args`; returns (success, stdout, stderr).
 fn stress(s: &Smtpd, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("smtp-stress"))
@@ -33,6 +37,8 @@ fn figure(out: &str, key: &str) -> u64 {
 #[test]
 fn random_sessions_with_errors_at_32_connections() {
     let s = Smtpd::start(&[
+        "--postmaster",
+        POSTMASTER,
         "--max-size",
         "200000",
         "--max-recipients",
@@ -71,7 +77,14 @@ fn random_sessions_with_errors_at_32_connections() {
 
 #[test]
 fn five_thousand_connections() {
-    let s = Smtpd::start(&["--max-size", "200000", "--max-recipients", "20"]);
+    let s = Smtpd::start(&[
+        "--max-size",
+        "200000",
+        "--max-recipients",
+        "20",
+        "--postmaster",
+        POSTMASTER,
+    ]);
     let (ok, out, err) = stress(
         &s,
         &[

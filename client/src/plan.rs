@@ -1,6 +1,7 @@
 //! The delivery plan of one run: which recipients of which message go to which MX addresses,
 //! and the tally of results that hands each message to the recorder once all its recipients
-//! tried in this run have one.
+//! tried in this run have one, and each delivered recipient at once while others of its message
+//! are still under way (so a crash meanwhile never sends to it again).
 //!
 //! Owns: grouping recipients by domain (case-insensitive) and by route (domains with the same MX
 //! addresses share jobs, and jobs are queued per address, so domains sharing an MX host share
@@ -16,7 +17,7 @@ use maildir_core::ForwardPath;
 
 use crate::mx::{Resolution, Target};
 use crate::queue::Message;
-use crate::record::{Attempt, Finished};
+use crate::record::{Attempt, Finished, Progress, Work};
 use crate::state::RcptState;
 
 /// Recipients of one message that travel together along one route.
@@ -42,7 +43,7 @@ pub struct Tally {
     msgs: Vec<Option<Message>>,
     results: Vec<Vec<Option<Attempt>>>,
     open: Vec<usize>,
-    tx: Sender<Finished>,
+    tx: Sender<Work>,
 }
 
 impl Tally {
@@ -62,15 +63,35 @@ impl Tally {
         if slot.is_some() {
             return;
         }
+        let delivered = a.state == RcptState::Delivered;
         *slot = Some(a);
         *open -= 1;
-        if *open == 0
-            && let Some(m) = self.msgs[msg].take()
-        {
-            let results = std::mem::take(&mut self.results[msg]);
-            if self.tx.send(Finished { msg: m, results }).is_err() {
-                log::error!("recorder is gone; results of this run are lost and will be retried");
+        if *open == 0 {
+            if let Some(m) = self.msgs[msg].take() {
+                let results = std::mem::take(&mut self.results[msg]);
+                self.send(Work::Finished(Finished { msg: m, results }));
             }
+        } else if delivered && let Some(m) = &self.msgs[msg] {
+            let delivered = self.results[msg]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match r {
+                    Some(a) if a.state == RcptState::Delivered => Some((i, a.text.clone())),
+                    _ => None,
+                })
+                .collect();
+            let p = Progress {
+                name: m.name.clone(),
+                base: m.state.clone(),
+                delivered,
+            };
+            self.send(Work::Progress(p));
+        }
+    }
+
+    fn send(&self, w: Work) {
+        if self.tx.send(w).is_err() {
+            log::error!("recorder is gone; results of this run are lost and will be retried");
         }
     }
 }
@@ -79,7 +100,7 @@ impl Tally {
 pub fn build(
     msgs: Vec<Message>,
     dns: &HashMap<String, Resolution>,
-    tx: Sender<Finished>,
+    tx: Sender<Work>,
     now: SystemTime,
 ) -> (Tally, Vec<JobSpec>) {
     let n = msgs.len();
@@ -95,9 +116,7 @@ pub fn build(
             && let Some(m) = tally.msgs[i].take()
         {
             let results = std::mem::take(&mut tally.results[i]);
-            if tally.tx.send(Finished { msg: m, results }).is_err() {
-                log::error!("recorder is gone");
-            }
+            tally.send(Work::Finished(Finished { msg: m, results }));
         }
     }
     let mut routes: HashMap<Vec<Target>, Arc<Vec<Target>>> = HashMap::new();

@@ -34,6 +34,8 @@ pub struct Message {
     pub arrival: SystemTime,
     /// History from the state directory.
     pub state: MsgState,
+    /// A state file exists for it (removed once the message is moved to `cur/`).
+    pub has_state_file: bool,
 }
 
 impl Message {
@@ -73,6 +75,7 @@ pub fn scan(md: &Maildir, states: &StateDir) -> io::Result<(Vec<Message>, Vec<Un
             Ok(Some(mut m)) => {
                 if with_state.contains(&m.name) {
                     m.state = states.load(&m.name, m.rcpts.len())?;
+                    m.has_state_file = true;
                 }
                 msgs.push(m);
             }
@@ -122,6 +125,7 @@ fn read_message(name: &str, path: PathBuf) -> Result<Option<Message>, String> {
         eight_bit,
         arrival: meta.modified().unwrap_or_else(|_| SystemTime::now()),
         state: MsgState::parse("", n),
+        has_state_file: false,
     }))
 }
 

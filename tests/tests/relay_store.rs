@@ -147,3 +147,155 @@ fn delivered_recipient_recorded_before_the_slow_one_ends() {
     assert!(list(md.new_dir()).is_empty());
     assert_eq!(state_of(&md, &name), "");
 }
+
+/// The `Status:` lines of the DSNs in `new/` (files other than `skip`), sorted.
+fn dsn_statuses(md: &Maildir, skip: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = list(md.new_dir())
+        .iter()
+        .filter(|p| !skip.iter().any(|s| p.ends_with(s)))
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.starts_with("Status: "))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Item 6: the relay (`--helo relay.test`) is itself an MX host of the domain. Only hosts
+/// strictly more preferred are used (RFC 5321 §5.1); when none is left the mail bounces with
+/// 5.4.6 "loops back to myself", as Postfix does. Sinks listen on every address the MX lists
+/// name, so on the old code the mail would have been delivered to "itself" or a worse backup.
+#[test]
+fn mx_lists_naming_the_relay_itself() {
+    let Some(dns) = Dns::start(
+        &[
+            "loop.test,relay.test,10",
+            "equal.test,relay.test,10",
+            "equal.test,other.equal.test,10",
+            "equal.test,backup.equal.test,20",
+            "better.test,down.better.test,5",
+            "better.test,relay.test,10",
+            "better.test,backup.better.test,20",
+            "src.test,mx.src.test,10",
+        ],
+        &[
+            "relay.test,127.0.42.2",
+            "other.equal.test,127.0.42.3",
+            "backup.equal.test,127.0.42.4",
+            // Nothing listens here: the only host better than the relay is down.
+            "down.better.test,127.0.42.5",
+            "backup.better.test,127.0.42.4",
+            "mx.src.test,127.0.42.6",
+        ],
+    ) else {
+        return;
+    };
+    let sink = Sink::start(&["127.0.42.2", "127.0.42.3", "127.0.42.4"], &[]);
+    let (_d, md) = temp_maildir();
+    let mut names = Vec::new();
+    for (i, to) in ["u@loop.test", "u@equal.test", "u@better.test"]
+        .iter()
+        .enumerate()
+    {
+        names.push(queue(
+            &md,
+            "<s@src.test>",
+            &[&format!("<{to}>")],
+            &sample(&format!("self{i}"), to),
+        ));
+    }
+    let port = sink.port.to_string();
+    let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
+    assert!(
+        out.contains("0 delivered, 1 deferred, 2 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(
+        sink.connections().is_empty(),
+        "no connection to itself or to a less preferred host: {:?}",
+        sink.connections()
+    );
+    assert!(err.contains("loops back to myself"), "{err}");
+    let skip: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(
+        dsn_statuses(&md, &skip),
+        vec!["Status: 5.4.6", "Status: 5.4.6"]
+    );
+    let better = state_of(&md, &names[2]);
+    assert!(
+        better.contains("rcpt 0 deferred") && better.contains("127.0.42.5"),
+        "{better}"
+    );
+}
+
+/// Item 11: an MX record whose target is an IP address in text is skipped with a warning, not
+/// looked up as a name; with nothing else usable the domain bounces 5.4.4 saying why. A
+/// recipient domain `[ipv6:...]` (lower-case tag) is an address literal like `[IPv6:...]`.
+#[test]
+fn ip_address_mx_target_and_lower_case_ipv6_literal() {
+    let Some(dns) = Dns::start(
+        &[
+            "ipmx.test,127.0.43.2,10",
+            "mixed.test,127.0.43.2,5",
+            "mixed.test,mx.mixed.test,10",
+            "src.test,mx.src.test,10",
+        ],
+        &["mx.mixed.test,127.0.43.3", "mx.src.test,127.0.43.4"],
+    ) else {
+        return;
+    };
+    let sink = Sink::start(&["127.0.43.2", "127.0.43.3"], &[]);
+    let (_d, md) = temp_maildir();
+    let ipmx = queue(
+        &md,
+        "<s@src.test>",
+        &["<u@ipmx.test>"],
+        &sample("ip1", "u@ipmx.test"),
+    );
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@mixed.test>"],
+        &sample("ip2", "u@mixed.test"),
+    );
+    // IPv4-mapped, so the sink on 127.0.43.2 receives it.
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<u@[ipv6:::ffff:127.0.43.2]>"],
+        &sample("ip3", "u@[ipv6:::ffff:127.0.43.2]"),
+    );
+    let port = sink.port.to_string();
+    let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
+    assert!(
+        out.contains("2 delivered, 0 deferred, 1 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("numeric domain name in resource data of MX record for ipmx.test"),
+        "{err}"
+    );
+    let msgs = sink.messages();
+    let to_mixed: Vec<_> = msgs.iter().filter(|m| m.3 == ["<u@mixed.test>"]).collect();
+    assert_eq!(to_mixed.len(), 1, "{msgs:?}");
+    assert_eq!(
+        to_mixed[0].1, "127.0.43.3",
+        "the host name MX, not the numeric one"
+    );
+    let literal: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.3 == ["<u@[ipv6:::ffff:127.0.43.2]>"])
+        .collect();
+    assert_eq!(literal.len(), 1, "{msgs:?}");
+    assert_eq!(dsn_statuses(&md, &[&ipmx]), vec!["Status: 5.4.4"]);
+    let dsn = list(md.new_dir())
+        .into_iter()
+        .find(|p| !p.ends_with(&ipmx))
+        .expect("a DSN");
+    let text = std::fs::read_to_string(dsn).expect("read the DSN");
+    assert!(text.contains("is an IP address, not a host name"), "{text}");
+}

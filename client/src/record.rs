@@ -391,6 +391,7 @@ fn make_dsn(
             sender,
             arrival: m.arrival,
             now,
+            message_id: &dsn::message_id(&m.name, &cfg.reporting_mta, now, fastrand::u64(..)),
         };
         dsn::write(&mut d, &report, failed, original)
     });

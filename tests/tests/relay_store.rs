@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use integration_tests::relay::{Dns, Sink, queue, relay, run_args, sample, temp_maildir};
-use integration_tests::{bin, list, wait_for};
+use integration_tests::{bin, list, python, wait_for};
 use maildir_core::Maildir;
 
 fn ok(out: &Output) -> (String, String) {
@@ -298,4 +298,139 @@ fn ip_address_mx_target_and_lower_case_ipv6_literal() {
         .expect("a DSN");
     let text = std::fs::read_to_string(dsn).expect("read the DSN");
     assert!(text.contains("is an IP address, not a host name"), "{text}");
+}
+
+/// Every DSN file (from `<>`) in `new/` and `cur/`.
+fn dsn_files(md: &Maildir) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = list(md.new_dir())
+        .into_iter()
+        .chain(list(md.cur_dir()))
+        .filter(|p| {
+            std::fs::read(p)
+                .map(|b| b.starts_with(b"Return-Path: <>\r\n"))
+                .unwrap_or(false)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Python's `email` reads a DSN; prints Message-ID, the headers part's type, its first lines'
+/// lengths, and per recipient its fields.
+const READ_DSN: &str = r#"
+import sys, email, email.policy
+for path in sys.argv[1:]:
+    raw = open(path, 'rb').read()
+    msg = email.message_from_bytes(raw.split(b'\r\n', 2)[2], policy=email.policy.compat32)
+    print('id', msg['Message-ID'])
+    for part in msg.get_payload():
+        ct = part.get_content_type()
+        if ct == 'message/delivery-status':
+            for block in part.get_payload()[1:]:
+                print('rcpt', block['Final-Recipient'], '|', block['Status'], '|',
+                      block['Original-Recipient'], '|', block['Remote-MTA'])
+        elif ct != 'text/plain':
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                payload = payload[0].as_string()
+            names = [l.split(':')[0] + ':' + str(len(l)) for l in payload.splitlines() if l]
+            print('headers', ct, ' '.join(names))
+"#;
+
+/// Item 11 (DSN details): two DSNs about one message (a 550 now, a 451 that becomes a 550 on a
+/// later run) carry different Message-IDs; no `Original-Recipient` without ORCPT;
+/// `Remote-MTA: dns; <MX host name>` for a reply, none for an expiry without one; a 5,000-octet
+/// header line is copied whole; 8-bit headers are `message/global-headers` (RFC 6533).
+#[test]
+fn dsn_details() {
+    let Some(dns) = Dns::start(
+        &[
+            "d.test,mx.d.test,10",
+            "down.test,mx.down.test,10",
+            "src.test,mx.src.test,10",
+        ],
+        // Nothing listens on .9: connections to mx.down.test are refused.
+        &[
+            "mx.d.test,127.0.44.2",
+            "mx.down.test,127.0.44.9",
+            "mx.src.test,127.0.44.3",
+        ],
+    ) else {
+        return;
+    };
+    let sink = Sink::start(
+        &["127.0.44.2", "127.0.44.3"],
+        &["--code", "a@d.test=550", "--code", "b@d.test=451"],
+    );
+    let (_d, md) = temp_maildir();
+    let long = format!("X-Long: {}", "x".repeat(5000));
+    let mut msg = format!(
+        "Received: from c.test by relay.test; Tue, 24 Nov 2026 04:07:30 +0000\r\n{long}\r\n"
+    )
+    .into_bytes();
+    msg.extend_from_slice(
+        "Subject: caf\u{e9} cr\u{e8}me\r\nFrom: <s@src.test>\r\n\r\nbody\r\n".as_bytes(),
+    );
+    queue(&md, "<s@src.test>", &["<a@d.test>", "<b@d.test>"], &msg);
+    let port = sink.port.to_string();
+    let (out, _) = ok(&relay(md.root(), &run_args(&dns, &port)));
+    assert!(out.contains("0 delivered, 1 deferred, 1 bounced"), "{out}");
+    let sink_port = sink.port;
+    drop(sink);
+    let _sink = Sink::start_on(
+        &["127.0.44.2", "127.0.44.3"],
+        sink_port,
+        &["--code", "b@d.test=550"],
+    );
+    let mut now = run_args(&dns, &port);
+    now.push("--now");
+    let (out, _) = ok(&relay(md.root(), &now));
+    assert!(out.contains("1 bounced"), "{out}");
+    // An expiry after refused connections: no SMTP reply, so no Remote-MTA.
+    queue(
+        &md,
+        "<s@src.test>",
+        &["<c@down.test>"],
+        &sample("exp", "c@down.test"),
+    );
+    now.extend(["--queue-lifetime", "0"]);
+    let (out, _) = ok(&relay(md.root(), &now));
+    assert!(out.contains("1 bounced"), "{out}");
+    let files = dsn_files(&md);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let args: Vec<&str> = files.iter().map(|p| p.to_str().expect("UTF-8")).collect();
+    let got = python(READ_DSN, &args);
+    let ids: std::collections::HashSet<&str> =
+        got.lines().filter(|l| l.starts_with("id ")).collect();
+    assert_eq!(ids.len(), 3, "every DSN its own Message-ID:\n{got}");
+    let rcpts: Vec<&str> = got.lines().filter(|l| l.starts_with("rcpt ")).collect();
+    let mut rcpts = rcpts.clone();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        vec![
+            "rcpt rfc822; a@d.test | 5.1.1 | None | dns; mx.d.test",
+            "rcpt rfc822; b@d.test | 5.1.1 | None | dns; mx.d.test",
+            "rcpt rfc822; c@down.test | 4.4.7 | None | None",
+        ],
+        "{got}"
+    );
+    let headers: Vec<&str> = got.lines().filter(|l| l.starts_with("headers ")).collect();
+    assert_eq!(headers.len(), 3, "{got}");
+    let eight: Vec<&&str> = headers
+        .iter()
+        .filter(|l| l.contains("X-Long:5008"))
+        .collect();
+    assert_eq!(
+        eight.len(),
+        2,
+        "the long line whole in both DSNs of it:\n{got}"
+    );
+    for l in eight {
+        assert!(l.starts_with("headers message/global-headers "), "{l}");
+        assert!(
+            !l.contains(" x"),
+            "no line made of the long line's rest: {l}"
+        );
+    }
 }

@@ -97,6 +97,7 @@ fn run_once(
         .filter(|m| cfg.ignore_schedule || m.is_due(now))
         .collect();
     let waiting = total - due.len();
+    let due = queue::check_bodies(due);
     let domains: BTreeSet<String> = due
         .iter()
         .flat_map(|m| {
@@ -125,13 +126,14 @@ fn run_once(
         .map_err(|_| "recorder thread panicked".to_owned())?;
     let stats = sent.map_err(|e| format!("reactor failed: {e}"))?;
     Ok(format!(
-        "smtp-relay: {} delivered, {} deferred, {} bounced ({} of {} messages tried, {} not due; {} finished, {} bounce(s) queued; {} connection(s), {} failed; {:.3} s)",
+        "smtp-relay: {} delivered, {} deferred, {} bounced ({} of {} messages tried, {} not due, {} file(s) in new/ not queued messages; {} finished, {} bounce(s) queued; {} connection(s), {} failed; {:.3} s)",
         sum.delivered,
         sum.deferred,
         sum.bounced,
         n_due,
         total,
         waiting,
+        bad.len(),
         sum.messages_done,
         sum.dsns,
         stats.connections,

@@ -187,6 +187,7 @@ pub fn build(
                 .unwrap_or_default()
                 .as_secs_f64();
             log::info!(
+                target: crate::record::AUDIT,
                 "{}: to={}, relay=none, delay={delay:.2}, status={} ({})",
                 m.name,
                 m.rcpts[r],

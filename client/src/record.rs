@@ -27,6 +27,10 @@ use crate::dsn;
 use crate::queue::Message;
 use crate::state::{MsgState, RcptState, StateDir, backoff, epoch_secs, fsync_dir};
 
+/// Log target of the delivery log (one line per recipient outcome, expiry and bounce): an audit
+/// target for the logging thread, which never drops its records (`maildir_core::logging`).
+pub const AUDIT: &str = "smtp_relay::audit";
+
 /// The result of one attempt for one recipient.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -208,7 +212,7 @@ fn apply(
                 );
                 a.status = "4.4.7".into();
                 a.smtp = false;
-                log::info!("{}: to={}, status=expired ({})", m.name, m.rcpts[i], a.text);
+                log::info!(target: AUDIT, "{}: to={}, status=expired ({})", m.name, m.rcpts[i], a.text);
             }
             st.rcpts[i] = (a.state, a.text.clone());
             match a.state {
@@ -267,7 +271,7 @@ fn apply(
             match results.get(i) {
                 Some(Ok(d)) => {
                     sum.dsns += 1;
-                    log::info!("{}: sender non-delivery notification: {}", p.name, d.id);
+                    log::info!(target: AUDIT, "{}: sender non-delivery notification: {}", p.name, d.id);
                 }
                 Some(Err(e)) => {
                     log::error!("{}: cannot queue bounce: {e}; will retry", p.name);

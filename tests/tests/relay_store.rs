@@ -66,6 +66,12 @@ fn failed_move_to_cur_never_resends() {
         state_of(&md, &name)
     );
     assert!(err.contains("cannot move to cur/"), "{err}");
+    // The delivery line goes to the audit target, which the logging thread never drops.
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" smtp_relay::audit] ") && l.contains("status=sent")),
+        "{err}"
+    );
     for _ in 0..2 {
         let (out, _) = ok(&relay(md.root(), &now));
         assert!(out.contains("0 delivered, 0 deferred, 0 bounced"), "{out}");

@@ -15,9 +15,10 @@
 //! record), such records are skipped with a warning; a domain left with no usable MX record
 //! bounces with 5.4.4 and says why.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -50,8 +51,8 @@ pub enum Resolution {
 pub enum MxPlan {
     /// No MX records: the domain itself is the host (RFC 5321 §5.1 implicit MX).
     Implicit,
-    /// Host names to look up and try, in this order.
-    Hosts(Vec<String>),
+    /// Host names to look up and try, in this order, with their preferences.
+    Hosts(Vec<(u16, String)>),
     /// Give up on the domain (null MX, mail loop, nothing usable).
     Fail(Resolution),
 }
@@ -112,28 +113,85 @@ pub fn mx_hosts(
     // A host listed twice keeps its best preference.
     let mut seen = std::collections::HashSet::new();
     mxs.retain(|(_, h)| seen.insert(h.clone()));
-    // RFC 5321 §5.1: when this host is an MX of the domain, only strictly more preferred hosts
-    // may be used; none means the mail would loop back here.
     let me = me.trim_end_matches('.');
-    if let Some(mine) = mxs
-        .iter()
-        .filter(|(_, h)| h.eq_ignore_ascii_case(me))
-        .map(|(p, _)| *p)
-        .min()
-    {
-        mxs.retain(|(p, _)| *p < mine);
-        if mxs.is_empty() {
-            let fail = Resolution::Permanent {
-                status: "5.4.6",
-                text: format!("mail for {domain} loops back to myself ({me} is its best MX host)"),
-            };
-            return (MxPlan::Fail(fail), warnings);
-        }
+    match below_self(domain, mxs, |h| h.eq_ignore_ascii_case(me)) {
+        Ok(mxs) => (MxPlan::Hosts(mxs), warnings),
+        Err(fail) => (MxPlan::Fail(fail), warnings),
     }
-    (
-        MxPlan::Hosts(mxs.into_iter().map(|(_, h)| h).collect()),
-        warnings,
-    )
+}
+
+/// RFC 5321 §5.1: when this host is an MX of the domain (`is_self`), only strictly more
+/// preferred hosts may be used; none left means the mail would loop back here (5.4.6).
+pub fn below_self(
+    domain: &str,
+    mut mxs: Vec<(u16, String)>,
+    is_self: impl Fn(&str) -> bool,
+) -> Result<Vec<(u16, String)>, Resolution> {
+    let Some((mine, host)) = mxs
+        .iter()
+        .filter(|(_, h)| is_self(h))
+        .min_by_key(|(p, _)| *p)
+        .cloned()
+    else {
+        return Ok(mxs);
+    };
+    mxs.retain(|(p, _)| *p < mine);
+    if mxs.is_empty() {
+        return Err(Resolution::Permanent {
+            status: "5.4.6",
+            text: format!("mail for {domain} loops back to myself (MX host {host} is this host)"),
+        });
+    }
+    Ok(mxs)
+}
+
+/// This machine's interface addresses, loopback excepted (empty if they cannot be listed).
+pub fn local_addrs() -> HashSet<IpAddr> {
+    let mut set = HashSet::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs(3) fills in a list we free below with freeifaddrs(3).
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        log::warn!(
+            "cannot list interface addresses: {}",
+            std::io::Error::last_os_error()
+        );
+        return set;
+    }
+    let mut p = ifap;
+    while !p.is_null() {
+        // SAFETY: p is a node of the list getifaddrs returned, not freed yet; ifa_addr, when
+        // not null, points to a sockaddr whose family says which struct it is.
+        let (addr, next) = unsafe {
+            let ifa = &*p;
+            let addr = if ifa.ifa_addr.is_null() {
+                None
+            } else {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            (addr, ifa.ifa_next)
+        };
+        if let Some(a) = addr.map(|a| a.to_canonical())
+            && !a.is_loopback()
+        {
+            set.insert(a);
+        }
+        p = next;
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(ifap) };
+    set
 }
 
 /// Resolves every domain (lower-case names, or `[literal]`) on a DNS thread; blocks the
@@ -207,11 +265,15 @@ async fn resolve_inner(
         };
         return Ok(domains.into_iter().map(|d| (d, r.clone())).collect());
     }
+    let me = Arc::new(Me {
+        name: cfg.helo.clone(),
+        addrs: local_addrs(),
+    });
     let mut set = tokio::task::JoinSet::new();
     for d in domains {
         let res = res.clone();
         let port = cfg.port;
-        let me = cfg.helo.clone();
+        let me = me.clone();
         set.spawn(async move {
             let r = resolve_domain(&res, &d, port, seed, &me).await;
             (d, r)
@@ -225,12 +287,20 @@ async fn resolve_inner(
     Ok(out)
 }
 
+/// What "this host" is, for MX lists that name it.
+struct Me {
+    /// The `--helo` name.
+    name: String,
+    /// Interface addresses, loopback excepted.
+    addrs: HashSet<IpAddr>,
+}
+
 async fn resolve_domain(
     res: &TokioResolver,
     domain: &str,
     port: u16,
     seed: u64,
-    me: &str,
+    me: &Me,
 ) -> Resolution {
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
         return match literal_ip(lit) {
@@ -266,7 +336,7 @@ async fn resolve_domain(
         Err(e) if e.is_no_records_found() => Vec::new(),
         Err(e) => return Resolution::Temporary(format!("MX lookup for {domain} failed: {e}")),
     };
-    let (plan, warnings) = mx_hosts(domain, records, seed, me);
+    let (plan, warnings) = mx_hosts(domain, records, seed, &me.name);
     for w in warnings {
         log::warn!("{w}");
     }
@@ -276,10 +346,31 @@ async fn resolve_domain(
         MxPlan::Fail(r) => return r,
         MxPlan::Hosts(h) => h,
     };
+    let mut found = Vec::with_capacity(hosts.len());
+    for (_, host) in &hosts {
+        found.push(host_targets(res, host, port).await);
+    }
+    // A host with an address of this machine is this host, whatever its name.
+    let mine: HashSet<&str> = hosts
+        .iter()
+        .zip(&found)
+        .filter(|(_, r)| match r {
+            Resolution::Targets(t) => t
+                .iter()
+                .any(|t| me.addrs.contains(&t.addr.ip().to_canonical())),
+            _ => false,
+        })
+        .map(|((_, h), _)| h.as_str())
+        .collect();
+    let keep = match below_self(domain, hosts.clone(), |h| mine.contains(h)) {
+        Ok(keep) => keep.len(),
+        Err(fail) => return fail,
+    };
     let mut targets = Vec::new();
     let mut temp = None;
-    for host in &hosts {
-        match host_targets(res, host, port).await {
+    // The hosts kept are a prefix of the preference order.
+    for r in found.into_iter().take(keep) {
+        match r {
             Resolution::Targets(t) => targets.extend(t),
             Resolution::Temporary(e) => temp = Some(e),
             Resolution::Permanent { .. } => {}
@@ -377,7 +468,7 @@ mod tests {
         );
         assert_eq!(
             p,
-            MxPlan::Hosts(vec!["a.test".into(), "b.test".into(), "c.test".into()])
+            MxPlan::Hosts(recs(&[(5, "a.test"), (10, "b.test"), (20, "c.test")]))
         );
         assert_eq!(hosts(&[], "me.test"), MxPlan::Implicit);
         // The same seed orders equal preferences the same way for every domain.
@@ -392,7 +483,7 @@ mod tests {
         // A null MX beside real ones is ignored.
         assert_eq!(
             hosts(&[(0, ""), (10, "a.test")], "me.test"),
-            MxPlan::Hosts(vec!["a.test".into()])
+            MxPlan::Hosts(recs(&[(10, "a.test")]))
         );
     }
 
@@ -409,7 +500,7 @@ mod tests {
             me,
         );
         let MxPlan::Hosts(h) = p else { panic!("{p:?}") };
-        let mut h = h;
+        let mut h: Vec<String> = h.into_iter().map(|(_, h)| h).collect();
         h.sort();
         assert_eq!(h, vec!["a.test".to_string(), "b.test".to_string()]);
         // Equal preference to itself: dropped, and nothing better is left.
@@ -429,10 +520,28 @@ mod tests {
             &[(30, "relay.test"), (10, "a.test"), (20, "relay.test")],
             me,
         );
-        assert_eq!(p, MxPlan::Hosts(vec!["a.test".into()]));
+        assert_eq!(p, MxPlan::Hosts(recs(&[(10, "a.test")])));
         // Not itself: a name that merely contains it.
         let p = hosts(&[(10, "relay.test.example")], me);
-        assert_eq!(p, MxPlan::Hosts(vec!["relay.test.example".into()]));
+        assert_eq!(p, MxPlan::Hosts(recs(&[(10, "relay.test.example")])));
+    }
+
+    #[test]
+    fn self_by_address() {
+        let mxs = recs(&[(5, "a.test"), (10, "me-by-ip.test"), (20, "c.test")]);
+        let kept = below_self("d.test", mxs.clone(), |h| h == "me-by-ip.test").unwrap();
+        assert_eq!(kept, recs(&[(5, "a.test")]));
+        let none = below_self("d.test", mxs.clone(), |_| false).unwrap();
+        assert_eq!(none, mxs);
+        let Err(Resolution::Permanent { status, text }) =
+            below_self("d.test", mxs, |h| h == "a.test")
+        else {
+            panic!()
+        };
+        assert_eq!(status, "5.4.6");
+        assert!(text.contains("a.test is this host"), "{text}");
+        // This machine's addresses never include loopback.
+        assert!(local_addrs().iter().all(|a| !a.is_loopback()));
     }
 
     #[test]
@@ -443,7 +552,7 @@ mod tests {
             1,
             "me",
         );
-        assert_eq!(p, MxPlan::Hosts(vec!["b.test".into()]));
+        assert_eq!(p, MxPlan::Hosts(recs(&[(20, "b.test")])));
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("numeric domain name"), "{w:?}");
         let (p, _) = mx_hosts("d.test", recs(&[(10, "2001:db8::1")]), 1, "me");

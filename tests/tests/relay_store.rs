@@ -558,3 +558,58 @@ fn run_reads_bodies_of_due_messages_only() {
         "{mails:?}"
     );
 }
+
+/// A non-loopback address of this machine (the source address toward a TEST-NET address; no
+/// packet is sent), if it has one.
+fn own_address() -> Option<std::net::IpAddr> {
+    [
+        "192.0.2.1:9",
+        "198.51.100.1:9",
+        "203.0.113.1:9",
+        "10.255.255.1:9",
+    ]
+    .iter()
+    .find_map(|dest| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect(dest).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    })
+}
+
+/// Item 6 (addresses): an MX host whose address is one of this machine's interfaces is this
+/// host, whatever its name: with nothing more preferred, the mail bounces 5.4.6 instead of
+/// being sent to itself (here: a refused connection and a deferral, on the old code).
+#[test]
+fn mx_host_with_an_address_of_this_machine_is_itself() {
+    let Some(ip) = own_address() else {
+        eprintln!("no non-loopback address on this machine: skipping");
+        return;
+    };
+    let record = format!("mx.selfip.test,{ip}");
+    let Some(dns) = Dns::start(
+        &["selfip.test,mx.selfip.test,10", "src.test,mx.src.test,10"],
+        &[&record, "mx.src.test,127.0.46.3"],
+    ) else {
+        return;
+    };
+    let sink = Sink::start(&["127.0.46.2"], &[]);
+    let (_d, md) = temp_maildir();
+    let name = queue(
+        &md,
+        "<s@src.test>",
+        &["<u@selfip.test>"],
+        &sample("sip", "u@selfip.test"),
+    );
+    let port = sink.port.to_string();
+    let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
+    assert!(
+        out.contains("0 delivered, 0 deferred, 1 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(
+        err.contains("loops back to myself (MX host mx.selfip.test is this host)"),
+        "{err}"
+    );
+    assert_eq!(dsn_statuses(&md, &[&name]), vec!["Status: 5.4.6"]);
+}

@@ -199,3 +199,91 @@ pub fn build(
     }
     (tally, jobs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MsgState;
+    use maildir_core::ReversePath;
+
+    fn message(rcpts: &[&str]) -> Message {
+        Message {
+            name: "m1".into(),
+            path: "/nonexistent/m1".into(),
+            sender: ReversePath::parse("<s@a.test>").unwrap(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| ForwardPath::parse(r).unwrap())
+                .collect(),
+            body_offset: 0,
+            body_len: 0,
+            eight_bit: false,
+            arrival: SystemTime::UNIX_EPOCH,
+            state: MsgState::parse("", rcpts.len()),
+            has_state_file: false,
+        }
+    }
+
+    fn attempt(state: RcptState, text: &str) -> Attempt {
+        Attempt {
+            state,
+            text: text.into(),
+            status: "2.0.0".into(),
+            smtp: true,
+            remote: Some("mx.test".into()),
+        }
+    }
+
+    #[test]
+    fn delivered_recipients_go_to_the_recorder_before_the_message_ends() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let m = message(&["<a@x.test>", "<b@y.test>", "<c@z.test>"]);
+        let targets = |ip: [u8; 4]| {
+            Resolution::Targets(vec![Target {
+                host: "mx".into(),
+                addr: std::net::SocketAddr::from((ip, 25)),
+            }])
+        };
+        let dns: HashMap<String, Resolution> = [
+            ("x.test".to_string(), targets([127, 0, 0, 2])),
+            ("y.test".to_string(), targets([127, 0, 0, 3])),
+            ("z.test".to_string(), targets([127, 0, 0, 4])),
+        ]
+        .into_iter()
+        .collect();
+        let (mut tally, _) = build(vec![m], &dns, tx, SystemTime::UNIX_EPOCH);
+        assert!(rx.try_recv().is_err(), "nothing before a result");
+        // A deferral alone is not recorded early.
+        tally.record(0, 1, attempt(RcptState::Deferred, "451 later"));
+        assert!(rx.try_recv().is_err());
+        tally.record(0, 0, attempt(RcptState::Delivered, "250 ok"));
+        match rx.try_recv() {
+            Ok(Work::Progress(p)) => {
+                assert_eq!(p.name, "m1");
+                assert_eq!(p.delivered, vec![(0, "250 ok".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The last one: the whole message, with every result.
+        tally.record(0, 2, attempt(RcptState::Delivered, "250 fine"));
+        match rx.try_recv() {
+            Ok(Work::Finished(f)) => {
+                let states: Vec<_> = f
+                    .results
+                    .iter()
+                    .map(|r| r.as_ref().map(|a| a.state))
+                    .collect();
+                assert_eq!(
+                    states,
+                    vec![
+                        Some(RcptState::Delivered),
+                        Some(RcptState::Deferred),
+                        Some(RcptState::Delivered)
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -2,10 +2,18 @@
 //!
 //! Owns: the text of a `multipart/report; report-type=delivery-status` message with a human
 //! part, one per-recipient block per failed recipient, and the original headers
-//! (`text/rfc822-headers`, so a large body is never copied). Must not: decide who bounces, queue
-//! files (the recorder does), or bounce to a null sender.
+//! (`text/rfc822-headers`, so a large body is never copied; `message/global-headers` when they
+//! hold 8-bit octets, RFC 6533), and a Message-ID unique to each DSN. Must not: decide who
+//! bounces, queue files (the recorder does), or bounce to a null sender.
+//!
+//! Per recipient: `Final-Recipient`; no `Original-Recipient` (that needs the client's ORCPT,
+//! which is not kept); `Remote-MTA: dns; <host name>` only when that host gave the SMTP reply
+//! reported (not for a connection failure or an expiry without a reply). The original header
+//! section is copied line by line with the line ends the relay transmits (CRLF, bare CR or bare
+//! LF each end a line, as in `body.rs`), every line whole (never split at a buffer boundary),
+//! up to 64 KiB: a line that would pass the limit ends the copy.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::time::SystemTime;
 
 use maildir_core::date::rfc5322;
@@ -41,6 +49,22 @@ pub struct Report<'a> {
     pub arrival: SystemTime,
     /// Now.
     pub now: SystemTime,
+    /// The DSN's own Message-ID, with brackets ([`message_id`]).
+    pub message_id: &'a str,
+}
+
+/// A Message-ID for one DSN: unique per DSN, also for several DSNs about one message.
+pub fn message_id(queue_id: &str, reporting_mta: &str, now: SystemTime, random: u64) -> String {
+    let t = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "<{}.{}.{:09}.{random:016x}.dsn@{}>",
+        queue_id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"),
+        t.as_secs(),
+        t.subsec_nanos(),
+        ascii(reporting_mta)
+    )
 }
 
 /// Writes the complete DSN message (headers and body, CRLF) into `out`. `original` reads the
@@ -57,17 +81,15 @@ pub fn write<W: Write, R: BufRead>(
         sender,
         arrival,
         now,
+        message_id,
     } = *report;
     let boundary = format!("{queue_id}/{reporting_mta}").replace(
         |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '/',
         "_",
     );
     let date = rfc5322(now);
-    let msgid = format!(
-        "<{}.dsn@{}>",
-        queue_id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', "_"),
-        reporting_mta
-    );
+    let headers = read_headers(original)?;
+    let eight_bit = headers.iter().any(|&b| b >= 0x80);
     let mut h = String::new();
     h.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n"
@@ -75,13 +97,14 @@ pub fn write<W: Write, R: BufRead>(
     h.push_str(&format!("To: <{sender}>\r\n"));
     h.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
     h.push_str(&format!("Date: {date}\r\n"));
-    h.push_str(&format!("Message-ID: {msgid}\r\n"));
+    h.push_str(&format!("Message-ID: {message_id}\r\n"));
     h.push_str("Auto-Submitted: auto-replied\r\n");
     h.push_str("MIME-Version: 1.0\r\n");
     h.push_str(&format!(
         "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
     ));
-    h.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
+    let cte = if eight_bit { "8bit" } else { "7bit" };
+    h.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n\r\n"));
     h.push_str("This is a MIME-encapsulated message.\r\n\r\n");
     h.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"));
     h.push_str(&format!(
@@ -104,44 +127,81 @@ pub fn write<W: Write, R: BufRead>(
         rfc5322(arrival)
     ));
     for f in failed {
-        h.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\nOriginal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n", ascii(&f.rcpt), ascii(&f.rcpt), f.status));
-        if let Some(host) = &f.remote {
-            h.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
-        }
-        match &f.smtp_reply {
-            Some(r) => h.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", ascii(r))),
-            None => h.push_str(&format!(
+        h.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            ascii(&f.rcpt),
+            f.status
+        ));
+        match (&f.smtp_reply, &f.remote) {
+            (Some(r), Some(host)) => {
+                h.push_str(&format!("Remote-MTA: dns; {}\r\n", ascii(host)));
+                h.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", ascii(r)));
+            }
+            (Some(r), None) => h.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", ascii(r))),
+            (None, _) => h.push_str(&format!(
                 "Diagnostic-Code: X-Relay; {}\r\n",
                 ascii(&f.reason)
             )),
         }
         h.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
     }
-    h.push_str(&format!("\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"));
+    let headers_type = if eight_bit {
+        "message/global-headers"
+    } else {
+        "text/rfc822-headers"
+    };
+    h.push_str(&format!("\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {headers_type}\r\n"));
+    if eight_bit {
+        h.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    }
+    h.push_str("\r\n");
     out.write_all(h.as_bytes())?;
-    copy_headers(out, original)?;
+    out.write_all(&headers)?;
     out.write_all(format!("\r\n--{boundary}--\r\n").as_bytes())
 }
 
-/// Copies the header section (up to the empty line), with CRLF line ends, bounded.
-fn copy_headers<W: Write, R: BufRead>(out: &mut W, mut r: R) -> io::Result<()> {
+/// Reads the header section (up to the empty line) as CRLF lines, bounded by [`MAX_HEADERS`].
+/// CRLF, bare CR and bare LF each end a line (as the body encoder sends them); a line is never
+/// split, and one that would pass the bound ends the copy.
+fn read_headers<R: BufRead>(mut r: R) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
     let mut line = Vec::new();
-    let mut total = 0;
+    let mut after_cr = false;
     loop {
-        line.clear();
-        let n = Read::take(&mut r, 4096).read_until(b'\n', &mut line)?;
-        if n == 0 {
-            return Ok(());
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            // No empty line: the whole message is a header section; a last unterminated line
+            // is kept if it fits.
+            if !line.is_empty() && out.len() + line.len() + 2 <= MAX_HEADERS {
+                out.extend_from_slice(&line);
+                out.extend_from_slice(b"\r\n");
+            }
+            return Ok(out);
         }
-        while matches!(line.last(), Some(b'\n' | b'\r')) {
-            line.pop();
+        let n = buf.len();
+        for &b in buf {
+            if after_cr {
+                after_cr = false;
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            if b == b'\r' || b == b'\n' {
+                after_cr = b == b'\r';
+                if line.is_empty() {
+                    return Ok(out);
+                }
+                out.extend_from_slice(&line);
+                out.extend_from_slice(b"\r\n");
+                line.clear();
+                continue;
+            }
+            if out.len() + line.len() + 3 > MAX_HEADERS {
+                return Ok(out);
+            }
+            line.push(b);
         }
-        if line.is_empty() || total + line.len() > MAX_HEADERS {
-            return Ok(());
-        }
-        total += line.len() + 2;
-        out.write_all(&line)?;
-        out.write_all(b"\r\n")?;
+        r.consume(n);
     }
 }
 
@@ -178,6 +238,7 @@ mod tests {
             sender: "s@a.test",
             arrival: SystemTime::UNIX_EPOCH,
             now: SystemTime::UNIX_EPOCH,
+            message_id: "<m@relay.test>",
         };
         write(&mut out, &report, &failed, orig).unwrap();
         let s = String::from_utf8(out).unwrap();
@@ -187,5 +248,100 @@ mod tests {
         assert!(s.contains("Subject: hi\r\nFrom: a@b\r\n\r\n--"));
         assert!(!s.contains("body line"));
         assert!(s.ends_with("--\r\n"));
+        assert!(s.contains("Remote-MTA: dns; mx.x.test\r\n"));
+        assert!(
+            !s.contains("Original-Recipient"),
+            "no ORCPT, no Original-Recipient"
+        );
+        assert!(s.contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(s.contains("Content-Transfer-Encoding: 7bit\r\n"));
+    }
+
+    fn dsn(failed: &[Failed], orig: &[u8]) -> String {
+        let mut out = Vec::new();
+        let report = Report {
+            reporting_mta: "relay.test",
+            queue_id: "q",
+            sender: "s@a.test",
+            arrival: SystemTime::UNIX_EPOCH,
+            now: SystemTime::UNIX_EPOCH,
+            message_id: "<m@relay.test>",
+        };
+        write(&mut out, &report, failed, orig).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn part(s: &str, description: &str) -> String {
+        let start = s.find(description).unwrap();
+        let body = start + s[start..].find("\r\n\r\n").unwrap() + 4;
+        let end = body + s[body..].find("\r\n--").unwrap();
+        s[body..end].to_owned()
+    }
+
+    #[test]
+    fn message_ids_differ() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let a = message_id("1.M2P3.h,S=9", "relay.test", t, 1);
+        let b = message_id("1.M2P3.h,S=9", "relay.test", t, 2);
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("<1.M2P3.h_S_9.1800000000.") && a.ends_with(".dsn@relay.test>"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn remote_mta_only_with_a_reply() {
+        let no_reply = [Failed {
+            rcpt: "r@x.test".into(),
+            status: "4.4.7".into(),
+            smtp_reply: None,
+            remote: Some("mx.x.test".into()),
+            reason: "message expired; last error: connect refused".into(),
+        }];
+        let s = dsn(&no_reply, b"Subject: a\r\n\r\n");
+        assert!(!s.contains("Remote-MTA"), "{s}");
+        assert!(
+            s.contains("Diagnostic-Code: X-Relay; message expired"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn copied_headers_keep_lines_whole_and_end_each_with_crlf() {
+        let long = format!("X-Long: {}", "a".repeat(5000));
+        let orig = format!("{long}\r\nSubject: one\rX-Bare: cr\nX-Lf: lf\r\n\r\nbody\r\n");
+        let s = dsn(&[], orig.as_bytes());
+        let h = part(&s, "Undelivered Message Headers");
+        assert_eq!(
+            h,
+            format!("{long}\r\nSubject: one\r\nX-Bare: cr\r\nX-Lf: lf\r\n")
+        );
+        // A line that would pass the bound ends the copy; nothing of it is copied.
+        let huge = format!(
+            "A: 1\r\nX-Huge: {}\r\nB: 2\r\n\r\n",
+            "b".repeat(MAX_HEADERS)
+        );
+        let h = part(&dsn(&[], huge.as_bytes()), "Undelivered Message Headers");
+        assert_eq!(h, "A: 1\r\n");
+        // Split at every index: the same copy.
+        let whole = read_headers(orig.as_bytes()).unwrap();
+        for i in 0..orig.len() {
+            let (a, b) = orig.as_bytes().split_at(i);
+            let r = std::io::BufReader::with_capacity(7, std::io::Read::chain(a, b));
+            assert_eq!(read_headers(r).unwrap(), whole, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn eight_bit_headers_are_global_headers() {
+        let s = dsn(&[], "Subject: caf\u{e9}\r\n\r\nbody".as_bytes());
+        assert!(
+            s.contains("Content-Type: message/global-headers\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("Subject: caf\u{e9}\r\n"));
+        assert!(!s.contains("Content-Transfer-Encoding: 7bit"), "{s}");
+        assert!(!s.contains("text/rfc822-headers"));
     }
 }

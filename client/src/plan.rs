@@ -1,6 +1,7 @@
 //! The delivery plan of one run: which recipients of which message go to which MX addresses,
 //! and the tally of results that hands each message to the recorder once all its recipients
-//! tried in this run have one.
+//! tried in this run have one, and each delivered recipient at once while others of its message
+//! are still under way (so a crash meanwhile never sends to it again).
 //!
 //! Owns: grouping recipients by domain (case-insensitive) and by route (domains with the same MX
 //! addresses share jobs, and jobs are queued per address, so domains sharing an MX host share
@@ -18,7 +19,7 @@ use maildir_core::ForwardPath;
 
 use crate::mx::{Resolution, Target};
 use crate::queue::Message;
-use crate::record::{Attempt, Finished};
+use crate::record::{Attempt, Finished, Progress, Work};
 use crate::state::RcptState;
 
 /// Most MX addresses tried for one job in one run (Postfix: `smtp_mx_address_limit = 5`).
@@ -120,7 +121,7 @@ pub struct Tally {
     msgs: Vec<Option<Message>>,
     results: Vec<Vec<Option<Attempt>>>,
     open: Vec<usize>,
-    tx: Sender<Finished>,
+    tx: Sender<Work>,
 }
 
 impl Tally {
@@ -138,11 +139,7 @@ impl Tally {
             }
             if let Some(m) = self.msgs[i].take() {
                 let results = std::mem::take(&mut self.results[i]);
-                if self.tx.send(Finished { msg: m, results }).is_err() {
-                    log::error!(
-                        "recorder is gone; results of this run are lost and will be retried"
-                    );
-                }
+                self.send(Work::Finished(Finished { msg: m, results }));
             }
         }
         for m in &mut self.msgs {
@@ -161,15 +158,35 @@ impl Tally {
         if slot.is_some() {
             return;
         }
+        let delivered = a.state == RcptState::Delivered;
         *slot = Some(a);
         *open -= 1;
-        if *open == 0
-            && let Some(m) = self.msgs[msg].take()
-        {
-            let results = std::mem::take(&mut self.results[msg]);
-            if self.tx.send(Finished { msg: m, results }).is_err() {
-                log::error!("recorder is gone; results of this run are lost and will be retried");
+        if *open == 0 {
+            if let Some(m) = self.msgs[msg].take() {
+                let results = std::mem::take(&mut self.results[msg]);
+                self.send(Work::Finished(Finished { msg: m, results }));
             }
+        } else if delivered && let Some(m) = &self.msgs[msg] {
+            let delivered = self.results[msg]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match r {
+                    Some(a) if a.state == RcptState::Delivered => Some((i, a.text.clone())),
+                    _ => None,
+                })
+                .collect();
+            let p = Progress {
+                name: m.name.clone(),
+                base: m.state.clone(),
+                delivered,
+            };
+            self.send(Work::Progress(p));
+        }
+    }
+
+    fn send(&self, w: Work) {
+        if self.tx.send(w).is_err() {
+            log::error!("recorder is gone; results of this run are lost and will be retried");
         }
     }
 }
@@ -178,7 +195,7 @@ impl Tally {
 pub fn build(
     msgs: Vec<Message>,
     dns: &HashMap<String, Resolution>,
-    tx: Sender<Finished>,
+    tx: Sender<Work>,
     now: SystemTime,
 ) -> (Tally, Vec<JobSpec>) {
     let n = msgs.len();
@@ -194,9 +211,7 @@ pub fn build(
             && let Some(m) = tally.msgs[i].take()
         {
             let results = std::mem::take(&mut tally.results[i]);
-            if tally.tx.send(Finished { msg: m, results }).is_err() {
-                log::error!("recorder is gone");
-            }
+            tally.send(Work::Finished(Finished { msg: m, results }));
         }
     }
     let mut routes: HashMap<Vec<Target>, Arc<Vec<Target>>> = HashMap::new();
@@ -270,6 +285,7 @@ pub fn build(
                 .unwrap_or_default()
                 .as_secs_f64();
             log::info!(
+                target: crate::record::AUDIT,
                 "{}: to={}, relay=none, delay={delay:.2}, status={} ({})",
                 m.name,
                 m.rcpts[r],
@@ -354,5 +370,89 @@ mod tests {
         assert!(!j.reconnect());
         assert!(j.next_address());
         assert!(j.reconnect(), "a new address starts a new count");
+    }
+
+    use crate::state::MsgState;
+    use maildir_core::ReversePath;
+
+    fn message(rcpts: &[&str]) -> Message {
+        Message {
+            name: "m1".into(),
+            path: "/nonexistent/m1".into(),
+            sender: ReversePath::parse("<s@a.test>").unwrap(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| ForwardPath::parse(r).unwrap())
+                .collect(),
+            body_offset: 0,
+            body_len: 0,
+            eight_bit: false,
+            arrival: SystemTime::UNIX_EPOCH,
+            state: MsgState::parse("", rcpts.len()),
+            has_state_file: false,
+        }
+    }
+
+    fn attempt(state: RcptState, text: &str) -> Attempt {
+        Attempt {
+            state,
+            text: text.into(),
+            status: "2.0.0".into(),
+            smtp: true,
+            remote: Some("mx.test".into()),
+        }
+    }
+
+    #[test]
+    fn delivered_recipients_go_to_the_recorder_before_the_message_ends() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let m = message(&["<a@x.test>", "<b@y.test>", "<c@z.test>"]);
+        let targets = |ip: [u8; 4]| {
+            Resolution::Targets(vec![Target {
+                host: "mx".into(),
+                addr: std::net::SocketAddr::from((ip, 25)),
+            }])
+        };
+        let dns: HashMap<String, Resolution> = [
+            ("x.test".to_string(), targets([127, 0, 0, 2])),
+            ("y.test".to_string(), targets([127, 0, 0, 3])),
+            ("z.test".to_string(), targets([127, 0, 0, 4])),
+        ]
+        .into_iter()
+        .collect();
+        let (mut tally, _) = build(vec![m], &dns, tx, SystemTime::UNIX_EPOCH);
+        assert!(rx.try_recv().is_err(), "nothing before a result");
+        // A deferral alone is not recorded early.
+        tally.record(0, 1, attempt(RcptState::Deferred, "451 later"));
+        assert!(rx.try_recv().is_err());
+        tally.record(0, 0, attempt(RcptState::Delivered, "250 ok"));
+        match rx.try_recv() {
+            Ok(Work::Progress(p)) => {
+                assert_eq!(p.name, "m1");
+                assert_eq!(p.delivered, vec![(0, "250 ok".to_string())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // The last one: the whole message, with every result.
+        tally.record(0, 2, attempt(RcptState::Delivered, "250 fine"));
+        match rx.try_recv() {
+            Ok(Work::Finished(f)) => {
+                let states: Vec<_> = f
+                    .results
+                    .iter()
+                    .map(|r| r.as_ref().map(|a| a.state))
+                    .collect();
+                assert_eq!(
+                    states,
+                    vec![
+                        Some(RcptState::Delivered),
+                        Some(RcptState::Deferred),
+                        Some(RcptState::Delivered)
+                    ]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -2,10 +2,15 @@
 //!
 //! Owns: scanning `new/` in arrival order, parsing each envelope (maildir-core), finding where
 //! the transmitted part starts (after `Return-Path` / `X-Original-To`), the 8-bit check, which
-//! messages are due, and the `--list` output. Must not: send, resolve, or change any file.
+//! messages are due, the count of files in `new/` that are not queued messages, and the
+//! `--list` output. Must not: send, resolve, or change any file.
+//!
+//! A scan reads only each file's envelope (its first few KiB) and its state file: never the
+//! body, so a run over a queue of deferred messages that sends nothing reads next to nothing.
+//! The 8-bit check reads the body, and only of messages about to be sent ([`check_bodies`]).
 
 use std::fs::File;
-use std::io::{self, BufRead};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -28,12 +33,14 @@ pub struct Message {
     pub body_offset: u64,
     /// Octets from there to the end of the file.
     pub body_len: u64,
-    /// The transmitted part holds octets above 127.
+    /// The transmitted part holds octets above 127 (known after [`check_bodies`]; false before).
     pub eight_bit: bool,
     /// When it was queued (file modification time).
     pub arrival: SystemTime,
     /// History from the state directory.
     pub state: MsgState,
+    /// A state file exists for it (removed once the message is moved to `cur/`).
+    pub has_state_file: bool,
 }
 
 impl Message {
@@ -68,6 +75,7 @@ pub fn scan(md: &Maildir, states: &StateDir) -> io::Result<(Vec<Message>, Vec<Un
             Ok(Some(mut m)) => {
                 if with_state.contains(&m.name) {
                     m.state = states.load(&m.name, m.rcpts.len())?;
+                    m.has_state_file = true;
                 }
                 msgs.push(m);
             }
@@ -90,34 +98,58 @@ fn read_message(name: &str, path: PathBuf) -> Result<Option<Message>, String> {
     let meta = file
         .metadata()
         .map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-    let (env, mut rest) =
-        EnvelopeReader::open(file).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut body_len = 0u64;
-    let mut eight_bit = false;
-    loop {
-        let buf = rest
-            .fill_buf()
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if buf.is_empty() {
-            break;
-        }
-        eight_bit = eight_bit || crate::body::has_8bit(buf);
-        let n = buf.len();
-        body_len += n as u64;
-        rest.consume(n);
-    }
+    let (env, rest) = EnvelopeReader::open(file).map_err(|e| format!("{}: {e}", path.display()))?;
+    let body_offset = rest.envelope_len();
     let n = env.recipients.len();
     Ok(Some(Message {
         name: name.to_owned(),
         path,
         sender: env.sender,
         rcpts: env.recipients,
-        body_offset: meta.len().saturating_sub(body_len),
-        body_len,
-        eight_bit,
+        body_offset,
+        body_len: meta.len().saturating_sub(body_offset),
+        eight_bit: false,
         arrival: meta.modified().unwrap_or_else(|_| SystemTime::now()),
         state: MsgState::parse("", n),
+        has_state_file: false,
     }))
+}
+
+/// Reads the transmitted part of each message about to be sent, for the 8-bit check
+/// (`BODY=8BITMIME`). A message whose body cannot be read is left out of this run, with a
+/// warning (it stays queued and is tried again on the next run).
+pub fn check_bodies(msgs: Vec<Message>) -> Vec<Message> {
+    msgs.into_iter()
+        .filter_map(|mut m| match has_8bit_body(&m) {
+            Ok(b) => {
+                m.eight_bit = b;
+                Some(m)
+            }
+            Err(e) => {
+                log::warn!("{}: skipped in this run: {e}", m.name);
+                None
+            }
+        })
+        .collect()
+}
+
+fn has_8bit_body(m: &Message) -> Result<bool, String> {
+    let mut file =
+        File::open(&m.path).map_err(|e| format!("cannot open {}: {e}", m.path.display()))?;
+    file.seek(SeekFrom::Start(m.body_offset))
+        .map_err(|e| format!("cannot seek {}: {e}", m.path.display()))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("cannot read {}: {e}", m.path.display())),
+        };
+        if crate::body::has_8bit(&buf[..n]) {
+            return Ok(true);
+        }
+    }
 }
 
 /// The `--list` text, like `mailq`.

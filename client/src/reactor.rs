@@ -885,6 +885,7 @@ fn log_attempt(tally: &Tally, msg: usize, rcpt: usize, t: &Target, a: &Attempt) 
         _ => "deferred",
     };
     log::info!(
+        target: crate::record::AUDIT,
         "{}: to={}, relay={}[{}]:{}, delay={delay:.2}, status={status} ({})",
         m.name,
         m.rcpts[rcpt],

@@ -1,14 +1,20 @@
 //! The recorder: makes per-recipient outcomes durable, then acts on them, on a thread of its own.
 //!
 //! Owns: turning attempt results into state (delivered / deferred with backoff / bounced, expiry
-//! after the queue lifetime), queueing DSNs into the Maildir (durable before the message they
-//! report on moves), and moving finished messages from `new/` to `cur/`. Work arrives over a
-//! channel and is handled in batches: one `syncfs` for all state files of a batch and one fsync
-//! per directory, never one fsync per message. Must not: talk to the network.
+//! after the queue lifetime), recording each delivered recipient as soon as its `250` arrives
+//! ([`Progress`], so a crash later in the message's attempt never sends to it again), queueing
+//! DSNs into the Maildir (durable before the message they report on moves), and moving finished
+//! messages from `new/` to `cur/`. Work arrives over a channel and is handled in batches: one
+//! `syncfs` for all state files of a batch and one fsync per directory, never one fsync per
+//! message. A message's state file is removed only after its move into `cur/` and the fsyncs of
+//! `new/` and `cur/` succeeded; a message whose move fails keeps (or gets) a state file with every
+//! recipient final, so it is never sent again, and the move is retried on the next run.
+//! Must not: talk to the network.
 //!
 //! Finished messages go to `cur/<id>:2,<flags>`: `P` when every recipient was delivered, `T`
 //! when every recipient bounced, `PT` for a mix.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::thread::JoinHandle;
@@ -19,7 +25,11 @@ use maildir_core::{Durability, Envelope, ForwardPath, Maildir, ReversePath};
 
 use crate::dsn;
 use crate::queue::Message;
-use crate::state::{RcptState, StateDir, backoff, epoch_secs, fsync_dir};
+use crate::state::{MsgState, RcptState, StateDir, backoff, epoch_secs, fsync_dir};
+
+/// Log target of the delivery log (one line per recipient outcome, expiry and bounce): an audit
+/// target for the logging thread, which never drops its records (`maildir_core::logging`).
+pub const AUDIT: &str = "smtp_relay::audit";
 
 /// The result of one attempt for one recipient.
 #[derive(Debug, Clone)]
@@ -42,6 +52,28 @@ pub struct Finished {
     pub msg: Message,
     /// Per envelope recipient; `None` for those not tried (already final).
     pub results: Vec<Option<Attempt>>,
+}
+
+/// The recipients of a message delivered so far in this run, sent while others of the same
+/// message still wait for an outcome: recorded at once, so a crash before the message's attempt
+/// ends never sends to them again.
+#[derive(Debug)]
+pub struct Progress {
+    /// File name in `new/`.
+    pub name: String,
+    /// The state read at the start of the run.
+    pub base: MsgState,
+    /// Every recipient delivered in this run so far: (index, reply).
+    pub delivered: Vec<(usize, String)>,
+}
+
+/// What the recorder is sent.
+#[derive(Debug)]
+pub enum Work {
+    /// Some recipients delivered; others still under way.
+    Progress(Progress),
+    /// Every recipient tried in this run has a result.
+    Finished(Finished),
 }
 
 /// Counts of the run, per recipient.
@@ -69,7 +101,7 @@ pub fn spawn(
     md: Maildir,
     states: StateDir,
     cfg: RecorderConfig,
-) -> std::io::Result<(Sender<Finished>, JoinHandle<Summary>)> {
+) -> std::io::Result<(Sender<Work>, JoinHandle<Summary>)> {
     let (tx, rx) = crossbeam_channel::unbounded();
     let h = std::thread::Builder::new()
         .name("recorder".into())
@@ -77,8 +109,10 @@ pub fn spawn(
     Ok((tx, h))
 }
 
-fn run(md: Maildir, states: StateDir, cfg: RecorderConfig, rx: Receiver<Finished>) -> Summary {
+fn run(md: Maildir, states: StateDir, cfg: RecorderConfig, rx: Receiver<Work>) -> Summary {
     let mut sum = Summary::default();
+    // Messages whose state file this recorder wrote (progress records): removed once moved.
+    let mut recorded = HashSet::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -87,9 +121,54 @@ fn run(md: Maildir, states: StateDir, cfg: RecorderConfig, rx: Receiver<Finished
                 Err(_) => break,
             }
         }
-        apply(&md, &states, &cfg, batch, &mut sum);
+        let mut finished = Vec::new();
+        let mut progress = HashMap::new();
+        for w in batch {
+            match w {
+                Work::Finished(f) => finished.push(f),
+                // A later report of the same message holds everything the earlier one did.
+                Work::Progress(p) => {
+                    progress.insert(p.name.clone(), p);
+                }
+            }
+        }
+        // A message finished in this batch: its final record supersedes its progress.
+        for f in &finished {
+            progress.remove(&f.msg.name);
+        }
+        record_progress(&states, progress, &mut recorded);
+        if !finished.is_empty() {
+            apply(&md, &states, &cfg, finished, &mut recorded, &mut sum);
+        }
     }
     sum
+}
+
+/// Writes the delivered recipients of messages still under way, one durable batch.
+fn record_progress(
+    states: &StateDir,
+    progress: HashMap<String, Progress>,
+    recorded: &mut HashSet<String>,
+) {
+    if progress.is_empty() {
+        return;
+    }
+    let store: Vec<(String, MsgState)> = progress
+        .into_values()
+        .map(|p| {
+            let mut st = p.base;
+            for (i, text) in p.delivered {
+                if let Some(slot) = st.rcpts.get_mut(i) {
+                    *slot = (RcptState::Delivered, text);
+                }
+            }
+            (p.name, st)
+        })
+        .collect();
+    for (name, e) in states.store_batch(&store) {
+        log::error!("{name}: cannot record delivered recipients: {e}");
+    }
+    recorded.extend(store.into_iter().map(|(name, _)| name));
 }
 
 struct Plan {
@@ -104,6 +183,7 @@ fn apply(
     states: &StateDir,
     cfg: &RecorderConfig,
     batch: Vec<Finished>,
+    recorded: &mut HashSet<String>,
     sum: &mut Summary,
 ) {
     let now = SystemTime::now();
@@ -132,7 +212,7 @@ fn apply(
                 );
                 a.status = "4.4.7".into();
                 a.smtp = false;
-                log::info!("{}: to={}, status=expired ({})", m.name, m.rcpts[i], a.text);
+                log::info!(target: AUDIT, "{}: to={}, status=expired ({})", m.name, m.rcpts[i], a.text);
             }
             st.rcpts[i] = (a.state, a.text.clone());
             match a.state {
@@ -191,7 +271,7 @@ fn apply(
             match results.get(i) {
                 Some(Ok(d)) => {
                     sum.dsns += 1;
-                    log::info!("{}: sender non-delivery notification: {}", p.name, d.id);
+                    log::info!(target: AUDIT, "{}: sender non-delivery notification: {}", p.name, d.id);
                 }
                 Some(Err(e)) => {
                     log::error!("{}: cannot queue bounce: {e}; will retry", p.name);
@@ -223,36 +303,60 @@ fn apply(
                 (true, false) => "P",
                 _ => "T",
             };
-            moves.push((p.name, flags, f.msg.state.attempts > 0));
+            let had_state = f.msg.has_state_file || recorded.contains(&p.name);
+            moves.push((p.name, flags, had_state, p.state));
         } else {
             let mut st = p.state;
             st.next = epoch_secs(now) + backoff(st.attempts).as_secs();
             store.push((p.name, st));
         }
     }
+    let mut moved = Vec::new();
+    for (name, flags, had_state, mut st) in moves {
+        match md.move_to_cur(&name, flags) {
+            Ok(_) => moved.push((name, had_state)),
+            Err(e) => {
+                // Every recipient is final: the record says so, so no run sends this message
+                // again; the move is retried on the next run.
+                log::error!(
+                    "{name}: cannot move to cur/: {e}; every recipient is final and recorded, \
+                     so it is not sent again; the move is retried on the next run"
+                );
+                st.error = format!("cannot move to cur/: {e}");
+                st.next = 0;
+                store.push((name, st));
+            }
+        }
+    }
     for (name, e) in states.store_batch(&store) {
         log::error!("{name}: cannot record state: {e}");
     }
-    for (name, flags, had_state) in &moves {
-        match md.move_to_cur(name, flags) {
-            Ok(_) => sum.messages_done += 1,
-            Err(e) => log::error!("{name}: {e}"),
-        }
-        if *had_state {
-            states.remove(name);
+    if moved.is_empty() {
+        return;
+    }
+    sum.messages_done += moved.len();
+    // A state file goes only once the move is durable: before that, a crash could bring the
+    // message back into `new/` without the record of who already has it.
+    let mut durable = true;
+    for dir in [md.new_dir(), md.cur_dir()] {
+        if let Err(e) = fsync_dir(dir) {
+            log::error!("{e}; keeping the state files of the messages moved");
+            durable = false;
         }
     }
-    if !moves.is_empty() {
-        for dir in [md.new_dir(), md.cur_dir()] {
-            if let Err(e) = fsync_dir(dir) {
-                log::error!("{e}");
-            }
+    if !durable {
+        return;
+    }
+    let mut removed = false;
+    for (name, had_state) in &moved {
+        if *had_state {
+            states.remove(name);
+            recorded.remove(name);
+            removed = true;
         }
-        if moves.iter().any(|m| m.2)
-            && let Err(e) = states.sync_dir()
-        {
-            log::error!("{e}");
-        }
+    }
+    if removed && let Err(e) = states.sync_dir() {
+        log::error!("{e}");
     }
 }
 
@@ -291,6 +395,7 @@ fn make_dsn(
             sender,
             arrival: m.arrival,
             now,
+            message_id: &dsn::message_id(&m.name, &cfg.reporting_mta, now, fastrand::u64(..)),
         };
         dsn::write(&mut d, &report, failed, original)
     });

@@ -69,6 +69,8 @@ struct Scanned {
     total: usize,
     /// Not due yet.
     waiting: usize,
+    /// Files in `new/` that are not queued messages (each logged with the reason).
+    not_queued: usize,
     /// Due, not in flight when the scan started.
     due: Vec<Message>,
     /// Due but skipped: in flight.
@@ -81,6 +83,7 @@ struct Pass {
     started: Instant,
     total: usize,
     waiting: usize,
+    not_queued: usize,
     busy: usize,
     tried: usize,
     names: Vec<String>,
@@ -366,6 +369,7 @@ impl Loop<'_> {
                 started: s.started,
                 total: s.total,
                 waiting: s.waiting,
+                not_queued: s.not_queued,
                 busy,
                 tried,
                 names,
@@ -432,8 +436,8 @@ impl Loop<'_> {
             }
         };
         let mut counts = format!(
-            "{} of {} messages tried, {} not due",
-            p.tried, p.total, p.waiting
+            "{} of {} messages tried, {} not due, {} file(s) in new/ not queued messages",
+            p.tried, p.total, p.waiting, p.not_queued
         );
         if p.busy > 0 {
             counts.push_str(&format!(", {} already in progress", p.busy));
@@ -481,6 +485,8 @@ fn scan(
         .into_iter()
         .partition(|m| cfg.ignore_schedule || m.is_due(now));
     let (busy, due): (Vec<_>, Vec<_>) = due.into_iter().partition(|m| skip.contains(&m.name));
+    // The 8-bit check reads bodies: only of messages about to be sent.
+    let due = queue::check_bodies(due);
     let domains: BTreeSet<String> = due
         .iter()
         .flat_map(|m| {
@@ -499,6 +505,7 @@ fn scan(
         read,
         total,
         waiting: waiting.len(),
+        not_queued: bad.len(),
         due,
         busy: busy.len(),
         dns,

@@ -386,9 +386,11 @@ fn parse_domain(d: &str) -> Result<Domain, AddressError> {
 }
 
 fn check_address_literal(lit: &str) -> Result<(), AddressError> {
+    // The tag is case-insensitive (RFC 5321 §4.1.3: `IPv6:`, `ipv6:`, `IPV6:`...).
     if let Some(v6) = lit
-        .strip_prefix("IPv6:")
-        .or_else(|| lit.strip_prefix("ipv6:"))
+        .get(..5)
+        .filter(|tag| tag.eq_ignore_ascii_case("IPv6:"))
+        .map(|_| &lit[5..])
     {
         return v6
             .parse::<std::net::Ipv6Addr>()
@@ -450,6 +452,8 @@ mod tests {
             "<user@[IPv6:::1]>",
             "<user@[IPv6:2001:db8:0:0:0:0:0:1]>",
             "<user@[IPv6:::ffff:192.0.2.1]>",
+            "<user@[ipv6:::1]>",
+            "<user@[IpV6:2001:db8::1]>",
             "<user@[X-tag:content]>",
             // RFC 6531: UTF-8 in quoted strings too.
             "<\"ü ß\"@example.org>",
@@ -490,6 +494,7 @@ mod tests {
             ("<user@[1.2.3]>", AddressError::BadAddressLiteral),
             ("<user@[]>", AddressError::BadAddressLiteral),
             ("<user@[IPv6:]>", AddressError::BadAddressLiteral),
+            ("<user@[iPv6:zz]>", AddressError::BadAddressLiteral),
             ("<user@[IPv6:1::2::3]>", AddressError::BadAddressLiteral),
             ("<user@[192.0.2.1>", AddressError::BadAddressLiteral),
             ("<user@[tag:a b]>", AddressError::Whitespace),

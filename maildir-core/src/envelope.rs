@@ -97,6 +97,8 @@ pub struct EnvelopeReader<R> {
     /// The first line after the envelope, already read while looking for its end.
     pending: Vec<u8>,
     pending_pos: usize,
+    /// Octets of the envelope lines.
+    envelope_len: u64,
 }
 
 impl<R: Read> EnvelopeReader<R> {
@@ -107,6 +109,7 @@ impl<R: Read> EnvelopeReader<R> {
         if !read_line(&mut inner, &mut line)? {
             return Err(EnvelopeError::LineTooLong);
         }
+        let mut envelope_len = line.len() as u64;
         let first = line_str(&line)?;
         let sender_text =
             header_value(first, RETURN_PATH).ok_or(EnvelopeError::MissingReturnPath)?;
@@ -136,6 +139,7 @@ impl<R: Read> EnvelopeReader<R> {
                 error,
             })?;
             recipients.push(rcpt);
+            envelope_len += line.len() as u64;
         }
         if recipients.is_empty() {
             return Err(EnvelopeError::NoRecipients);
@@ -144,8 +148,16 @@ impl<R: Read> EnvelopeReader<R> {
             inner,
             pending: line,
             pending_pos: 0,
+            envelope_len,
         };
         Ok((Envelope { sender, recipients }, reader))
+    }
+}
+
+impl<R> EnvelopeReader<R> {
+    /// Octets of the envelope lines: the offset in the file of the first byte after them.
+    pub fn envelope_len(&self) -> u64 {
+        self.envelope_len
     }
 }
 
@@ -231,6 +243,7 @@ mod tests {
         file.extend_from_slice(b"Received: from x\r\nSubject: hi\r\n\r\nbody\r\n");
         let (got, mut rest) = EnvelopeReader::open(&file[..]).unwrap();
         assert_eq!(got, e);
+        assert_eq!(rest.envelope_len(), e.to_bytes().len() as u64);
         let mut s = String::new();
         rest.read_to_string(&mut s).unwrap();
         assert_eq!(s, "Received: from x\r\nSubject: hi\r\n\r\nbody\r\n");

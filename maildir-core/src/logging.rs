@@ -1,9 +1,12 @@
 //! The logging thread: a `log::Log` whose callers only filter and enqueue, and a thread of its
 //! own that formats and writes each record with env_logger (so `RUST_LOG` works as usual).
 //!
-//! The calling side never blocks: the channel is bounded and a record that does not fit is
-//! dropped and counted; the count is reported by the thread as soon as it has room. A
-//! [`LogGuard`] flushes and joins the thread at exit so the last lines are not lost.
+//! The calling side does not block for ordinary records: the channel is bounded and a record
+//! that does not fit is dropped and counted; the count is reported by the thread as soon as it
+//! has room. **Audit records** (the delivery log: one line per recipient outcome, the audit
+//! trail of what happened to each message) are never dropped: their target is [`AUDIT`] or ends
+//! in `::audit` (e.g. `smtp_relay::audit`), and when the queue is full their sender waits for
+//! room. A [`LogGuard`] flushes and joins the thread at exit so the last lines are not lost.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -14,6 +17,18 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// How many records may wait for the logging thread before new ones are dropped.
 pub const LOG_QUEUE: usize = 16 * 1024;
+
+/// The target of audit records, or the last `::` segment of one (`smtp_relay::audit`): never
+/// dropped, the caller blocks until the logging thread has room.
+pub const AUDIT: &str = "audit";
+
+/// True for a target whose records are audit records ([`AUDIT`]).
+pub fn is_audit(target: &str) -> bool {
+    target == AUDIT
+        || target
+            .strip_suffix(AUDIT)
+            .is_some_and(|head| head.ends_with("::"))
+}
 
 enum Msg {
     Record(OwnedRecord),
@@ -59,6 +74,14 @@ impl Log for ChannelLogger {
             line: record.line(),
             args: record.args().to_string(),
         };
+        if is_audit(record.target()) {
+            // The audit trail: wait for room rather than lose it. Fails only once the logging
+            // thread is gone (after the guard stopped it).
+            if self.shared.tx.send(Msg::Record(owned)).is_err() {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         match self.shared.tx.try_send(Msg::Record(owned)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -188,4 +211,77 @@ fn write(writer: &env_logger::Logger, level: Level, target: &str, text: &str) {
             .args(format_args!("{text}"))
             .build(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn audit_targets() {
+        assert!(is_audit("audit"));
+        assert!(is_audit("smtp_relay::audit"));
+        assert!(!is_audit("smtp_relay::reactor"));
+        assert!(!is_audit("inaudit"));
+        assert!(!is_audit("smtp_relay::audit::x"));
+    }
+
+    /// A logging thread that falls behind (here: not reading at all): ordinary records beyond
+    /// the queue are dropped and counted, audit records wait and are all delivered.
+    #[test]
+    fn audit_records_wait_for_room_and_are_never_dropped() {
+        let (tx, rx) = bounded(2);
+        let shared = Arc::new(Shared {
+            tx,
+            dropped: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let filter = env_logger::Builder::new()
+            .filter_level(LevelFilter::Info)
+            .build();
+        let logger = ChannelLogger {
+            filter: Arc::new(filter),
+            shared: shared.clone(),
+        };
+        let producer = std::thread::spawn(move || {
+            let emit = |target: &str, text: &str| {
+                logger.log(
+                    &Record::builder()
+                        .level(Level::Info)
+                        .target(target)
+                        .args(format_args!("{text}"))
+                        .build(),
+                )
+            };
+            for i in 0..3 {
+                emit("smtp_relay::reactor", &format!("chatter {i}"));
+            }
+            for i in 0..5 {
+                emit(
+                    "smtp_relay::audit",
+                    &format!("to=<r{i}@x.test>, status=sent"),
+                );
+            }
+        });
+        // The queue holds 2: the third ordinary record is dropped, the audit ones wait.
+        let end = Instant::now() + Duration::from_secs(30);
+        while shared.dropped.load(Ordering::Relaxed) < 1 {
+            assert!(Instant::now() < end, "the third record was never dropped");
+            std::thread::yield_now();
+        }
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Msg::Record(r)) => got.push(r.args),
+                Ok(_) => {}
+                Err(e) => panic!("records missing after {got:?}: {e}"),
+            }
+        }
+        producer.join().expect("producer thread");
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+        let audit: Vec<&String> = got.iter().filter(|a| a.contains("status=sent")).collect();
+        assert_eq!(audit.len(), 5, "{got:?}");
+        assert!(rx.try_recv().is_err(), "nothing else queued");
+    }
 }

@@ -130,6 +130,14 @@ impl Tally {
         self.msgs.get(i).and_then(Option::as_ref)
     }
 
+    /// True when recipient `rcpt` of message `msg` has a result in this run already.
+    pub fn has_result(&self, msg: usize, rcpt: usize) -> bool {
+        self.results
+            .get(msg)
+            .and_then(|r| r.get(rcpt))
+            .is_some_and(Option::is_some)
+    }
+
     /// Stopping: sends every message that has a result for some recipient to the recorder, the
     /// others (`None`) keeping their state; messages with no result at all are left untouched.
     pub fn flush_tried(&mut self) {

@@ -803,6 +803,33 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                         .abort(&format!("cannot open {}: {e}", m.path.display())),
                 }
             }
+            Event::Accepted(n, list) => {
+                // Recorded now (a crash or a stop before the job ends must not send to them
+                // again); the job's `JobDone` later skips them.
+                let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
+                    continue;
+                };
+                let Some(slot) = ctx.passes.get_mut(job.pass) else {
+                    continue;
+                };
+                for (k, reply) in list {
+                    let Some(&r) = job.spec.rcpts.get(k) else {
+                        continue;
+                    };
+                    if slot.tally.has_result(job.spec.msg, r) {
+                        continue;
+                    }
+                    let a = Attempt {
+                        state: RcptState::Delivered,
+                        status: reply.status(),
+                        text: reply.one_line(),
+                        smtp: true,
+                        remote: Some(c.target.host.clone()),
+                    };
+                    log_attempt(&slot.tally, job.spec.msg, r, &c.target, &a);
+                    slot.tally.record(job.spec.msg, r, a);
+                }
+            }
             Event::JobDone(n, results) => {
                 c.answered += 1;
                 let Some(&key) = c.jobs.get(n) else {
@@ -827,6 +854,10 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                     let Some(&r) = job.spec.rcpts.get(k) else {
                         continue;
                     };
+                    if tally.has_result(job.spec.msg, r) {
+                        // Recorded by `Accepted` already.
+                        continue;
+                    }
                     if status == RcptStatus::Deferred && can_move {
                         if let Some(m) = tally.message(job.spec.msg) {
                             log::info!(

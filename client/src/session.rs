@@ -8,8 +8,10 @@
 //! checking every reply against the command it answers (a reply of the wrong class, one before
 //! its command was written, or one when none is expected is a protocol error: the transactions
 //! in progress are deferred with 4.5.0, the connection closed, nothing counted as sent),
-//! per-recipient outcomes, what a server cannot take (SIZE; 8-bit content without 8BITMIME,
-//! RFC 6152: 5.6.3; SMTPUTF8 judged per transaction, RFC 6531: 5.6.7), mail loops (the server
+//! per-recipient outcomes (those taken in a transaction that ended while more of the same job
+//! follow are reported at once, `Event::Accepted`), what a server cannot take (SIZE; 8-bit
+//! content without 8BITMIME, RFC 6152: 5.6.3; SMTPUTF8 judged per transaction, RFC 6531:
+//! 5.6.7), mail loops (the server
 //! greets or answers EHLO with our own name: 5.4.6), reply timeouts (RFC 5321 §4.5.3.2: a total
 //! deadline per reply, counted from when the command was sent or the previous reply arrived;
 //! bytes of a reply do not extend it), QUIT, and the SMTP side of STARTTLS (RFC 3207): when to
@@ -122,6 +124,11 @@ pub enum Event {
     /// Send the body of job `n` now with `push_body`, then `end_body` (once per transaction:
     /// a job split into several transactions sends its body in each).
     SendBody(usize),
+    /// Recipients of job `n` (indexes into its `rcpts`, with the reply to the final dot) that
+    /// the server took in a transaction that ended while other recipients of the job are still
+    /// under way (a job split into several transactions): record them now, before the job ends.
+    /// The job's `JobDone` follows later with every result, these included and unchanged.
+    Accepted(usize, Vec<(usize, Reply)>),
     /// Job `n` is finished on this session: one status and reply per recipient, in order.
     JobDone(usize, Vec<(RcptStatus, Reply)>),
     /// The session is over. `error` says why when it ended before QUIT was answered; jobs not
@@ -817,6 +824,20 @@ impl Session {
             }
         }
         self.report_if_done(n);
+        if !self.js[n].done {
+            // More transactions of this job follow: who has the message already is final now.
+            let accepted: Vec<(usize, Reply)> = tx
+                .idx
+                .iter()
+                .filter_map(|&i| match &self.js[n].results[i] {
+                    Some((RcptStatus::Sent, r)) => Some((i, r.clone())),
+                    _ => None,
+                })
+                .collect();
+            if !accepted.is_empty() {
+                self.events.push_back(Event::Accepted(n, accepted));
+            }
+        }
     }
 
     /// Reports job `n` once every recipient has an outcome and none is in a transaction.
@@ -1934,6 +1955,50 @@ mod tests {
         assert!(o[0].1[1].2.starts_with("4.4.2 lost connection"), "{o:?}");
     }
 
+    /// Issue 10 item 8 for a job in several transactions: the recipients taken in the first
+    /// are reported (`Accepted`) as soon as its final reply arrives, not only when the whole job
+    /// ends, so a crash or a stop while the next transaction waits never sends to them again.
+    #[test]
+    fn recipients_of_a_finished_transaction_are_reported_before_the_job_ends() {
+        let make = |now| {
+            Session::new(
+                "client.test",
+                vec![job(&["a@x.test", "b@x.test", "c@x.test"])],
+                Timeouts::rfc(),
+                now,
+            )
+            .with_max_rcpt(2)
+        };
+        // a and b in the first transaction (b refused), c in the second, whose dot is never
+        // answered (the connection is lost).
+        let server = server_for(&["250 ok", "250 ok", "550 no b", "354 go", "250 one"]);
+        let (w, ev) = run_all_splits(&make, &server);
+        assert!(w.ends_with("RCPT TO:<c@x.test>\r\nDATA\r\n"), "{w}");
+        let accepted = Event::Accepted(0, vec![(0, Reply::new(250, "one"))]);
+        let at = ev.iter().position(|e| *e == accepted);
+        let done = ev.iter().position(|e| matches!(e, Event::JobDone(..)));
+        assert!(at.is_some() && at < done, "{ev:?}");
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, Event::Accepted(..)))
+                .count(),
+            1
+        );
+        let o = outcomes(&ev);
+        assert_eq!(o[0].1[0], (RcptStatus::Sent, 250, "one".into()));
+        assert_eq!(o[0].1[1].0, RcptStatus::Bounced);
+        assert_eq!(o[0].1[2].0, RcptStatus::Deferred);
+        // A job in one transaction is reported by `JobDone` alone.
+        let (_, ev) = run_all_splits(
+            &plain(vec![job(&["a@x.test"])]),
+            &server_for(&["250 ok", "250 ok", "354 go", "250 one", "221 bye"]),
+        );
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::Accepted(..))),
+            "{ev:?}"
+        );
+    }
+
     /// Issue 10 item 11: SMTPUTF8 is needed per transaction (sender or that transaction's
     /// recipients), not per message; 8-bit content never goes to a server without 8BITMIME.
     #[test]
@@ -2034,10 +2099,30 @@ mod tests {
             proptest::prop_assert!(matches!(ev.last(), Some(Event::Closed { .. })), "{:?}", ev);
             let mut bodies = [0usize; 2];
             let mut reported = [false; 2];
+            let mut accepted: Vec<(usize, usize, Reply)> = Vec::new();
             for e in &ev {
                 match e {
                     Event::SendBody(n) => bodies[*n] += 1,
+                    Event::Accepted(n, list) => {
+                        proptest::prop_assert!(!reported[*n], "accepted after the job's end");
+                        proptest::prop_assert!(bodies[*n] > 0, "accepted without a body");
+                        for (i, r) in list {
+                            proptest::prop_assert!(
+                                !accepted.iter().any(|(m, j, _)| m == n && j == i),
+                                "accepted twice: {:?}", ev
+                            );
+                            accepted.push((*n, *i, r.clone()));
+                        }
+                    }
                     Event::JobDone(n, r) => {
+                        // What was accepted early is in the job's results unchanged, as sent.
+                        for (m, i, rep) in &accepted {
+                            if m == n {
+                                proptest::prop_assert_eq!(
+                                    &r[*i], &(RcptStatus::Sent, rep.clone()), "{:?}", ev
+                                );
+                            }
+                        }
                         proptest::prop_assert!(!reported[*n], "job {} reported twice", n);
                         reported[*n] = true;
                         proptest::prop_assert_eq!(r.len(), [3, 1][*n]);

@@ -13,6 +13,7 @@ Options:
   --code RCPT=CODE                 answer RCPT TO:<RCPT> with CODE (451, 550, ...), repeatable
   --mail-code SENDER=CODE          answer MAIL FROM:<SENDER> with CODE, repeatable
   --dot-delay SECS                 wait before answering the final dot (a slow server)
+  --dot-delay-for RCPT             only for transactions with this recipient (repeatable)
   --ready FILE                     create FILE once listening
   --tls-cert FILE --tls-key FILE   offer STARTTLS with this certificate (Python's ssl module)
   --implicit-tls                   TLS from the first byte instead (RFC 8314)
@@ -32,6 +33,7 @@ def main():
     ap.add_argument("--code", action="append", default=[])
     ap.add_argument("--mail-code", action="append", default=[])
     ap.add_argument("--dot-delay", type=float, default=0.0)
+    ap.add_argument("--dot-delay-for", action="append", default=[])
     ap.add_argument("--ready")
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
@@ -103,7 +105,10 @@ def main():
                     if in_data:
                         if line == b".\r\n":
                             in_data = False
-                            if args.dot_delay:
+                            slow = {r.lower() for r in args.dot_delay_for}
+                            if args.dot_delay and (
+                                not slow or any(r.strip("<>").lower() in slow for r in rcpts)
+                            ):
                                 if out:
                                     s.sendall(b"".join(out))
                                     out = []

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use integration_tests::relay::{Dns, Sink, queue, relay, run_args, sample, temp_maildir};
+use integration_tests::relay::{
+    Dns, Sink, queue, relay, run_args, sample, spawn_relay, temp_maildir,
+};
 use integration_tests::{bin, list, python, wait_for};
 use maildir_core::Maildir;
 
@@ -153,6 +155,84 @@ fn delivered_recipient_recorded_before_the_slow_one_ends() {
     assert_eq!(copies(&slow, "<b@slow.test>"), 1, "{:?}", slow.messages());
     assert!(list(md.new_dir()).is_empty());
     assert_eq!(state_of(&md, &name), "");
+}
+
+/// Item 8 when a message's recipients for one host go in several transactions (more than
+/// `--max-rcpt-per-transaction`, or "452 too many recipients"): the recipient the server took
+/// in the first transaction is recorded as delivered while the second transaction still waits
+/// for its final reply, and a SIGTERM then defers only the recipient still under way, so the
+/// next run sends to it alone. (The session used to report the first transaction's recipients
+/// only when the whole message was done, and the stop recorded them as deferred.)
+#[test]
+fn recipient_of_an_earlier_transaction_is_recorded_and_kept_at_sigterm() {
+    let ip = "127.0.47.2";
+    let sink = Sink::start(
+        &[ip],
+        &["--dot-delay", "600", "--dot-delay-for", "b@split.test"],
+    );
+    let (_d, md) = temp_maildir();
+    let name = queue(
+        &md,
+        "<s@src.test>",
+        &["<a@split.test>", "<b@split.test>"],
+        &sample("sp1", "a@split.test"),
+    );
+    let host = format!("{ip}:{}", sink.port);
+    let args = [
+        "--once",
+        "--smarthost",
+        &host,
+        "--max-rcpt-per-transaction",
+        "1",
+        "--timeout",
+        "300",
+        "--helo",
+        "relay.test",
+    ];
+    let mut child = spawn_relay(md.root(), &args);
+    wait_for(
+        "the first transaction's message at the sink",
+        Duration::from_secs(60),
+        || copies(&sink, "<a@split.test>") == 1,
+    );
+    wait_for(
+        "the first transaction's recipient recorded as delivered",
+        Duration::from_secs(60),
+        || state_of(&md, &name).contains("rcpt 0 delivered"),
+    );
+    assert_eq!(
+        copies(&sink, "<b@split.test>"),
+        0,
+        "the second transaction still waits"
+    );
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut status = None;
+    wait_for("smtp-relay to exit", Duration::from_secs(30), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let st = state_of(&md, &name);
+    assert!(
+        st.contains("rcpt 0 delivered") && st.contains("rcpt 1 deferred"),
+        "{st}"
+    );
+    let port = sink.port;
+    drop(sink);
+    let sink = Sink::start_on(&[ip], port, &[]);
+    let mut now = args.to_vec();
+    now.push("--now");
+    let (out, err) = ok(&relay(md.root(), &now));
+    assert!(
+        out.contains("1 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert_eq!(copies(&sink, "<a@split.test>"), 0, "{:?}", sink.messages());
+    assert_eq!(copies(&sink, "<b@split.test>"), 1, "{:?}", sink.messages());
+    assert!(list(md.new_dir()).is_empty());
 }
 
 /// The `Status:` lines of the DSNs in `new/` (files other than `skip`), sorted.

@@ -2,7 +2,8 @@
 //!
 //! Owns: scanning `new/` in arrival order, parsing each envelope (maildir-core), finding where
 //! the transmitted part starts (after `Return-Path` / `X-Original-To`), the 8-bit check, which
-//! messages are due, the count of files in `new/` that are not queued messages, and the
+//! messages are due, the count of files in `new/` that are not queued messages (or whose
+//! relay state cannot be read: left out of the run), and the
 //! `--list` output. Must not: send, resolve, or change any file.
 //!
 //! A scan reads only each file's envelope (its first few KiB) and its state file: never the
@@ -57,7 +58,8 @@ impl Message {
     }
 }
 
-/// A file in `new/` that could not be read as a queued message.
+/// A file in `new/` that could not be read as a queued message (its envelope, or its relay
+/// state: then it is left alone until the state can be read).
 #[derive(Debug)]
 pub struct Unreadable {
     pub name: String,
@@ -74,7 +76,18 @@ pub fn scan(md: &Maildir, states: &StateDir) -> io::Result<(Vec<Message>, Vec<Un
         match read_message(&e.name, e.path.clone()) {
             Ok(Some(mut m)) => {
                 if with_state.contains(&m.name) {
-                    m.state = states.load(&m.name, m.rcpts.len())?;
+                    // Without its state, who has the message already is unknown: leave it
+                    // alone (the others go on), never send it blind.
+                    match states.load(&m.name, m.rcpts.len()) {
+                        Ok(st) => m.state = st,
+                        Err(e) => {
+                            bad.push(Unreadable {
+                                name: m.name,
+                                error: format!("cannot read its relay state: {e}"),
+                            });
+                            continue;
+                        }
+                    }
                     m.has_state_file = true;
                 }
                 msgs.push(m);

@@ -478,7 +478,7 @@ fn scan(
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
     let read = started.elapsed();
     for b in &bad {
-        log::warn!("{}: skipped, not a queued message: {}", b.name, b.error);
+        log::warn!("{}: skipped: {}", b.name, b.error);
     }
     let total = msgs.len();
     let (due, waiting): (Vec<_>, Vec<_>) = msgs

@@ -235,6 +235,62 @@ fn recipient_of_an_earlier_transaction_is_recorded_and_kept_at_sigterm() {
     assert!(list(md.new_dir()).is_empty());
 }
 
+/// A message whose relay state cannot be read (here the state path is a directory; a disk
+/// error does the same) is left alone, with the reason logged and shown by `--list`: the run
+/// sends the other messages. It used to fail the whole scan, so one bad state file stopped
+/// all outbound mail, run after run.
+#[test]
+fn unreadable_state_file_holds_up_only_its_own_message() {
+    let ip = "127.0.47.3";
+    let sink = Sink::start(&[ip], &[]);
+    let (_d, md) = temp_maildir();
+    let good = queue(
+        &md,
+        "<s@src.test>",
+        &["<a@st.test>"],
+        &sample("st1", "a@st.test"),
+    );
+    let bad = queue(
+        &md,
+        "<s@src.test>",
+        &["<b@st.test>"],
+        &sample("st2", "b@st.test"),
+    );
+    let state = md.root().join(".relay").join(&bad);
+    std::fs::create_dir_all(&state).expect("a directory where the state file goes");
+    let host = format!("{ip}:{}", sink.port);
+    let args = [
+        "--once",
+        "--smarthost",
+        &host,
+        "--timeout",
+        "10",
+        "--helo",
+        "relay.test",
+    ];
+    let (out, err) = ok(&relay(md.root(), &args));
+    assert!(
+        out.contains("1 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert_eq!(copies(&sink, "<a@st.test>"), 1, "{:?}", sink.messages());
+    assert_eq!(copies(&sink, "<b@st.test>"), 0, "{:?}", sink.messages());
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&bad) && l.contains("cannot read its relay state")),
+        "{err}"
+    );
+    assert!(!md.new_dir().join(&good).exists());
+    assert!(md.new_dir().join(&bad).exists(), "left in new/");
+    let (list_out, _) = ok(&relay(md.root(), &["--list"]));
+    assert!(
+        list_out
+            .lines()
+            .any(|l| l.starts_with(&bad) && l.contains("cannot read its relay state")),
+        "{list_out}"
+    );
+}
+
 /// The `Status:` lines of the DSNs in `new/` (files other than `skip`), sorted.
 fn dsn_statuses(md: &Maildir, skip: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = list(md.new_dir())

@@ -88,7 +88,8 @@ struct Conn {
     generation: u64,
     armed: Option<Instant>,
     closed: Option<Option<String>>,
-    /// Jobs this session finished (the server took or refused them): progress.
+    /// Jobs this session reported done (the server took or refused them, or a protocol error
+    /// or a close mid-job ended them): progress, for [`JobSpec::after_close`].
     answered: usize,
     /// The session ended because a reply (or the body's progress) took too long.
     timed_out: bool,

@@ -636,6 +636,10 @@ impl<'a> Reactor<'a> {
                 continue;
             };
             for &r in &job.spec.rcpts {
+                if tally.has_result(job.spec.msg, r) {
+                    // Taken in an earlier transaction of this job (`Accepted`).
+                    continue;
+                }
                 let a = Attempt {
                     state: RcptState::Deferred,
                     text: why.to_owned(),

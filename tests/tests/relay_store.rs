@@ -220,6 +220,20 @@ fn recipient_of_an_earlier_transaction_is_recorded_and_kept_at_sigterm() {
         st.contains("rcpt 0 delivered") && st.contains("rcpt 1 deferred"),
         "{st}"
     );
+    // The delivery log says the same: one line per recipient outcome.
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err).expect("stderr");
+    }
+    let audit = |rcpt: &str| -> Vec<&str> {
+        err.lines()
+            .filter(|l| l.contains(" smtp_relay::audit] ") && l.contains(rcpt))
+            .collect()
+    };
+    let a = audit("to=<a@split.test>");
+    assert!(a.len() == 1 && a[0].contains("status=sent"), "{err}");
+    let b = audit("to=<b@split.test>");
+    assert!(b.len() == 1 && b[0].contains("status=deferred"), "{err}");
     let port = sink.port;
     drop(sink);
     let sink = Sink::start_on(&[ip], port, &[]);

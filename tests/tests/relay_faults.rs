@@ -226,7 +226,8 @@ fn never_answers_the_greeting() {
     );
     assert!(seen.received.is_empty(), "nothing sent before a greeting");
     assert!(
-        seen.took >= Duration::from_millis(900) && seen.took < Duration::from_secs(5),
+        // Generous upper bound for a loaded machine: without the timeout it would never end.
+        seen.took >= Duration::from_millis(900) && seen.took < Duration::from_secs(15),
         "gave up after about --timeout 1: {:?}",
         seen.took
     );
@@ -243,7 +244,7 @@ fn never_answers_the_final_dot() {
         &["timeout waiting for reply to end of data"],
     );
     assert!(has(&seen.received, "\r\n.\r\n"), "the dot was sent");
-    assert!(seen.took < Duration::from_secs(5), "{:?}", seen.took);
+    assert!(seen.took < Duration::from_secs(15), "{:?}", seen.took);
 }
 
 /// A greeting that is binary junk and an HTTP status line.

@@ -69,7 +69,8 @@ fn smarthost_by_address_takes_everything_without_dns() {
     assert!(out.contains("5 delivered, 0 deferred, 0 bounced"), "{out}");
     assert!(out.contains("1 connection(s), 0 failed"), "{out}");
     assert!(
-        t0.elapsed() < Duration::from_secs(4),
+        // The resolver would wait 2 x 5 s for a dead server; a loaded machine needs slack.
+        t0.elapsed() < Duration::from_secs(8),
         "no DNS timeout was waited for"
     );
     assert_eq!(sink.connections().len(), 1);

@@ -476,8 +476,10 @@ impl<'a> Reactor<'a> {
                 tls: self.tls,
                 level: self.cfg.tls,
             };
-            // Read everything available.
-            loop {
+            // Read everything available, until the session ends: a server flooding the
+            // connection gets a protocol error (every input is bounded in the session) and is
+            // read no further, so it cannot keep the reactor to itself.
+            while !c.session.is_closed() {
                 match c.transport.read(&mut self.buf) {
                     Ok(0) => {
                         c.session.handle_eof(None);

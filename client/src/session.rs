@@ -401,6 +401,11 @@ impl Session {
         self.close(Some(why.to_owned()));
     }
 
+    /// True once the session has ended: nothing more is read from the server.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
     /// Jobs that have no outcome yet.
     pub fn unfinished(&self) -> Vec<usize> {
         (0..self.jobs.len()).filter(|&i| !self.js[i].done).collect()
@@ -1637,6 +1642,21 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(s.unfinished(), vec![0]);
+    }
+
+    /// A server that floods the connection ends its session (every input is bounded), and the
+    /// session says so, so the reactor stops reading it.
+    #[test]
+    fn a_flooding_server_closes_the_session() {
+        let now = Instant::now();
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
+        assert!(!s.is_closed());
+        let flood = vec![b'x'; 64 * 1024];
+        s.handle_input(&flood, now);
+        assert!(s.is_closed(), "an endless line is refused");
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
+        s.handle_input("220 mx\r\n".repeat(1000).as_bytes(), now);
+        assert!(s.is_closed(), "endless replies are refused");
     }
 
     /// Item 4: replies that arrive while the body is still being written answer nothing we sent

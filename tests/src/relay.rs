@@ -646,3 +646,30 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Bytes as text (lossy).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts that a `smtp-relay` run exited 0; returns (stdout, stderr).
+pub fn relay_ok(out: &Output) -> (String, String) {
+    let (o, e) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "smtp-relay exit {:?}\nstdout: {o}\nstderr: {e}",
+        out.status
+    );
+    (o, e)
+}
+
+/// The relay state file of a queued message, as text (panics when there is none).
+pub fn state_of(md: &Maildir, name: &str) -> String {
+    let p = md.root().join(".relay").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("state {}: {e}", p.display()))
+}
+
+/// The relay state file of a queued message, or "" when there is none.
+pub fn state_if_any(md: &Maildir, name: &str) -> String {
+    std::fs::read_to_string(md.root().join(".relay").join(name)).unwrap_or_default()
+}

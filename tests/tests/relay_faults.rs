@@ -15,23 +15,9 @@ use std::time::{Duration, Instant};
 use integration_tests::relay::{
     BrokenSink, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
 };
+use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{list, wait_for};
 use maildir_core::Maildir;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exit status 0; returns (stdout, stderr).
-fn ok(out: &Output) -> (String, String) {
-    let (o, e) = (text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success(),
-        "smtp-relay exit {:?}\nstdout: {o}\nstderr: {e}",
-        out.status
-    );
-    (o, e)
-}
 
 /// What a fault case queues: two messages, three recipients; the first message is `big` octets
 /// of body so that a sink closing after its first read closes mid-DATA.
@@ -75,12 +61,6 @@ fn relay_args<'a>(smarthost: &'a str, timeout: &'a str) -> Vec<&'a str> {
         "--helo",
         "relay.test",
     ]
-}
-
-/// The state file of a queued message, as text.
-fn state_of(md: &Maildir, name: &str) -> String {
-    let p = md.root().join(".relay").join(name);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("state {}: {e}", p.display()))
 }
 
 /// Checks the outcome of one run against a broken peer: everything deferred with `reason` in the

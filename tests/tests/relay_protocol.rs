@@ -8,10 +8,11 @@
 //! Each test uses its own 127.0.41.x address.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{b64, queue, relay, sample, spawn_relay, temp_maildir};
+use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{free_port, list, python, wait_for};
 use maildir_core::Maildir;
 
@@ -95,21 +96,6 @@ impl Drop for ProtoSink {
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exit status 0; returns (stdout, stderr).
-fn ok(out: &Output) -> (String, String) {
-    let (o, e) = (text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success(),
-        "smtp-relay exit {:?}\nstdout: {o}\nstderr: {e}",
-        out.status
-    );
-    (o, e)
-}
-
 fn args<'a>(host: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "--once",
@@ -130,11 +116,6 @@ fn log_line<'a>(stderr: &'a str, r: &str) -> &'a str {
         .lines()
         .find(|l| l.contains(&format!("to={r},")))
         .unwrap_or_else(|| panic!("no log line for {r}:\n{stderr}"))
-}
-
-fn state_of(md: &Maildir, name: &str) -> String {
-    let p = md.root().join(".relay").join(name);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("state {}: {e}", p.display()))
 }
 
 /// Files in `cur/` whose name ends with `suffix`.

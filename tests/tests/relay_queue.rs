@@ -7,35 +7,14 @@
 //! own 127.0.27.x addresses.
 
 use std::io::Read;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
     BrokenSink, Daemon, Dns, Sink, queue, relay, sample, spawn_relay, temp_maildir,
 };
+use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{Smtpd, have, list, wait_for};
-use maildir_core::Maildir;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exit status 0; returns (stdout, stderr).
-fn ok(out: &Output) -> (String, String) {
-    let (o, e) = (text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success(),
-        "smtp-relay exit {:?}\nstdout: {o}\nstderr: {e}",
-        out.status
-    );
-    (o, e)
-}
-
-/// The state file of a queued message, as text.
-fn state_of(md: &Maildir, name: &str) -> String {
-    let p = md.root().join(".relay").join(name);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("state {}: {e}", p.display()))
-}
 
 /// `--interval`: while a session to a slow MX host (a greeting trickling one byte a second,
 /// forever) is in progress, mail for another host that arrives meanwhile is sent at once, not

@@ -10,24 +10,9 @@ use std::time::Duration;
 use integration_tests::relay::{
     Dns, Sink, queue, relay, run_args, sample, spawn_relay, temp_maildir,
 };
+use integration_tests::relay::{relay_ok as ok, state_if_any as state_of};
 use integration_tests::{bin, list, python, wait_for};
 use maildir_core::Maildir;
-
-fn ok(out: &Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "smtp-relay failed: {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
-
-/// The state file of a queued message, or "" when there is none.
-fn state_of(md: &Maildir, name: &str) -> String {
-    std::fs::read_to_string(md.root().join(".relay").join(name)).unwrap_or_default()
-}
 
 /// Messages the sink received for one recipient.
 fn copies(sink: &Sink, rcpt: &str) -> usize {

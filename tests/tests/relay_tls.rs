@@ -3,22 +3,9 @@
 //! (OpenSSL). MX records from dnsmasq. Certificates are made at test time with the `openssl`
 //! CLI ([`TestCa`]); no key is committed. Each test uses its own 127.0.2N.x addresses.
 
-use std::process::Output;
-
+use integration_tests::relay::relay_ok as ok;
 use integration_tests::relay::{Dns, Sink, TestCa, queue, relay, run_args, sample, temp_maildir};
 use integration_tests::{Smtpd, have, list};
-
-/// (stdout, stderr) of a relay run that exited 0.
-fn ok(out: &Output) -> (String, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "smtp-relay failed: {:?}\nstdout: {stdout}\nstderr: {stderr}",
-        out.status
-    );
-    (stdout, stderr)
-}
 
 fn have_peers() -> bool {
     have("openssl") && have("python3")

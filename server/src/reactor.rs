@@ -400,7 +400,14 @@ impl Server {
                 return;
             };
             let room = read_room(conn.inbuf.len());
-            let may_read = conn.session.wants_read() && !conn.eof && room > 0;
+            // A session closed while its TLS handshake is under way (a stop signal right after
+            // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
+            // last reply (421) can only be sent then.
+            let finishing_handshake = conn.session.is_closed()
+                && conn.transport.is_handshaking()
+                && !conn.session.pending_output().is_empty();
+            let may_read =
+                (conn.session.wants_read() || finishing_handshake) && !conn.eof && room > 0;
             if may_read && reads == READ_BUDGET {
                 // Its turn is over: the rest waits for the next round of the event loop.
                 spent = true;

@@ -413,3 +413,68 @@ fn a_lingering_tls_close_is_not_cut_short_by_the_idle_deadline() {
         "no session reached QUIT:\n{out}"
     );
 }
+
+/// A client reads the `220 Ready to start TLS`, smtpd gets SIGTERM (sent by the script, which
+/// waits until an idle second session has its `421`), then the client does the handshake.
+/// Prints what the client read over TLS, or how the handshake failed.
+const PY_STARTTLS_AFTER_SIGTERM: &str = r#"
+import socket, ssl, sys, os, signal
+host, port, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def session():
+    s = socket.create_connection((host, port), timeout=20)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO stop.test\r\n")
+    while not f.readline().startswith(b"250 "): pass
+    return s, f
+s, f = session()
+idle, idle_f = session()
+s.sendall(b"STARTTLS\r\n")
+print("plain", f.readline().decode().strip())
+os.kill(pid, signal.SIGTERM)
+print("idle", idle_f.readline().decode().strip())
+try:
+    t = ctx.wrap_socket(s)
+    print("tls", t.makefile("rb").readline().decode().strip())
+except Exception as e:
+    print("handshake failed", repr(e))
+"#;
+
+/// Item 16, found in review: a session that starts TLS after the stop signal ends with
+/// `421 4.3.2`, as the README says; the closed session used to stop reading, so the handshake
+/// never finished, the 421 was never sent and the client was reset when the linger ran out.
+#[test]
+fn starttls_after_sigterm_gets_421_over_tls() {
+    if !have("python3") || !have("openssl") {
+        return;
+    }
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue("mx.smtpd.test");
+    let mut s = start(&[
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+    ]);
+    let out = python(
+        PY_STARTTLS_AFTER_SIGTERM,
+        &[
+            "127.0.0.1",
+            &s.addr.port().to_string(),
+            &s.child.id().to_string(),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() == 3, "{out}\n{}", server_log(&s));
+    assert!(lines[0].starts_with("plain 220 2.0.0"), "{out}");
+    assert!(lines[1].starts_with("idle 421 4.3.2"), "{out}");
+    assert!(
+        lines[2].starts_with("tls 421 4.3.2"),
+        "no 421 over TLS: {out}\n{}",
+        server_log(&s)
+    );
+    assert_eq!(wait_exit(&mut s, Duration::from_secs(20)), Some(0));
+}

@@ -5,7 +5,8 @@
 //! - [`config`]: command line and validated settings (trusted networks as CIDR).
 //! - [`command`]: one command line in, a typed [`command::Command`] or its refusal out.
 //! - [`reply`]: reply codes with their enhanced status codes, as typed constants.
-//! - [`data`]: the DATA decoder (end of data, dot-unstuffing, line ends, size).
+//! - [`data`]: the DATA decoder (end of data, dot-unstuffing, line ends, size) and the
+//!   `Received:` hop counter (loop detection).
 //! - [`session`]: the pure SMTP session state machine (sans-io; time passed in).
 //! - [`transport`]: the byte transport between socket and session (plain TCP; TLS slots in here).
 //! - [`reactor`]: the mio event loop that moves bytes and runs the session's actions.

@@ -85,8 +85,9 @@ struct Conn {
     /// Counted against the per-address limit.
     limited_ip: Option<IpAddr>,
     eof: bool,
-    /// Closed, waiting for the client to read its last reply (until `LINGER` runs out).
-    lingering: bool,
+    /// Closed, waiting for the client to read its last reply until then (`LINGER` after the
+    /// close). An idle deadline still in the heap must not cut this short.
+    linger_until: Option<Instant>,
     /// STARTTLS accepted: switch to TLS once the `220` is sent.
     starting_tls: bool,
     /// The handshake's outcome was given to the session.
@@ -368,7 +369,7 @@ impl Server {
             timer_armed: false,
             limited_ip,
             eof: false,
-            lingering: false,
+            linger_until: None,
             starting_tls: false,
             tls_reported: false,
             ready: false,
@@ -399,7 +400,14 @@ impl Server {
                 return;
             };
             let room = read_room(conn.inbuf.len());
-            let may_read = conn.session.wants_read() && !conn.eof && room > 0;
+            // A session closed while its TLS handshake is under way (a stop signal right after
+            // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
+            // last reply (421) can only be sent then.
+            let finishing_handshake = conn.session.is_closed()
+                && conn.transport.is_handshaking()
+                && !conn.session.pending_output().is_empty();
+            let may_read =
+                (conn.session.wants_read() || finishing_handshake) && !conn.eof && room > 0;
             if may_read && reads == READ_BUDGET {
                 // Its turn is over: the rest waits for the next round of the event loop.
                 spent = true;
@@ -473,8 +481,8 @@ impl Server {
                     self.close(key);
                     return;
                 }
-                if !conn.lingering {
-                    conn.lingering = true;
+                if conn.linger_until.is_none() {
+                    conn.linger_until = Some(now + LINGER);
                     self.timers
                         .push(Reverse((now + LINGER, key, conn.generation)));
                 }
@@ -647,6 +655,11 @@ impl Server {
             }
             conn.timer_armed = false;
             if conn.session.is_closed() {
+                // An idle deadline armed before the session closed is no reason to stop the
+                // linger early: the linger's own entry ends it.
+                if conn.linger_until.is_some_and(|t| now < t) {
+                    continue;
+                }
                 // Its last reply was never read.
                 self.close(key);
                 continue;

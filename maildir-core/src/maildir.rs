@@ -4,8 +4,11 @@
 //! Delivery writes into `tmp/`, and a message appears in `new/` only by rename after its bytes
 //! are on stable storage, so a reader never sees a partial file and a crash loses nothing that
 //! was committed. That rename never replaces a file already in `new/` (a name repeated after a
-//! pid reuse fails the delivery instead of overwriting a message). This module does no protocol work and owns no threads: callers decide where a
-//! commit runs (smtpd runs batch commits off its reactor thread).
+//! pid reuse fails the delivery instead of overwriting a message).
+//!
+//! This module does no protocol work and keeps no threads: callers decide where a commit runs
+//! (smtpd runs batch commits off its reactor thread); `commit_batch` only fans its flushes out
+//! over scoped threads that end before it returns.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -521,9 +524,18 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             return Err(e);
         }
     }
-    // link(2) never replaces an existing name.
+    // link(2) never replaces an existing name. Once the link exists the message is in place:
+    // a failed unlink of the tmp/ name must not turn it into a failure (the client would send
+    // it again), it only leaves a second name that the stale-tmp cleanup removes.
     fs::hard_link(from, to)?;
-    fs::remove_file(from)
+    if let Err(e) = fs::remove_file(from) {
+        log::warn!(
+            "{} is delivered as {}, but its tmp/ name stays: {e}",
+            from.display(),
+            to.display()
+        );
+    }
+    Ok(())
 }
 
 /// `<secs>.M<usecs>P<pid>Q<seq>.<host>`: unique without locks across threads and processes.

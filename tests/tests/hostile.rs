@@ -317,10 +317,21 @@ fn connections_beyond_max_per_ip_get_421_4_7_0() {
     let _g = serial();
     let s = start(&["--max-per-ip", "2", "--trust", "10.0.0.0/8"]);
     let local = Ipv4Addr::new(127, 0, 0, 1);
-    let mut a = Client::connect_from(local, s.addr);
-    a.expect_reply("220 ");
-    let mut b = Client::connect_from(local, s.addr);
-    b.expect_reply("220 ");
+    // The start-up probe (a connect and close from 127.0.0.1) holds a slot until the server
+    // has read its close: retry until each of the two is admitted.
+    let admitted = || {
+        let mut got = None;
+        wait_for("an admitted connection", Duration::from_secs(10), || {
+            let mut c = Client::connect_from(local, s.addr);
+            if c.reply().code == 220 {
+                got = Some(c);
+            }
+            got.is_some()
+        });
+        got.expect("admitted")
+    };
+    let mut a = admitted();
+    let mut b = admitted();
     let mut third = Client::connect_from(local, s.addr);
     third.expect_reply("421 4.7.0 ");
     third.expect_close(Duration::from_secs(5));
@@ -708,9 +719,12 @@ fn start_with_maildir(maildir: &Path, extra: &[&str]) -> Smtpd {
     let mut args = vec!["--hostname", HOST];
     args.extend_from_slice(extra);
     let s = Smtpd::start_in(maildir, "127.0.0.1", &args);
-    // start_in only waits for the port: wait for the greeting too.
+    // start_in only waits for the port: wait for the greeting too, and for the server to close
+    // this connection, so that neither it nor start_in's probe (closed before it) still holds
+    // a connection slot when a test counts them.
     let mut c = Client::greeted(s.addr);
     c.expect("QUIT", "221");
+    c.expect_close(Duration::from_secs(10));
     s
 }
 

@@ -26,6 +26,8 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 
+use maildir_core::address::literal_ip;
+
 use crate::config::{Config, Route};
 
 /// One address to try, with the host name it came from (for logs and DSNs).
@@ -388,22 +390,6 @@ async fn resolve_domain(
     }
 }
 
-/// The address of an address literal's content (`192.0.2.1`, `IPv6:2001:db8::1`; the tag is
-/// case-insensitive, RFC 5321 §4.1.3). IPv4-mapped IPv6 addresses become IPv4.
-pub fn literal_ip(lit: &str) -> Option<IpAddr> {
-    let v6 = lit
-        .get(..5)
-        .filter(|tag| tag.eq_ignore_ascii_case("IPv6:"))
-        .map(|_| &lit[5..]);
-    match v6 {
-        Some(a) => a
-            .parse::<std::net::Ipv6Addr>()
-            .ok()
-            .map(|a| a.to_canonical()),
-        None => lit.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
-    }
-}
-
 async fn host_targets(res: &TokioResolver, host: &str, port: u16) -> Resolution {
     let fqdn = format!("{}.", host.trim_end_matches('.'));
     match res.lookup_ip(fqdn.as_str()).await {
@@ -561,19 +547,5 @@ mod tests {
             panic!()
         };
         assert!(text.contains("is an IP address"), "{text}");
-    }
-
-    #[test]
-    fn address_literals_any_tag_case() {
-        let one = Some(IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(literal_ip("127.0.0.1"), one);
-        assert_eq!(literal_ip("IPv6:::1"), "::1".parse().ok());
-        assert_eq!(literal_ip("ipv6:::1"), "::1".parse().ok());
-        assert_eq!(literal_ip("IPV6:::1"), "::1".parse().ok());
-        assert_eq!(literal_ip("ipv6:::ffff:127.0.0.1"), one);
-        assert_eq!(literal_ip("::1"), None, "IPv6 needs its tag");
-        assert_eq!(literal_ip("ipv6:1.2.3.4"), None);
-        assert_eq!(literal_ip("x-tag:foo"), None);
-        assert_eq!(literal_ip("ipv"), None);
     }
 }

@@ -108,12 +108,11 @@ impl TlsContext {
 /// The name to send in SNI and check the certificate against: the MX host name (or the
 /// smarthost's), an IP address for address literals.
 pub fn server_name(host: &str, ip: IpAddr) -> ServerName<'static> {
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .map(|h| h.strip_prefix("IPv6:").unwrap_or(h))
-        .unwrap_or(host);
-    ServerName::try_from(bare.to_owned()).unwrap_or(ServerName::IpAddress(ip.into()))
+    // An address literal is the address connected to (`mx::resolve` made it from the literal).
+    if host.starts_with('[') {
+        return ServerName::IpAddress(ip.into());
+    }
+    ServerName::try_from(host.to_owned()).unwrap_or(ServerName::IpAddress(ip.into()))
 }
 
 /// Accepts any certificate (opportunistic TLS protects against passive listeners only) but

@@ -385,13 +385,31 @@ fn parse_domain(d: &str) -> Result<Domain, AddressError> {
     Ok(Domain::Name(d.to_owned()))
 }
 
-fn check_address_literal(lit: &str) -> Result<(), AddressError> {
-    // The tag is case-insensitive (RFC 5321 §4.1.3: `IPv6:`, `ipv6:`, `IPV6:`...).
-    if let Some(v6) = lit
-        .get(..5)
+/// The text after an address literal's `IPv6:` tag, which is case-insensitive (RFC 5321
+/// §4.1.3: `IPv6:`, `ipv6:`, `IPV6:`...); `None` without that tag.
+fn ipv6_tagged(lit: &str) -> Option<&str> {
+    lit.get(..5)
         .filter(|tag| tag.eq_ignore_ascii_case("IPv6:"))
         .map(|_| &lit[5..])
-    {
+}
+
+/// The address an address literal's content names (`192.0.2.1`, `IPv6:2001:db8::1`, the tag
+/// in any case); IPv4-mapped IPv6 addresses become IPv4. `None` for anything else.
+pub fn literal_ip(lit: &str) -> Option<std::net::IpAddr> {
+    match ipv6_tagged(lit) {
+        Some(a) => a
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|a| a.to_canonical()),
+        None => lit
+            .parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(std::net::IpAddr::V4),
+    }
+}
+
+fn check_address_literal(lit: &str) -> Result<(), AddressError> {
+    if let Some(v6) = ipv6_tagged(lit) {
         return v6
             .parse::<std::net::Ipv6Addr>()
             .map(|_| ())
@@ -591,5 +609,19 @@ mod tests {
         assert!(ReversePath::parse("<ü@x.example>").unwrap().is_utf8());
         assert!(!ReversePath::parse("<u@x.example>").unwrap().is_utf8());
         assert!(ForwardPath::parse("<u@bücher.example>").unwrap().is_utf8());
+    }
+
+    #[test]
+    fn address_literals_any_tag_case() {
+        let one = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(literal_ip("127.0.0.1"), one);
+        assert_eq!(literal_ip("IPv6:::1"), "::1".parse().ok());
+        assert_eq!(literal_ip("ipv6:::1"), "::1".parse().ok());
+        assert_eq!(literal_ip("IPV6:::1"), "::1".parse().ok());
+        assert_eq!(literal_ip("ipv6:::ffff:127.0.0.1"), one);
+        assert_eq!(literal_ip("::1"), None, "IPv6 needs its tag");
+        assert_eq!(literal_ip("ipv6:1.2.3.4"), None);
+        assert_eq!(literal_ip("x-tag:foo"), None);
+        assert_eq!(literal_ip("ipv"), None);
     }
 }

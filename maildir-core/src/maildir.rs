@@ -44,11 +44,15 @@ impl MaildirError {
 
     /// True when the failure is a full disk or exhausted quota (a temporary condition).
     pub fn is_storage_full(&self) -> bool {
-        matches!(
-            self.source.raw_os_error(),
-            Some(libc::ENOSPC) | Some(libc::EDQUOT)
-        ) || self.source.kind() == io::ErrorKind::StorageFull
+        storage_full(&self.source)
     }
+}
+
+/// True for "no space left" and "over quota" (ENOSPC, EDQUOT): temporary for the client
+/// (452), unlike other storage failures.
+pub fn storage_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
 }
 
 impl fmt::Display for MaildirError {

@@ -168,9 +168,10 @@ pub fn store_error(e: &MaildirError) -> StoreError {
 /// The store error for a failed write to a queue file: out of space or over quota is
 /// temporary and answered `452 4.3.1`, anything else `451 4.3.0`.
 pub fn io_store_error(e: &std::io::Error) -> StoreError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::Full,
-        _ => StoreError::Failed,
+    if maildir_core::maildir::storage_full(e) {
+        StoreError::Full
+    } else {
+        StoreError::Failed
     }
 }
 

@@ -196,6 +196,11 @@ fn interval_daemon_wakes_on_new_mail_from_smtpd() {
         smtpd.new_files().is_empty()
     });
     assert_eq!(list(&smtpd.maildir.join("cur")).len(), 2);
+    // The log reaches us through the logging thread and a pipe: wait for the line, then
+    // check there are exactly two.
+    wait_for("both delivery log lines", Duration::from_secs(10), || {
+        d.count("status=sent") >= 2
+    });
     assert!(d.count("status=sent") == 2, "{}", d.log());
     // Still running: a second relay must leave (lock held).
     let out = relay(&smtpd.maildir, &["--once", "--smarthost", &host]);

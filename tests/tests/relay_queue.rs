@@ -427,6 +427,10 @@ fn interval_daemon_under_a_stream_sends_each_message_once() {
     );
     // Nothing is left in new/, so no later pass can send anything again.
     assert_eq!(sink.messages().len(), 200, "each message once");
+    // The log reaches us through the logging thread and a pipe: wait for the lines first.
+    wait_for("the delivery log lines", Duration::from_secs(10), || {
+        d.count("status=sent") >= 200
+    });
     assert_eq!(d.count("status=sent"), 200, "{}", d.log());
     assert_eq!(d.count("status=deferred"), 0, "{}", d.log());
     wait_for("the passes' summaries", Duration::from_secs(10), || {

@@ -1,32 +1,43 @@
-//! The byte transport under a session: what the reactor reads client bytes from and writes
-//! replies to. Plain TCP, or TLS with rustls driven sans-io (as rustls's `tlsserver-mio`
-//! example does): records move between the socket and the `ServerConnection`, plaintext moves
-//! between the connection and the session, and the session never knows which it is.
+//! The byte transport under a session, for both sides: what a reactor reads the peer's bytes
+//! from and writes its own to. Plain TCP, or TLS with rustls driven sans-io (as rustls's
+//! `tlsserver-mio` example does): records move between the socket and the
+//! `rustls::Connection` (server or client), plaintext moves between the connection and the
+//! session, and the session never knows which it is.
 //!
-//! Non-blocking only: every call returns `WouldBlock` rather than wait. No protocol logic.
+//! Owns: the socket, the rustls connection, TLS records read but not yet processed and
+//! records produced by a handshake thread but not yet sent, and the names of the negotiated
+//! protocol version and cipher suite. Two handshake modes: [`Handshake::Offload`] (smtpd:
+//! records are collected here and processed by [`crate::handshake`] threads, so the expensive
+//! crypto never runs on the reactor) and [`Handshake::Inline`] (smtp-relay: the handshake
+//! advances in [`Transport::read`] and [`Transport::flush`]).
+//!
+//! Must not: block (every call returns `WouldBlock` rather than wait), speak a mail protocol,
+//! or decide TLS policy (configurations and certificate checks belong to the binaries).
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::Connection;
 
 /// Most plaintext rustls buffers for sending before `write` takes less (backpressure).
 const TLS_SEND_BUFFER: usize = 64 * 1024;
 
-/// What the session records of a TLS connection (for the trace header and logs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// Protocol version, e.g. `TLSv1.3`.
-    pub version: String,
-    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
-
 /// Raw TLS input buffered while the handshake is processed elsewhere.
 const RAW_INPUT_MAX: usize = 64 * 1024;
+
+/// Where the expensive part of the TLS handshake runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Elsewhere: [`Transport::read`] only collects records (`WouldBlock`), the caller takes
+    /// them with [`Transport::take_handshake`] and returns the result to
+    /// [`Transport::handshake_done`]; writes wait (`WouldBlock`) until TLS is established.
+    Offload,
+    /// Here, in [`Transport::read`] and [`Transport::flush`]; plaintext written meanwhile is
+    /// held by rustls until the handshake is done.
+    Inline,
+}
 
 /// Where the TLS connection is.
 #[derive(Debug)]
@@ -34,24 +45,23 @@ enum Tls {
     /// Plain TCP.
     Off,
     /// TLS; the connection is here.
-    Home(Box<ServerConnection>),
+    Home(Box<Connection>),
     /// TLS; the connection is lent to a handshake thread.
     Away,
 }
 
-/// A connection's byte transport: a TCP stream, with a rustls server connection on top once
-/// TLS has started. While the handshake runs, its records are collected here and processed
-/// by [`crate::handshake`] threads (see [`Transport::take_handshake`]), so the expensive
-/// crypto never runs on the reactor; once established, records are decrypted here.
+/// A connection's byte transport: a TCP stream, with a rustls connection on top once TLS has
+/// started.
 #[derive(Debug)]
 pub struct Transport {
     tcp: TcpStream,
     tls: Tls,
+    handshake: Handshake,
     /// TLS records read but not yet given to the connection.
     raw_in: Vec<u8>,
     /// TLS records produced by a handshake thread, not yet sent.
     raw_out: Vec<u8>,
-    /// The peer closed the TCP stream.
+    /// The peer closed the TCP stream (TLS may still hold decrypted bytes).
     eof: bool,
 }
 
@@ -61,21 +71,29 @@ impl Transport {
         Transport {
             tcp,
             tls: Tls::Off,
+            handshake: Handshake::Inline,
             raw_in: Vec::new(),
             raw_out: Vec::new(),
             eof: false,
         }
     }
 
-    /// Starts TLS (after `220 Ready to start TLS`, or at once on an implicit TLS listener).
-    /// Anything the client sent in plaintext and we did not read yet is taken as TLS records.
-    pub fn start_tls(&mut self, config: &Arc<ServerConfig>) -> io::Result<()> {
+    /// The socket (for connect errors and addresses).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Starts TLS over `tls`, a new server or client connection (after `220` to STARTTLS, or
+    /// at once for implicit TLS). Anything the peer sent in plaintext and we did not read yet
+    /// is taken as TLS records; a client's hello goes out with the next [`Transport::flush`].
+    /// Does nothing if TLS has already started.
+    pub fn start_tls(&mut self, tls: impl Into<Connection>, handshake: Handshake) {
         if matches!(self.tls, Tls::Off) {
-            let mut tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+            let mut tls = tls.into();
             tls.set_buffer_limit(Some(TLS_SEND_BUFFER));
             self.tls = Tls::Home(Box::new(tls));
+            self.handshake = handshake;
         }
-        Ok(())
     }
 
     /// True once TLS has started (handshake under way or done).
@@ -92,10 +110,18 @@ impl Transport {
         }
     }
 
-    /// Handshake records waiting to be processed, with the connection to process them: the
-    /// caller sends them to a handshake thread and returns the result to
-    /// [`Transport::handshake_done`].
-    pub fn take_handshake(&mut self) -> Option<(Box<ServerConnection>, Vec<u8>)> {
+    /// The TLS connection, once started and while it is not lent to a handshake thread.
+    pub fn tls(&self) -> Option<&Connection> {
+        match &self.tls {
+            Tls::Home(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Handshake records waiting to be processed, with the connection to process them
+    /// ([`Handshake::Offload`] only): the caller sends them to a handshake thread and returns
+    /// the result to [`Transport::handshake_done`].
+    pub fn take_handshake(&mut self) -> Option<(Box<Connection>, Vec<u8>)> {
         let handshaking = matches!(&self.tls, Tls::Home(t) if t.is_handshaking());
         if !handshaking || self.raw_in.is_empty() {
             return None;
@@ -107,9 +133,10 @@ impl Transport {
     }
 
     /// A handshake thread processed records: the connection comes home with records to send.
+    /// An error (`InvalidData`) fails this connection; its alert, if any, is sent first.
     pub fn handshake_done(
         &mut self,
-        tls: Box<ServerConnection>,
+        tls: Box<Connection>,
         output: &[u8],
         error: Option<String>,
     ) -> io::Result<()> {
@@ -124,25 +151,20 @@ impl Transport {
         }
     }
 
-    /// Version and cipher of an established TLS session.
-    pub fn tls_info(&self) -> Option<TlsInfo> {
-        let Tls::Home(tls) = &self.tls else {
-            return None;
-        };
-        let version = match tls.protocol_version()? {
-            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
-            other => format!("{other:?}"),
-        };
-        let suite = tls.negotiated_cipher_suite()?;
-        Some(TlsInfo {
-            version,
-            cipher: format!("{:?}", suite.suite()),
-        })
+    /// The negotiated protocol version, e.g. `TLSv1.3`.
+    pub fn protocol_version(&self) -> Option<String> {
+        self.tls().and_then(version_name)
     }
 
-    /// Reads client bytes into `buf`; `Ok(0)` is end of input. During a TLS handshake this
-    /// only collects records (`WouldBlock`): see [`Transport::take_handshake`].
+    /// The negotiated cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub fn cipher_suite(&self) -> Option<String> {
+        self.tls().and_then(cipher_name)
+    }
+
+    /// Reads the peer's bytes into `buf`; `Ok(0)` is end of input (TCP end, or close_notify).
+    /// With [`Handshake::Offload`], during the handshake this only collects records
+    /// (`WouldBlock`): see [`Transport::take_handshake`]. A TLS error is `InvalidData`, after
+    /// its alert has been sent.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &self.tls {
             Tls::Off => self.tcp.read(buf),
@@ -150,14 +172,14 @@ impl Transport {
                 self.read_raw()?;
                 Err(io::ErrorKind::WouldBlock.into())
             }
-            Tls::Home(t) if t.is_handshaking() => {
+            Tls::Home(t) if self.handshake == Handshake::Offload && t.is_handshaking() => {
                 self.read_raw()?;
                 if self.raw_in.is_empty() && self.eof {
                     return Ok(0);
                 }
                 Err(io::ErrorKind::WouldBlock.into())
             }
-            Tls::Home(_) => self.read_established(buf),
+            Tls::Home(_) => self.read_tls(buf),
         }
     }
 
@@ -176,12 +198,13 @@ impl Transport {
         Ok(())
     }
 
-    fn read_established(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Decrypts: plaintext already there first, then records collected earlier, then the
+    /// socket. Handshake messages and alerts go out as soon as they exist.
+    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let Tls::Home(tls) = &mut self.tls else {
                 return Err(io::ErrorKind::WouldBlock.into());
             };
-            // Plaintext already decrypted comes first.
             match tls.reader().read(buf) {
                 Ok(n) => return Ok(n), // 0: close_notify received
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -218,11 +241,12 @@ impl Transport {
         }
     }
 
-    /// Writes reply bytes; returns how many were taken (`WouldBlock` until TLS is established).
+    /// Writes the session's bytes; returns how many were taken (`WouldBlock` when rustls's
+    /// send buffer is full, and with [`Handshake::Offload`] until TLS is established).
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let tls = match &mut self.tls {
             Tls::Off => return self.tcp.write(buf),
-            Tls::Home(t) if !t.is_handshaking() => t,
+            Tls::Home(t) if self.handshake == Handshake::Inline || !t.is_handshaking() => t,
             _ => return Err(io::ErrorKind::WouldBlock.into()),
         };
         let n = tls.writer().write(buf)?;
@@ -233,7 +257,7 @@ impl Transport {
         Ok(n)
     }
 
-    /// Sends TLS records waiting (handshake messages, encrypted replies).
+    /// Sends TLS records waiting (handshake messages, encrypted session bytes, alerts).
     pub fn flush(&mut self) -> io::Result<()> {
         while !self.raw_out.is_empty() {
             match self.tcp.write(&self.raw_out) {
@@ -266,6 +290,16 @@ impl Transport {
         !self.raw_out.is_empty() || matches!(&self.tls, Tls::Home(t) if t.wants_write())
     }
 
+    /// Sends close_notify if TLS is established (best effort: the connection is ending).
+    pub fn close_notify(&mut self) {
+        if let Tls::Home(tls) = &mut self.tls
+            && !tls.is_handshaking()
+        {
+            tls.send_close_notify();
+            let _ = self.flush();
+        }
+    }
+
     /// Registers the underlying socket for readiness events.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -276,4 +310,18 @@ impl Transport {
     pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         self.tcp.deregister(registry)
     }
+}
+
+/// `TLSv1.2`, `TLSv1.3`, or rustls's name for another version.
+fn version_name(tls: &Connection) -> Option<String> {
+    Some(match tls.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_owned(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// rustls's name for the negotiated cipher suite.
+fn cipher_name(tls: &Connection) -> Option<String> {
+    Some(format!("{:?}", tls.negotiated_cipher_suite()?.suite()))
 }

@@ -325,3 +325,254 @@ fn version_name(tls: &Connection) -> Option<String> {
 fn cipher_name(tls: &Connection) -> Option<String> {
     Some(format!("{:?}", tls.negotiated_cipher_suite()?.suite()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use mio::net::TcpListener;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+    use super::*;
+    use crate::handshake::{self, Job};
+    use crate::{ConnRef, listen};
+
+    /// A connected pair of plain transports: (accepted side, connecting side).
+    fn pair() -> (Transport, Transport) {
+        let listener: TcpListener = listen("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let server = eventually("accept", || listener.accept().ok().map(|(s, _)| s));
+        (Transport::plain(server), Transport::plain(client))
+    }
+
+    /// Polls `f` until it gives a value (the sockets are non-blocking), at most 5 s.
+    fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Some(v) = f() {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Reads until `want` bytes arrived (or end of input).
+    fn read_all(t: &mut Transport, want: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        eventually("input", || match t.read(&mut buf) {
+            Ok(0) => Some(()),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                (got.len() >= want).then_some(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("read: {e}"),
+        });
+        got
+    }
+
+    /// Reads until end of input; true if it came (false on an error).
+    fn reads_eof(t: &mut Transport) -> bool {
+        let mut buf = [0u8; 1024];
+        eventually("end of input", || match t.read(&mut buf) {
+            Ok(0) => Some(true),
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(_) => Some(false),
+        })
+    }
+
+    #[test]
+    fn plain_bytes_go_both_ways_and_eof_reads_zero() {
+        let (mut server, mut client) = pair();
+        assert!(!server.is_tls() && !server.is_handshaking());
+        assert_eq!(client.write(b"EHLO x\r\n").unwrap(), 8);
+        assert_eq!(read_all(&mut server, 8), b"EHLO x\r\n");
+        assert_eq!(server.write(b"250 ok\r\n").unwrap(), 8);
+        assert_eq!(read_all(&mut client, 8), b"250 ok\r\n");
+        assert!(!client.has_unsent());
+        assert_eq!(client.protocol_version(), None);
+        client.close_notify(); // nothing to do in plaintext
+        drop(client);
+        assert!(reads_eof(&mut server));
+    }
+
+    /// A self-signed certificate for `localhost` made with the `openssl` CLI, or None (with a
+    /// `SKIPPED:` line) where it is not installed and peers are not required.
+    fn certificate(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some((cert, key)),
+            Ok(out) => panic!("openssl req: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(e) => {
+                let required = std::env::var_os("CI").is_some()
+                    || std::env::var_os("REQUIRE_PEERS").is_some_and(|v| v != "0");
+                assert!(!required, "openssl is required: {e}");
+                eprintln!("SKIPPED: openssl is not installed ({e})");
+                None
+            }
+        }
+    }
+
+    /// Server and client configurations: the client trusts the server's certificate.
+    fn configs(cert: &Path, key: &Path) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A connected pair with TLS started: (server, offloaded; client, inline, expecting the
+    /// server to be `name`). None when the certificate cannot be made (see [`certificate`]).
+    fn tls_pair(name: &str) -> Option<(Transport, Transport)> {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate(dir.path())?;
+        let (server_config, client_config) = configs(&cert, &key);
+        let (mut server, mut client) = pair();
+        server.start_tls(
+            ServerConnection::new(server_config).unwrap(),
+            Handshake::Offload,
+        );
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        client.start_tls(
+            ClientConnection::new(client_config, name).unwrap(),
+            Handshake::Inline,
+        );
+        Some((server, client))
+    }
+
+    /// One turn of the server side as smtpd drives it: collect records, process them as a
+    /// handshake thread would, send the result.
+    fn server_turn(server: &mut Transport, buf: &mut [u8]) -> io::Result<usize> {
+        let r = server.read(buf);
+        if let Some((tls, input)) = server.take_handshake() {
+            let conn = ConnRef {
+                key: 0,
+                generation: 1,
+            };
+            let done = handshake::process(Job { conn, tls, input });
+            assert_eq!(done.conn, conn);
+            server.handshake_done(done.tls, &done.output, done.error)?;
+            server.flush()?;
+        }
+        r
+    }
+
+    #[test]
+    fn tls_offloaded_server_and_inline_client_exchange_bytes_and_close_notify() {
+        let Some((mut server, mut client)) = tls_pair("localhost") else {
+            return;
+        };
+        assert!(server.is_tls() && server.is_handshaking() && client.is_handshaking());
+        // Offloaded: nothing is written before the handshake is done. Inline: rustls holds
+        // the plaintext until then.
+        assert_eq!(
+            server.write(b"220 x\r\n").unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(client.write(b"EHLO x\r\n").unwrap(), 8);
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        eventually("the handshake and the client's bytes", || {
+            client.flush().unwrap();
+            match client.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => panic!("client read: {other:?}"),
+            }
+            match server_turn(&mut server, &mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("server read: {e}"),
+            }
+            (got.len() >= 8).then_some(())
+        });
+        assert_eq!(got, b"EHLO x\r\n");
+        assert!(!server.is_handshaking() && !client.is_handshaking());
+        assert_eq!(server.protocol_version().as_deref(), Some("TLSv1.3"));
+        assert_eq!(client.protocol_version().as_deref(), Some("TLSv1.3"));
+        assert!(
+            server
+                .cipher_suite()
+                .is_some_and(|c| c.starts_with("TLS13_"))
+        );
+        assert_eq!(server.cipher_suite(), client.cipher_suite());
+
+        assert_eq!(server.write(b"250 ok\r\n").unwrap(), 8);
+        assert_eq!(read_all(&mut client, 8), b"250 ok\r\n");
+
+        // close_notify reads as end of input, before the TCP stream ends.
+        client.close_notify();
+        assert!(reads_eof(&mut server));
+    }
+
+    #[test]
+    fn a_failed_handshake_is_invalid_data_after_the_alert() {
+        // The certificate is for `localhost`: the client refuses it and sends an alert.
+        let Some((mut server, mut client)) = tls_pair("elsewhere.example") else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        let err = eventually("the client to refuse the certificate", || {
+            client.flush().unwrap();
+            match client.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Some(e),
+                Ok(n) => panic!("client read {n} bytes"),
+            }
+            match server_turn(&mut server, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => panic!("server read: {other:?}"),
+            }
+            None
+        });
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // The server's handshake thread gets the alert: a failed handshake, not a clean end.
+        let server_err = eventually("the alert at the server", || {
+            match server_turn(&mut server, &mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                other => Some(other),
+            }
+        });
+        assert_eq!(server_err.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+}

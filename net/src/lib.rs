@@ -6,6 +6,7 @@
 //!   `rustls::Connection` (server or client), non-blocking.
 //! - [`handshake`]: the thread pool that runs TLS handshakes off a reactor thread.
 //! - [`listen`]: a non-blocking listening socket with a deep backlog.
+//! - [`io`]: "would block" and "interrupted", and a retry on the latter.
 //! - [`ConnRef`]: a connection named across threads (slab key and generation).
 //!
 //! Owns sockets and rustls connections. Must not: speak SMTP (or any mail protocol), decide
@@ -13,9 +14,9 @@
 //! touch the Maildir.
 
 pub mod handshake;
+pub mod io;
 pub mod transport;
 
-use std::io;
 use std::net::SocketAddr;
 
 use mio::net::TcpListener;
@@ -33,7 +34,7 @@ pub struct ConnRef {
 
 /// A non-blocking listening socket with a backlog of `backlog` pending connections (the
 /// kernel caps it at `net.core.somaxconn`), `SO_REUSEADDR` set, IPv6 sockets IPv6 only.
-pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr, backlog: i32) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,

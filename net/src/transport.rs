@@ -21,6 +21,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use rustls::Connection;
 
+use crate::io::{retry, would_block};
+
 /// Most plaintext rustls buffers for sending before `write` takes less (backpressure).
 const TLS_SEND_BUFFER: usize = 64 * 1024;
 
@@ -187,12 +189,10 @@ impl Transport {
     fn read_raw(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 4096];
         while !self.eof && self.raw_in.len() < RAW_INPUT_MAX {
-            match self.tcp.read(&mut chunk) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.raw_in.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match retry(|| self.tcp.read(&mut chunk))? {
+                Some(0) => self.eof = true,
+                Some(n) => self.raw_in.extend_from_slice(&chunk[..n]),
+                None => return Ok(()),
             }
         }
         Ok(())
@@ -207,7 +207,7 @@ impl Transport {
             };
             match tls.reader().read(buf) {
                 Ok(n) => return Ok(n), // 0: close_notify received
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if would_block(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e),
             }
@@ -221,15 +221,13 @@ impl Transport {
             } else if self.eof {
                 return Ok(0);
             } else {
-                match tls.read_tls(&mut self.tcp) {
-                    Ok(0) => self.eof = true,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match retry(|| tls.read_tls(&mut self.tcp))? {
+                    Some(0) => self.eof = true,
+                    Some(_) => {}
+                    None => {
                         self.flush()?;
-                        return Err(e);
+                        return Err(io::ErrorKind::WouldBlock.into());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
                 }
             }
             if let Err(e) = tls.process_new_packets() {
@@ -260,26 +258,22 @@ impl Transport {
     /// Sends TLS records waiting (handshake messages, encrypted session bytes, alerts).
     pub fn flush(&mut self) -> io::Result<()> {
         while !self.raw_out.is_empty() {
-            match self.tcp.write(&self.raw_out) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
+            match retry(|| self.tcp.write(&self.raw_out))? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(n) => {
                     self.raw_out.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                None => return Ok(()),
             }
         }
         let Tls::Home(tls) = &mut self.tls else {
             return Ok(());
         };
         while tls.wants_write() {
-            match tls.write_tls(&mut self.tcp) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match retry(|| tls.write_tls(&mut self.tcp))? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(_) => {}
+                None => return Ok(()),
             }
         }
         Ok(())

@@ -14,20 +14,12 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Maildir, MaildirError};
+use net::ConnRef;
 
 use crate::session::StoreError;
 
 /// Most messages made durable in one flush.
 pub const MAX_BATCH: usize = 512;
-
-/// A connection, named so that a reused slab slot is not confused with its previous owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnRef {
-    /// Slab key.
-    pub key: usize,
-    /// Generation of the connection that held the key.
-    pub generation: u64,
-}
 
 /// A finished queue file to commit.
 pub struct Job {

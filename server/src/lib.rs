@@ -8,11 +8,12 @@
 //! - [`data`]: the DATA decoder (end of data, dot-unstuffing, line ends, size) and the
 //!   `Received:` hop counter (loop detection).
 //! - [`session`]: the pure SMTP session state machine (sans-io; time passed in).
-//! - [`transport`]: the byte transport between socket and session (plain TCP; TLS slots in here).
-//! - [`reactor`]: the mio event loop that moves bytes and runs the session's actions.
+//! - [`reactor`]: the mio event loop that moves bytes (through `net::Transport`, plain TCP or
+//!   TLS, with handshakes on `net::handshake` threads) and runs the session's actions.
 //! - [`commit`]: the group-commit thread, the only place that waits on fsync.
-//! - [`handshake`]: the threads that run TLS handshakes off the reactor.
-//! - [`tls`]: loading the certificate and key for STARTTLS and implicit TLS.
+//! - [`tls`]: the server side of TLS: loading the certificate and key for STARTTLS and
+//!   implicit TLS, starting it on a transport, and what the session records of it
+//!   ([`tls::TlsInfo`]).
 //!
 //! Invariants: `command`, `reply`, `data` and `session` never touch a socket, a file or the
 //! clock; `250` after DATA is sent only once the message is durable in `new/`.
@@ -21,9 +22,7 @@ pub mod command;
 pub mod commit;
 pub mod config;
 pub mod data;
-pub mod handshake;
 pub mod reactor;
 pub mod reply;
 pub mod session;
 pub mod tls;
-pub mod transport;

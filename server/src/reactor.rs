@@ -23,16 +23,17 @@ use crossbeam_channel::{Receiver, unbounded};
 use maildir_core::{Delivery, Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use net::handshake::{self, Handshakers};
+use net::{ConnRef, Transport};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::commit::{self, Committer, ConnRef, Done, Job};
+use crate::commit::{self, Committer, Done, Job};
 use crate::config::Cidr;
-use crate::handshake::{self, Handshakers};
 use crate::reply;
 use crate::session::{Action, Session, SessionConfig, StoreError};
-use crate::transport::Transport;
+use crate::tls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -141,7 +142,7 @@ impl Server {
             .chain(implicit_tls.iter().map(|a| (a, true)))
             .enumerate()
         {
-            let mut l = listen(*addr)
+            let mut l = net::listen(*addr, LISTEN_BACKLOG)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
@@ -341,7 +342,7 @@ impl Server {
             let Some(config) = &self.config.tls else {
                 return;
             };
-            if let Err(e) = transport.start_tls(config) {
+            if let Err(e) = tls::start(&mut transport, config) {
                 log::error!("cannot start TLS for {peer}: {e}");
                 return;
             }
@@ -467,7 +468,7 @@ impl Server {
                 && let Some(config) = &self.config.tls
             {
                 conn.starting_tls = false;
-                if let Err(e) = conn.transport.start_tls(config) {
+                if let Err(e) = tls::start(&mut conn.transport, config) {
                     log::error!("cannot start TLS: {e}");
                     self.close(key);
                     return;
@@ -752,24 +753,6 @@ impl Server {
     }
 }
 
-/// A non-blocking listening socket with a backlog deep enough for connection bursts (the
-/// kernel caps it at `net.core.somaxconn`).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
-
 /// When the poll must return at the latest: the first timer, the end of an accept pause, and
 /// the shutdown deadline until it has been acted on (`forced`). A deadline already handled
 /// must not count, or the poll would return at once forever while commits finish.
@@ -812,7 +795,7 @@ fn report_tls(conn: &mut Conn) {
     if !conn.tls_reported
         && conn.transport.is_tls()
         && !conn.transport.is_handshaking()
-        && let Some(info) = conn.transport.tls_info()
+        && let Some(info) = tls::info(&conn.transport)
     {
         conn.tls_reported = true;
         conn.session.set_tls_info(info);

@@ -19,7 +19,7 @@ use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 use crate::command::{self, Command, MailParams};
 use crate::data::{DataDecoder, HopCounter};
 use crate::reply::{self, Reply, Status};
-use crate::transport::TlsInfo;
+use crate::tls::TlsInfo;
 
 /// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;

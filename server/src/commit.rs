@@ -16,6 +16,7 @@ use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Maildir, MaildirError};
 
 use crate::session::StoreError;
+use crate::store::store_error;
 
 /// Most messages made durable in one flush.
 pub const MAX_BATCH: usize = 512;
@@ -45,9 +46,6 @@ pub struct Done {
     pub result: Result<(), StoreError>,
 }
 
-/// Threads flushing file data in parallel.
-const SYNC_THREADS: usize = 16;
-
 /// Handle to the group-commit threads.
 pub struct Committer {
     tx: Option<Sender<Job>>,
@@ -55,16 +53,19 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the threads. Results arrive on `done`, and `waker` is woken after each batch.
+    /// Starts the threads (`sync_threads` flushing in parallel, at least one). Results arrive
+    /// on `done`, and `waker` is woken after each batch.
     pub fn spawn(
         maildir: Maildir,
+        sync_threads: usize,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Committer> {
         let (tx, jobs) = unbounded::<Job>();
         let (synced_tx, synced_rx) = unbounded::<(ConnRef, Result<Synced, MaildirError>)>();
-        let mut threads = Vec::with_capacity(SYNC_THREADS + 1);
-        for i in 0..SYNC_THREADS {
+        let sync_threads = sync_threads.max(1);
+        let mut threads = Vec::with_capacity(sync_threads + 1);
+        for i in 0..sync_threads {
             let jobs = jobs.clone();
             let synced_tx = synced_tx.clone();
             threads.push(
@@ -153,42 +154,5 @@ fn publish(
         if let Err(e) = waker.wake() {
             log::error!("cannot wake the reactor: {e}");
         }
-    }
-}
-
-/// Classifies a Maildir failure for the reply: full disk is 452, anything else 451.
-pub fn store_error(e: &MaildirError) -> StoreError {
-    if e.is_storage_full() {
-        StoreError::Full
-    } else {
-        StoreError::Failed
-    }
-}
-
-/// The store error for a failed write to a queue file: out of space or over quota is
-/// temporary and answered `452 4.3.1`, anything else `451 4.3.0`.
-pub fn io_store_error(e: &std::io::Error) -> StoreError {
-    if maildir_core::maildir::storage_full(e) {
-        StoreError::Full
-    } else {
-        StoreError::Failed
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 10 item 17: a quota error while DATA streams is "full" (452), as ENOSPC is.
-    #[test]
-    fn quota_and_no_space_are_full() {
-        let e = |n| std::io::Error::from_raw_os_error(n);
-        assert_eq!(io_store_error(&e(libc::EDQUOT)), StoreError::Full);
-        assert_eq!(io_store_error(&e(libc::ENOSPC)), StoreError::Full);
-        assert_eq!(io_store_error(&e(libc::EIO)), StoreError::Failed);
-        assert_eq!(
-            io_store_error(&std::io::Error::other("x")),
-            StoreError::Failed
-        );
     }
 }

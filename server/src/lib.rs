@@ -25,5 +25,6 @@ pub mod handshake;
 pub mod reactor;
 pub mod reply;
 pub mod session;
+pub mod store;
 pub mod tls;
 pub mod transport;

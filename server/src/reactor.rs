@@ -1,9 +1,9 @@
 //! The reactor: one mio `Poll` serving every listener and connection on one thread.
 //!
-//! It moves bytes between sockets and each connection's [`Session`], carries out the
-//! session's queue-file actions (create, write, hand to group commit), keeps idle deadlines in
-//! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught
-//! and ignored). It holds no protocol logic and never waits on the disk flush (that is
+//! It moves bytes between sockets and each connection's [`Session`], hands the session's
+//! queue-file actions to [`crate::store`], keeps idle deadlines in a heap, applies connection
+//! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught and ignored). It holds no
+//! protocol logic, no queue-file logic, and never waits on the disk flush (that is
 //! [`crate::commit`]'s thread).
 //!
 //! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
@@ -20,18 +20,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, unbounded};
-use maildir_core::{Delivery, Durability, Maildir};
+use maildir_core::{Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::commit::{self, Committer, ConnRef, Done, Job};
+use crate::commit::{ConnRef, Done};
 use crate::config::Cidr;
 use crate::handshake::{self, Handshakers};
 use crate::reply;
-use crate::session::{Action, Session, SessionConfig, StoreError};
+use crate::session::{Action, Session, SessionConfig};
+use crate::store::{Commit, QueueFile, Store};
 use crate::transport::Transport;
 
 const WAKER: Token = Token(0);
@@ -50,6 +51,8 @@ const ACCEPT_BUDGET: usize = 64;
 const LINGER: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before we accept them.
 const LISTEN_BACKLOG: i32 = 4096;
+/// Threads flushing queue files in parallel in the group commit.
+const SYNC_THREADS: usize = 16;
 /// Pause after an accept failure such as "too many open files".
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -77,9 +80,8 @@ struct Conn {
     generation: u64,
     /// Input the session has not consumed yet.
     inbuf: Vec<u8>,
-    delivery: Option<Delivery>,
-    /// A write to the queue file failed; reported at commit.
-    store_failed: Option<StoreError>,
+    /// The message being stored.
+    queue_file: QueueFile,
     /// A deadline for this connection is in the heap.
     timer_armed: bool,
     /// Counted against the per-address limit.
@@ -108,10 +110,8 @@ pub struct Server {
     /// Listeners whose turn ended with connections possibly left to accept.
     accept_ready: Vec<usize>,
     config: ServerConfig,
-    maildir: Maildir,
-    committer: Option<Committer>,
+    store: Store,
     done_rx: Receiver<Done>,
-    in_flight: usize,
     handshakers: Option<Handshakers>,
     handshake_rx: Receiver<handshake::Done>,
     signals: Signals,
@@ -151,10 +151,13 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
-        let committer = match config.durability {
-            Durability::Fsync => Some(Committer::spawn(maildir.clone(), done_tx, waker.clone())?),
-            Durability::NoFsync => None,
-        };
+        let store = Store::new(
+            maildir,
+            config.durability,
+            SYNC_THREADS,
+            done_tx,
+            waker.clone(),
+        )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
             Some(_) => {
@@ -171,10 +174,8 @@ impl Server {
             ready: VecDeque::new(),
             accept_ready: Vec::new(),
             config,
-            maildir,
-            committer,
+            store,
             done_rx,
-            in_flight: 0,
             handshakers,
             handshake_rx,
             signals,
@@ -241,7 +242,7 @@ impl Server {
                     self.forced = true;
                     self.force_close_all(now);
                 }
-                if self.conns.is_empty() && self.in_flight == 0 {
+                if self.conns.is_empty() && self.store.in_flight() == 0 {
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -364,8 +365,7 @@ impl Server {
             session,
             generation: self.next_generation,
             inbuf: Vec::new(),
-            delivery: None,
-            store_failed: None,
+            queue_file: QueueFile::default(),
             timer_armed: false,
             limited_ip,
             eof: false,
@@ -500,7 +500,8 @@ impl Server {
         }
     }
 
-    /// Carries out the session's queue-file actions. Returns true if there were any.
+    /// Carries out the session's actions: queue-file ones through [`Store`], STARTTLS here.
+    /// Returns true if there were any.
     fn run_actions(&mut self, key: usize, now: Instant) -> bool {
         let mut any = false;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -510,64 +511,21 @@ impl Server {
             any = true;
             match action {
                 Action::Begin => {
-                    let result = match self.maildir.deliver() {
-                        Ok(d) => {
-                            let id = d.id().to_owned();
-                            conn.delivery = Some(d);
-                            conn.store_failed = None;
-                            Ok(id)
-                        }
-                        Err(e) => {
-                            log::error!("{e}");
-                            Err(commit::store_error(&e))
-                        }
-                    };
+                    let result = self.store.begin(&mut conn.queue_file);
                     conn.session.handle_begun(result, now, SystemTime::now());
                 }
-                Action::Write(bytes) => {
-                    if let (Some(d), None) = (&mut conn.delivery, conn.store_failed)
-                        && let Err(e) = d.write_all(&bytes)
-                    {
-                        log::error!("cannot write queue file {}: {e}", d.id());
-                        conn.store_failed = Some(commit::io_store_error(&e));
-                    }
-                }
+                Action::Write(bytes) => conn.queue_file.write(&bytes),
                 Action::Commit => {
-                    let generation = conn.generation;
-                    match (conn.delivery.take(), conn.store_failed.take()) {
-                        (Some(d), None) => match &self.committer {
-                            Some(c) => {
-                                let job = Job {
-                                    conn: ConnRef { key, generation },
-                                    delivery: d,
-                                };
-                                match c.submit(job) {
-                                    Ok(()) => self.in_flight += 1,
-                                    Err(_) => {
-                                        log::error!("group commit thread is gone");
-                                        conn.session.handle_stored(Err(StoreError::Failed), now);
-                                    }
-                                }
-                            }
-                            None => {
-                                let result =
-                                    d.commit(Durability::NoFsync).map(|_| ()).map_err(|e| {
-                                        log::error!("{e}");
-                                        commit::store_error(&e)
-                                    });
-                                conn.session.handle_stored(result, now);
-                            }
-                        },
-                        (_, failed) => {
-                            conn.session
-                                .handle_stored(Err(failed.unwrap_or(StoreError::Failed)), now);
-                        }
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    if let Commit::Done(result) = self.store.commit(&mut conn.queue_file, conn_ref)
+                    {
+                        conn.session.handle_stored(result, now);
                     }
                 }
-                Action::Abort => {
-                    conn.delivery.take();
-                    conn.store_failed = None;
-                }
+                Action::Abort => conn.queue_file.abort(),
                 Action::StartTls => conn.starting_tls = true,
                 Action::Close => {}
             }
@@ -629,7 +587,7 @@ impl Server {
             self.handshake_done(done, now);
         }
         while let Ok(done) = self.done_rx.try_recv() {
-            self.in_flight = self.in_flight.saturating_sub(1);
+            self.store.completed();
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {

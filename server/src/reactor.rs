@@ -41,22 +41,17 @@ const FIRST_LISTENER: usize = 2;
 const FIRST_CONN: usize = 1 << 20;
 /// Read buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
-/// Unprocessed input kept per connection before reading stops (pipelined commands waiting).
-const INBUF_MAX: usize = 64 * 1024;
 /// Reads one connection may do in one turn before the others get theirs.
 pub const READ_BUDGET: usize = 4;
 /// Connections one listener may accept in one turn (the rest wait for the next round).
 const ACCEPT_BUDGET: usize = 64;
-/// How long a closed session may wait for its last reply to be read.
-const LINGER: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before we accept them.
 const LISTEN_BACKLOG: i32 = 4096;
-/// Threads flushing queue files in parallel in the group commit.
-const SYNC_THREADS: usize = 16;
 /// Pause after an accept failure such as "too many open files".
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What the reactor needs besides the sessions' shared settings.
+/// What the reactor needs besides the sessions' shared settings (built by
+/// [`crate::config::Config::server_config`]).
 pub struct ServerConfig {
     /// Settings for every session.
     pub session: Arc<SessionConfig>,
@@ -72,6 +67,14 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Certificate and key for STARTTLS and implicit TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Threads flushing queue files in parallel in the group commit.
+    pub sync_threads: usize,
+    /// Threads running TLS handshakes.
+    pub handshake_threads: usize,
+    /// Unprocessed input kept per connection before reading stops (pipelined commands).
+    pub inbuf_max: usize,
+    /// How long a closed session may wait for its last reply to be read.
+    pub linger: Duration,
 }
 
 struct Conn {
@@ -87,8 +90,9 @@ struct Conn {
     /// Counted against the per-address limit.
     limited_ip: Option<IpAddr>,
     eof: bool,
-    /// Closed, waiting for the client to read its last reply until then (`LINGER` after the
-    /// close). An idle deadline still in the heap must not cut this short.
+    /// Closed, waiting for the client to read its last reply until then
+    /// ([`ServerConfig::linger`] after the close). An idle deadline still in the heap must not
+    /// cut this short.
     linger_until: Option<Instant>,
     /// STARTTLS accepted: switch to TLS once the `220` is sent.
     starting_tls: bool,
@@ -154,16 +158,17 @@ impl Server {
         let store = Store::new(
             maildir,
             config.durability,
-            SYNC_THREADS,
+            config.sync_threads,
             done_tx,
             waker.clone(),
         )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
-            Some(_) => {
-                let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                Some(Handshakers::spawn(n, handshake_tx, waker)?)
-            }
+            Some(_) => Some(Handshakers::spawn(
+                config.handshake_threads,
+                handshake_tx,
+                waker,
+            )?),
             None => None,
         };
         Ok(Server {
@@ -399,7 +404,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let room = read_room(conn.inbuf.len());
+            let room = read_room(conn.inbuf.len(), self.config.inbuf_max);
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
             // last reply (421) can only be sent then.
@@ -482,9 +487,9 @@ impl Server {
                     return;
                 }
                 if conn.linger_until.is_none() {
-                    conn.linger_until = Some(now + LINGER);
-                    self.timers
-                        .push(Reverse((now + LINGER, key, conn.generation)));
+                    let until = now + self.config.linger;
+                    conn.linger_until = Some(until);
+                    self.timers.push(Reverse((until, key, conn.generation)));
                 }
             }
             if !progress || spent {
@@ -760,9 +765,9 @@ fn compact_timers(
     }
 }
 
-/// How many octets the next read may take: the unprocessed input stays within `INBUF_MAX`.
-fn read_room(unprocessed: usize) -> usize {
-    INBUF_MAX.saturating_sub(unprocessed).min(READ_CHUNK)
+/// How many octets the next read may take: the unprocessed input stays within `inbuf_max`.
+fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
+    inbuf_max.saturating_sub(unprocessed).min(READ_CHUNK)
 }
 
 /// Gives the session the TLS protocol and cipher once the handshake has finished.
@@ -804,16 +809,17 @@ mod tests {
     /// Issue 10 item 17: the unprocessed input of a connection stays within 64 KiB.
     #[test]
     fn reads_keep_unprocessed_input_within_the_limit() {
+        const INBUF_MAX: usize = crate::config::INBUF_MAX;
         for unprocessed in [0, 1, 100, INBUF_MAX - 1, INBUF_MAX, INBUF_MAX + 5] {
-            let room = read_room(unprocessed);
+            let room = read_room(unprocessed, INBUF_MAX);
             assert!(
                 unprocessed + room <= INBUF_MAX.max(unprocessed),
                 "{unprocessed}"
             );
             assert!(room <= READ_CHUNK);
         }
-        assert_eq!(read_room(0), INBUF_MAX.min(READ_CHUNK));
-        assert_eq!(read_room(INBUF_MAX - 10), 10);
+        assert_eq!(read_room(0, INBUF_MAX), INBUF_MAX.min(READ_CHUNK));
+        assert_eq!(read_room(INBUF_MAX - 10, INBUF_MAX), 10);
     }
 
     /// Issue 10 item 16: once the shutdown deadline has been acted on, it no longer wakes the

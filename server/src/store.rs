@@ -182,11 +182,11 @@ mod tests {
 
     impl TempMaildir {
         fn new(name: &str) -> (TempMaildir, Maildir) {
-            let dir = std::env::temp_dir().join(format!(
-                "smtpd-store-{name}-{}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-            ));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir()
+                .join(format!("smtpd-store-{name}-{}-{nanos}", std::process::id()));
             let md = Maildir::open(&dir).expect("open test Maildir");
             (TempMaildir(dir), md)
         }

@@ -4,6 +4,8 @@
 //! - [`address`]: RFC 5321 mailbox, reverse-path and forward-path syntax (with SMTPUTF8).
 //! - [`envelope`]: the `Return-Path` / `X-Original-To` block at the head of each queued file.
 //! - [`maildir`]: Maildir layout, unique names, atomic durable delivery and batch commit.
+//! - [`commit`]: the group-commit threads (parallel data flushes, one directory fsync per
+//!   batch) behind `Maildir::commit_batch` and smtpd's committer.
 //! - [`date`]: RFC 5322 date text for trace headers and reports.
 //! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
 //!
@@ -12,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod commit;
 pub mod date;
 pub mod envelope;
 pub mod logging;

@@ -2,21 +2,29 @@
 //! Maildir.
 //!
 //! # Layout
-//! - [`config`]: command line and validated settings (trusted networks as CIDR).
+//! - [`config`]: command line → `validate()` → one [`config::Config`] holding every setting
+//!   (limits, thread counts, buffer sizes, trusted networks as CIDR).
 //! - [`command`]: one command line in, a typed [`command::Command`] or its refusal out.
 //! - [`reply`]: reply codes with their enhanced status codes, as typed constants.
 //! - [`data`]: the DATA decoder (end of data, dot-unstuffing, line ends, size) and the
 //!   `Received:` hop counter (loop detection).
 //! - [`session`]: the pure SMTP session state machine (sans-io; time passed in).
-//! - [`reactor`]: the mio event loop that moves bytes (through `net::Transport`, plain TCP or
-//!   TLS, with handshakes on `net::handshake` threads) and runs the session's actions.
-//! - [`commit`]: the group-commit thread, the only place that waits on fsync.
+//! - [`reactor`]: the mio event loop: sockets (through `net::Transport`, plain TCP or TLS,
+//!   with handshakes on `net::handshake` threads), timers, limits, signals; hands the
+//!   session's queue-file actions to `store`.
+//! - [`store`]: the session's `Begin`/`Write`/`Commit`/`Abort` on the Maildir and the group
+//!   commit, and the failure classes (`452 4.3.1` full, `451 4.3.0` otherwise).
+//! - [`commit`]: smtpd's user of `maildir_core::commit::GroupCommit`, the only place that
+//!   waits on fsync (a message becomes durable there, before its `250`).
 //! - [`tls`]: the server side of TLS: loading the certificate and key for STARTTLS and
 //!   implicit TLS, starting it on a transport, and what the session records of it
 //!   ([`tls::TlsInfo`]).
 //!
 //! Invariants: `command`, `reply`, `data` and `session` never touch a socket, a file or the
-//! clock; `250` after DATA is sent only once the message is durable in `new/`.
+//! clock; `250` after DATA is sent only once the message is durable in `new/`. Every public
+//! item is documented (`missing_docs`).
+
+#![warn(missing_docs)]
 
 pub mod command;
 pub mod commit;
@@ -25,4 +33,5 @@ pub mod data;
 pub mod reactor;
 pub mod reply;
 pub mod session;
+pub mod store;
 pub mod tls;

@@ -12,7 +12,7 @@ mod resolve;
 
 use std::net::SocketAddr;
 
-pub use order::{MxPlan, below_self, mx_hosts};
+pub use order::{MxPlan, mx_hosts, targets_below_self};
 pub use resolve::resolve_all;
 
 /// One address to try, with the host name it came from (for logs and DSNs).

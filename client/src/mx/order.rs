@@ -2,7 +2,8 @@
 //!
 //! Owns: what a domain's MX records mean (RFC 5321 §5.1, RFC 7505): preference order with equal
 //! preferences shuffled by a seed, implicit MX, null MX, MX targets written as IP addresses, and
-//! MX lists that name this relay.
+//! MX lists that name this relay, by name ([`mx_hosts`]) or, once the hosts were looked up, by
+//! address ([`targets_below_self`], which also picks the addresses to try).
 //! Must not: look anything up, read the clock or draw random numbers (the seed is passed in).
 //!
 //! MX lists that name this relay (RFC 5321 §5.1): only hosts strictly more preferred than itself
@@ -14,6 +15,7 @@
 //! record), such records are skipped with a warning; a domain left with no usable MX record
 //! bounces with 5.4.4 and says why.
 
+use std::collections::HashSet;
 use std::hash::Hasher;
 use std::net::IpAddr;
 
@@ -75,6 +77,18 @@ pub fn mx_hosts(
         };
         return (MxPlan::Fail(fail), warnings);
     }
+    let mxs = order_mx(mxs, seed);
+    let me = me.trim_end_matches('.');
+    match below_self(domain, mxs, |h| h.eq_ignore_ascii_case(me)) {
+        Ok(mxs) => (MxPlan::Hosts(mxs), warnings),
+        Err(fail) => (MxPlan::Fail(fail), warnings),
+    }
+}
+
+/// Preference order: lowest preference first, equal preferences shuffled by `seed` (a fixed-key
+/// hash of the seed and the host name, so every domain of a run orders the same hosts the same
+/// way); a host listed twice keeps its best preference.
+pub fn order_mx(mut mxs: Vec<(u16, String)>, seed: u64) -> Vec<(u16, String)> {
     let key = |h: &str| {
         // A fixed-key hasher mixed with the run's seed: the same order for every domain.
         let mut s = std::collections::hash_map::DefaultHasher::new();
@@ -86,10 +100,53 @@ pub fn mx_hosts(
     // A host listed twice keeps its best preference.
     let mut seen = std::collections::HashSet::new();
     mxs.retain(|(_, h)| seen.insert(h.clone()));
-    let me = me.trim_end_matches('.');
-    match below_self(domain, mxs, |h| h.eq_ignore_ascii_case(me)) {
-        Ok(mxs) => (MxPlan::Hosts(mxs), warnings),
-        Err(fail) => (MxPlan::Fail(fail), warnings),
+    mxs
+}
+
+/// What a domain resolves to once its MX hosts (`hosts`, in preference order) were looked up
+/// (`found`, one per host): a host with an address of this machine (`local`) is this host,
+/// whatever its name, so only hosts strictly more preferred are kept ([`below_self`]); their
+/// addresses in order, else the last temporary failure, else 5.4.4.
+pub fn targets_below_self(
+    domain: &str,
+    hosts: &[(u16, String)],
+    found: Vec<Resolution>,
+    local: &HashSet<IpAddr>,
+) -> Resolution {
+    let mine: HashSet<&str> = hosts
+        .iter()
+        .zip(&found)
+        .filter(|(_, r)| match r {
+            Resolution::Targets(t) => t
+                .iter()
+                .any(|t| local.contains(&t.addr.ip().to_canonical())),
+            _ => false,
+        })
+        .map(|((_, h), _)| h.as_str())
+        .collect();
+    let keep = match below_self(domain, hosts.to_vec(), |h| mine.contains(h)) {
+        Ok(keep) => keep.len(),
+        Err(fail) => return fail,
+    };
+    let mut targets = Vec::new();
+    let mut temp = None;
+    // The hosts kept are a prefix of the preference order.
+    for r in found.into_iter().take(keep) {
+        match r {
+            Resolution::Targets(t) => targets.extend(t),
+            Resolution::Temporary(e) => temp = Some(e),
+            Resolution::Permanent { .. } => {}
+        }
+    }
+    if !targets.is_empty() {
+        return Resolution::Targets(targets);
+    }
+    match temp {
+        Some(e) => Resolution::Temporary(e),
+        None => Resolution::Permanent {
+            status: "5.4.4",
+            text: format!("no address found for any MX host of {domain}"),
+        },
     }
 }
 
@@ -121,6 +178,7 @@ pub fn below_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mx::Target;
 
     fn recs(list: &[(u16, &str)]) -> Vec<(u16, String)> {
         list.iter().map(|(p, h)| (*p, h.to_string())).collect()
@@ -241,5 +299,118 @@ mod tests {
             panic!()
         };
         assert!(text.contains("is an IP address"), "{text}");
+    }
+
+    #[test]
+    fn order_mx_sorts_by_preference_and_shuffles_ties_by_seed() {
+        let list = recs(&[
+            (20, "c.test"),
+            (10, "b.test"),
+            (10, "a.test"),
+            (10, "d.test"),
+            (5, "e.test"),
+        ]);
+        let ordered = order_mx(list.clone(), 42);
+        let prefs: Vec<u16> = ordered.iter().map(|(p, _)| *p).collect();
+        assert_eq!(prefs, [5, 10, 10, 10, 20]);
+        assert_eq!(ordered[0].1, "e.test");
+        assert_eq!(ordered[4].1, "c.test");
+        // The order of the records as received does not matter; the seed alone does.
+        let mut reversed = list.clone();
+        reversed.reverse();
+        assert_eq!(order_mx(reversed, 42), ordered);
+        assert_eq!(order_mx(list.clone(), 42), ordered);
+        // Some seed orders the three equal preferences differently.
+        let ties = |seed| -> Vec<String> {
+            order_mx(list.clone(), seed)[1..4]
+                .iter()
+                .map(|(_, h)| h.clone())
+                .collect()
+        };
+        assert!(
+            (0..64).any(|seed| ties(seed) != ties(42)),
+            "the seed never changed the order of equal preferences"
+        );
+        assert!(order_mx(Vec::new(), 1).is_empty());
+    }
+
+    #[test]
+    fn order_mx_keeps_a_host_listed_twice_at_its_best_preference() {
+        let ordered = order_mx(recs(&[(30, "a.test"), (10, "b.test"), (5, "a.test")]), 3);
+        assert_eq!(ordered, recs(&[(5, "a.test"), (10, "b.test")]));
+    }
+
+    fn at(host: &str, ip: &str) -> Target {
+        Target {
+            host: host.into(),
+            addr: std::net::SocketAddr::new(ip.parse().unwrap(), 25),
+        }
+    }
+
+    #[test]
+    fn targets_in_preference_order_skipping_failed_hosts() {
+        let hosts = recs(&[(5, "a.test"), (10, "b.test"), (20, "c.test")]);
+        let found = vec![
+            Resolution::Targets(vec![at("a.test", "192.0.2.1"), at("a.test", "2001:db8::1")]),
+            Resolution::Permanent {
+                status: "5.4.4",
+                text: "no address for b.test".into(),
+            },
+            Resolution::Targets(vec![at("c.test", "192.0.2.3")]),
+        ];
+        let r = targets_below_self("d.test", &hosts, found, &HashSet::new());
+        assert_eq!(
+            r,
+            Resolution::Targets(vec![
+                at("a.test", "192.0.2.1"),
+                at("a.test", "2001:db8::1"),
+                at("c.test", "192.0.2.3"),
+            ])
+        );
+    }
+
+    #[test]
+    fn targets_a_host_with_a_local_address_is_this_host() {
+        let local: HashSet<IpAddr> = ["192.0.2.9".parse().unwrap()].into();
+        let hosts = recs(&[(5, "a.test"), (10, "alias.test"), (20, "c.test")]);
+        let found = vec![
+            Resolution::Targets(vec![at("a.test", "192.0.2.1")]),
+            Resolution::Targets(vec![at("alias.test", "192.0.2.9")]),
+            Resolution::Targets(vec![at("c.test", "192.0.2.3")]),
+        ];
+        let r = targets_below_self("d.test", &hosts, found.clone(), &local);
+        assert_eq!(r, Resolution::Targets(vec![at("a.test", "192.0.2.1")]));
+        // The most preferred host is this host: the mail would loop.
+        let local: HashSet<IpAddr> = ["192.0.2.1".parse().unwrap()].into();
+        let Resolution::Permanent { status, text } =
+            targets_below_self("d.test", &hosts, found, &local)
+        else {
+            panic!()
+        };
+        assert_eq!(status, "5.4.6");
+        assert!(text.contains("a.test is this host"), "{text}");
+    }
+
+    #[test]
+    fn targets_none_found_is_temporary_if_any_lookup_was() {
+        let hosts = recs(&[(5, "a.test"), (10, "b.test")]);
+        let perm = || Resolution::Permanent {
+            status: "5.1.2",
+            text: "NXDOMAIN".into(),
+        };
+        let r = targets_below_self(
+            "d.test",
+            &hosts,
+            vec![Resolution::Temporary("SERVFAIL".into()), perm()],
+            &HashSet::new(),
+        );
+        assert_eq!(r, Resolution::Temporary("SERVFAIL".into()));
+        let Resolution::Permanent { status, text } =
+            targets_below_self("d.test", &hosts, vec![perm(), perm()], &HashSet::new())
+        else {
+            panic!()
+        };
+        assert_eq!(status, "5.4.4");
+        assert!(text.contains("any MX host of d.test"), "{text}");
     }
 }

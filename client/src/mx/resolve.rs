@@ -19,7 +19,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 
 use maildir_core::address::literal_ip;
 
-use super::{MxPlan, Resolution, Target, below_self, mx_hosts};
+use super::{MxPlan, Resolution, Target, mx_hosts, targets_below_self};
 use crate::config::{Config, Route};
 
 /// This machine's interface addresses, loopback excepted (empty if they cannot be listed).
@@ -227,42 +227,7 @@ async fn resolve_domain(
     for (_, host) in &hosts {
         found.push(host_targets(res, host, port).await);
     }
-    // A host with an address of this machine is this host, whatever its name.
-    let mine: HashSet<&str> = hosts
-        .iter()
-        .zip(&found)
-        .filter(|(_, r)| match r {
-            Resolution::Targets(t) => t
-                .iter()
-                .any(|t| me.addrs.contains(&t.addr.ip().to_canonical())),
-            _ => false,
-        })
-        .map(|((_, h), _)| h.as_str())
-        .collect();
-    let keep = match below_self(domain, hosts.clone(), |h| mine.contains(h)) {
-        Ok(keep) => keep.len(),
-        Err(fail) => return fail,
-    };
-    let mut targets = Vec::new();
-    let mut temp = None;
-    // The hosts kept are a prefix of the preference order.
-    for r in found.into_iter().take(keep) {
-        match r {
-            Resolution::Targets(t) => targets.extend(t),
-            Resolution::Temporary(e) => temp = Some(e),
-            Resolution::Permanent { .. } => {}
-        }
-    }
-    if !targets.is_empty() {
-        return Resolution::Targets(targets);
-    }
-    match temp {
-        Some(e) => Resolution::Temporary(e),
-        None => Resolution::Permanent {
-            status: "5.4.4",
-            text: format!("no address found for any MX host of {domain}"),
-        },
-    }
+    targets_below_self(domain, &hosts, found, &me.addrs)
 }
 
 async fn host_targets(res: &TokioResolver, host: &str, port: u16) -> Resolution {

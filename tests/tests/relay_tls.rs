@@ -3,8 +3,9 @@
 //! (OpenSSL). MX records from dnsmasq. Certificates are made at test time with the `openssl`
 //! CLI ([`TestCa`]); no key is committed. Each test uses its own 127.0.2N.x addresses.
 
+use integration_tests::certs::TestCa;
 use integration_tests::relay::relay_ok as ok;
-use integration_tests::relay::{Dns, Sink, TestCa, queue, relay, run_args, sample, temp_maildir};
+use integration_tests::relay::{Dns, Sink, queue, relay, run_args, sample, temp_maildir};
 use integration_tests::{Smtpd, have, list};
 
 fn have_peers() -> bool {

@@ -3,7 +3,7 @@
 //! stop signal and SIGHUP, bounded timeouts, a reactor that one connection cannot freeze, and
 //! replies that survive a TLS close.
 
-use integration_tests::relay::TestCa;
+use integration_tests::certs::TestCa;
 use integration_tests::smtp::{Client, server_log, start, stored, wait_exit};
 use integration_tests::{have, list, python, wait_for};
 use std::time::{Duration, Instant};

@@ -109,26 +109,7 @@ impl TestCa {
     /// A self-signed certificate on curve P-521, whose signature scheme rustls does not
     /// offer: every handshake with a server using it fails. (cert, key) paths.
     pub fn p521_self_signed(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (crt, key) = (d.join("p521.crt"), d.join("p521.key"));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:secp521r1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&crt),
-        ]);
-        (crt, key)
+        self_signed(self.dir.path(), "p521", name, "secp521r1")
     }
 }
 
@@ -140,4 +121,33 @@ impl Default for TestCa {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A fresh self-signed certificate for DNS name `name` (CN and subjectAltName) on elliptic curve
+/// `curve` (`prime256v1`, `secp521r1`), as `dir/stem.crt` and `dir/stem.key`: (cert, key) paths.
+pub fn self_signed(dir: &Path, stem: &str, name: &str, curve: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        &format!("ec_paramgen_curve:{curve}"),
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        &format!("/CN={name}"),
+        "-addext",
+        &format!("subjectAltName=DNS:{name}"),
+        "-keyout",
+        path_str(&key),
+        "-out",
+        path_str(&crt),
+    ]);
+    (crt, key)
 }

@@ -32,27 +32,16 @@ impl TestCa {
         let dir = tempfile::tempdir().expect("temp dir");
         let cert = dir.path().join("ca.pem");
         let key = dir.path().join("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=Relay Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ]);
+        req_x509(
+            &cert,
+            &key,
+            "Relay Test CA",
+            "prime256v1",
+            &[
+                "basicConstraints=critical,CA:TRUE",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
         TestCa { dir, cert, key }
     }
 
@@ -130,24 +119,27 @@ pub fn self_signed(dir: &Path, stem: &str, name: &str, curve: &str) -> (PathBuf,
         dir.join(format!("{stem}.crt")),
         dir.join(format!("{stem}.key")),
     );
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        &format!("ec_paramgen_curve:{curve}"),
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN={name}"),
-        "-addext",
-        &format!("subjectAltName=DNS:{name}"),
-        "-keyout",
-        path_str(&key),
-        "-out",
-        path_str(&crt),
-    ]);
+    req_x509(
+        &crt,
+        &key,
+        name,
+        curve,
+        &[&format!("subjectAltName=DNS:{name}")],
+    );
     (crt, key)
+}
+
+/// `openssl req -x509`: a fresh key on elliptic curve `curve` in `key` and a self-signed
+/// certificate for common name `cn`, valid one day, with the extensions `ext`, in `crt`.
+fn req_x509(crt: &Path, key: &Path, cn: &str, curve: &str, ext: &[&str]) {
+    let curve = format!("ec_paramgen_curve:{curve}");
+    let subj = format!("/CN={cn}");
+    let mut args = vec![
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", &curve, "-nodes", "-days", "1", "-subj", &subj,
+    ];
+    for e in ext {
+        args.extend(["-addext", e]);
+    }
+    args.extend(["-keyout", path_str(key), "-out", path_str(crt)]);
+    openssl(&args);
 }

@@ -643,9 +643,9 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[i]
 }
 
-/// Runs smtpd with `args` (in a fresh temp dir) expecting it to refuse to start: it must exit
-/// within 5 s, non-zero, with exactly one line on stderr, which is returned.
-pub fn startup_failure(args: &[&str]) -> String {
+/// Runs smtpd with `args` in a fresh temp dir (its working directory) expecting it to refuse to
+/// start: panics unless it exits within `limit`; returns its exit status and stderr.
+pub fn refused_start(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut child = Command::new(bin("smtpd"))
         .args(args)
@@ -656,7 +656,7 @@ pub fn startup_failure(args: &[&str]) -> String {
         .spawn()
         .expect("spawn smtpd");
     let mut status = None;
-    let end = Instant::now() + Duration::from_secs(5);
+    let end = Instant::now() + limit;
     while status.is_none() && Instant::now() < end {
         status = child.try_wait().expect("try_wait");
         std::thread::sleep(Duration::from_millis(10));
@@ -664,14 +664,19 @@ pub fn startup_failure(args: &[&str]) -> String {
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("smtpd {args:?} still running after 5 s: it should have refused to start");
+        panic!("smtpd {args:?} still running after {limit:?}: it should have refused to start");
     }
     let out = child.wait_with_output().expect("output");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !status.expect("exited").success(),
-        "smtpd {args:?} exited 0; stderr: {err}"
-    );
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`refused_start`] within 5 s, non-zero, with exactly one line on stderr, which is returned.
+pub fn startup_failure(args: &[&str]) -> String {
+    let (status, err) = refused_start(args, Duration::from_secs(5));
+    assert!(!status.success(), "smtpd {args:?} exited 0; stderr: {err}");
     assert_eq!(
         err.trim_end().lines().count(),
         1,

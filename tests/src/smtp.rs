@@ -684,3 +684,16 @@ pub fn startup_failure(args: &[&str]) -> String {
     );
     err
 }
+
+/// The one stored message, or a panic naming how many there are.
+pub fn only_one(s: &Smtpd) -> Stored {
+    let all = stored(s);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one file in new/, found {:?}\n{}",
+        s.new_files(),
+        server_log(s)
+    );
+    all.into_iter().next().expect("one")
+}

@@ -5,27 +5,14 @@
 //! `smtpd_timeout.rs`, so their timing is not disturbed by these tests.
 
 use integration_tests::smtp::{
-    Client, HOST, Reply, Stored, parse_stored, server_log, start, startup_failure, stored,
-    wait_exit,
+    Client, HOST, Reply, Stored, only_one, parse_stored, server_log, start, startup_failure,
+    stored, wait_exit,
 };
-use integration_tests::{Smtpd, have, python, wait_for};
+use integration_tests::{have, python, wait_for};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const LOCAL2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// The one stored message, or a panic naming how many there are.
-fn only_one(s: &Smtpd) -> Stored {
-    let all = stored(s);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected exactly one file in new/, found {:?}\n{}",
-        s.new_files(),
-        server_log(s)
-    );
-    all.into_iter().next().expect("one")
-}
 
 fn assert_body(st: &Stored, want: &[u8]) {
     assert!(

@@ -7,7 +7,7 @@
 //! is ever committed.
 
 use integration_tests::certs::self_signed;
-use integration_tests::smtp::{self, Client, HOST, Stored, server_log, start, stored};
+use integration_tests::smtp::{self, Client, HOST, Stored, only_one, server_log, start};
 use integration_tests::{Smtpd, have, python, wait_for};
 use std::io::Read;
 use std::net::TcpStream;
@@ -55,18 +55,6 @@ impl Certs {
 
 fn tools(cmds: &[&str]) -> bool {
     cmds.iter().all(|c| have(c))
-}
-
-fn only_one(s: &Smtpd) -> Stored {
-    let all = stored(s);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected exactly one file in new/, found {:?}\n{}",
-        s.new_files(),
-        server_log(s)
-    );
-    all.into_iter().next().expect("one")
 }
 
 /// The trace header of a message received over TLS: the `using` line names the version and

@@ -274,6 +274,16 @@ pub fn queue(md: &Maildir, sender: &str, rcpts: &[&str], rest: &[u8]) -> String 
         .to_owned()
 }
 
+/// Queues [`sample`]`(id, rcpt)` from `<s@src.test>` to `<rcpt>`; returns its file name.
+pub fn queue_sample(md: &Maildir, id: &str, rcpt: &str) -> String {
+    queue(
+        md,
+        "<s@src.test>",
+        &[&format!("<{rcpt}>")],
+        &sample(id, rcpt),
+    )
+}
+
 /// A message body in the stored format: Received, headers, a body with a dot line.
 pub fn sample(id: &str, to: &str) -> Vec<u8> {
     format!(

@@ -182,20 +182,23 @@ mod tests {
         attempt(RcptState::Bounced, "550 5.1.1 no such user", "5.1.1", true)
     }
 
+    /// [`decide`] for a message from `<s@a.test>` queued at `t(1000)`.
+    fn run(base: &MsgState, to: &[&str], results: &[Option<Attempt>], now: SystemTime) -> Decision {
+        let (from, arrival) = (sender("<s@a.test>"), t(1000));
+        decide(base, &from, &rcpts(to), arrival, results, now, LIFETIME)
+    }
+
     fn states(d: &Decision) -> Vec<RcptState> {
         d.state.rcpts.iter().map(|r| r.0).collect()
     }
 
     #[test]
     fn every_recipient_delivered_finishes_with_p() {
-        let d = decide(
+        let d = run(
             &fresh(2),
-            &sender("<s@a.test>"),
-            &rcpts(&["<x@b.test>", "<y@b.test>"]),
-            t(1000),
+            &["<x@b.test>", "<y@b.test>"],
             &[delivered(), delivered()],
             t(1010),
-            LIFETIME,
         );
         assert_eq!(d.state.attempts, 1);
         assert_eq!(states(&d), [RcptState::Delivered; 2]);
@@ -207,14 +210,11 @@ mod tests {
 
     #[test]
     fn mixed_outcomes() {
-        let d = decide(
+        let d = run(
             &fresh(3),
-            &sender("<s@a.test>"),
-            &rcpts(&["<x@b.test>", "<y@b.test>", "<z@b.test>"]),
-            t(1000),
+            &["<x@b.test>", "<y@b.test>", "<z@b.test>"],
             &[delivered(), bounced(), deferred()],
             t(1010),
-            LIFETIME,
         );
         assert_eq!(
             states(&d),
@@ -250,14 +250,11 @@ mod tests {
         let mut base = fresh(2);
         base.attempts = 3;
         base.rcpts[0] = (RcptState::Delivered, "250 earlier".into());
-        let d = decide(
+        let d = run(
             &base,
-            &sender("<s@a.test>"),
-            &rcpts(&["<x@b.test>", "<y@b.test>"]),
-            t(1000),
+            &["<x@b.test>", "<y@b.test>"],
             &[None, delivered()],
             t(1010),
-            LIFETIME,
         );
         assert_eq!(d.state.attempts, 4);
         assert_eq!(
@@ -351,28 +348,17 @@ mod tests {
 
     #[test]
     fn postmaster_recipient_is_named_in_the_dsn() {
-        let d = decide(
-            &fresh(1),
-            &sender("<s@a.test>"),
-            &rcpts(&["<postmaster>"]),
-            t(1000),
-            &[bounced()],
-            t(1010),
-            LIFETIME,
-        );
+        let d = run(&fresh(1), &["<postmaster>"], &[bounced()], t(1010));
         assert_eq!(d.bounced[0].1.rcpt, "postmaster");
     }
 
     #[test]
     fn a_dsn_that_cannot_be_queued_defers_its_recipients() {
-        let mut d = decide(
+        let mut d = run(
             &fresh(2),
-            &sender("<s@a.test>"),
-            &rcpts(&["<x@b.test>", "<y@b.test>"]),
-            t(1000),
+            &["<x@b.test>", "<y@b.test>"],
             &[delivered(), bounced()],
             t(1010),
-            LIFETIME,
         );
         assert_eq!(outcome(&d.state, t(1010)), Outcome::Finish("PT"));
         d.dsn_failed("disk full");
@@ -387,15 +373,7 @@ mod tests {
         let mut base = fresh(1);
         let mut waits = Vec::new();
         for _ in 0..6 {
-            let d = decide(
-                &base,
-                &sender("<s@a.test>"),
-                &rcpts(&["<x@b.test>"]),
-                t(1000),
-                &[deferred()],
-                t(2000),
-                LIFETIME,
-            );
+            let d = run(&base, &["<x@b.test>"], &[deferred()], t(2000));
             let Outcome::Retry(next) = outcome(&d.state, t(2000)) else {
                 panic!("{d:?}")
             };

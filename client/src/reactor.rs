@@ -29,14 +29,14 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-use crate::body::BodyEncoder;
 use crate::config::{Config, TlsLevel};
 use crate::mx::Target;
 use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
-use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
 use crate::tls::{self, TlsContext, Transport};
+use proto::smtp::client::body::BodyEncoder;
+use proto::smtp::client::session::{self, Event, RcptStatus, Session, StartTls};
 
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;

@@ -19,8 +19,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use maildir_core::envelope::EnvelopeReader;
-use smtpd::data::DataDecoder;
-use smtpd::session::{Action, OUTPUT_LIMIT, Session, SessionConfig, StoreError};
+use proto::smtp::server::data::DataDecoder;
+use proto::smtp::server::session::{Action, OUTPUT_LIMIT, Session, SessionConfig, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Maildir, MaildirError};
 
-use crate::session::StoreError;
+use proto::smtp::server::session::StoreError;
 
 /// Most messages made durable in one flush.
 pub const MAX_BATCH: usize = 512;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use maildir_core::{Durability, Maildir};
+use proto::smtp::server::session::SessionConfig;
 use smtpd::config::Args;
 use smtpd::reactor::{Server, ServerConfig};
-use smtpd::session::SessionConfig;
 
 fn main() -> ExitCode {
     let args = Args::parse();

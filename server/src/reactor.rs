@@ -30,9 +30,9 @@ use slab::Slab;
 use crate::commit::{self, Committer, ConnRef, Done, Job};
 use crate::config::Cidr;
 use crate::handshake::{self, Handshakers};
-use crate::reply;
-use crate::session::{Action, Session, SessionConfig, StoreError};
 use crate::transport::Transport;
+use proto::smtp::server::reply;
+use proto::smtp::server::session::{Action, Session, SessionConfig, StoreError};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);

@@ -11,19 +11,11 @@ use std::sync::Arc;
 use mio::event::Source;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use proto::smtp::server::session::TlsInfo;
 use rustls::{ServerConfig, ServerConnection};
 
 /// Most plaintext rustls buffers for sending before `write` takes less (backpressure).
 const TLS_SEND_BUFFER: usize = 64 * 1024;
-
-/// What the session records of a TLS connection (for the trace header and logs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// Protocol version, e.g. `TLSv1.3`.
-    pub version: String,
-    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
 
 /// Raw TLS input buffered while the handshake is processed elsewhere.
 const RAW_INPUT_MAX: usize = 64 * 1024;

@@ -16,10 +16,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
-use crate::command::{self, Command, MailParams};
-use crate::data::{DataDecoder, HopCounter};
-use crate::reply::{self, Reply, Status};
-use crate::transport::TlsInfo;
+use super::command::{self, Command, MailParams};
+use super::data::{DataDecoder, HopCounter};
+use super::reply::{self, Reply, Status};
+
+/// What the session records of a TLS connection (for the trace header and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
 
 /// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;

@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::reply::{Reply, ReplyParser};
+use super::reply::{Reply, ReplyParser};
 
 /// Most server bytes kept while a body is being sent.
 const MAX_HELD: usize = 4096;
@@ -133,7 +133,10 @@ pub enum Event {
     JobDone(usize, Vec<(RcptStatus, Reply)>),
     /// The session is over. `error` says why when it ended before QUIT was answered; jobs not
     /// reported by `JobDone` were not (completely) tried (`unfinished`).
-    Closed { error: Option<String> },
+    Closed {
+        /// Why the session ended early, if it did.
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,7 +36,7 @@ use crate::record::Attempt;
 use crate::state::RcptState;
 use crate::tls::{self, TlsContext, Transport};
 use proto::smtp::client::body::BodyEncoder;
-use proto::smtp::client::session::{self, Event, RcptStatus, Session, StartTls};
+use proto::smtp::client::session::{self, Action, RcptStatus, Session, StartTls};
 
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -457,7 +457,7 @@ impl<'a> Reactor<'a> {
                     Ok(_) => {
                         c.connected = true;
                         self.stats.connections += 1;
-                        c.session.consumed(0, now);
+                        c.session.output_written(0, now);
                         if c.mode == StartTls::Implicit {
                             begin_tls(c, self.tls, self.cfg.tls);
                         }
@@ -499,7 +499,7 @@ impl<'a> Reactor<'a> {
             }
             check_handshake(c, self.tls, self.cfg.tls, now);
             loop {
-                handle_events(c, &mut ctx);
+                handle_actions(c, &mut ctx);
                 if c.closed.is_some() {
                     break;
                 }
@@ -508,7 +508,7 @@ impl<'a> Reactor<'a> {
                     break; // the socket is full: a writable event brings us back
                 }
                 if !pumped {
-                    handle_events(c, &mut ctx);
+                    handle_actions(c, &mut ctx);
                     break;
                 }
             }
@@ -677,7 +677,7 @@ struct Ended {
     stalled: bool,
 }
 
-/// What [`handle_events`] works on besides the connection.
+/// What [`handle_actions`] works on besides the connection.
 struct Ctx<'r> {
     jobs: &'r mut Slab<Job>,
     passes: &'r mut Slab<PassSlot>,
@@ -751,7 +751,7 @@ fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now:
             tls::describe(conn)
         );
     }
-    c.session.tls_established(now);
+    c.session.handle_tls_started(now);
 }
 
 /// Writes pending output until done or the socket would block; true when it would block.
@@ -760,9 +760,9 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
         c.session.handle_eof(Some(&e.to_string()));
         return false;
     }
-    while !c.session.output().is_empty() {
-        match c.transport.write(c.session.output()) {
-            Ok(n) => c.session.consumed(n, now),
+    while !c.session.poll_output().is_empty() {
+        match c.transport.write(c.session.poll_output()) {
+            Ok(n) => c.session.output_written(n, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -774,18 +774,18 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
     c.transport.has_unsent()
 }
 
-/// Handles a connection's session events: body starts, per-job results, the end.
-fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
-    while let Some(ev) = c.session.poll_event() {
+/// Handles a connection's session actions: body starts, per-job results, the end.
+fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
+    while let Some(ev) = c.session.poll_action() {
         match ev {
-            Event::StartTls => begin_tls(c, ctx.tls, ctx.level),
-            Event::StartTlsRefused(reply) => log::info!(
+            Action::StartTls => begin_tls(c, ctx.tls, ctx.level),
+            Action::StartTlsRefused(reply) => log::info!(
                 "{}[{}]: STARTTLS refused ({}): continuing in plaintext",
                 c.target.host,
                 c.target.addr,
                 reply.one_line()
             ),
-            Event::SendBody(n) => {
+            Action::SendBody(n) => {
                 let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
                     continue;
                 };
@@ -810,7 +810,7 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                         .abort(&format!("cannot open {}: {e}", m.path.display())),
                 }
             }
-            Event::Accepted(n, list) => {
+            Action::Accepted(n, list) => {
                 // Recorded now (a crash or a stop before the job ends must not send to them
                 // again); the job's `JobDone` later skips them.
                 let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
@@ -837,7 +837,7 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                     slot.tally.record(job.spec.msg, r, a);
                 }
             }
-            Event::JobDone(n, results) => {
+            Action::JobDone(n, results) => {
                 c.answered += 1;
                 let Some(&key) = c.jobs.get(n) else {
                     continue;
@@ -902,7 +902,7 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                     });
                 }
             }
-            Event::Closed { error } => {
+            Action::Closed { error } => {
                 if c.closed.is_none() {
                     c.closed = Some(error);
                 }

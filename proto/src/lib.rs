@@ -12,6 +12,23 @@
 //! or the queue's file code; `std::fs`, `std::net` sockets and `Instant::now()` are kept out by
 //! review (time comes in as a `now` argument).
 
+//! # One vocabulary for every session
+//!
+//! Both SMTP sessions (and the POP3 one to come) are driven through the same names, after
+//! quinn-proto, so a reactor can hold `enum Session { Smtp(..), Pop3(..) }` and drive each arm
+//! with the same calls. Inputs are `handle_*`, outputs are `poll_*`; time comes in as `now`.
+//! - `handle_input(bytes, now)`: bytes from the peer.
+//! - `poll_output() -> &[u8]` and `output_written(n, ..)`: bytes to send, and how many were sent
+//!   (the client passes `now`: its reply deadlines start when a command is written).
+//! - `poll_action() -> Option<Action>`: work the driver must do for the session (server: queue
+//!   file begin/write/commit/abort, STARTTLS; client: STARTTLS, send a body, per-job results,
+//!   closed). An action that needs an answer names the `handle_*` call that brings it.
+//! - `poll_timeout() -> Option<Instant>` and `handle_timeout(now)`: the next deadline, and that
+//!   it passed.
+//! - `handle_eof(..)`: the peer closed (or the connection broke).
+//! - `handle_tls_started(now)`: the transport now speaks TLS; the session starts over (RFC 3207).
+//! - `is_closed()`: nothing more will be read; close once the output is sent.
+
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -405,7 +405,7 @@ impl Server {
             // last reply (421) can only be sent then.
             let finishing_handshake = conn.session.is_closed()
                 && conn.transport.is_handshaking()
-                && !conn.session.pending_output().is_empty();
+                && !conn.session.poll_output().is_empty();
             let may_read =
                 (conn.session.wants_read() || finishing_handshake) && !conn.eof && room > 0;
             if may_read && reads == READ_BUDGET {
@@ -463,7 +463,7 @@ impl Server {
             // event comes for input that arrived while the session was not reading.
             progress |= blocked && conn.session.wants_read();
             if conn.starting_tls
-                && conn.session.pending_output().is_empty()
+                && conn.session.poll_output().is_empty()
                 && let Some(config) = &self.config.tls
             {
                 conn.starting_tls = false;
@@ -477,7 +477,7 @@ impl Server {
             }
             if conn.session.is_closed() {
                 // Replies still inside the transport (TLS records rustls holds) count too.
-                if conn.session.pending_output().is_empty() && !conn.transport.has_unsent() {
+                if conn.session.poll_output().is_empty() && !conn.transport.has_unsent() {
                     self.close(key);
                     return;
                 }
@@ -493,7 +493,7 @@ impl Server {
         }
         if let Some(conn) = self.conns.get_mut(key)
             && !conn.timer_armed
-            && let Some(d) = conn.session.deadline()
+            && let Some(d) = conn.session.poll_timeout()
         {
             conn.timer_armed = true;
             self.timers.push(Reverse((d, key, conn.generation)));
@@ -569,7 +569,6 @@ impl Server {
                     conn.store_failed = None;
                 }
                 Action::StartTls => conn.starting_tls = true,
-                Action::Close => {}
             }
         }
         any
@@ -664,7 +663,7 @@ impl Server {
                 self.close(key);
                 continue;
             }
-            match conn.session.deadline() {
+            match conn.session.poll_timeout() {
                 Some(d) if d > now => {
                     conn.timer_armed = true;
                     self.timers.push(Reverse((d, key, generation)));
@@ -815,7 +814,7 @@ fn report_tls(conn: &mut Conn) {
         && let Some(info) = conn.transport.tls_info()
     {
         conn.tls_reported = true;
-        conn.session.set_tls_info(info);
+        conn.session.handle_tls_established(info);
     }
 }
 
@@ -825,7 +824,7 @@ fn flush(conn: &mut Conn) -> bool {
         return false;
     }
     loop {
-        let pending = conn.session.pending_output();
+        let pending = conn.session.poll_output();
         if pending.is_empty() {
             return true;
         }

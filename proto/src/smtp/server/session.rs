@@ -3,11 +3,13 @@
 //!
 //! Inputs: [`Session::handle_input`] (bytes from the client), [`Session::handle_begun`] and
 //! [`Session::handle_stored`] (answers to the `Begin` and `Commit` actions),
+//! [`Session::handle_tls_started`] and [`Session::handle_tls_established`],
 //! [`Session::handle_timeout`], [`Session::handle_eof`], [`Session::begin_shutdown`].
-//! Outputs: [`Session::pending_output`] (replies to send, in order), [`Session::poll_action`]
-//! (queue-file work for the caller), [`Session::deadline`] and [`Session::wants_read`] (the
-//! session, not the reactor, decides when more input is welcome). It never touches a socket,
-//! a file or the clock.
+//! Outputs: [`Session::poll_output`] (replies to send, in order), [`Session::poll_action`]
+//! (queue-file work for the caller), [`Session::poll_timeout`] and [`Session::wants_read`] (the
+//! session, not the reactor, decides when more input is welcome), [`Session::is_closed`] (the
+//! caller closes the connection once the output is sent: there is no close action). It never
+//! touches a socket, a file or the clock.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -72,8 +74,6 @@ pub enum Action {
     /// Send the pending `220`, then start the TLS handshake; answer with
     /// [`Session::handle_tls_started`].
     StartTls,
-    /// Close the connection once the pending output is sent.
-    Close,
 }
 
 /// Why storing a message failed.
@@ -375,7 +375,7 @@ impl Session {
     }
 
     /// The TLS handshake finished with this protocol and cipher.
-    pub fn set_tls_info(&mut self, info: TlsInfo) {
+    pub fn handle_tls_established(&mut self, info: TlsInfo) {
         log::info!(
             "[{}] TLS established: {} {}",
             self.peer.ip(),
@@ -385,7 +385,7 @@ impl Session {
         self.tls_info = Some(info);
     }
 
-    /// The idle deadline passed (the caller checks [`Session::deadline`] first).
+    /// The idle deadline passed (the caller checks [`Session::poll_timeout`] first).
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.deadline {
             Some(d) if d <= now && !matches!(self.state, State::Closed) => {
@@ -437,11 +437,11 @@ impl Session {
     }
 
     /// Reply bytes waiting to be sent.
-    pub fn pending_output(&self) -> &[u8] {
+    pub fn poll_output(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }
 
-    /// `n` octets of [`Session::pending_output`] were sent.
+    /// `n` octets of [`Session::poll_output`] were sent.
     pub fn output_written(&mut self, n: usize) {
         self.out_pos = (self.out_pos + n).min(self.out.len());
         if self.out_pos == self.out.len() {
@@ -463,7 +463,7 @@ impl Session {
     /// client does not read (the deadline only moves when a line arrives). Only the states that
     /// wait for the server's own disk work (creating or committing the queue file) and the
     /// closed session (the reactor bounds its linger) have none.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Committing { .. } | State::Begin(_) | State::Closed => None,
             _ => self.deadline,
@@ -808,7 +808,6 @@ impl Session {
 
     fn close(&mut self) {
         self.state = State::Closed;
-        self.actions.push_back(Action::Close);
     }
 }
 
@@ -884,11 +883,10 @@ mod tests {
                         }
                         Action::Abort => current = None,
                         Action::StartTls => s.handle_tls_started(now),
-                        Action::Close => {}
                     }
                 }
-                out.extend_from_slice(s.pending_output());
-                let k = s.pending_output().len();
+                out.extend_from_slice(s.poll_output());
+                let k = s.poll_output().len();
                 s.output_written(k);
                 if used == 0 && !acted {
                     break;
@@ -1049,14 +1047,14 @@ mod tests {
         s.handle_timeout(now + Duration::from_secs(400));
         assert!(s.is_closed());
         assert!(
-            String::from_utf8_lossy(s.pending_output())
+            String::from_utf8_lossy(s.poll_output())
                 .contains("421 4.4.2 mx.test Error: timeout exceeded")
         );
 
         let mut s = Session::new(config(), peer, true, now);
         let junk = "X\r\n".repeat(25);
         s.handle_input(junk.as_bytes(), now);
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         assert_eq!(out.matches("500 5.5.2").count(), 20);
         assert!(out.ends_with("421 4.7.0 mx.test Error: too many errors\r\n"));
         assert!(s.is_closed());
@@ -1155,7 +1153,7 @@ mod tests {
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
             now,
         );
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         assert_eq!(codes(&out), ["220", "250", "250", "250", "554"], "{out}");
         assert_eq!(s.poll_action(), Some(Action::Begin));
         s.handle_begun(Ok("ID".into()), now, SystemTime::UNIX_EPOCH);
@@ -1184,11 +1182,11 @@ mod tests {
             s.handle_input(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n", now);
             s.begin_shutdown();
             assert!(!s.is_closed());
-            s.output_written(s.pending_output().len());
+            s.output_written(s.poll_output().len());
             s.handle_input(hello.as_bytes(), now);
             s.handle_input(b"MAIL FROM:<a@x.test>\r\n", now);
             assert!(s.is_closed());
-            let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+            let out = String::from_utf8_lossy(s.poll_output()).into_owned();
             assert!(
                 out.ends_with("421 4.3.2 mx.test Service shutting down\r\n"),
                 "{out}"
@@ -1206,7 +1204,7 @@ mod tests {
         let used = s.handle_input(noops.as_bytes(), now);
         assert!(used < noops.len());
         assert!(!s.wants_read());
-        assert!(s.pending_output().len() < OUTPUT_LIMIT + 100);
+        assert!(s.poll_output().len() < OUTPUT_LIMIT + 100);
     }
 
     #[test]
@@ -1220,7 +1218,7 @@ mod tests {
         s.handle_input(b"RSET\r\n", now);
         assert!(s.is_closed());
         assert!(
-            String::from_utf8_lossy(s.pending_output())
+            String::from_utf8_lossy(s.poll_output())
                 .ends_with("421 4.3.2 mx.test Service shutting down\r\n")
         );
     }
@@ -1245,7 +1243,7 @@ mod starttls_tests {
     }
 
     fn take(s: &mut Session) -> String {
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         s.output_written(out.len());
         out
     }
@@ -1283,7 +1281,7 @@ mod starttls_tests {
         let mut s = session(true);
         s.handle_input(b"EHLO c\r\nSTARTTLS\r\n", now);
         assert_eq!(s.poll_action(), Some(Action::StartTls));
-        let d = s.deadline().expect("a deadline while STARTTLS waits");
+        let d = s.poll_timeout().expect("a deadline while STARTTLS waits");
         assert!(d <= now + Duration::from_secs(300));
         s.handle_timeout(d);
         assert!(s.is_closed());

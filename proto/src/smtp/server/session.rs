@@ -20,7 +20,7 @@ use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
 use super::command::{self, Command, MailParams};
 use super::data::{DataDecoder, HopCounter};
-use super::reply::{self, Reply, Status};
+use super::reply::{self, Reply};
 
 /// What the session records of a TLS connection (for the trace header and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +189,7 @@ impl Session {
         now: Instant,
     ) -> Session {
         let mut s = Session::blank(config, peer, trusted);
-        let greeting = format!("220 {} ESMTP smtpd\r\n", s.config.hostname);
-        s.out.extend_from_slice(greeting.as_bytes());
+        reply::greeting(&s.config.hostname).write_to(&mut s.out);
         s.deadline = Some(now + s.config.timeout);
         s
     }
@@ -568,11 +567,7 @@ impl Session {
             Command::Forbidden => {
                 self.counts.other += 1;
                 log::warn!("non-SMTP command from [{}]", self.peer.ip());
-                self.reply(&Reply::fixed(
-                    221,
-                    Status(2, 7, 0),
-                    "Error: this is an SMTP server",
-                ));
+                self.reply(&reply::NOT_SMTP);
                 self.close();
             }
         }
@@ -588,17 +583,12 @@ impl Session {
         // A second HELO/EHLO resets the transaction (RFC 5321 §4.1.4).
         self.state = State::Idle;
         self.helo = Some((name, esmtp));
-        let host = self.config.hostname.clone();
+        let host = &self.config.hostname;
         if esmtp {
-            let size = format!("SIZE {}", self.config.max_size);
-            let mut lines = vec![host.as_str(), "PIPELINING", &size, "8BITMIME"];
-            if self.config.starttls && !self.tls {
-                lines.push("STARTTLS");
-            }
-            lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8"]);
-            reply::write_multiline(&mut self.out, 250, &lines);
+            let starttls = self.config.starttls && !self.tls;
+            reply::write_ehlo(&mut self.out, host, self.config.max_size, starttls);
         } else {
-            reply::write_line(&mut self.out, 250, ' ', None, &host);
+            reply::helo(host).write_to(&mut self.out);
         }
         // A stopping server takes no new transaction: HELO/EHLO ended the one in progress.
         self.after_transaction();

@@ -51,6 +51,31 @@ const TLS_FALLBACK: Duration = Duration::from_secs(3600);
 /// Why sessions closed by [`Reactor::stop`] end.
 const STOPPING: &str = "delivery interrupted: smtp-relay is stopping";
 
+/// Whether a connection has ended, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    /// Still in use.
+    Open,
+    /// The session ended normally (QUIT answered).
+    Done,
+    /// It ended early, for this reason.
+    Error(String),
+}
+
+impl Ending {
+    fn is_open(&self) -> bool {
+        *self == Ending::Open
+    }
+
+    /// Why it ended early, if it did.
+    fn error(&self) -> Option<String> {
+        match self {
+            Ending::Error(e) => Some(e.clone()),
+            Ending::Open | Ending::Done => None,
+        }
+    }
+}
+
 /// What the reactor did so far.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -87,7 +112,7 @@ struct Conn {
     body: Option<BodySource>,
     generation: u64,
     armed: Option<Instant>,
-    closed: Option<Option<String>>,
+    closed: Ending,
     /// Jobs this session reported done (the server took or refused them, or a protocol error
     /// or a close mid-job ended them): progress, for [`JobSpec::after_close`].
     answered: usize,
@@ -212,9 +237,9 @@ impl<'a> Reactor<'a> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             if let Some(c) = self.conns.get_mut(k)
-                && c.closed.is_none()
+                && c.closed.is_open()
             {
-                c.closed = Some(Some(STOPPING.into()));
+                c.closed = Ending::Error(STOPPING.into());
             }
             self.finish(k);
         }
@@ -291,10 +316,10 @@ impl<'a> Reactor<'a> {
                 continue;
             }
             if !c.connected {
-                c.closed = Some(Some(format!(
+                c.closed = Ending::Error(format!(
                     "connect timeout after {:?}",
                     self.cfg.connect_timeout
-                )));
+                ));
             } else {
                 c.timed_out = true;
                 c.session.handle_timeout(now);
@@ -436,7 +461,7 @@ impl<'a> Reactor<'a> {
             body: None,
             generation: self.next_gen,
             armed: Some(deadline),
-            closed: None,
+            closed: Ending::Open,
             answered: 0,
             timed_out: false,
         });
@@ -450,9 +475,9 @@ impl<'a> Reactor<'a> {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.closed.is_none() && !c.connected {
+        if c.closed.is_open() && !c.connected {
             match c.transport.tcp.take_error() {
-                Ok(Some(e)) | Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
+                Ok(Some(e)) | Err(e) => c.closed = Ending::Error(format!("connect: {e}")),
                 Ok(None) => match c.transport.tcp.peer_addr() {
                     Ok(_) => {
                         c.connected = true;
@@ -463,12 +488,12 @@ impl<'a> Reactor<'a> {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
+                    Err(e) => c.closed = Ending::Error(format!("connect: {e}")),
                 },
             }
         }
         let mut retries = Vec::new();
-        if c.connected && c.closed.is_none() {
+        if c.connected && c.closed.is_open() {
             let mut ctx = Ctx {
                 jobs: &mut self.jobs,
                 passes: &mut self.passes,
@@ -500,7 +525,7 @@ impl<'a> Reactor<'a> {
             check_handshake(c, self.tls, self.cfg.tls, now);
             loop {
                 handle_actions(c, &mut ctx);
-                if c.closed.is_some() {
+                if !c.closed.is_open() {
                     break;
                 }
                 let pumped = pump_body(c, &mut self.buf, &mut self.scratch, now);
@@ -513,7 +538,7 @@ impl<'a> Reactor<'a> {
                 }
             }
         }
-        let closed = c.closed.is_some();
+        let closed = !c.closed.is_open();
         if !closed {
             // Lazy deadlines: arm only when earlier than the armed one; a fired entry re-arms.
             let deadline = if c.connected {
@@ -550,7 +575,7 @@ impl<'a> Reactor<'a> {
         if !c.connected {
             self.stats.failed_connects += 1;
         }
-        let error = c.closed.clone().flatten();
+        let error = c.closed.error();
         let unfinished: Vec<usize> = c
             .session
             .unfinished()
@@ -903,8 +928,8 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                 }
             }
             Action::Closed { error } => {
-                if c.closed.is_none() {
-                    c.closed = Some(error);
+                if c.closed.is_open() {
+                    c.closed = error.map_or(Ending::Done, Ending::Error);
                 }
             }
         }

@@ -35,9 +35,6 @@ const MAX_HELD: usize = 4096;
 /// Recipients per transaction unless configured (Postfix's `smtp_destination_recipient_limit`).
 pub const DEFAULT_MAX_RCPT: usize = 50;
 
-/// Transaction id of the empty message sent when DATA got 354 although no recipient was taken.
-const NO_TX: usize = usize::MAX;
-
 /// One message to send over this session: the recipients that route to this host.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -152,8 +149,11 @@ enum Expect {
     /// RCPT number `i` of transaction `t`.
     Rcpt(usize, usize),
     Data(usize),
-    /// The final dot of transaction `t` (`NO_TX`: the empty message).
+    /// The final dot of transaction `t`.
     Dot(usize),
+    /// The final dot of the empty message sent when DATA got 354 although no recipient was
+    /// taken (RFC 2920 §3.1): it belongs to no transaction.
+    EmptyDot,
     Quit,
 }
 
@@ -469,7 +469,7 @@ impl Session {
                 let limit = match self.expects.front()?.0 {
                     Expect::Greeting => t.greeting,
                     Expect::Data(_) => t.data_init,
-                    Expect::Dot(_) => t.data_term,
+                    Expect::Dot(_) | Expect::EmptyDot => t.data_term,
                     _ => t.command,
                 };
                 Some(self.wait_since + limit)
@@ -689,7 +689,11 @@ impl Session {
                 }
                 self.advance();
             }
-            Expect::Mail(_) | Expect::Rcpt(..) | Expect::Data(_) | Expect::Dot(_) => {
+            Expect::Mail(_)
+            | Expect::Rcpt(..)
+            | Expect::Data(_)
+            | Expect::Dot(_)
+            | Expect::EmptyDot => {
                 self.on_transaction_reply(expect, reply);
             }
             Expect::Quit => {
@@ -747,7 +751,7 @@ impl Session {
                     self.actions.push_back(Action::SendBody(n));
                 } else if reply.code == 354 {
                     // RFC 2920 §3.1: DATA accepted although no recipient was: send an empty message.
-                    self.send(b".\r\n".to_vec(), Expect::Dot(NO_TX));
+                    self.send(b".\r\n".to_vec(), Expect::EmptyDot);
                     self.finish_tx(t, None);
                 } else {
                     self.finish_tx(t, Some(&reply));
@@ -756,11 +760,10 @@ impl Session {
                 }
             }
             Expect::Dot(t) => {
-                if t != NO_TX {
-                    self.finish_tx(t, Some(&reply));
-                }
+                self.finish_tx(t, Some(&reply));
                 self.advance();
             }
+            Expect::EmptyDot => self.advance(),
             Expect::Greeting
             | Expect::Ehlo
             | Expect::Helo
@@ -891,7 +894,7 @@ impl Session {
         let busy = self
             .expects
             .iter()
-            .any(|(e, _)| !matches!(e, Expect::Dot(_)) || !self.ext.pipelining);
+            .any(|(e, _)| !matches!(e, Expect::Dot(_) | Expect::EmptyDot) || !self.ext.pipelining);
         if busy {
             return;
         }
@@ -1022,7 +1025,7 @@ fn fits(expect: Expect, code: u16) -> bool {
         Expect::Ehlo | Expect::Helo | Expect::Rset => code == 250 || failure,
         Expect::Mail(_) | Expect::Rcpt(..) => matches!(code, 250 | 251) || failure,
         Expect::Data(_) => code == 354 || failure,
-        Expect::Dot(_) => (200..300).contains(&code) || failure,
+        Expect::Dot(_) | Expect::EmptyDot => (200..300).contains(&code) || failure,
         Expect::Quit => true,
     }
 }
@@ -1071,7 +1074,7 @@ fn expect_name(e: Expect) -> &'static str {
         Expect::Mail(_) => "MAIL FROM",
         Expect::Rcpt(..) => "RCPT TO",
         Expect::Data(_) => "DATA",
-        Expect::Dot(_) => "end of data",
+        Expect::Dot(_) | Expect::EmptyDot => "end of data",
         Expect::Quit => "QUIT",
     }
 }

@@ -181,6 +181,8 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
             let used = s.handle_input(&input[consumed..fed], now);
             assert!(used <= fed - consumed);
             consumed += used;
+            // Events are reports only (the reactor logs and counts them): drain them.
+            while s.poll_event().is_some() {}
             let mut acted = false;
             while let Some(a) = s.poll_action() {
                 acted = true;

@@ -7,10 +7,11 @@
 //! - [`smtp::client`]: what smtp-relay speaks: [`smtp::client::reply`] (reply parser),
 //!   [`smtp::client::body`] (DATA encoding), [`smtp::client::session`] (the client state machine).
 //!
-//! Owns: protocol state, parsing and reply text. Must not: touch a socket, a file or the clock.
-//! This crate depends on std and maildir-core only, so the machines cannot import mio, rustls,
-//! or the queue's file code; `std::fs`, `std::net` sockets and `Instant::now()` are kept out by
-//! review (time comes in as a `now` argument).
+//! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
+//! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,
+//! envelope, date format) and memchr (byte search) only, so the machines cannot import mio,
+//! rustls, the log or the binaries' code; `std::fs`, `std::net` sockets and `Instant::now()`
+//! are kept out by review (time comes in as a `now` argument).
 
 //! # One vocabulary for every session
 //!
@@ -28,6 +29,10 @@
 //! - `handle_eof(..)`: the peer closed (or the connection broke).
 //! - `handle_tls_started(now)`: the transport now speaks TLS; the session starts over (RFC 3207).
 //! - `is_closed()`: nothing more will be read; close once the output is sent.
+//! - `poll_event() -> Option<Event>` and `counts() -> &Counts` (server): typed reports of what
+//!   happened (connect, transaction begin/commit/failure, recipients, TLS, timeout, close) and
+//!   running counters, for logs and metrics. Events are apart from actions: an action is work
+//!   the driver must do; an event needs nothing done, and dropping one loses only its report.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

@@ -2,14 +2,16 @@
 //! 1. a pool of sync threads flushes each finished queue file's data as soon as it arrives
 //!    (`Delivery::sync`; flushes pending together are merged by the block layer);
 //! 2. one publisher thread takes every file synced meanwhile, renames them into `new/` and
-//!    fsyncs `new/` once for the batch (`Maildir::publish`), then reports each result to the
-//!    reactor through a channel and a `mio::Waker`.
+//!    fsyncs `new/` once for the batch (`Maildir::publish`), then reports each result (with its
+//!    latency and the batch's size, for [`crate::stats`]) to the reactor through a channel and a
+//!    `mio::Waker`.
 //!
 //! Stage 1 of the next messages overlaps stage 2 of the previous ones. This is the only place
 //! smtpd calls fsync; the reactor thread never waits on the disk.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use maildir_core::maildir::Synced;
@@ -43,6 +45,10 @@ pub struct Done {
     pub conn: ConnRef,
     /// Durable in `new/`, or why not.
     pub result: Result<(), StoreError>,
+    /// From a sync thread taking the file to this result.
+    pub latency: Duration,
+    /// On the first result of each batch: how many files the batch held (one `new/` fsync).
+    pub batch: Option<usize>,
 }
 
 /// Threads flushing file data in parallel.
@@ -62,7 +68,7 @@ impl Committer {
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Committer> {
         let (tx, jobs) = unbounded::<Job>();
-        let (synced_tx, synced_rx) = unbounded::<(ConnRef, Result<Synced, MaildirError>)>();
+        let (synced_tx, synced_rx) = unbounded::<SyncedFile>();
         let mut threads = Vec::with_capacity(SYNC_THREADS + 1);
         for i in 0..SYNC_THREADS {
             let jobs = jobs.clone();
@@ -72,7 +78,11 @@ impl Committer {
                     .name(format!("sync-{i}"))
                     .spawn(move || {
                         for job in jobs.iter() {
-                            if synced_tx.send((job.conn, job.delivery.sync())).is_err() {
+                            let taken = Instant::now();
+                            if synced_tx
+                                .send((job.conn, taken, job.delivery.sync()))
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -110,9 +120,12 @@ impl Drop for Committer {
     }
 }
 
+/// A file through stage 1: whose, when a sync thread took it, and the sync's outcome.
+type SyncedFile = (ConnRef, Instant, Result<Synced, MaildirError>);
+
 fn publish(
     maildir: &Maildir,
-    synced: &Receiver<(ConnRef, Result<Synced, MaildirError>)>,
+    synced: &Receiver<SyncedFile>,
     done: &Sender<Done>,
     waker: &mio::Waker,
 ) {
@@ -125,28 +138,35 @@ fn publish(
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let size = batch.len();
         let mut conns = Vec::with_capacity(batch.len());
         let mut files = Vec::with_capacity(batch.len());
         let mut results = Vec::with_capacity(batch.len());
-        for (conn, r) in batch {
+        for (conn, taken, r) in batch {
             match r {
                 Ok(s) => {
-                    conns.push(conn);
+                    conns.push((conn, taken));
                     files.push(s);
                 }
-                Err(e) => results.push((conn, Err(e))),
+                Err(e) => results.push(((conn, taken), Err(e))),
             }
         }
         let n = files.len();
         results.extend(conns.into_iter().zip(maildir.publish(files)));
         log::debug!("published a batch of {n} in {:?}", started.elapsed());
-        for (conn, result) in results {
+        for (i, ((conn, taken), result)) in results.into_iter().enumerate() {
             let result = result.map(|_| ()).map_err(|e| {
                 log::error!("commit failed: {e}");
                 store_error(&e)
             });
-            if done.send(Done { conn, result }).is_err() {
+            let done_one = Done {
+                conn,
+                result,
+                latency: taken.elapsed(),
+                batch: (i == 0).then_some(size),
+            };
+            if done.send(done_one).is_err() {
                 return;
             }
         }

@@ -4,7 +4,8 @@
 //! session's queue-file actions (create, write, hand to group commit), keeps idle deadlines in
 //! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught
 //! and ignored). It holds no protocol logic and never waits on the disk flush (that is
-//! [`crate::commit`]'s thread).
+//! [`crate::commit`]'s thread). It drains each session's events into [`crate::stats`] (counters
+//! and log lines) after driving it, and once more when the connection goes.
 //!
 //! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
 //! listener accepts at most 64 connections; one with work left goes on a ready list served
@@ -30,6 +31,7 @@ use slab::Slab;
 use crate::commit::{self, Committer, ConnRef, Done, Job};
 use crate::config::Cidr;
 use crate::handshake::{self, Handshakers};
+use crate::stats::{self, Refusal, Stats};
 use crate::transport::Transport;
 use proto::smtp::server::reply;
 use proto::smtp::server::session::{Action, Session, SessionConfig, StoreError};
@@ -122,6 +124,8 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// The shutdown deadline passed and every session was closed.
     forced: bool,
+    /// Counters, fed from the sessions' events and the group commit's results.
+    stats: Stats,
 }
 
 impl Server {
@@ -184,7 +188,13 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             forced: false,
+            stats: Stats::default(),
         })
+    }
+
+    /// The server's counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -317,16 +327,21 @@ impl Server {
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
         let refusal = if self.conns.len() >= self.config.max_connections {
-            Some(reply::too_many_connections(host))
+            Some((
+                Refusal::TooManyConnections,
+                reply::too_many_connections(host),
+            ))
         } else if !trusted
             && self.config.max_per_ip > 0
             && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.config.max_per_ip
         {
-            Some(reply::too_many_from(host, &peer.ip().to_string()))
+            let r = reply::too_many_from(host, &peer.ip().to_string());
+            Some((Refusal::TooManyFromAddress, r))
         } else {
             None
         };
-        if let Some(r) = refusal {
+        if let Some((why, r)) = refusal {
+            self.stats.refused(why);
             log::warn!("refused connection from [{}]: {}", peer.ip(), r.text);
             let mut buf = Vec::new();
             r.write_to(&mut buf);
@@ -358,7 +373,6 @@ impl Server {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         self.next_generation += 1;
-        log::info!("connect from [{}]:{}", peer.ip(), peer.port());
         entry.insert(Conn {
             transport,
             session,
@@ -399,6 +413,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            report(conn, &mut self.stats);
             let room = read_room(conn.inbuf.len());
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
@@ -454,6 +469,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            report(conn, &mut self.stats);
             let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
@@ -629,6 +645,10 @@ impl Server {
         }
         while let Ok(done) = self.done_rx.try_recv() {
             self.in_flight = self.in_flight.saturating_sub(1);
+            if let Some(n) = done.batch {
+                self.stats.commit_batch(n);
+            }
+            self.stats.commit_latency(done.latency);
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {
@@ -737,10 +757,12 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
+        report(&mut conn, &mut self.stats);
+        self.stats.connection_closed(conn.session.counts());
         log::info!(
             "disconnect from [{}] {}",
             conn.session.peer().ip(),
-            conn.session.summary()
+            stats::summary(conn.session.counts())
         );
         // Entries of closed connections would stay until they expire (up to the timeout):
         // drop them once they outnumber the live ones, so the heap stays O(connections).
@@ -804,6 +826,15 @@ fn compact_timers(
 /// How many octets the next read may take: the unprocessed input stays within `INBUF_MAX`.
 fn read_room(unprocessed: usize) -> usize {
     INBUF_MAX.saturating_sub(unprocessed).min(READ_CHUNK)
+}
+
+/// Counts and logs what the session reported since the last call.
+fn report(conn: &mut Conn, stats: &mut Stats) {
+    let peer = conn.session.peer();
+    while let Some(event) = conn.session.poll_event() {
+        stats.record(&event);
+        stats::log_event(peer, &event);
+    }
 }
 
 /// Gives the session the TLS protocol and cipher once the handshake has finished.

@@ -1097,6 +1097,7 @@ fn parse_ehlo(reply: &Reply) -> Extensions {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod tests {
     use super::*;
 

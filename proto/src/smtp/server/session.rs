@@ -949,6 +949,7 @@ fn store_reply(e: StoreError) -> Reply {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod tests {
     use super::*;
 
@@ -1438,6 +1439,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod starttls_tests {
     use super::*;
 

@@ -1,20 +1,23 @@
 //! smtpd's committer: [`maildir_core::commit::GroupCommit`] (sync threads flushing each
 //! finished queue file's data, one publisher renaming every file synced meanwhile into `new/`
 //! and fsyncing `new/` once per batch) tagged with the connection, its results reported to the
-//! reactor through a channel and a `mio::Waker`.
+//! reactor through a channel and a `mio::Waker`, with its latency and the batch's size (for
+//! [`crate::stats`]).
 //!
 //! Owns: the connection tag, the report of each result as a [`StoreError`], the wake-up.
 //! Must not: touch a socket or the session. This is the only place smtpd's fsyncs run; the
 //! reactor thread never waits on the disk.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use maildir_core::commit::GroupCommit;
 use maildir_core::{Delivered, Delivery, Maildir, MaildirError};
 use net::ConnRef;
 
-use crate::session::StoreError;
+use proto::smtp::server::session::StoreError;
+
 use crate::store::store_error;
 
 /// Most messages made durable in one flush.
@@ -34,11 +37,15 @@ pub struct Done {
     pub conn: ConnRef,
     /// Durable in `new/`, or why not.
     pub result: Result<(), StoreError>,
+    /// From the hand-off to the group commit ([`Committer::submit`]) to this result.
+    pub latency: Duration,
+    /// On the first result of each batch: how many files the batch held (one `new/` fsync).
+    pub batch: Option<usize>,
 }
 
 /// Handle to the group-commit threads ([`maildir_core::commit::GroupCommit`]).
 pub struct Committer {
-    inner: GroupCommit<ConnRef>,
+    inner: GroupCommit<(ConnRef, Instant)>,
 }
 
 impl Committer {
@@ -59,24 +66,31 @@ impl Committer {
     /// Queues a file for commit. Returns the job if the threads are gone.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
         self.inner
-            .submit(job.conn, job.delivery)
-            .map_err(|(conn, delivery)| Job { conn, delivery })
+            .submit((job.conn, Instant::now()), job.delivery)
+            .map_err(|((conn, _), delivery)| Job { conn, delivery })
     }
 }
 
 /// Hands one published batch's results to the reactor and wakes it. False once the reactor
 /// is gone.
 fn report(
-    results: Vec<(ConnRef, Result<Delivered, MaildirError>)>,
+    results: Vec<((ConnRef, Instant), Result<Delivered, MaildirError>)>,
     done: &Sender<Done>,
     waker: &mio::Waker,
 ) -> bool {
-    for (conn, result) in results {
+    let mut batch = Some(results.len());
+    for ((conn, submitted), result) in results {
         let result = result.map(|_| ()).map_err(|e| {
             log::error!("commit failed: {e}");
             store_error(&e)
         });
-        if done.send(Done { conn, result }).is_err() {
+        let done_one = Done {
+            conn,
+            result,
+            latency: submitted.elapsed(),
+            batch: batch.take(),
+        };
+        if done.send(done_one).is_err() {
             return false;
         }
     }

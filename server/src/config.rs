@@ -19,7 +19,7 @@ use clap::Parser;
 use maildir_core::{Durability, Mailbox};
 
 use crate::reactor::ServerConfig;
-use crate::session::{OUTPUT_LIMIT, SessionConfig};
+use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
 /// the limits of `Instant` arithmetic.

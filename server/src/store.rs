@@ -15,8 +15,8 @@ use crossbeam_channel::Sender;
 use maildir_core::{Delivery, Durability, Maildir, MaildirError};
 
 use crate::commit::{Committer, Done, Job};
-use crate::session::StoreError;
 use net::ConnRef;
+use proto::smtp::server::session::StoreError;
 
 /// One connection's queue file: the message being written, or the first write failure, which
 /// is reported when the session commits.

@@ -23,10 +23,10 @@ const BATCH: usize = 64;
 
 /// One 4 KiB queued message: envelope, trace header, headers, body.
 fn message() -> Vec<u8> {
-    let envelope = Envelope {
-        sender: ReversePath::parse("<bench@example.org>").expect("valid"),
-        recipients: vec![ForwardPath::parse("<rcpt@example.net>").expect("valid")],
-    };
+    let envelope = Envelope::new(
+        ReversePath::parse("<bench@example.org>").expect("valid"),
+        vec![ForwardPath::parse("<rcpt@example.net>").expect("valid")],
+    );
     let mut m = envelope.to_bytes();
     m.extend_from_slice(
         b"Received: from client (client [192.0.2.1]) by bench with ESMTP id X; Tue, 24 Nov 2026 04:07:30 +0000\r\nSubject: bench\r\n\r\n",

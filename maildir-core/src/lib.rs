@@ -21,5 +21,7 @@ pub mod logging;
 pub mod maildir;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
-pub use envelope::{Envelope, EnvelopeError, EnvelopeReader};
+pub use envelope::{
+    Envelope, EnvelopeError, EnvelopeReader, Notify, Orcpt, ParamError, RcptParams, Ret, XText,
+};
 pub use maildir::{Delivered, Delivery, Durability, Maildir, MaildirError, NewEntry};

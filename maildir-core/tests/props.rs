@@ -2,13 +2,17 @@
 //!
 //! - Every well-formed path the generators build parses, and writes back as itself.
 //! - An envelope (any sender, 1..=100 recipients) written then read gives the same envelope,
-//!   and the reader hands back the rest of the file untouched.
+//!   and the reader hands back the rest of the file untouched; likewise with DSN parameters
+//!   (RET, ENVID, NOTIFY, ORCPT), and without them the block is the pre-extension format.
 //! - The parsers never panic, whatever the input; what they accept is stable through Display.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use maildir_core::{Envelope, EnvelopeReader, ForwardPath, ReversePath, address::MAX_PATH_LEN};
+use maildir_core::{
+    Envelope, EnvelopeReader, ForwardPath, Notify, Orcpt, RcptParams, Ret, ReversePath, XText,
+    address::MAX_PATH_LEN,
+};
 use proptest::prelude::*;
 
 const ATEXT: &str =
@@ -115,6 +119,31 @@ fn tricky_string() -> impl Strategy<Value = String> {
         .prop_map(|v| v.into_iter().collect())
 }
 
+fn rcpt_params() -> impl Strategy<Value = RcptParams> {
+    let notify = prop_oneof![
+        Just(None),
+        Just(Some(Notify::Never)),
+        (any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_filter("one flag", |(s, f, d)| *s || *f || *d)
+            .prop_map(|(success, failure, delay)| Some(Notify::On {
+                success,
+                failure,
+                delay
+            })),
+    ];
+    let orcpt = prop::option::of(
+        (
+            prop_oneof![Just("rfc822"), Just("RFC822"), Just("x-local")],
+            prop::collection::vec(any::<u8>(), 1..60),
+        )
+            .prop_map(|(t, raw)| Orcpt {
+                addr_type: t.to_string(),
+                address: XText::encode(&raw),
+            }),
+    );
+    (notify, orcpt).prop_map(|(notify, orcpt)| RcptParams { notify, orcpt })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -134,10 +163,10 @@ proptest! {
         rcpts in prop::collection::vec(recipient(), 1..=100),
         body in prop::collection::vec(any::<u8>(), 0..300),
     ) {
-        let envelope = Envelope {
-            sender: ReversePath::parse(&sender).unwrap(),
-            recipients: rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
-        };
+        let envelope = Envelope::new(
+            ReversePath::parse(&sender).unwrap(),
+            rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
+        );
         let mut rest = b"Received: from h (h [192.0.2.1]) by me with ESMTP id X; now\r\n".to_vec();
         rest.extend_from_slice(&body);
         let mut file = envelope.to_bytes();
@@ -153,6 +182,46 @@ proptest! {
             expected.push_str(&format!("X-Original-To: {r}\r\n"));
         }
         prop_assert_eq!(envelope.to_bytes(), expected.into_bytes());
+    }
+
+    #[test]
+    fn envelope_with_dsn_params_round_trips(
+        sender in sender(),
+        rcpts in prop::collection::vec((recipient(), rcpt_params()), 1..=30),
+        ret in prop::option::of(prop_oneof![Just(Ret::Full), Just(Ret::Hdrs)]),
+        envid in prop::option::of(prop::collection::vec(any::<u8>(), 1..40)),
+        body in prop::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let mut envelope = Envelope::new(
+            ReversePath::parse(&sender).unwrap(),
+            rcpts.iter().map(|(r, _)| ForwardPath::parse(r).unwrap()).collect(),
+        );
+        envelope.ret = ret;
+        envelope.envid = envid.as_deref().map(XText::encode).filter(|x| x.as_str().len() <= 100);
+        if rcpts.iter().any(|(_, p)| !p.is_empty()) {
+            envelope.rcpt_params = rcpts.iter().map(|(_, p)| p.clone()).collect();
+        }
+        let mut rest = b"Received: from h by me; now\r\n".to_vec();
+        rest.extend_from_slice(&body);
+        let written = envelope.to_bytes();
+        let mut file = written.clone();
+        file.extend_from_slice(&rest);
+        let (got, mut reader) = EnvelopeReader::open(&file[..]).unwrap();
+        prop_assert_eq!(&got, &envelope);
+        prop_assert_eq!(reader.envelope_len(), written.len() as u64);
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).unwrap();
+        prop_assert_eq!(back, rest);
+        if let (Some(e), Some(x)) = (&envid, &got.envid) {
+            prop_assert_eq!(&x.decode(), e);
+        }
+        // Without parameters the block is exactly the pre-extension format.
+        let plain = Envelope::new(envelope.sender.clone(), envelope.recipients.clone());
+        let mut expected = format!("Return-Path: {}\r\n", plain.sender);
+        for r in &plain.recipients {
+            expected.push_str(&format!("X-Original-To: {r}\r\n"));
+        }
+        prop_assert_eq!(plain.to_bytes(), expected.into_bytes());
     }
 
     #[test]

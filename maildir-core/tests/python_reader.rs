@@ -83,13 +83,13 @@ fn python_mailbox_reads_every_message() {
                 _ => format!("<r{k}.m{i}@dest{k}.example>"),
             })
             .collect();
-        let envelope = Envelope {
-            sender: ReversePath::parse(&sender).unwrap(),
-            recipients: rcpts
+        let envelope = Envelope::new(
+            ReversePath::parse(&sender).unwrap(),
+            rcpts
                 .iter()
                 .map(|r| ForwardPath::parse(r).unwrap())
                 .collect(),
-        };
+        );
         let subject = format!("test {i} ✓");
         let mut raw = envelope.to_bytes();
         raw.extend_from_slice(

@@ -22,10 +22,10 @@ const KILL_AFTER: usize = 120;
 /// Message `n`: envelope, headers, a body whose length varies up to ~200 KiB (so that a kill
 /// often lands mid-write), and a trailer naming its length.
 fn message(n: u64) -> Vec<u8> {
-    let envelope = Envelope {
-        sender: ReversePath::parse("<sender@example.org>").unwrap(),
-        recipients: vec![ForwardPath::parse(&format!("<r{n}@example.net>")).unwrap()],
-    };
+    let envelope = Envelope::new(
+        ReversePath::parse("<sender@example.org>").unwrap(),
+        vec![ForwardPath::parse(&format!("<r{n}@example.net>")).unwrap()],
+    );
     let mut m = envelope.to_bytes();
     m.extend_from_slice(format!("Subject: {n}\r\n\r\n").as_bytes());
     let fill = (n as usize * 48_271) % (200 * 1024);

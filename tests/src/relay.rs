@@ -255,13 +255,13 @@ pub fn b64(s: &str) -> Vec<u8> {
 /// Queues a message into `new/` the way smtpd stores it: envelope lines, then `rest` (which
 /// should start with the trace header). Returns the file name.
 pub fn queue(md: &Maildir, sender: &str, rcpts: &[&str], rest: &[u8]) -> String {
-    let env = Envelope {
-        sender: ReversePath::parse(sender).expect("sender"),
-        recipients: rcpts
+    let env = Envelope::new(
+        ReversePath::parse(sender).expect("sender"),
+        rcpts
             .iter()
             .map(|r| ForwardPath::parse(r).expect("recipient"))
             .collect(),
-    };
+    );
     let mut d = md.deliver().expect("deliver");
     use std::io::Write;
     env.write_to(&mut d).expect("write envelope");

@@ -179,10 +179,7 @@ fn make_dsn(
     let original = BufReader::new(file);
     let rcpt = ForwardPath::parse(&format!("<{sender}>"))
         .map_err(|e| format!("bad sender {sender}: {e}"))?;
-    let env = Envelope {
-        sender: ReversePath::Null,
-        recipients: vec![rcpt],
-    };
+    let env = Envelope::new(ReversePath::Null, vec![rcpt]);
     let mut d = md.deliver().map_err(|e| e.to_string())?;
     let res = env.write_to(&mut d).and_then(|_| {
         let report = dsn::Report {

@@ -437,10 +437,7 @@ impl Session {
         };
         match result {
             Ok(id) => {
-                let envelope = Envelope {
-                    sender: txn.from.clone(),
-                    recipients: txn.rcpts.clone(),
-                };
+                let envelope = Envelope::new(txn.from.clone(), txn.rcpts.clone());
                 envelope.write_to(&mut self.body).ok();
                 self.received_header(&id, &txn, wall);
                 self.flush_body();

@@ -9,7 +9,9 @@
 //! - `Begin` only after at least one `250 2.1.5` since the last `250 2.1.0`, and the envelope
 //!   written holds exactly that many recipients;
 //! - the body stored for a committed message equals an independent reference dot-unstuffing of
-//!   the DATA bytes the session consumed, and the session stopped exactly at `CRLF.CRLF`;
+//!   the DATA bytes the session consumed, and the session stopped exactly at `CRLF.CRLF`; a
+//!   message sent with BDAT (no `354` after `Begin`) is stored with CRLF line ends only, ending
+//!   with CRLF unless empty;
 //! - store failures are answered `452 4.3.1` (full) / `451 4.3.0` (write error), `250 ...
 //!   queued as` only after a successful commit;
 //! - the outcome (replies, stored messages) does not depend on how the input is split;
@@ -166,6 +168,8 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
     let mut data_start = 0usize;
     let mut begins = 0usize;
     let mut commits = 0usize;
+    let mut bdat = false; // the current message came with BDAT
+    let mut queue: std::collections::VecDeque<Action> = std::collections::VecDeque::new();
 
     loop {
         // Offer more input (a random amount when splitting).
@@ -185,7 +189,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
             // Events are reports only (the reactor logs and counts them): drain them.
             while s.poll_event().is_some() {}
             let mut acted = false;
-            while let Some(a) = s.poll_action() {
+            while let Some(a) = queue.pop_front().or_else(|| s.poll_action()) {
                 acted = true;
                 match a {
                     Action::Begin => {
@@ -201,11 +205,13 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                         match r {
                             Ok(()) => {
                                 current = Some(Vec::new());
+                                let before = s.poll_output().len();
                                 s.handle_begun(
                                     Ok(format!("ID{begins}")),
                                     now,
                                     SystemTime::UNIX_EPOCH,
                                 );
+                                bdat = !s.poll_output()[before..].starts_with(b"354 ");
                                 data_start = consumed;
                                 // Check the envelope against the accepted recipients.
                                 let mut env = Vec::new();
@@ -221,7 +227,13 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                                 assert_eq!(e.recipients.len(), rcpts, "envelope recipients");
                                 header_len = Some(env.len());
                                 current.as_mut().unwrap().extend_from_slice(&env);
-                                assert!(more.is_empty(), "actions beside the header: {more:?}");
+                                // After DATA nothing else happens before input; BDAT 0 LAST
+                                // ends the message at once.
+                                assert!(
+                                    more.is_empty() || bdat,
+                                    "actions beside the header: {more:?}"
+                                );
+                                queue.extend(more);
                             }
                             Err(e) => {
                                 let before = s.poll_output().len();
@@ -245,24 +257,39 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                     Action::Commit => {
                         let msg = current.take().expect("Commit outside a message");
                         commits += 1;
-                        let data = &input[data_start..consumed];
-                        let (want, used) = reference_unstuff(data)
-                            .unwrap_or_else(|| panic!("Commit without end of data in {data:?}"));
-                        assert_eq!(used, data.len(), "session did not stop at CRLF.CRLF");
                         let head = header_len.expect("header length");
-                        assert_eq!(
-                            &msg[head..],
-                            &want[..],
-                            "stored body differs from the reference unstuffing"
-                        );
-                        // And the decoder agrees when fed byte by byte.
-                        let mut d = DataDecoder::new(u64::MAX);
-                        let mut out = Vec::new();
-                        for (k, b) in data.iter().enumerate() {
-                            let f = d.feed(std::slice::from_ref(b), &mut out);
-                            assert_eq!(f.done, k + 1 == data.len());
+                        if bdat {
+                            let body = &msg[head..];
+                            for (k, &b) in body.iter().enumerate() {
+                                if b == b'\n' {
+                                    assert!(k > 0 && body[k - 1] == b'\r', "bare LF stored");
+                                }
+                                if b == b'\r' {
+                                    assert_eq!(body.get(k + 1), Some(&b'\n'), "bare CR stored");
+                                }
+                            }
+                            assert!(body.is_empty() || body.ends_with(b"\r\n"));
                         }
-                        assert_eq!(out, want);
+                        let data = &input[data_start..consumed];
+                        if !bdat {
+                            let (want, used) = reference_unstuff(data).unwrap_or_else(|| {
+                                panic!("Commit without end of data in {data:?}")
+                            });
+                            assert_eq!(used, data.len(), "session did not stop at CRLF.CRLF");
+                            assert_eq!(
+                                &msg[head..],
+                                &want[..],
+                                "stored body differs from the reference unstuffing"
+                            );
+                            // And the decoder agrees when fed byte by byte.
+                            let mut d = DataDecoder::new(u64::MAX);
+                            let mut out = Vec::new();
+                            for (k, b) in data.iter().enumerate() {
+                                let f = d.feed(std::slice::from_ref(b), &mut out);
+                                assert_eq!(f.done, k + 1 == data.len());
+                            }
+                            assert_eq!(out, want);
+                        }
                         let r = outcome(seed, commits * 2 + 1);
                         if r.is_ok() {
                             stored.push(msg);

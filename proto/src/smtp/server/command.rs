@@ -4,6 +4,7 @@
 //! Pure syntax: this module knows nothing of session state, limits or relay policy; the
 //! session decides whether a well-formed command is allowed now.
 
+use maildir_core::envelope::{self, Notify, Orcpt, RcptParams, Ret, XText};
 use maildir_core::{ForwardPath, ReversePath};
 
 use super::reply::{self, Reply};
@@ -26,6 +27,10 @@ pub struct MailParams {
     pub body: Body,
     /// SMTPUTF8 requested (RFC 6531).
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461 DSN).
+    pub ret: Option<Ret>,
+    /// `ENVID=` (RFC 3461 DSN), xtext as on the wire.
+    pub envid: Option<XText>,
 }
 
 /// A parsed command.
@@ -37,10 +42,17 @@ pub enum Command {
     Ehlo(String),
     /// `MAIL FROM:<path> [params]`.
     Mail(ReversePath, MailParams),
-    /// `RCPT TO:<path>`.
-    Rcpt(ForwardPath),
+    /// `RCPT TO:<path> [NOTIFY=...] [ORCPT=...]`.
+    Rcpt(ForwardPath, RcptParams),
     /// `DATA`.
     Data,
+    /// `BDAT size [LAST]` (RFC 3030): `size` octets of message content follow the line.
+    Bdat {
+        /// Octets of chunk data after the command line.
+        size: u64,
+        /// The last chunk of the message.
+        last: bool,
+    },
     /// `RSET`.
     Rset,
     /// `NOOP [text]`.
@@ -64,6 +76,7 @@ const COMMANDS: &[(&str, Parser)] = &[
     ("MAIL", parse_mail),
     ("RCPT", parse_rcpt),
     ("DATA", |a| no_args(a, Command::Data, "DATA")),
+    ("BDAT", parse_bdat),
     ("EHLO", |a| hello(a, Command::Ehlo, "EHLO hostname")),
     ("HELO", |a| hello(a, Command::Helo, "HELO hostname")),
     ("RSET", |a| no_args(a, Command::Rset, "RSET")),
@@ -133,6 +146,26 @@ pub fn valid_helo(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
+/// `BDAT size [LAST]`: size is 1 to 20 digits (a u64).
+fn parse_bdat(args: &str) -> Result<Command, Reply> {
+    let usage = "BDAT size [LAST]";
+    let mut words = args.split([' ', '\t']).filter(|s| !s.is_empty());
+    let size = words
+        .next()
+        .filter(|v| v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| reply::syntax(usage))?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(reply::syntax(usage)),
+    };
+    if words.next().is_some() {
+        return Err(reply::syntax(usage));
+    }
+    Ok(Command::Bdat { size, last })
+}
+
 fn parse_vrfy(args: &str) -> Result<Command, Reply> {
     if args.is_empty() {
         return Err(reply::syntax("VRFY address"));
@@ -179,6 +212,8 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
         size: None,
         body: Body::SevenBit,
         smtputf8: false,
+        ret: None,
+        envid: None,
     };
     for param in params.split([' ', '\t']).filter(|s| !s.is_empty()) {
         let (key, value) = match param.split_once('=') {
@@ -195,8 +230,25 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
             }
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => p.body = Body::SevenBit,
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => p.body = Body::EightBitMime,
+            // Not offered (no BINARYMIME): an unsupported option, not a syntax error.
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("BINARYMIME") => {
+                return Err(reply::unsupported_option(param));
+            }
             ("BODY", _) => return Err(reply::bad_parameter("BODY")),
             ("SMTPUTF8", None) => p.smtputf8 = true,
+            ("RET", Some(v)) => {
+                let r = Ret::parse(v).map_err(|_| reply::bad_parameter("RET"))?;
+                if p.ret.replace(r).is_some() {
+                    return Err(reply::duplicate_parameter("RET"));
+                }
+            }
+            ("ENVID", Some(v)) => {
+                let e = envelope::parse_envid(v).map_err(|_| reply::bad_parameter("ENVID"))?;
+                if p.envid.replace(e).is_some() {
+                    return Err(reply::duplicate_parameter("ENVID"));
+                }
+            }
+            ("RET" | "ENVID", None) => return Err(reply::bad_parameter(key)),
             _ => return Err(reply::unsupported_option(param)),
         }
     }
@@ -207,10 +259,30 @@ fn parse_rcpt(args: &str) -> Result<Command, Reply> {
     let usage = "RCPT TO:<address>";
     let (path, params) = path_and_params(args, "TO:").ok_or_else(|| reply::syntax(usage))?;
     let to = ForwardPath::parse(&path).map_err(|e| reply::bad_recipient(e.reason()))?;
-    if let Some(param) = params.split([' ', '\t']).find(|s| !s.is_empty()) {
-        return Err(reply::unsupported_option(param));
+    let mut p = RcptParams::default();
+    for param in params.split([' ', '\t']).filter(|s| !s.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        match (key.to_ascii_uppercase().as_str(), value) {
+            ("NOTIFY", Some(v)) => {
+                let n = Notify::parse(v).map_err(|_| reply::bad_parameter("NOTIFY"))?;
+                if p.notify.replace(n).is_some() {
+                    return Err(reply::duplicate_parameter("NOTIFY"));
+                }
+            }
+            ("ORCPT", Some(v)) => {
+                let o = Orcpt::parse(v).map_err(|_| reply::bad_parameter("ORCPT"))?;
+                if p.orcpt.replace(o).is_some() {
+                    return Err(reply::duplicate_parameter("ORCPT"));
+                }
+            }
+            ("NOTIFY" | "ORCPT", None) => return Err(reply::bad_parameter(key)),
+            _ => return Err(reply::unsupported_option(param)),
+        }
     }
-    Ok(Command::Rcpt(to))
+    Ok(Command::Rcpt(to, p))
 }
 
 #[cfg(test)]
@@ -275,7 +347,7 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"  RCPT   TO:<postmaster>"),
-            Ok(Command::Rcpt(ForwardPath::Postmaster))
+            Ok(Command::Rcpt(ForwardPath::Postmaster, _))
         ));
         assert!(matches!(
             parse(b"MAIL FROM:a@b.example"),
@@ -295,10 +367,100 @@ mod tests {
         assert_eq!(p.body, Body::EightBitMime);
         assert!(p.smtputf8);
         assert_eq!(code("MAIL FROM:<a@b.example> SIZE=x"), 501);
-        assert_eq!(code("MAIL FROM:<a@b.example> BODY=BINARYMIME"), 501);
+        assert_eq!(code("MAIL FROM:<a@b.example> BODY=BINARYMIME"), 555);
+        assert_eq!(code("MAIL FROM:<a@b.example> BODY=9BIT"), 501);
         assert_eq!(code("MAIL FROM:<a@b.example> FOO=1"), 555);
-        assert_eq!(code("RCPT TO:<a@b.example> NOTIFY=NEVER"), 555);
+        assert_eq!(code("RCPT TO:<a@b.example> FOO=1"), 555);
         assert_eq!(code("MAIL FROM:<a@b.example>SIZE=1"), 501);
+    }
+
+    #[test]
+    fn dsn_parameters() {
+        let Ok(Command::Mail(_, p)) = parse(b"MAIL FROM:<a@b.example> ret=hdrs ENVID=QQ+2Bxyz")
+        else {
+            panic!("should parse")
+        };
+        assert_eq!(p.ret, Some(Ret::Hdrs));
+        assert_eq!(p.envid.as_ref().map(|e| e.as_str()), Some("QQ+2Bxyz"));
+        assert_eq!(p.envid.unwrap().decode(), b"QQ+xyz");
+        let Ok(Command::Rcpt(_, r)) =
+            parse(b"RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b.example")
+        else {
+            panic!("should parse")
+        };
+        assert_eq!(
+            r.notify.map(|n| n.to_string()).as_deref(),
+            Some("SUCCESS,FAILURE")
+        );
+        assert_eq!(r.orcpt.unwrap().address.decode(), b"a@b.example");
+        let Ok(Command::Rcpt(_, r)) = parse(b"RCPT TO:<c@d.example>") else {
+            panic!("should parse")
+        };
+        assert!(r.is_empty());
+        let envid_100 = format!("MAIL FROM:<a@b.example> ENVID={}", "x".repeat(100));
+        assert_eq!(code(&envid_100), 0);
+        let orcpt_500 = format!("RCPT TO:<c@d.example> ORCPT=rfc822;{}", "x".repeat(493));
+        assert_eq!(code(&orcpt_500), 0);
+        for bad in [
+            "MAIL FROM:<a@b.example> RET=BODY",
+            "MAIL FROM:<a@b.example> RET",
+            "MAIL FROM:<a@b.example> RET=FULL RET=FULL",
+            "MAIL FROM:<a@b.example> ENVID=a=b",
+            "MAIL FROM:<a@b.example> ENVID=a+4",
+            "MAIL FROM:<a@b.example> ENVID=",
+            "MAIL FROM:<a@b.example> ENVID=x ENVID=y",
+            &format!("MAIL FROM:<a@b.example> ENVID={}", "x".repeat(101)),
+            "RCPT TO:<c@d.example> NOTIFY=NEVER,SUCCESS",
+            "RCPT TO:<c@d.example> NOTIFY=SOMETIMES",
+            "RCPT TO:<c@d.example> NOTIFY=SUCCESS,SUCCESS",
+            "RCPT TO:<c@d.example> NOTIFY=NEVER NOTIFY=NEVER",
+            "RCPT TO:<c@d.example> NOTIFY",
+            "RCPT TO:<c@d.example> ORCPT=a@b.example",
+            "RCPT TO:<c@d.example> ORCPT=rfc822;a\u{e9}",
+            "RCPT TO:<c@d.example> ORCPT=rfc822;a ORCPT=rfc822;b",
+            &format!("RCPT TO:<c@d.example> ORCPT=rfc822;{}", "x".repeat(494)),
+        ] {
+            let r = parse(bad.as_bytes());
+            assert!(
+                matches!(&r, Err(r) if r.code == 501 && r.status == Some(reply::Status(5, 5, 4))),
+                "{bad}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bdat() {
+        assert_eq!(
+            parse(b"BDAT 0 LAST"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse(b"bdat  1234 "),
+            Ok(Command::Bdat {
+                size: 1234,
+                last: false
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 18446744073709551615 last"),
+            Ok(Command::Bdat {
+                size: u64::MAX,
+                last: true
+            })
+        );
+        for bad in [
+            "BDAT",
+            "BDAT x",
+            "BDAT -1",
+            "BDAT 1 NOTLAST",
+            "BDAT 1 LAST x",
+            "BDAT 18446744073709551616",
+        ] {
+            assert_eq!(code(bad), 501, "{bad}");
+        }
     }
 
     #[test]

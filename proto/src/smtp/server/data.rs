@@ -7,6 +7,12 @@
 //! stored as the line ".", and never ends the message or starts another. This module owns no
 //! buffers beyond the output it is handed and does no I/O.
 //!
+//! [`ChunkDecoder`] is the BDAT counterpart (RFC 3030): chunk data is exact octets, so there
+//! is no dot-stuffing and no end-of-data search, but line ends are normalised exactly as in
+//! DATA (bare CR and bare LF become CR LF, also across chunk boundaries), and a non-empty
+//! message that does not end with a line end gets CR LF, so a BDAT message is stored as the
+//! same bytes as the same message sent with DATA.
+//!
 //! It also owns [`HopCounter`], which counts the `Received:` fields of the header section in
 //! the decoded content as it streams (loop detection, RFC 5321 §6.3), without holding it.
 
@@ -180,6 +186,85 @@ enum Step {
     End,
 }
 
+/// Streaming line-end normaliser for BDAT chunk data, with the same size accounting as
+/// [`DataDecoder`]: content past `limit` is counted but not emitted.
+#[derive(Debug, Clone)]
+pub struct ChunkDecoder {
+    /// The last octet fed was a CR whose line end is not yet written.
+    cr: bool,
+    /// The last octet emitted ended a line (or nothing was emitted yet).
+    at_line_start: bool,
+    size: u64,
+    limit: u64,
+}
+
+impl ChunkDecoder {
+    /// A decoder at the start of a message that stops storing after `limit` octets.
+    pub fn new(limit: u64) -> ChunkDecoder {
+        ChunkDecoder {
+            cr: false,
+            at_line_start: true,
+            size: 0,
+            limit,
+        }
+    }
+
+    /// Octets of message content so far (counted also past the limit).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True once the content exceeded the limit.
+    pub fn too_big(&self) -> bool {
+        self.size > self.limit
+    }
+
+    /// Normalises all of `input` (chunk data), appending content to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < input.len() {
+            if self.cr {
+                // CR LF, or a bare CR: either way one line end.
+                self.cr = false;
+                self.emit(b"\r\n", out);
+                if input[i] == b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+            if run > 0 {
+                self.emit(&input[i..i + run], out);
+                i += run;
+                continue;
+            }
+            if input[i] == b'\r' {
+                self.cr = true;
+            } else {
+                self.emit(b"\r\n", out);
+            }
+            i += 1;
+        }
+    }
+
+    /// The end of the message (after `BDAT ... LAST`): a pending CR, or a last line without a
+    /// line end, gets CR LF.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.cr || !self.at_line_start {
+            self.cr = false;
+            self.emit(b"\r\n", out);
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.size += bytes.len() as u64;
+        self.at_line_start = bytes.ends_with(b"\r\n");
+        if self.size <= self.limit {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
 /// Counts `Received:` header fields in decoded message content (CRLF line ends), chunk by
 /// chunk, until the empty line that ends the header section. Holds at most 9 octets.
 #[derive(Debug, Clone, Default)]
@@ -228,6 +313,50 @@ impl HopCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Normalises `input` as one BDAT message split at every index and byte by byte.
+    fn chunks(input: &[u8]) -> Vec<u8> {
+        let run = |cuts: &[usize]| {
+            let mut d = ChunkDecoder::new(1 << 20);
+            let mut out = Vec::new();
+            let mut start = 0;
+            for &c in cuts.iter().chain([input.len()].iter()) {
+                d.feed(&input[start..c], &mut out);
+                start = c;
+            }
+            d.finish(&mut out);
+            assert_eq!(d.size(), out.len() as u64);
+            out
+        };
+        let whole = run(&[]);
+        for i in 0..=input.len() {
+            assert_eq!(run(&[i]), whole, "split at {i}");
+        }
+        let bytes: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(run(&bytes), whole, "byte by byte");
+        whole
+    }
+
+    #[test]
+    fn chunk_data_is_exact_but_line_ends_normalised() {
+        assert_eq!(chunks(b""), b"");
+        assert_eq!(chunks(b"a\r\n.\r\n..b\r\n"), b"a\r\n.\r\n..b\r\n");
+        assert_eq!(chunks(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(chunks(b"\r\r\n\n\r"), b"\r\n\r\n\r\n\r\n");
+        assert_eq!(chunks(b"no end"), b"no end\r\n");
+        assert_eq!(chunks(b"x\r"), b"x\r\n");
+        assert_eq!(chunks(b"\0\xff\r\n"), b"\0\xff\r\n");
+    }
+
+    #[test]
+    fn chunk_limit_counts_past_it() {
+        let mut d = ChunkDecoder::new(4);
+        let mut out = Vec::new();
+        d.feed(b"ab\ncd", &mut out);
+        assert!(d.too_big());
+        assert_eq!(d.size(), 6);
+        assert_eq!(out, b"ab\r\n");
+    }
 
     /// Decodes `input` whole and split at every index; all must agree. Returns (content, consumed).
     fn decode(input: &[u8]) -> (Vec<u8>, Option<usize>) {

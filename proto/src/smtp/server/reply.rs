@@ -100,7 +100,7 @@ pub const VRFY: Reply = Reply::fixed(
 pub const HELP: Reply = Reply::fixed(
     214,
     Status(2, 0, 0),
-    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
 );
 /// `503 5.5.1` MAIL before HELO/EHLO.
 pub const NEED_HELO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send HELO/EHLO first");
@@ -108,6 +108,12 @@ pub const NEED_HELO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send HEL
 pub const NESTED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: nested MAIL command");
 /// `503 5.5.1` RCPT before MAIL.
 pub const NEED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need MAIL command");
+/// `503 5.5.1` DATA in a transaction that began its content with BDAT (RFC 3030 §3).
+pub const DATA_AFTER_BDAT: Reply = Reply::fixed(
+    503,
+    Status(5, 5, 1),
+    "Error: DATA after BDAT in one transaction",
+);
 /// `503 5.5.1` DATA before any accepted RCPT.
 pub const NEED_RCPT: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need RCPT command");
 /// `500 5.5.2` Unknown command.
@@ -193,7 +199,7 @@ pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool) 
     if starttls {
         lines.push("STARTTLS");
     }
-    lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8"]);
+    lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"]);
     write_multiline(out, 250, &lines);
 }
 
@@ -205,6 +211,16 @@ pub fn syntax(usage: &'static str) -> Reply {
 /// `555 5.5.4 Unsupported option: <param>`.
 pub fn unsupported_option(param: &str) -> Reply {
     Reply::new(555, Status(5, 5, 4), format!("Unsupported option: {param}"))
+}
+
+/// `501 5.5.4 Duplicate <what> parameter`.
+pub fn duplicate_parameter(what: &str) -> Reply {
+    Reply::new(501, Status(5, 5, 4), format!("Duplicate {what} parameter"))
+}
+
+/// `250 2.0.0 Ok: <n> octets` to a BDAT chunk that is not the last (RFC 3030).
+pub fn chunk_received(n: u64) -> Reply {
+    Reply::new(250, Status(2, 0, 0), format!("Ok: {n} octets"))
 }
 
 /// `501 5.5.4 Bad <what> parameter`.
@@ -313,9 +329,9 @@ mod tests {
             String::from_utf8_lossy(&out),
             "220 mx.test ESMTP smtpd\r\n250 mx.test\r\n\
              250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n\
-             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n\
              250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
-             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n\
              221 2.7.0 Error: this is an SMTP server\r\n"
         );
     }

@@ -19,10 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
+use maildir_core::{Envelope, ForwardPath, Mailbox, RcptParams, ReversePath};
 
 use super::command::{self, Command, MailParams};
-use super::data::{DataDecoder, HopCounter};
+use super::data::{ChunkDecoder, DataDecoder, HopCounter};
 use super::reply::{self, Reply};
 
 /// What the session records of a TLS connection (for the trace header and logs).
@@ -98,7 +98,7 @@ pub enum Event {
     /// The session began: the greeting is queued.
     Connected,
     /// A command was handled; the session went from state `from` to state `to` (`idle`,
-    /// `mail`, `begin`, `data`, `committing`, `starttls`, `closed`).
+    /// `mail`, `begin`, `data`, `bdat`, `committing`, `starttls`, `closed`).
     Transition {
         /// State before the command.
         from: &'static str,
@@ -201,8 +201,47 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     rcpts: Vec<ForwardPath>,
+    /// DSN parameters of each accepted recipient, index for index with `rcpts`.
+    rcpt_params: Vec<RcptParams>,
     /// Recipients refused for being over the limit.
     overshoot: usize,
+}
+
+impl Transaction {
+    /// The envelope to store: DSN parameters only when the client gave some, so a message
+    /// without them is stored exactly as before the DSN extension.
+    fn envelope(&self) -> Envelope {
+        let mut e = Envelope::new(self.from.clone(), self.rcpts.clone());
+        e.ret = self.params.ret;
+        e.envid = self.params.envid.clone();
+        if self.rcpt_params.iter().any(|p| !p.is_empty()) {
+            e.rcpt_params = self.rcpt_params.clone();
+        }
+        e
+    }
+}
+
+/// A message whose content comes in BDAT chunks (RFC 3030), between or inside chunks.
+#[derive(Debug)]
+struct Chunked {
+    txn: Transaction,
+    /// Queue file id.
+    id: String,
+    decoder: ChunkDecoder,
+    hops: HopCounter,
+    /// Octets of the current chunk still to come (0 between chunks).
+    remaining: u64,
+    /// Size of the current chunk, for its reply.
+    chunk: u64,
+    /// The current chunk is the last one.
+    last: bool,
+}
+
+/// A BDAT command waiting for its queue file: its chunk size and whether it is the last.
+#[derive(Debug, Clone, Copy)]
+struct PendingChunk {
+    size: u64,
+    last: bool,
 }
 
 /// What the session is doing. Data lives in the state that needs it.
@@ -212,8 +251,8 @@ enum State {
     Idle,
     /// MAIL accepted; RCPTs being collected.
     Mail(Transaction),
-    /// DATA accepted; waiting for the queue file to be created.
-    Begin(Transaction),
+    /// DATA (no chunk) or the first BDAT accepted; waiting for the queue file to be created.
+    Begin(Transaction, Option<PendingChunk>),
     /// Receiving message content into queue file `id`.
     Data {
         txn: Transaction,
@@ -221,6 +260,8 @@ enum State {
         decoder: DataDecoder,
         hops: HopCounter,
     },
+    /// Receiving BDAT chunks into a queue file (or between two of them).
+    Bdat(Box<Chunked>),
     /// End of data seen; waiting for the queue file to be durable.
     Committing {
         txn: Transaction,
@@ -238,8 +279,9 @@ impl State {
         match self {
             State::Idle => "idle",
             State::Mail(_) => "mail",
-            State::Begin(_) => "begin",
+            State::Begin(..) => "begin",
             State::Data { .. } => "data",
+            State::Bdat(_) => "bdat",
             State::Committing { .. } => "committing",
             State::StartingTls => "starttls",
             State::Closed => "closed",
@@ -260,6 +302,8 @@ pub struct Counts {
     pub rcpt: u32,
     /// DATA commands.
     pub data: u32,
+    /// BDAT commands.
+    pub bdat: u32,
     /// RSET commands.
     pub rset: u32,
     /// QUIT commands.
@@ -299,6 +343,9 @@ pub struct Session {
     body: Vec<u8>,
     /// Discarding the rest of an overlong command line.
     discarding: bool,
+    /// Octets of refused BDAT chunk data still to discard (RFC 3030: the data of a refused
+    /// chunk is still read, so the session stays in sync).
+    skip: u64,
     deadline: Option<Instant>,
     shutting_down: bool,
     counts: Counts,
@@ -339,6 +386,7 @@ impl Session {
             events: VecDeque::new(),
             body: Vec::new(),
             discarding: false,
+            skip: 0,
             deadline: None,
             shutting_down: false,
             counts: Counts::default(),
@@ -359,6 +407,28 @@ impl Session {
             }
             if !self.wants_read() {
                 break;
+            }
+            if self.skip > 0 {
+                let n = self.skip.min((input.len() - pos) as u64);
+                self.skip -= n;
+                pos += n as usize;
+                self.deadline = Some(now + self.config.timeout);
+                continue;
+            }
+            if let State::Bdat(c) = &mut self.state
+                && c.remaining > 0
+            {
+                let n = c.remaining.min((input.len() - pos) as u64) as usize;
+                let start = self.body.len();
+                c.decoder.feed(&input[pos..pos + n], &mut self.body);
+                c.hops.feed(&self.body[start..]);
+                c.remaining -= n as u64;
+                pos += n;
+                self.deadline = Some(now + self.config.timeout);
+                if c.remaining == 0 {
+                    self.chunk_end(now);
+                }
+                continue;
             }
             if let State::Data { decoder, hops, .. } = &mut self.state {
                 let start = self.body.len();
@@ -395,7 +465,7 @@ impl Session {
                     if line.len() + 2 > MAX_COMMAND_LINE {
                         self.error(reply::LINE_TOO_LONG);
                     } else {
-                        self.command(line);
+                        self.command(line, now);
                     }
                     if matches!(self.state, State::StartingTls) {
                         // RFC 3207 §4.2: anything pipelined after STARTTLS is plaintext
@@ -428,8 +498,8 @@ impl Session {
         now: Instant,
         wall: SystemTime,
     ) {
-        let txn = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Begin(txn) => txn,
+        let (txn, chunk) = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Begin(txn, chunk) => (txn, chunk),
             other => {
                 self.state = other;
                 return;
@@ -437,10 +507,25 @@ impl Session {
         };
         match result {
             Ok(id) => {
-                let envelope = Envelope::new(txn.from.clone(), txn.rcpts.clone());
-                envelope.write_to(&mut self.body).ok();
+                txn.envelope().write_to(&mut self.body).ok();
                 self.received_header(&id, &txn, wall);
                 self.flush_body();
+                if let Some(chunk) = chunk {
+                    self.state = State::Bdat(Box::new(Chunked {
+                        txn,
+                        id,
+                        decoder: ChunkDecoder::new(self.config.max_size),
+                        hops: HopCounter::default(),
+                        remaining: chunk.size,
+                        chunk: chunk.size,
+                        last: chunk.last,
+                    }));
+                    self.deadline = Some(now + self.config.timeout);
+                    if chunk.size == 0 {
+                        self.chunk_end(now);
+                    }
+                    return;
+                }
                 self.reply(&reply::START_DATA);
                 self.state = State::Data {
                     txn,
@@ -452,6 +537,8 @@ impl Session {
             Err(e) => {
                 self.counts.refused += 1;
                 self.events.push_back(Event::TxFailed(TxFailure::Begin(e)));
+                // The chunk that asked for the file still comes: read and drop it.
+                self.skip = chunk.map_or(0, |c| c.size);
                 self.error(store_reply(e));
                 self.after_transaction();
             }
@@ -594,7 +681,7 @@ impl Session {
     /// closed session (the reactor bounds its linger) have none.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Committing { .. } | State::Begin(_) | State::Closed => None,
+            State::Committing { .. } | State::Begin(..) | State::Closed => None,
             _ => self.deadline,
         }
     }
@@ -603,7 +690,7 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         !matches!(
             self.state,
-            State::Begin(_) | State::Committing { .. } | State::StartingTls | State::Closed
+            State::Begin(..) | State::Committing { .. } | State::StartingTls | State::Closed
         ) && self.out.len() - self.out_pos < self.config.output_limit
     }
 
@@ -627,7 +714,7 @@ impl Session {
         &self.counts
     }
 
-    fn command(&mut self, line: &[u8]) {
+    fn command(&mut self, line: &[u8], now: Instant) {
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(r) => {
@@ -649,16 +736,21 @@ impl Session {
                 self.counts.mail += 1;
                 self.mail(from, params);
             }
-            Command::Rcpt(to) => {
+            Command::Rcpt(to, params) => {
                 self.counts.rcpt += 1;
-                self.rcpt(to);
+                self.rcpt(to, params);
             }
             Command::Data => {
                 self.counts.data += 1;
                 self.data();
             }
+            Command::Bdat { size, last } => {
+                self.counts.bdat += 1;
+                self.bdat(size, last, now);
+            }
             Command::Rset => {
                 self.counts.rset += 1;
+                self.abort_transaction();
                 self.state = State::Idle;
                 self.reply(&reply::OK);
                 self.after_transaction();
@@ -672,6 +764,7 @@ impl Session {
             }
             Command::Quit => {
                 self.counts.quit += 1;
+                self.abort_transaction();
                 self.state = State::Idle;
                 self.reply(&reply::BYE);
                 self.close();
@@ -695,6 +788,7 @@ impl Session {
 
     fn hello(&mut self, name: String, esmtp: bool) {
         // A second HELO/EHLO resets the transaction (RFC 5321 §4.1.4).
+        self.abort_transaction();
         self.state = State::Idle;
         self.helo = Some((name, esmtp));
         let host = &self.config.hostname;
@@ -740,17 +834,19 @@ impl Session {
             from,
             params,
             rcpts: Vec::new(),
+            rcpt_params: Vec::new(),
             overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
         self.events.push_back(Event::TxBegin);
     }
 
-    fn rcpt(&mut self, to: ForwardPath) {
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
         match self.check_rcpt(to) {
             Ok(to) => {
                 if let State::Mail(txn) = &mut self.state {
                     txn.rcpts.push(to);
+                    txn.rcpt_params.push(params);
                 }
                 self.counts.rcpts_accepted += 1;
                 self.events.push_back(Event::RcptAccepted);
@@ -804,18 +900,117 @@ impl Session {
     fn data(&mut self) {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Mail(txn) if !txn.rcpts.is_empty() => {
-                self.state = State::Begin(txn);
+                self.state = State::Begin(txn, None);
                 self.actions.push_back(Action::Begin);
             }
             State::Mail(txn) => {
                 self.state = State::Mail(txn);
                 self.error(reply::NEED_RCPT);
             }
+            State::Bdat(c) => {
+                // RFC 3030 §3: DATA and BDAT do not mix in one transaction.
+                self.state = State::Bdat(c);
+                self.error(reply::DATA_AFTER_BDAT);
+            }
             other => {
                 self.state = other;
                 self.error(reply::NEED_MAIL);
             }
         }
+    }
+
+    /// `BDAT size [LAST]`: the chunk data (`size` octets) follows the command line at once,
+    /// and is read whatever the answer, so the session stays in sync.
+    fn bdat(&mut self, size: u64, last: bool, now: Instant) {
+        let max = self.config.max_size;
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(txn) if !txn.rcpts.is_empty() => {
+                if size > max {
+                    // Line ends only grow in normalising: this chunk alone is too big.
+                    self.skip = size;
+                    return self.chunk_too_big(None, size);
+                }
+                self.state = State::Begin(txn, Some(PendingChunk { size, last }));
+                self.actions.push_back(Action::Begin);
+            }
+            State::Bdat(mut c) => {
+                let total = c.decoder.size().saturating_add(size);
+                if total > max {
+                    self.skip = size;
+                    return self.chunk_too_big(Some(c.id), total);
+                }
+                c.remaining = size;
+                c.chunk = size;
+                c.last = last;
+                self.state = State::Bdat(c);
+                if size == 0 {
+                    self.chunk_end(now);
+                }
+            }
+            other => {
+                // No transaction (or none left after a failed chunk: RFC 3030 §2, the chunks
+                // already pipelined are read and dropped), or no recipient yet.
+                let r = match &other {
+                    State::Mail(_) => reply::NEED_RCPT,
+                    _ => reply::NEED_MAIL,
+                };
+                self.state = other;
+                self.skip = size;
+                self.error(r);
+            }
+        }
+    }
+
+    /// A chunk made the message larger than `max_size`: the transaction is over (RFC 3030:
+    /// a failed chunk fails the transaction), its queue file (if any) discarded.
+    fn chunk_too_big(&mut self, id: Option<String>, size: u64) {
+        self.counts.refused += 1;
+        if let Some(id) = id {
+            self.body.clear();
+            self.actions.push_back(Action::Abort);
+            self.events.push_back(Event::TxFailed(TxFailure::TooBig {
+                id,
+                size,
+                limit: self.config.max_size,
+            }));
+        }
+        self.state = State::Idle;
+        self.error(reply::TOO_BIG);
+        self.after_transaction();
+    }
+
+    /// The current chunk's data has all arrived: answer it, or end the message after LAST.
+    fn chunk_end(&mut self, now: Instant) {
+        let State::Bdat(c) = &mut self.state else {
+            return;
+        };
+        if c.decoder.too_big() {
+            let (id, size) = (c.id.clone(), c.decoder.size());
+            return self.chunk_too_big(Some(id), size);
+        }
+        if !c.last {
+            let r = reply::chunk_received(c.chunk);
+            return self.reply(&r);
+        }
+        let start = self.body.len();
+        c.decoder.finish(&mut self.body);
+        c.hops.feed(&self.body[start..]);
+        self.flush_body();
+        let State::Bdat(c) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let Chunked {
+            txn,
+            id,
+            decoder,
+            hops,
+            ..
+        } = *c;
+        if decoder.too_big() {
+            // The CR LF added at the end went over the limit.
+            return self.chunk_too_big(Some(id), decoder.size());
+        }
+        self.finish_message(txn, id, decoder.size(), &hops, now);
     }
 
     fn end_of_data(&mut self, now: Instant) {
@@ -845,6 +1040,18 @@ impl Session {
             self.after_transaction();
             return;
         }
+        self.finish_message(txn, id, decoder.size(), &hops, now);
+    }
+
+    /// The whole message (DATA or BDAT) is in the queue file: refuse a mail loop, or commit.
+    fn finish_message(
+        &mut self,
+        txn: Transaction,
+        id: String,
+        size: u64,
+        hops: &HopCounter,
+        now: Instant,
+    ) {
         if hops.count() > self.config.max_hops {
             self.counts.refused += 1;
             self.events
@@ -861,11 +1068,7 @@ impl Session {
             return;
         }
         self.actions.push_back(Action::Commit);
-        self.state = State::Committing {
-            txn,
-            id,
-            size: decoder.size(),
-        };
+        self.state = State::Committing { txn, id, size };
     }
 
     fn received_header(&mut self, id: &str, txn: &Transaction, wall: SystemTime) {
@@ -899,7 +1102,7 @@ impl Session {
     }
 
     fn abort_transaction(&mut self) {
-        if matches!(self.state, State::Data { .. }) {
+        if matches!(self.state, State::Data { .. } | State::Bdat(_)) {
             self.body.clear();
             self.actions.push_back(Action::Abort);
         }
@@ -1227,6 +1430,211 @@ mod tests {
             ["220", "250", "250", "250", "354", "552", "250"]
         );
         assert!(o.stored.is_empty());
+    }
+
+    /// The stored message after the envelope and the 3-line `Received:` header.
+    fn content(stored: &[u8]) -> String {
+        let msg = String::from_utf8_lossy(stored).into_owned();
+        let i = msg
+            .find("\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n")
+            .unwrap();
+        msg[i + "\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n".len()..].to_owned()
+    }
+
+    #[test]
+    fn bdat_chunks_pipelined_any_split() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+            BDAT 13\r\nSubject: hi\r\nBDAT 17 LAST\r\n\r\n.\r\nQUIT\r\nbody\r\n\
+            MAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\nBDAT 0 LAST\r\n\
+            MAIL FROM:<a@x.test>\r\nRCPT TO:<d@y.test>\r\nBDAT 5\r\nx\ny\rzBDAT 0\r\nBDAT 1 last\r\n\n\
+            QUIT\r\n";
+        let o = check_splits(input, true);
+        assert_eq!(
+            codes(&o.replies),
+            [
+                "220", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250", "250",
+                "250", "250", "221"
+            ]
+        );
+        assert!(
+            o.replies.contains("250 2.0.0 Ok: 13 octets\r\n"),
+            "{}",
+            o.replies
+        );
+        assert!(
+            o.replies.contains("250 2.0.0 Ok: 0 octets\r\n"),
+            "{}",
+            o.replies
+        );
+        assert!(o.replies.contains("250 2.0.0 Ok: queued as ID1\r\n"));
+        assert!(o.replies.contains("250 2.0.0 Ok: queued as ID3\r\n"));
+        assert_eq!(o.stored.len(), 3);
+        let msg = String::from_utf8(o.stored[0].clone()).unwrap();
+        assert!(msg.starts_with(
+            "Return-Path: <a@x.test>\r\nX-Original-To: <b@y.test>\r\nReceived: from c.test (unknown [192.0.2.1])\r\n\tby mx.test with ESMTP id ID1;\r\n"
+        ), "{msg}");
+        // Exact octets: no dot-unstuffing, no end-of-data search.
+        assert_eq!(
+            content(&o.stored[0]),
+            "Subject: hi\r\n\r\n.\r\nQUIT\r\nbody\r\n"
+        );
+        assert_eq!(content(&o.stored[1]), "");
+        // Bare LF and CR normalised as DATA does; the missing final line end added.
+        assert_eq!(content(&o.stored[2]), "x\r\ny\r\nz\r\n");
+        let c = o.counts;
+        assert_eq!((c.bdat, c.data, c.accepted, c.errors), (6, 0, 3, 0));
+        assert_eq!(c.bytes_in, input.len() as u64);
+        assert!(o.events.contains(&Event::TxCommitted {
+            id: "ID3".into(),
+            from: ReversePath::parse("<a@x.test>").unwrap(),
+            rcpts: 1,
+            size: 9,
+        }));
+    }
+
+    #[test]
+    fn bdat_refusals_keep_the_session_in_sync() {
+        let mut input = b"EHLO c.test\r\n\
+            BDAT 6\r\nQUIT\r\n\
+            MAIL FROM:<a@x.test>\r\nBDAT 6 LAST\r\nRSET\r\n\
+            RCPT TO:<b@y.test>\r\nBDAT 4 LAST\r\nab\r\n\
+            MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 600\r\n"
+            .to_vec();
+        input.extend_from_slice(&[b'x'; 600]);
+        // Over the limit (1000) by the declared size: refused, data read and dropped; the
+        // chunk after it in the pipeline has no transaction any more (its data is dropped too).
+        input.extend_from_slice(b"BDAT 600\r\n");
+        input.extend_from_slice(&[b'y'; 600]);
+        input.extend_from_slice(b"BDAT 6 LAST\r\nQUIT\r\nQUIT\r\n");
+        let o = check_splits(&input, true);
+        assert_eq!(
+            codes(&o.replies),
+            [
+                "220", "250", // EHLO
+                "503", // BDAT without MAIL: its "QUIT" is data, dropped
+                "250", "503", // MAIL, BDAT without RCPT: its "RSET" is data, dropped
+                "250", "250", // RCPT (the transaction went on), BDAT LAST: stored
+                "250", "250", "250", "552", "503", // 552 fails the transaction
+                "221",
+            ],
+            "{}",
+            o.replies
+        );
+        assert!(o.closed);
+        assert_eq!(o.stored.len(), 1);
+        assert_eq!(content(&o.stored[0]), "ab\r\n");
+        assert!(o.events.contains(&Event::TxFailed(TxFailure::TooBig {
+            id: "ID2".into(),
+            size: 1200,
+            limit: 1000,
+        })));
+        assert_eq!(o.counts.bytes_in, input.len() as u64);
+
+        // DATA after BDAT in one transaction: 503, the transaction goes on with BDAT.
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+            BDAT 4\r\nab\r\nDATA\r\nBDAT 4 LAST\r\ncd\r\n\
+            MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 600 LAST\r\n";
+        let mut input = input.to_vec();
+        input.extend_from_slice(&[b'\n'; 600]);
+        input.extend_from_slice(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 1001\r\n");
+        input.extend_from_slice(&[b'z'; 1001]);
+        input.extend_from_slice(b"BDAT 2 LAST\r\nzz");
+        input.extend_from_slice(
+            b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3 LAST\r\nok\nQUIT\r\n",
+        );
+        let o = check_splits(&input, true);
+        assert_eq!(
+            codes(&o.replies),
+            [
+                "220", "250", "250", "250", "250", "503", "250", // first message
+                "250", "250", "552", // bare LFs: 1200 octets stored form
+                "250", "250", "552",
+                "503", // declared 1001: refused at once, LAST has no MAIL
+                "250", "250", "250", "221"
+            ],
+            "{}",
+            o.replies
+        );
+        assert!(o.replies.contains("503 5.5.1 Error: DATA after BDAT"));
+        assert!(o.replies.contains("552 5.3.4 "));
+        assert_eq!(o.stored.len(), 2);
+        assert_eq!(content(&o.stored[0]), "ab\r\ncd\r\n");
+        assert_eq!(content(&o.stored[1]), "ok\r\n");
+        assert_eq!(o.counts.refused, 2);
+        assert!(o.events.contains(&Event::TxFailed(TxFailure::TooBig {
+            id: "ID2".into(),
+            size: 1200,
+            limit: 1000,
+        })));
+    }
+
+    #[test]
+    fn bdat_aborted_by_rset_ehlo_quit_and_too_many_hops() {
+        for end in ["RSET\r\n", "EHLO c.test\r\n", "QUIT\r\n"] {
+            let input = format!(
+                "EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 4\r\nab\r\n{end}"
+            );
+            let now = Instant::now();
+            let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+            let mut s = Session::new(config(), peer, true, now);
+            s.handle_input(input.as_bytes(), now);
+            let mut actions = Vec::new();
+            while let Some(a) = s.poll_action() {
+                if a == Action::Begin {
+                    s.handle_begun(Ok("ID1".into()), now, SystemTime::UNIX_EPOCH);
+                    s.handle_input(&input.as_bytes()[input.find("ab").unwrap()..], now);
+                }
+                actions.push(a);
+            }
+            assert_eq!(actions.last(), Some(&Action::Abort), "{end}: {actions:?}");
+            assert!(!s.in_transaction() || s.is_closed(), "{end}");
+        }
+        // Over max_hops (3) in a BDAT message: 554 after LAST, nothing stored.
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+            BDAT 26\r\nReceived: a\r\nReceived: b\r\nBDAT 27 LAST\r\nReceived: c\nReceived: d\r\n\r\nQUIT\r\n";
+        let o = check_splits(input, true);
+        assert_eq!(
+            codes(&o.replies),
+            ["220", "250", "250", "250", "250", "554", "221"]
+        );
+        assert!(o.replies.contains("554 5.4.6 "));
+        assert!(o.stored.is_empty());
+    }
+
+    #[test]
+    fn dsn_parameters_are_stored_in_the_envelope() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test> RET=HDRS ENVID=QQ+2Bxyz\r\n\
+            RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40y.test\r\n\
+            RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test> notify=never\r\n\
+            RCPT TO:<e@y.test> NOTIFY=NEVER,DELAY\r\n\
+            DATA\r\nhi\r\n.\r\n\
+            MAIL FROM:<a@x.test> ENVID=x ENVID=y\r\n\
+            MAIL FROM:<a@x.test> RET=FULL\r\nRCPT TO:<b@y.test>\r\nBDAT 4 LAST\r\nhi\r\nQUIT\r\n";
+        let o = check_splits(input, true);
+        assert_eq!(
+            codes(&o.replies),
+            [
+                "220", "250", "250", "250", "250", "250", "501", "354", "250", "501", "250", "250",
+                "250", "221"
+            ]
+        );
+        assert!(o.replies.contains("501 5.5.4 Bad NOTIFY parameter"));
+        assert!(o.replies.contains("501 5.5.4 Duplicate ENVID parameter"));
+        assert_eq!(o.stored.len(), 2);
+        let msg = String::from_utf8(o.stored[0].clone()).unwrap();
+        assert!(msg.starts_with(
+            "Return-Path: <a@x.test>\r\nX-Envelope-Params: RET=HDRS ENVID=QQ+2Bxyz\r\n\
+             X-Original-To: <b@y.test>\r\nX-Rcpt-Params: NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40y.test\r\n\
+             X-Original-To: <c@y.test>\r\nX-Original-To: <d@y.test>\r\nX-Rcpt-Params: NOTIFY=NEVER\r\n\
+             Received: "
+        ), "{msg}");
+        let (env, _) = maildir_core::EnvelopeReader::open(&o.stored[0][..]).unwrap();
+        assert_eq!(env.envid.as_ref().unwrap().decode(), b"QQ+xyz");
+        assert_eq!(env.rcpt_params(1), &RcptParams::default());
+        let msg = String::from_utf8(o.stored[1].clone()).unwrap();
+        assert!(msg.starts_with(
+            "Return-Path: <a@x.test>\r\nX-Envelope-Params: RET=FULL\r\nX-Original-To: <b@y.test>\r\nReceived: "
+        ), "{msg}");
     }
 
     #[test]

@@ -191,6 +191,7 @@ pub fn summary(c: &Counts) -> String {
         ("mail", c.mail),
         ("rcpt", c.rcpt),
         ("data", c.data),
+        ("bdat", c.bdat),
         ("rset", c.rset),
         ("quit", c.quit),
         ("other", c.other),

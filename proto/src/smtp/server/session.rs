@@ -1602,6 +1602,48 @@ mod tests {
     }
 
     #[test]
+    fn bdat_store_failure_and_timeout() {
+        // No queue file: 452, and the chunk's data ("QUIT") is read and dropped.
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, now);
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n";
+        let used = s.handle_input(input, now);
+        assert_eq!(s.poll_action(), Some(Action::Begin));
+        s.handle_begun(Err(StoreError::Full), now, SystemTime::UNIX_EPOCH);
+        assert_eq!(s.handle_input(&input[used..], now), input.len() - used);
+        assert_eq!(s.poll_action(), None);
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
+        assert_eq!(
+            codes(&out),
+            ["220", "250", "250", "250", "452", "250"],
+            "{out}"
+        );
+        assert!(!s.is_closed());
+
+        // A timeout between chunks discards the queue file.
+        let mut s = Session::new(config(), peer, true, now);
+        let used = s.handle_input(
+            b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 2\r\nab",
+            now,
+        );
+        assert_eq!(s.poll_action(), Some(Action::Begin));
+        s.handle_begun(Ok("ID1".into()), now, SystemTime::UNIX_EPOCH);
+        assert!(matches!(s.poll_action(), Some(Action::Write(_))));
+        s.handle_input(b"ab", now);
+        assert!(used > 0 && s.in_transaction());
+        s.handle_timeout(now + Duration::from_secs(301));
+        let actions: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert_eq!(actions, [Action::Write(b"ab".to_vec()), Action::Abort]);
+        assert!(s.is_closed());
+        let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            events.contains(&Event::Timeout { state: "bdat" }),
+            "{events:?}"
+        );
+    }
+
+    #[test]
     fn dsn_parameters_are_stored_in_the_envelope() {
         let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test> RET=HDRS ENVID=QQ+2Bxyz\r\n\
             RCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40y.test\r\n\

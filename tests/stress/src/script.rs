@@ -638,10 +638,11 @@ impl Gen<'_> {
                     ("QUIT now", SYNTAX),
                     ("VRFY", SYNTAX),
                     ("MAIL FROM:<a@b.example> SIZE=big", SYNTAX),
-                    ("MAIL FROM:<a@b.example> BODY=BINARYMIME", SYNTAX),
+                    ("MAIL FROM:<a@b.example> BODY=BINARYMIME", BAD_PARAM),
                     ("MAIL FROM:<a@b.example>SIZE=1", SYNTAX),
                     ("MAIL FROM:<a@b.example> FOO=1", BAD_PARAM),
-                    ("RCPT TO:<a@b.example> NOTIFY=NEVER", BAD_PARAM),
+                    ("RCPT TO:<a@b.example> NOTIFY=NEVER,SUCCESS", SYNTAX),
+                    ("RCPT TO:<a@b.example> XFOO=1", BAD_PARAM),
                 ]);
                 self.b.cmd(line, expect, false);
             }

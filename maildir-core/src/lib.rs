@@ -4,18 +4,26 @@
 //! - [`address`]: RFC 5321 mailbox, reverse-path and forward-path syntax (with SMTPUTF8).
 //! - [`envelope`]: the `Return-Path` / `X-Original-To` block at the head of each queued file.
 //! - [`maildir`]: Maildir layout, unique names, atomic durable delivery and batch commit.
+//! - [`users`], [`aliases`], [`directory`]: the users and aliases files and recipient routing
+//!   for local delivery (pure: the protocol session calls them).
+//! - [`local`]: local delivery into per-user Maildirs, and the quota count.
 //! - [`date`]: RFC 5322 date text for trace headers and reports.
 //! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
 //!
-//! Nothing here speaks SMTP or touches a socket.
+//! Nothing here speaks SMTP or touches a socket; `users`, `aliases` and `directory` touch no
+//! file or clock either.
 
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod aliases;
 pub mod date;
+pub mod directory;
 pub mod envelope;
+pub mod local;
 pub mod logging;
 pub mod maildir;
+pub mod users;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use envelope::{Envelope, EnvelopeError, EnvelopeReader};

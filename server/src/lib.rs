@@ -13,15 +13,19 @@
 //! - [`commit`]: the group-commit thread, the only place that waits on fsync.
 //! - [`handshake`]: the threads that run TLS handshakes off the reactor.
 //! - [`tls`]: loading the certificate and key for STARTTLS and implicit TLS.
+//! - [`accounts`]: reading the users and aliases files into the recipient directory.
+//! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
 //!
 //! Invariants: `command`, `reply`, `data` and `session` never touch a socket, a file or the
 //! clock; `250` after DATA is sent only once the message is durable in `new/`.
 
+pub mod accounts;
 pub mod command;
 pub mod commit;
 pub mod config;
 pub mod data;
 pub mod handshake;
+pub mod password;
 pub mod reactor;
 pub mod reply;
 pub mod session;

@@ -10,6 +10,12 @@ use smtpd::reactor::{Server, ServerConfig};
 use smtpd::session::SessionConfig;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "hash-password")
+    {
+        return smtpd::password::hash_password_command();
+    }
     let args = Args::parse();
     let log = maildir_core::logging::init("info");
     let code = match run(&args) {

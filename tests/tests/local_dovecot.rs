@@ -1,0 +1,88 @@
+//! Local delivery (issue 12), test 6 in its first form: Dovecot serves what the local delivery
+//! writer put into a user's Maildir. A real Dovecot (plain process, generated config, passwd-file
+//! passdb/userdb on the users file) logs alice in with a password hashed by
+//! `smtpd hash-password`, and Python's imaplib FETCHes the message byte-identical to the file.
+//! Phase 2 replaces the writer call by a message sent to smtpd over SMTP.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use integration_tests::dovecot::{Dovecot, give_to_mail_owner};
+use integration_tests::{bin, list};
+use maildir_core::local::{LocalCopy, Mailboxes};
+use maildir_core::{Durability, ReversePath};
+
+fn hash_password(password: &str) -> String {
+    let mut child = Command::new(bin("smtpd"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn smtpd hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("smtpd hash-password");
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(line.starts_with("{ARGON2ID}$argon2id$"), "{line}");
+    assert!(line.ends_with('\n') && line.lines().count() == 1);
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn dovecot_serves_a_locally_delivered_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mailboxes = dir.path().join("mailboxes");
+    let users = dir.path().join("users");
+    let hash = hash_password("correct horse");
+    std::fs::write(
+        &users,
+        format!("# test users\nalice:{hash}::::\nbob:*::::\n"),
+    )
+    .expect("write users");
+
+    let content = b"Received: from client.test (unknown [127.0.0.1])\r\n\tby mx.test with ESMTP id T1;\r\n\tThu, 3 Dec 2026 12:00:00 +0000\r\nFrom: s@far.test\r\nTo: sales@example.test\r\nSubject: served by Dovecot\r\n\r\nHello alice.\r\n.. a line that was dot-stuffed\r\n";
+    let mut mb = Mailboxes::open(&mailboxes).expect("open mailboxes");
+    let sender = ReversePath::parse("<s@far.test>").expect("sender");
+    let copies = [LocalCopy {
+        user: "alice".into(),
+        delivered_to: "alice@example.test".into(),
+        original_to: "sales@example.test".into(),
+    }];
+    let mut reader: &[u8] = content;
+    let delivered = mb
+        .deliver_now(&sender, &copies, &mut reader, Durability::Fsync)
+        .expect("deliver");
+    let files = list(&mailboxes.join("alice/new"));
+    assert_eq!(files.len(), 1);
+    let on_disk = std::fs::read(&files[0]).expect("read the delivered file");
+    assert_eq!(on_disk.len() as u64, delivered[0].size);
+    give_to_mail_owner(&mailboxes);
+
+    let Some(dovecot) = Dovecot::start(&dir.path().join("dovecot"), &mailboxes, &users) else {
+        return;
+    };
+    let msgs = dovecot
+        .fetch_inbox("alice", "correct horse")
+        .unwrap_or_else(|e| panic!("IMAP fetch failed: {e}"));
+    assert_eq!(msgs.len(), 1, "{}", dovecot.log_text());
+    assert_eq!(
+        String::from_utf8_lossy(&msgs[0]),
+        String::from_utf8_lossy(&on_disk)
+    );
+    let mut want = b"Return-Path: <s@far.test>\r\nDelivered-To: alice@example.test\r\nX-Original-To: sales@example.test\r\n".to_vec();
+    want.extend_from_slice(content);
+    assert_eq!(msgs[0], want);
+
+    // A wrong password and a no-login account (`*`) are refused by Dovecot.
+    let e = dovecot.fetch_inbox("alice", "wrong").unwrap_err();
+    assert!(
+        e.contains("AUTHENTICATIONFAILED") || e.contains("Authentication failed"),
+        "{e}"
+    );
+    assert!(dovecot.fetch_inbox("bob", "").is_err());
+}

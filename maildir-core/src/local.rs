@@ -178,6 +178,18 @@ impl Mailboxes {
     /// `user`'s Maildir, created (mode 0700, directory entries made durable) if missing.
     pub fn maildir(&mut self, user: &str) -> Result<&Maildir, MaildirError> {
         if !self.open.contains_key(user) {
+            if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0']) {
+                // Names come checked from the users file; this keeps any other caller inside
+                // the mailboxes root.
+                return Err(err(
+                    "use",
+                    &self.root,
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("bad user name {user:?}"),
+                    ),
+                ));
+            }
             let path = self.path(user);
             let existed = path.join("new").is_dir();
             let md = Maildir::open(&path)?;
@@ -555,6 +567,16 @@ mod tests {
         // The recount agrees with the running count.
         let much_later = later + USAGE_RECOUNT;
         assert_eq!(mb.usage("alice", much_later).unwrap(), 1005 + d[0].size);
+    }
+
+    #[test]
+    fn user_names_stay_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let mut mb = Mailboxes::open(t.path().join("m")).unwrap();
+        for bad in ["", "..", "../x", "a/b", ".hidden"] {
+            assert!(mb.maildir(bad).is_err(), "{bad:?}");
+        }
+        assert!(!t.path().join("x").exists());
     }
 
     #[test]

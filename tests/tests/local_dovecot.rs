@@ -86,3 +86,20 @@ fn dovecot_serves_a_locally_delivered_message() {
     );
     assert!(dovecot.fetch_inbox("bob", "").is_err());
 }
+
+#[test]
+fn hash_password_refuses_an_empty_password() {
+    let out = Command::new(bin("smtpd"))
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run smtpd hash-password");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("smtpd hash-password: empty password"),
+        "{err}"
+    );
+}

@@ -87,6 +87,51 @@ pub struct LocalUser {
     pub address: String,
 }
 
+/// One user's copy to write: who, and the two addresses its header lines name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalCopy {
+    /// The user name: the Maildir is `<mailboxes>/<user>`.
+    pub user: String,
+    /// `user@domain` for `Delivered-To:` (after alias expansion).
+    pub delivered_to: String,
+    /// The address as given in RCPT TO, for `X-Original-To:`.
+    pub original_to: String,
+}
+
+/// What one message's local recipients come to: one copy per user (however many recipients
+/// reach that user) and the remote addresses aliases forward to, each once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryPlan {
+    /// One per user, in RCPT order; the first recipient that reached a user names its copy.
+    pub copies: Vec<LocalCopy>,
+    /// Remote addresses to queue for the relay, deduplicated, in RCPT order.
+    pub forward: Vec<Mailbox>,
+}
+
+impl DeliveryPlan {
+    /// The plan for the local recipients of one transaction, in RCPT order.
+    pub fn new<'a>(recipients: impl IntoIterator<Item = &'a LocalRecipient>) -> DeliveryPlan {
+        let mut plan = DeliveryPlan::default();
+        for r in recipients {
+            for u in &r.users {
+                if !plan.copies.iter().any(|c| c.user == u.name) {
+                    plan.copies.push(LocalCopy {
+                        user: u.name.clone(),
+                        delivered_to: u.address.clone(),
+                        original_to: r.original.clone(),
+                    });
+                }
+            }
+            for m in &r.forward {
+                if !plan.forward.iter().any(|x| same_address(x, m)) {
+                    plan.forward.push(m.clone());
+                }
+            }
+        }
+        plan
+    }
+}
+
 /// Users, aliases, local domains and the delimiter, checked to fit together.
 #[derive(Debug, Clone)]
 pub struct Directory {
@@ -562,6 +607,44 @@ mod tests {
             names(&d.resolve(&rcpt("<PostMaster@other.test>"))),
             ["alice@other.test"]
         );
+    }
+
+    #[test]
+    fn plan_gives_one_copy_per_user_and_each_forward_once() {
+        let d = dir(USERS, ALIASES).unwrap();
+        let locals: Vec<LocalRecipient> = [
+            "<bob@example.test>",
+            "<team@example.test>",
+            "<sales@example.test>",
+        ]
+        .iter()
+        .map(|r| match d.resolve(&rcpt(r)) {
+            Route::Local(l) => l,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+        let plan = DeliveryPlan::new(&locals);
+        let got: Vec<(&str, &str, &str)> = plan
+            .copies
+            .iter()
+            .map(|c| {
+                (
+                    c.user.as_str(),
+                    c.delivered_to.as_str(),
+                    c.original_to.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bob", "bob@example.test", "bob@example.test"),
+                ("carol", "carol@example.test", "team@example.test"),
+                ("alice", "alice@example.test", "team@example.test"),
+            ]
+        );
+        assert_eq!(plan.forward.len(), 1);
+        assert_eq!(DeliveryPlan::new(&[]), DeliveryPlan::default());
     }
 
     #[test]

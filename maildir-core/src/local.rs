@@ -6,7 +6,8 @@
 //! the spooled content after the envelope (the `Received:` header and the message). So a copy
 //! names its own recipient only (Bcc privacy). [`Mailboxes::write_copies`] streams the content
 //! once into every copy and refuses the message when its header section already carries
-//! `Delivered-To:` for one of the users (a loop, 554 5.4.6).
+//! `Delivered-To:` for one of the users (a loop, 554 5.4.6). Copies are never hard links of one
+//! another: each names its own user in `Delivered-To:`, so their bytes differ.
 //!
 //! # Crash safety (SIGKILL at any instant)
 //! Copies are written into each user's `tmp/` only. Each is fdatasync'd ([`Delivery::sync`]),
@@ -39,22 +40,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::address::ReversePath;
 use crate::directory::DeliveredTo;
+pub use crate::directory::LocalCopy;
 use crate::envelope::{Envelope, EnvelopeError, EnvelopeReader};
 use crate::maildir::{self, Delivered, Delivery, Durability, Maildir, MaildirError};
 
 /// How long a cached usage count is trusted before it is counted again from the directories.
 pub const USAGE_RECOUNT: Duration = Duration::from_secs(60);
-
-/// One user's copy to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalCopy {
-    /// The user name: the Maildir is `<mailboxes>/<user>`.
-    pub user: String,
-    /// `user@domain` for `Delivered-To:` (after alias expansion).
-    pub delivered_to: String,
-    /// The address as given in RCPT TO, for `X-Original-To:`.
-    pub original_to: String,
-}
 
 /// A copy written into a user's `tmp/`, not yet durable nor in `new/`.
 #[derive(Debug)]

@@ -11,8 +11,9 @@
 //! - [`reactor`]: the long-lived mio loop moving bytes between sockets and sessions for every
 //!   pass in flight.
 //! - [`session`]: the pure client SMTP state machine (STARTTLS included); [`reply`]: the reply parser.
-//! - [`tls`]: rustls client configurations (`--tls`, `--tls-ca`) and the byte transport
-//!   (plain TCP or TLS driven sans-io) between the reactor's sockets and the sessions.
+//! - [`tls`]: rustls client configurations (`--tls`, `--tls-ca`), the server name and the
+//!   trust word; the byte transport itself (plain TCP or TLS driven sans-io) is
+//!   `net::Transport`, shared with smtpd.
 //! - [`body`]: DATA encoding (CRLF, dot-stuffing, long lines).
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
 //! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
+use net::Transport;
 use slab::Slab;
 
 use crate::body::BodyEncoder;
@@ -36,7 +37,7 @@ use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
 use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
-use crate::tls::{self, TlsContext, Transport};
+use crate::tls::{self, TlsContext};
 
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -451,9 +452,9 @@ impl<'a> Reactor<'a> {
             return;
         };
         if c.closed.is_none() && !c.connected {
-            match c.transport.tcp.take_error() {
+            match c.transport.tcp().take_error() {
                 Ok(Some(e)) | Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
-                Ok(None) => match c.transport.tcp.peer_addr() {
+                Ok(None) => match c.transport.tcp().peer_addr() {
                     Ok(_) => {
                         c.connected = true;
                         self.stats.connections += 1;
@@ -545,7 +546,7 @@ impl<'a> Reactor<'a> {
     fn finish(&mut self, key: usize) {
         let mut c = self.conns.remove(key);
         c.transport.close_notify();
-        let _ = self.poll.registry().deregister(&mut c.transport.tcp);
+        let _ = c.transport.deregister(self.poll.registry());
         self.active.remove(&c.target.addr);
         if !c.connected {
             self.stats.failed_connects += 1;
@@ -728,7 +729,7 @@ fn begin_tls(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel) {
         &ctx.lax
     };
     let name = tls::server_name(&c.target.host, c.target.addr.ip());
-    match c.transport.start_tls(config, name) {
+    match tls::start(&mut c.transport, config, name) {
         Ok(()) => c.tls = TlsStage::Handshaking,
         Err(e) => c.session.abort(&format!("cannot start TLS: {e}")),
     }
@@ -748,7 +749,7 @@ fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now:
             c.target.host,
             c.target.addr.ip(),
             c.target.addr.port(),
-            tls::describe(conn)
+            tls::describe(&c.transport)
         );
     }
     c.session.tls_established(now);

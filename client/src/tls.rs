@@ -1,32 +1,27 @@
-//! TLS for the relay: rustls client configurations per policy, and the byte transport under a
-//! session (plain TCP, or TLS with rustls's `ClientConnection` driven sans-io, as smtpd's
-//! `transport.rs` does on the server side).
+//! TLS for the relay: rustls client configurations per policy, and starting TLS on a
+//! connection's `net::Transport` (which moves the records, for smtpd too).
 //!
 //! Owns: the trust anchors (bundled Mozilla roots from `webpki-roots`, plus `--tls-ca`), the two
 //! configurations (`lax`: the certificate is not checked, as in Postfix's `may`/`encrypt`;
 //! `strict`: chain and host name checked, `verify`), the server name sent and checked, the
-//! Postfix-style trust word for the log (Untrusted / Trusted / Verified), and moving records
-//! between the socket and the connection. Non-blocking only: every call returns `WouldBlock`
-//! rather than wait. Must not: speak SMTP or decide policy.
+//! Postfix-style trust word for the log (Untrusted / Trusted / Verified). Must not: move TLS
+//! records (that is `net::Transport`), speak SMTP, or decide which policy a host gets.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
+use net::{Handshake, Transport};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    CertificateError, ClientConfig, ClientConnection, CommonState, DigitallySignedStruct,
+    RootCertStore, SignatureScheme,
 };
-
-/// Most plaintext rustls buffers for sending before `write` takes less (backpressure).
-const TLS_SEND_BUFFER: usize = 64 * 1024;
 
 /// The client configurations of a run, built once (sessions are resumed across connections).
 pub struct TlsContext {
@@ -85,7 +80,7 @@ impl TlsContext {
     /// Postfix's word for an established connection: `Verified` (chain and name checked
     /// during the handshake), `Trusted` (the chain is valid, the name was not required to
     /// match), `Untrusted` (not checked, and the chain does not verify), `Anonymous`.
-    pub fn trust(&self, conn: &ClientConnection, name: &ServerName<'_>, strict: bool) -> &str {
+    pub fn trust(&self, conn: &CommonState, name: &ServerName<'_>, strict: bool) -> &str {
         if strict {
             return "Verified";
         }
@@ -169,148 +164,28 @@ impl ServerCertVerifier for Unchecked {
     }
 }
 
+/// Starts client TLS on `transport` (after `220` to STARTTLS, or at once for implicit TLS),
+/// the handshake run inline by the transport; the ClientHello goes out with the next `flush`.
+pub fn start(
+    transport: &mut Transport,
+    config: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<()> {
+    if !transport.is_tls() {
+        let tls = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+        transport.start_tls(tls, Handshake::Inline);
+    }
+    Ok(())
+}
+
 /// Version and cipher of an established connection, e.g. `TLSv1.3 with cipher
 /// TLS13_AES_256_GCM_SHA384`.
-pub fn describe(conn: &ClientConnection) -> String {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown version".to_owned(),
-    };
-    match conn.negotiated_cipher_suite() {
-        Some(s) => format!("{version} with cipher {:?}", s.suite()),
+pub fn describe(transport: &Transport) -> String {
+    let version = transport
+        .protocol_version()
+        .unwrap_or_else(|| "unknown version".to_owned());
+    match transport.cipher_suite() {
+        Some(s) => format!("{version} with cipher {s}"),
         None => version,
-    }
-}
-
-/// A connection's byte transport: a TCP stream, with a rustls client connection on top once
-/// TLS has started.
-#[derive(Debug)]
-pub struct Transport {
-    /// The socket (registered with the poll by the reactor).
-    pub tcp: TcpStream,
-    tls: Option<Box<ClientConnection>>,
-    /// The peer closed the TCP stream (TLS may still hold decrypted bytes).
-    eof: bool,
-}
-
-impl Transport {
-    /// A plain TCP transport.
-    pub fn plain(tcp: TcpStream) -> Transport {
-        Transport {
-            tcp,
-            tls: None,
-            eof: false,
-        }
-    }
-
-    /// Starts the TLS handshake (after `220` to STARTTLS, or at once for implicit TLS). The
-    /// ClientHello goes out with the next `flush`.
-    pub fn start_tls(
-        &mut self,
-        config: &Arc<ClientConfig>,
-        name: ServerName<'static>,
-    ) -> io::Result<()> {
-        if self.tls.is_none() {
-            let mut tls = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
-            tls.set_buffer_limit(Some(TLS_SEND_BUFFER));
-            self.tls = Some(Box::new(tls));
-        }
-        Ok(())
-    }
-
-    /// True while a TLS handshake is still under way.
-    pub fn is_handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
-    }
-
-    /// The TLS connection, once started.
-    pub fn tls(&self) -> Option<&ClientConnection> {
-        self.tls.as_deref()
-    }
-
-    /// Reads server bytes into `buf`; `Ok(0)` is end of input.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.tls.is_none() {
-            return self.tcp.read(buf);
-        }
-        loop {
-            let Some(tls) = self.tls.as_mut() else {
-                return Ok(0);
-            };
-            // Plaintext already decrypted comes first.
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok(n), // 0: close_notify received
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
-            }
-            if self.eof {
-                return Ok(0);
-            }
-            match tls.read_tls(&mut self.tcp) {
-                Ok(0) => self.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.flush()?;
-                    return Err(e);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            if let Err(e) = tls.process_new_packets() {
-                // Send the alert, if any, then fail this connection only.
-                let _ = self.flush();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            // Handshake messages go out as soon as they exist.
-            self.flush()?;
-        }
-    }
-
-    /// Writes command bytes; returns how many were taken.
-    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else {
-            return self.tcp.write(buf);
-        };
-        let n = tls.writer().write(buf)?;
-        self.flush()?;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    }
-
-    /// Sends TLS records waiting in the connection (handshake messages, encrypted commands).
-    pub fn flush(&mut self) -> io::Result<()> {
-        let Some(tls) = self.tls.as_mut() else {
-            return Ok(());
-        };
-        while tls.wants_write() {
-            match tls.write_tls(&mut self.tcp) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// True when bytes the transport owns still wait for the socket.
-    pub fn has_unsent(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
-    }
-
-    /// Sends close_notify if TLS is up (best effort: the connection is ending anyway).
-    pub fn close_notify(&mut self) {
-        if let Some(tls) = self.tls.as_mut()
-            && !tls.is_handshaking()
-        {
-            tls.send_close_notify();
-            let _ = self.flush();
-        }
     }
 }

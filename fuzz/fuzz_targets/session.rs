@@ -149,6 +149,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         starttls: false,
         max_hops: 2,
         postmaster: None,
+        output_limit: OUTPUT_LIMIT,
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();

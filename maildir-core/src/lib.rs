@@ -4,6 +4,8 @@
 //! - [`address`]: RFC 5321 mailbox, reverse-path and forward-path syntax (with SMTPUTF8).
 //! - [`envelope`]: the `Return-Path` / `X-Original-To` block at the head of each queued file.
 //! - [`maildir`]: Maildir layout, unique names, atomic durable delivery and batch commit.
+//! - [`commit`]: the group-commit threads (parallel data flushes, one directory fsync per
+//!   batch) behind `Maildir::commit_batch` and smtpd's committer.
 //! - [`users`], [`aliases`], [`directory`]: the users and aliases files and recipient routing
 //!   for local delivery (pure: the protocol session calls them).
 //! - [`local`]: local delivery into per-user Maildirs, and the quota count.
@@ -17,6 +19,7 @@
 
 pub mod address;
 pub mod aliases;
+pub mod commit;
 pub mod date;
 pub mod directory;
 pub mod envelope;

@@ -6,9 +6,8 @@
 //! was committed. That rename never replaces a file already in `new/` (a name repeated after a
 //! pid reuse fails the delivery instead of overwriting a message).
 //!
-//! This module does no protocol work and keeps no threads: callers decide where a commit runs
-//! (smtpd runs batch commits off its reactor thread); `commit_batch` only fans its flushes out
-//! over scoped threads that end before it returns.
+//! This module does no protocol work and starts no threads: the parallel flushes of
+//! `commit_batch` and smtpd's long-lived group commit are [`crate::commit`]'s.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -34,7 +33,7 @@ pub struct MaildirError {
 }
 
 impl MaildirError {
-    fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+    pub(crate) fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
         MaildirError {
             op,
             path: path.to_path_buf(),
@@ -209,7 +208,7 @@ impl Maildir {
     }
 
     /// Makes every delivery in `batch` durable and moves it into `new/`: the files are flushed
-    /// from parallel threads (see [`Delivery::sync`]), then [`Maildir::publish`] renames them
+    /// from parallel threads ([`crate::commit::sync_all`]), then [`Maildir::publish`] renames them
     /// with one directory fsync for the whole batch. Results come back in the order given.
     pub fn commit_batch(
         &self,
@@ -222,7 +221,7 @@ impl Maildir {
                 .map(|d| d.commit(Durability::NoFsync))
                 .collect();
         }
-        let synced = sync_parallel(batch);
+        let synced = crate::commit::sync_all(batch, crate::commit::SYNC_THREADS);
         let mut results: Vec<Option<Result<Delivered, MaildirError>>> =
             (0..synced.len()).map(|_| None).collect();
         let mut ok = Vec::with_capacity(synced.len());
@@ -477,51 +476,6 @@ impl Drop for Delivery {
             log::warn!("cannot remove {}: {e}", self.tmp_path.display());
         }
     }
-}
-
-/// Syncs every delivery's data, from up to `SYNC_THREADS` parallel threads.
-fn sync_parallel(batch: Vec<Delivery>) -> Vec<Result<Synced, MaildirError>> {
-    const SYNC_THREADS: usize = 16;
-    if batch.len() <= 1 {
-        return batch.into_iter().map(Delivery::sync).collect();
-    }
-    let n = batch.len();
-    let workers = n.min(SYNC_THREADS);
-    let mut lanes: Vec<Vec<(usize, Delivery)>> = (0..workers).map(|_| Vec::new()).collect();
-    for (i, d) in batch.into_iter().enumerate() {
-        lanes[i % workers].push((i, d));
-    }
-    let mut results: Vec<Option<Result<Synced, MaildirError>>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = lanes
-            .into_iter()
-            .map(|lane| {
-                scope.spawn(move || {
-                    lane.into_iter()
-                        .map(|(i, d)| (i, d.sync()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            // A lane whose thread panicked has no results; its files count as failed below.
-            for (i, r) in h.join().unwrap_or_default() {
-                results[i] = Some(r);
-            }
-        }
-    });
-    results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(MaildirError::new(
-                    "fsync",
-                    Path::new("tmp"),
-                    io::Error::other("sync thread panicked"),
-                ))
-            })
-        })
-        .collect()
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {

@@ -1,7 +1,11 @@
-//! The command line of `smtpd` and the validated configuration built from it, including the
-//! trusted networks (CIDR) that may relay.
+//! smtpd's settings: the command line ([`Args`]), checked and completed by [`Args::validate`]
+//! into one [`Config`] that holds every setting, the knobs without an option included (error
+//! limit, thread counts, buffer limits, linger), and the trusted networks (CIDR) that may
+//! relay. A configuration file would be one more source merged into the same [`Config`].
 //!
-//! Parsing and validation only: nothing here binds sockets or opens the Maildir.
+//! Owns: defaults, validation, and the assembly of the reactor's and sessions' settings.
+//! Must not: bind sockets, open the Maildir or read the certificate (`main` does, then hands
+//! the results to [`Config::server_config`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -9,12 +13,26 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Parser;
-use maildir_core::Mailbox;
+use maildir_core::{Durability, Mailbox};
+
+use crate::reactor::ServerConfig;
+use crate::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
 /// the limits of `Instant` arithmetic.
 pub const MAX_SECS: u64 = 86_400;
+
+/// Erroneous commands after which a session is closed with `421 4.7.0`.
+pub const MAX_ERRORS: u32 = 20;
+/// Unprocessed input kept per connection before reading stops (pipelined commands waiting).
+pub const INBUF_MAX: usize = 64 * 1024;
+/// How long a closed session may wait for its last reply to be read.
+pub const LINGER: Duration = Duration::from_secs(5);
+/// Descriptors kept back from the open-files limit for listeners, queue files and logging.
+const RESERVED_FDS: usize = 256;
 
 /// `--postmaster`: a plain ASCII mailbox, with or without angle brackets.
 fn parse_postmaster(s: &str) -> Result<Mailbox, String> {
@@ -94,18 +112,170 @@ pub struct Args {
 }
 
 impl Args {
-    /// The trusted networks in force: the given ones, or loopback by default.
-    pub fn trusted_networks(&self) -> Vec<Cidr> {
-        if self.trust.is_empty() {
+    /// Checks the arguments and fills in defaults.
+    pub fn validate(self) -> Result<Config, String> {
+        let hostname = self
+            .hostname
+            .or_else(maildir_core::maildir::system_hostname)
+            .unwrap_or_else(|| "localhost".to_owned());
+        let trusted = if self.trust.is_empty() {
             vec![Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6]
         } else {
-            self.trust.clone()
+            self.trust
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        };
+        let config = Config {
+            maildir: self.maildir,
+            listen: self.listen,
+            tls_listen: self.tls_listen,
+            session: SessionConfig {
+                hostname,
+                max_size: self.max_size,
+                max_recipients: self.max_recipients,
+                timeout: Duration::from_secs(self.timeout),
+                max_errors: MAX_ERRORS,
+                starttls: tls.is_some(),
+                max_hops: self.max_hops,
+                postmaster: self.postmaster,
+                output_limit: OUTPUT_LIMIT,
+            },
+            trusted,
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            durability: if self.no_fsync {
+                Durability::NoFsync
+            } else {
+                Durability::Fsync
+            },
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            tls,
+            sync_threads: maildir_core::commit::SYNC_THREADS,
+            handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            inbuf_max: INBUF_MAX,
+            linger: LINGER,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// The certificate chain and key files for STARTTLS and implicit TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Validated settings of smtpd.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Maildir to deliver into.
+    pub maildir: PathBuf,
+    /// Plain listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listen addresses (need `tls`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Settings every session shares (host name, limits, timeout, error limit, output limit).
+    pub session: SessionConfig,
+    /// Networks allowed to relay (loopback by default).
+    pub trusted: Vec<Cidr>,
+    /// Most simultaneous connections; None: as many as the open-files limit allows (see
+    /// [`Config::max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Most simultaneous connections per untrusted address (0: unlimited).
+    pub max_per_ip: usize,
+    /// fsync before 250, or not (`--no-fsync`).
+    pub durability: Durability,
+    /// How long transfers may go on after a stop signal.
+    pub shutdown_timeout: Duration,
+    /// Certificate and key: STARTTLS and implicit TLS.
+    pub tls: Option<TlsFiles>,
+    /// Threads flushing queue files in parallel in the group commit.
+    pub sync_threads: usize,
+    /// Threads running TLS handshakes (one per core, at most 4).
+    pub handshake_threads: usize,
+    /// Unprocessed input kept per connection before reading stops.
+    pub inbuf_max: usize,
+    /// How long a closed session may wait for its last reply to be read.
+    pub linger: Duration,
+}
+
+impl Config {
+    /// Checks the settings that no command-line option bounds (a configuration file could).
+    pub fn check(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.tls_listen.is_empty() {
+            return Err("an implicit TLS listener needs a certificate and key".into());
+        }
+        let s = &self.session;
+        if s.timeout.is_zero() || s.timeout > Duration::from_secs(MAX_SECS) {
+            return Err(format!("the timeout must be 1 to {MAX_SECS} seconds"));
+        }
+        if self.shutdown_timeout > Duration::from_secs(MAX_SECS) {
+            return Err(format!(
+                "the shutdown timeout must be 0 to {MAX_SECS} seconds"
+            ));
+        }
+        for (name, n) in [
+            ("max_errors", s.max_errors as usize),
+            ("output_limit", s.output_limit),
+            ("sync_threads", self.sync_threads),
+            ("handshake_threads", self.handshake_threads),
+            ("inbuf_max", self.inbuf_max),
+        ] {
+            if n == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection limit in force given the open-files limit: the one configured, lowered
+    /// (with a warning) to what the descriptors allow, or all they allow.
+    pub fn max_connections(&self, open_files: Option<u64>) -> usize {
+        // Keep descriptors for listeners, queue files being written and logging; a queue file
+        // that cannot be opened is answered 451, not a crash.
+        let fd_budget = open_files.map_or(usize::MAX, |n| {
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(RESERVED_FDS)
+        });
+        match self.max_connections {
+            Some(n) if n > fd_budget => {
+                log::warn!(
+                    "--max-connections lowered from {n} to {fd_budget} to fit the open-files limit"
+                );
+                fd_budget.max(1)
+            }
+            Some(n) => n,
+            None => fd_budget.max(1),
         }
     }
 
-    /// The idle timeout.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
+    /// The reactor's settings, with the connection limit in force and the loaded TLS
+    /// configuration.
+    pub fn server_config(
+        &self,
+        max_connections: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> ServerConfig {
+        ServerConfig {
+            session: Arc::new(self.session.clone()),
+            trusted: self.trusted.clone(),
+            max_connections,
+            max_per_ip: self.max_per_ip,
+            durability: self.durability,
+            shutdown_timeout: self.shutdown_timeout,
+            tls,
+            sync_threads: self.sync_threads,
+            handshake_threads: self.handshake_threads,
+            inbuf_max: self.inbuf_max,
+            linger: self.linger,
+        }
     }
 }
 
@@ -194,12 +364,106 @@ mod tests {
         assert!(parse(&["--timeout", "86401"]).is_err());
         assert!(parse(&["--timeout", "0"]).is_err());
         let a = parse(&["--timeout", "86400", "--shutdown-timeout", "0"]).unwrap();
-        assert_eq!(a.timeout(), Duration::from_secs(86_400));
+        assert_eq!(a.timeout, 86_400);
         let a = parse(&["--postmaster", "<ops@example.org>"]).unwrap();
         assert_eq!(a.postmaster.unwrap().to_string(), "ops@example.org");
         assert!(parse(&["--postmaster", "not an address"]).is_err());
         assert!(parse(&["--postmaster", "op\u{e9}@example.org"]).is_err());
         assert_eq!(parse(&[]).unwrap().max_hops, 50);
+    }
+
+    fn validate(extra: &[&str]) -> Result<Config, String> {
+        Args::try_parse_from(["smtpd", "--maildir", "m"].iter().chain(extra.iter()))
+            .map_err(|e| e.to_string())?
+            .validate()
+    }
+
+    /// The defaults, and the knobs without an option.
+    #[test]
+    fn validate_fills_in_defaults() {
+        let c = validate(&["--hostname", "mx.test"]).unwrap();
+        assert_eq!(c.session.hostname, "mx.test");
+        assert_eq!(c.session.max_errors, 20);
+        assert_eq!(c.session.output_limit, 8 * 1024);
+        assert_eq!(c.session.timeout, Duration::from_secs(300));
+        assert!(!c.session.starttls);
+        assert_eq!(c.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert_eq!(c.trusted, vec![Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6]);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.sync_threads, 16);
+        assert!((1..=4).contains(&c.handshake_threads));
+        assert_eq!(c.inbuf_max, 64 * 1024);
+        assert_eq!(c.linger, Duration::from_secs(5));
+        assert!(c.tls.is_none());
+        assert!(!validate(&[]).unwrap().session.hostname.is_empty());
+    }
+
+    /// Options given replace the defaults.
+    #[test]
+    fn validate_takes_the_options() {
+        let c = validate(&[
+            "--trust",
+            "10.0.0.0/8",
+            "--no-fsync",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-listen",
+            "127.0.0.1:4650",
+            "--shutdown-timeout",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.trusted, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(c.durability, Durability::NoFsync);
+        assert!(c.session.starttls);
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(c.shutdown_timeout, Duration::ZERO);
+    }
+
+    /// Settings no option bounds are still checked (for sources other than the command line).
+    #[test]
+    fn check_refuses_zero_knobs_and_tls_listeners_without_a_certificate() {
+        let good = validate(&[]).unwrap();
+        assert_eq!(good.check(), Ok(()));
+        let mut c = good.clone();
+        c.sync_threads = 0;
+        assert!(c.check().unwrap_err().contains("sync_threads"));
+        let mut c = good.clone();
+        c.session.output_limit = 0;
+        assert!(c.check().is_err());
+        let mut c = good.clone();
+        c.session.timeout = Duration::ZERO;
+        assert!(c.check().is_err());
+        let mut c = good.clone();
+        c.shutdown_timeout = Duration::from_secs(MAX_SECS + 1);
+        assert!(c.check().is_err());
+        let mut c = good;
+        c.tls_listen = vec!["127.0.0.1:465".parse().unwrap()];
+        assert!(c.check().is_err());
+    }
+
+    /// The connection limit fits the open-files limit.
+    #[test]
+    fn max_connections_fits_the_descriptors() {
+        let mut c = validate(&[]).unwrap();
+        assert_eq!(c.max_connections(Some(1024)), 768);
+        assert_eq!(c.max_connections(Some(100)), 1);
+        assert_eq!(c.max_connections(None), usize::MAX);
+        c.max_connections = Some(10);
+        assert_eq!(c.max_connections(Some(1024)), 10);
+        c.max_connections = Some(5000);
+        assert_eq!(c.max_connections(Some(1024)), 768);
+        c.max_connections = Some(0);
+        assert_eq!(c.max_connections(Some(1024)), 0);
     }
 
     #[test]

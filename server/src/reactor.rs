@@ -1,9 +1,9 @@
 //! The reactor: one mio `Poll` serving every listener and connection on one thread.
 //!
-//! It moves bytes between sockets and each connection's [`Session`], carries out the
-//! session's queue-file actions (create, write, hand to group commit), keeps idle deadlines in
-//! a heap, applies connection limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught
-//! and ignored). It holds no protocol logic and never waits on the disk flush (that is
+//! It moves bytes between sockets and each connection's [`Session`], hands the session's
+//! queue-file actions to [`crate::store`], keeps idle deadlines in a heap, applies connection
+//! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught and ignored). It holds no
+//! protocol logic, no queue-file logic, and never waits on the disk flush (that is
 //! [`crate::commit`]'s thread).
 //!
 //! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
@@ -20,19 +20,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, unbounded};
-use maildir_core::{Delivery, Durability, Maildir};
+use maildir_core::{Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use net::handshake::{self, Handshakers};
+use net::{ConnRef, Transport};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::commit::{self, Committer, ConnRef, Done, Job};
+use crate::commit::Done;
 use crate::config::Cidr;
-use crate::handshake::{self, Handshakers};
 use crate::reply;
-use crate::session::{Action, Session, SessionConfig, StoreError};
-use crate::transport::Transport;
+use crate::session::{Action, Session, SessionConfig};
+use crate::store::{Commit, QueueFile, Store};
+use crate::tls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -40,20 +42,17 @@ const FIRST_LISTENER: usize = 2;
 const FIRST_CONN: usize = 1 << 20;
 /// Read buffer shared by all connections.
 const READ_CHUNK: usize = 64 * 1024;
-/// Unprocessed input kept per connection before reading stops (pipelined commands waiting).
-const INBUF_MAX: usize = 64 * 1024;
 /// Reads one connection may do in one turn before the others get theirs.
 pub const READ_BUDGET: usize = 4;
 /// Connections one listener may accept in one turn (the rest wait for the next round).
 const ACCEPT_BUDGET: usize = 64;
-/// How long a closed session may wait for its last reply to be read.
-const LINGER: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before we accept them.
 const LISTEN_BACKLOG: i32 = 4096;
 /// Pause after an accept failure such as "too many open files".
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// What the reactor needs besides the sessions' shared settings.
+/// What the reactor needs besides the sessions' shared settings (built by
+/// [`crate::config::Config::server_config`]).
 pub struct ServerConfig {
     /// Settings for every session.
     pub session: Arc<SessionConfig>,
@@ -69,6 +68,14 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Certificate and key for STARTTLS and implicit TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Threads flushing queue files in parallel in the group commit.
+    pub sync_threads: usize,
+    /// Threads running TLS handshakes.
+    pub handshake_threads: usize,
+    /// Unprocessed input kept per connection before reading stops (pipelined commands).
+    pub inbuf_max: usize,
+    /// How long a closed session may wait for its last reply to be read.
+    pub linger: Duration,
 }
 
 struct Conn {
@@ -77,16 +84,16 @@ struct Conn {
     generation: u64,
     /// Input the session has not consumed yet.
     inbuf: Vec<u8>,
-    delivery: Option<Delivery>,
-    /// A write to the queue file failed; reported at commit.
-    store_failed: Option<StoreError>,
+    /// The message being stored.
+    queue_file: QueueFile,
     /// A deadline for this connection is in the heap.
     timer_armed: bool,
     /// Counted against the per-address limit.
     limited_ip: Option<IpAddr>,
     eof: bool,
-    /// Closed, waiting for the client to read its last reply until then (`LINGER` after the
-    /// close). An idle deadline still in the heap must not cut this short.
+    /// Closed, waiting for the client to read its last reply until then
+    /// ([`ServerConfig::linger`] after the close). An idle deadline still in the heap must not
+    /// cut this short.
     linger_until: Option<Instant>,
     /// STARTTLS accepted: switch to TLS once the `220` is sent.
     starting_tls: bool,
@@ -108,10 +115,8 @@ pub struct Server {
     /// Listeners whose turn ended with connections possibly left to accept.
     accept_ready: Vec<usize>,
     config: ServerConfig,
-    maildir: Maildir,
-    committer: Option<Committer>,
+    store: Store,
     done_rx: Receiver<Done>,
-    in_flight: usize,
     handshakers: Option<Handshakers>,
     handshake_rx: Receiver<handshake::Done>,
     signals: Signals,
@@ -141,7 +146,7 @@ impl Server {
             .chain(implicit_tls.iter().map(|a| (a, true)))
             .enumerate()
         {
-            let mut l = listen(*addr)
+            let mut l = net::listen(*addr, LISTEN_BACKLOG)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
@@ -151,16 +156,20 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
-        let committer = match config.durability {
-            Durability::Fsync => Some(Committer::spawn(maildir.clone(), done_tx, waker.clone())?),
-            Durability::NoFsync => None,
-        };
+        let store = Store::new(
+            maildir,
+            config.durability,
+            config.sync_threads,
+            done_tx,
+            waker.clone(),
+        )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
-            Some(_) => {
-                let n = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                Some(Handshakers::spawn(n, handshake_tx, waker)?)
-            }
+            Some(_) => Some(Handshakers::spawn(
+                config.handshake_threads,
+                handshake_tx,
+                waker,
+            )?),
             None => None,
         };
         Ok(Server {
@@ -171,10 +180,8 @@ impl Server {
             ready: VecDeque::new(),
             accept_ready: Vec::new(),
             config,
-            maildir,
-            committer,
+            store,
             done_rx,
-            in_flight: 0,
             handshakers,
             handshake_rx,
             signals,
@@ -241,7 +248,7 @@ impl Server {
                     self.forced = true;
                     self.force_close_all(now);
                 }
-                if self.conns.is_empty() && self.in_flight == 0 {
+                if self.conns.is_empty() && self.store.in_flight() == 0 {
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -341,7 +348,7 @@ impl Server {
             let Some(config) = &self.config.tls else {
                 return;
             };
-            if let Err(e) = transport.start_tls(config) {
+            if let Err(e) = tls::start(&mut transport, config) {
                 log::error!("cannot start TLS for {peer}: {e}");
                 return;
             }
@@ -364,8 +371,7 @@ impl Server {
             session,
             generation: self.next_generation,
             inbuf: Vec::new(),
-            delivery: None,
-            store_failed: None,
+            queue_file: QueueFile::default(),
             timer_armed: false,
             limited_ip,
             eof: false,
@@ -399,7 +405,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let room = read_room(conn.inbuf.len());
+            let room = read_room(conn.inbuf.len(), self.config.inbuf_max);
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
             // last reply (421) can only be sent then.
@@ -467,7 +473,7 @@ impl Server {
                 && let Some(config) = &self.config.tls
             {
                 conn.starting_tls = false;
-                if let Err(e) = conn.transport.start_tls(config) {
+                if let Err(e) = tls::start(&mut conn.transport, config) {
                     log::error!("cannot start TLS: {e}");
                     self.close(key);
                     return;
@@ -482,9 +488,9 @@ impl Server {
                     return;
                 }
                 if conn.linger_until.is_none() {
-                    conn.linger_until = Some(now + LINGER);
-                    self.timers
-                        .push(Reverse((now + LINGER, key, conn.generation)));
+                    let until = now + self.config.linger;
+                    conn.linger_until = Some(until);
+                    self.timers.push(Reverse((until, key, conn.generation)));
                 }
             }
             if !progress || spent {
@@ -500,7 +506,8 @@ impl Server {
         }
     }
 
-    /// Carries out the session's queue-file actions. Returns true if there were any.
+    /// Carries out the session's actions: queue-file ones through [`Store`], STARTTLS here.
+    /// Returns true if there were any.
     fn run_actions(&mut self, key: usize, now: Instant) -> bool {
         let mut any = false;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -510,64 +517,21 @@ impl Server {
             any = true;
             match action {
                 Action::Begin => {
-                    let result = match self.maildir.deliver() {
-                        Ok(d) => {
-                            let id = d.id().to_owned();
-                            conn.delivery = Some(d);
-                            conn.store_failed = None;
-                            Ok(id)
-                        }
-                        Err(e) => {
-                            log::error!("{e}");
-                            Err(commit::store_error(&e))
-                        }
-                    };
+                    let result = self.store.begin(&mut conn.queue_file);
                     conn.session.handle_begun(result, now, SystemTime::now());
                 }
-                Action::Write(bytes) => {
-                    if let (Some(d), None) = (&mut conn.delivery, conn.store_failed)
-                        && let Err(e) = d.write_all(&bytes)
-                    {
-                        log::error!("cannot write queue file {}: {e}", d.id());
-                        conn.store_failed = Some(commit::io_store_error(&e));
-                    }
-                }
+                Action::Write(bytes) => conn.queue_file.write(&bytes),
                 Action::Commit => {
-                    let generation = conn.generation;
-                    match (conn.delivery.take(), conn.store_failed.take()) {
-                        (Some(d), None) => match &self.committer {
-                            Some(c) => {
-                                let job = Job {
-                                    conn: ConnRef { key, generation },
-                                    delivery: d,
-                                };
-                                match c.submit(job) {
-                                    Ok(()) => self.in_flight += 1,
-                                    Err(_) => {
-                                        log::error!("group commit thread is gone");
-                                        conn.session.handle_stored(Err(StoreError::Failed), now);
-                                    }
-                                }
-                            }
-                            None => {
-                                let result =
-                                    d.commit(Durability::NoFsync).map(|_| ()).map_err(|e| {
-                                        log::error!("{e}");
-                                        commit::store_error(&e)
-                                    });
-                                conn.session.handle_stored(result, now);
-                            }
-                        },
-                        (_, failed) => {
-                            conn.session
-                                .handle_stored(Err(failed.unwrap_or(StoreError::Failed)), now);
-                        }
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    if let Commit::Done(result) = self.store.commit(&mut conn.queue_file, conn_ref)
+                    {
+                        conn.session.handle_stored(result, now);
                     }
                 }
-                Action::Abort => {
-                    conn.delivery.take();
-                    conn.store_failed = None;
-                }
+                Action::Abort => conn.queue_file.abort(),
                 Action::StartTls => conn.starting_tls = true,
                 Action::Close => {}
             }
@@ -629,7 +593,7 @@ impl Server {
             self.handshake_done(done, now);
         }
         while let Ok(done) = self.done_rx.try_recv() {
-            self.in_flight = self.in_flight.saturating_sub(1);
+            self.store.completed();
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {
@@ -752,24 +716,6 @@ impl Server {
     }
 }
 
-/// A non-blocking listening socket with a backlog deep enough for connection bursts (the
-/// kernel caps it at `net.core.somaxconn`).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
-
 /// When the poll must return at the latest: the first timer, the end of an accept pause, and
 /// the shutdown deadline until it has been acted on (`forced`). A deadline already handled
 /// must not count, or the poll would return at once forever while commits finish.
@@ -802,9 +748,9 @@ fn compact_timers(
     }
 }
 
-/// How many octets the next read may take: the unprocessed input stays within `INBUF_MAX`.
-fn read_room(unprocessed: usize) -> usize {
-    INBUF_MAX.saturating_sub(unprocessed).min(READ_CHUNK)
+/// How many octets the next read may take: the unprocessed input stays within `inbuf_max`.
+fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
+    inbuf_max.saturating_sub(unprocessed).min(READ_CHUNK)
 }
 
 /// Gives the session the TLS protocol and cipher once the handshake has finished.
@@ -812,7 +758,7 @@ fn report_tls(conn: &mut Conn) {
     if !conn.tls_reported
         && conn.transport.is_tls()
         && !conn.transport.is_handshaking()
-        && let Some(info) = conn.transport.tls_info()
+        && let Some(info) = tls::info(&conn.transport)
     {
         conn.tls_reported = true;
         conn.session.set_tls_info(info);
@@ -846,16 +792,17 @@ mod tests {
     /// Issue 10 item 17: the unprocessed input of a connection stays within 64 KiB.
     #[test]
     fn reads_keep_unprocessed_input_within_the_limit() {
+        const INBUF_MAX: usize = crate::config::INBUF_MAX;
         for unprocessed in [0, 1, 100, INBUF_MAX - 1, INBUF_MAX, INBUF_MAX + 5] {
-            let room = read_room(unprocessed);
+            let room = read_room(unprocessed, INBUF_MAX);
             assert!(
                 unprocessed + room <= INBUF_MAX.max(unprocessed),
                 "{unprocessed}"
             );
             assert!(room <= READ_CHUNK);
         }
-        assert_eq!(read_room(0), INBUF_MAX.min(READ_CHUNK));
-        assert_eq!(read_room(INBUF_MAX - 10), 10);
+        assert_eq!(read_room(0, INBUF_MAX), INBUF_MAX.min(READ_CHUNK));
+        assert_eq!(read_room(INBUF_MAX - 10, INBUF_MAX), 10);
     }
 
     /// Issue 10 item 16: once the shutdown deadline has been acted on, it no longer wakes the

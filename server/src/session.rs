@@ -19,11 +19,11 @@ use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 use crate::command::{self, Command, MailParams};
 use crate::data::{DataDecoder, HopCounter};
 use crate::reply::{self, Reply, Status};
-use crate::transport::TlsInfo;
+use crate::tls::TlsInfo;
 
 /// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
-/// Replies waiting beyond this many octets stop input processing until the client reads.
+/// Default [`SessionConfig::output_limit`].
 pub const OUTPUT_LIMIT: usize = 8 * 1024;
 /// Recipients over the limit answered `452` without counting as errors, per transaction (as
 /// Postfix's `smtpd_recipient_overshoot_limit`); those beyond count.
@@ -48,6 +48,8 @@ pub struct SessionConfig {
     pub max_hops: usize,
     /// Where `RCPT TO:<postmaster>` goes; without it that recipient is refused.
     pub postmaster: Option<Mailbox>,
+    /// Replies waiting beyond this many octets stop input processing until the client reads.
+    pub output_limit: usize,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -439,8 +441,8 @@ impl Session {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
-            if self.out.capacity() > 4 * OUTPUT_LIMIT {
-                self.out.shrink_to(OUTPUT_LIMIT);
+            if self.out.capacity() > 4 * self.config.output_limit {
+                self.out.shrink_to(self.config.output_limit);
             }
         }
     }
@@ -467,7 +469,7 @@ impl Session {
         !matches!(
             self.state,
             State::Begin(_) | State::Committing { .. } | State::StartingTls | State::Closed
-        ) && self.out.len() - self.out_pos < OUTPUT_LIMIT
+        ) && self.out.len() - self.out_pos < self.config.output_limit
     }
 
     /// True once the session has ended (QUIT, 421, end of input).
@@ -827,6 +829,7 @@ mod tests {
             starttls: true,
             max_hops: 3,
             postmaster: None,
+            output_limit: OUTPUT_LIMIT,
         })
     }
 
@@ -1232,6 +1235,7 @@ mod starttls_tests {
             starttls,
             max_hops: 50,
             postmaster: None,
+            output_limit: OUTPUT_LIMIT,
         });
         Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
     }

@@ -1,14 +1,27 @@
-//! Loads the server's TLS certificate chain and private key (PEM) into a rustls configuration.
+//! The server side of TLS: loads the certificate chain and private key (PEM) into a rustls
+//! configuration, starts TLS on a connection's `net::Transport`, and turns what the transport
+//! negotiated into the [`TlsInfo`] the session records.
 //!
-//! Start-up only: errors name the file and what is wrong with it, so `smtpd` can say one clear
-//! line and exit. Nothing here runs per connection.
+//! Loading is start-up only: errors name the file and what is wrong with it, so `smtpd` can say
+//! one clear line and exit. Must not: move TLS records (that is `net::Transport`) or speak SMTP.
 
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
+use net::{Handshake, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+/// What the session records of a TLS connection (for the trace header and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
 
 /// Builds the rustls server configuration from a PEM certificate chain and a PEM private key.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
@@ -29,4 +42,23 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
         .with_single_cert(chain, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// Starts server TLS on `transport` (after `220 Ready to start TLS`, or at once on an implicit
+/// TLS listener), its handshake to be processed on the handshake threads. Anything the client
+/// sent in plaintext and we did not read yet is taken as TLS records.
+pub fn start(transport: &mut Transport, config: &Arc<ServerConfig>) -> io::Result<()> {
+    if !transport.is_tls() {
+        let tls = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+        transport.start_tls(tls, Handshake::Offload);
+    }
+    Ok(())
+}
+
+/// Version and cipher of an established TLS session.
+pub fn info(transport: &Transport) -> Option<TlsInfo> {
+    Some(TlsInfo {
+        version: transport.protocol_version()?,
+        cipher: transport.cipher_suite()?,
+    })
 }

@@ -274,6 +274,16 @@ pub fn queue(md: &Maildir, sender: &str, rcpts: &[&str], rest: &[u8]) -> String 
         .to_owned()
 }
 
+/// Queues [`sample`]`(id, rcpt)` from `<s@src.test>` to `<rcpt>`; returns its file name.
+pub fn queue_sample(md: &Maildir, id: &str, rcpt: &str) -> String {
+    queue(
+        md,
+        "<s@src.test>",
+        &[&format!("<{rcpt}>")],
+        &sample(id, rcpt),
+    )
+}
+
 /// A message body in the stored format: Received, headers, a body with a dot line.
 pub fn sample(id: &str, to: &str) -> Vec<u8> {
     format!(
@@ -322,144 +332,6 @@ pub fn without_envelope(file: &[u8]) -> Vec<u8> {
         }
     }
     file[pos..].to_vec()
-}
-
-/// A test certificate authority made with the `openssl` CLI in a temp dir (never committed),
-/// and the server certificates it issues.
-pub struct TestCa {
-    dir: tempfile::TempDir,
-    /// The CA certificate (PEM), for `--tls-ca`.
-    pub cert: PathBuf,
-    key: PathBuf,
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl TestCa {
-    /// A fresh P-256 CA.
-    pub fn new() -> TestCa {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cert = dir.path().join("ca.pem");
-        let key = dir.path().join("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=Relay Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ]);
-        TestCa { dir, cert, key }
-    }
-
-    /// A server certificate for DNS name `name` signed by this CA: (cert, key) paths.
-    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (crt, key, csr, ext) = (
-            d.join(format!("{name}.crt")),
-            d.join(format!("{name}.key")),
-            d.join(format!("{name}.csr")),
-            d.join(format!("{name}.ext")),
-        );
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&csr),
-        ]);
-        std::fs::write(
-            &ext,
-            format!(
-                "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
-            ),
-        )
-        .expect("write extensions file");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            path_str(&csr),
-            "-CA",
-            path_str(&self.cert),
-            "-CAkey",
-            path_str(&self.key),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            path_str(&ext),
-            "-out",
-            path_str(&crt),
-        ]);
-        (crt, key)
-    }
-
-    /// A self-signed certificate on curve P-521, whose signature scheme rustls does not
-    /// offer: every handshake with a server using it fails. (cert, key) paths.
-    pub fn p521_self_signed(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (crt, key) = (d.join("p521.crt"), d.join("p521.key"));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:secp521r1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&crt),
-        ]);
-        (crt, key)
-    }
-}
-
-impl Default for TestCa {
-    fn default() -> Self {
-        TestCa::new()
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
 }
 
 impl Sink {

@@ -1,5 +1,6 @@
 //! A raw-socket SMTP client for the smtpd tests, the parser of what smtpd stores in `new/`, and
-//! a starter that keeps the server's log in a file beside its Maildir.
+//! a starter that keeps the server's log in a file beside its Maildir, and the check that smtpd
+//! refuses to start with one line on stderr.
 //!
 //! The client records a transcript (`C:` sent, `S:` received) and every failed expectation
 //! panics with it, so a failing test shows the whole dialogue.
@@ -640,4 +641,59 @@ pub fn percentile(sorted: &[Duration], p: usize) -> Duration {
     }
     let i = (sorted.len() * p).div_ceil(100).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+/// Runs smtpd with `args` in a fresh temp dir (its working directory) expecting it to refuse to
+/// start: panics unless it exits within `limit`; returns its exit status and stderr.
+pub fn refused_start(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(bin("smtpd"))
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn smtpd");
+    let mut status = None;
+    let end = Instant::now() + limit;
+    while status.is_none() && Instant::now() < end {
+        status = child.try_wait().expect("try_wait");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("smtpd {args:?} still running after {limit:?}: it should have refused to start");
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`refused_start`] within 5 s, non-zero, with exactly one line on stderr, which is returned.
+pub fn startup_failure(args: &[&str]) -> String {
+    let (status, err) = refused_start(args, Duration::from_secs(5));
+    assert!(!status.success(), "smtpd {args:?} exited 0; stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "smtpd {args:?}: want one line on stderr, got {err:?}"
+    );
+    err
+}
+
+/// The one stored message, or a panic naming how many there are.
+pub fn only_one(s: &Smtpd) -> Stored {
+    let all = stored(s);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one file in new/, found {:?}\n{}",
+        s.new_files(),
+        server_log(s)
+    );
+    all.into_iter().next().expect("one")
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use integration_tests::relay::{
-    Dns, Sink, queue, relay, run_args, sample, spawn_relay, temp_maildir, without_envelope,
+    Dns, Sink, queue, queue_sample, relay, run_args, sample, spawn_relay, temp_maildir,
+    without_envelope,
 };
 use integration_tests::{Smtpd, have, list, python, wait_for};
 
@@ -237,18 +238,8 @@ fn null_mx_and_nxdomain_bounce_but_never_to_null_sender() {
     };
     let sink = Sink::start(&["127.0.5.2"], &[]);
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@null.test>"],
-        &sample("n1", "u@null.test"),
-    );
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@nx.test>"],
-        &sample("n2", "u@nx.test"),
-    );
+    queue_sample(&md, "n1", "u@null.test");
+    queue_sample(&md, "n2", "u@nx.test");
     queue(&md, "<>", &["<u@nx.test>"], &sample("n3", "u@nx.test"));
     let port = sink.port.to_string();
     let out = ok(&relay(md.root(), &run_args(&dns, &port)));

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
-    BrokenSink, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
+    BrokenSink, Dns, Sink, queue, queue_sample, relay, sample, temp_maildir, without_envelope,
 };
 use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{list, wait_for};
@@ -467,18 +467,8 @@ fn broken_first_mx_falls_back_to_second() {
     let mute = BrokenSink::start_on(&["127.0.23.3"], busy.port, "silent");
     let good = Sink::start_on(&["127.0.23.4"], busy.port, &[]);
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@busy.test>"],
-        &sample("b1", "u@busy.test"),
-    );
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@mute.test>"],
-        &sample("m1", "u@mute.test"),
-    );
+    queue_sample(&md, "b1", "u@busy.test");
+    queue_sample(&md, "m1", "u@mute.test");
     let port = busy.port.to_string();
     let (out, err) = ok(&relay(
         md.root(),

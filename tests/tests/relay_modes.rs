@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::relay::{
-    Daemon, Dns, Sink, queue, relay, sample, temp_maildir, without_envelope,
+    Daemon, Dns, Sink, queue, queue_sample, relay, sample, temp_maildir, without_envelope,
 };
 use integration_tests::{Smtpd, file_mtime, free_port, list, python, rfc5322_epochs, wait_for};
 
@@ -126,12 +126,7 @@ fn smarthost_by_name_overrides_mx() {
     assert_eq!(smart.connections().len(), 1);
     assert!(mx.connections().is_empty(), "the MX host is never used");
     // Without a port in --smarthost, --port applies.
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<z@mx.test>"],
-        &sample("n9", "z@mx.test"),
-    );
+    queue_sample(&md, "n9", "z@mx.test");
     let out = ok(&relay(
         md.root(),
         &[
@@ -225,12 +220,7 @@ fn interval_daemon_stops_on_sigterm() {
     let status = d.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.log());
     // The lock is free again and the Maildir usable.
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@x.test>"],
-        &sample("t1", "u@x.test"),
-    );
+    queue_sample(&md, "t1", "u@x.test");
     let out = ok(&relay(md.root(), &["--once", "--smarthost", &host]));
     assert!(out.contains("1 delivered"), "{out}");
 }
@@ -460,12 +450,7 @@ fn unresolvable_smarthost_defers_not_bounces() {
         return;
     };
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@x.test>"],
-        &sample("u1", "u@x.test"),
-    );
+    queue_sample(&md, "u1", "u@x.test");
     let out = relay(
         md.root(),
         &[

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::relay::{b64, queue, relay, sample, spawn_relay, temp_maildir};
+use integration_tests::relay::{
+    b64, queue, queue_sample, relay, sample, spawn_relay, temp_maildir,
+};
 use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{free_port, list, python, wait_for};
 use maildir_core::Maildir;
@@ -196,12 +198,7 @@ fn mail_that_loops_back_to_myself_bounces() {
     ] {
         let sink = ProtoSink::start(ip, opts);
         let (_d, md) = temp_maildir();
-        let name = queue(
-            &md,
-            "<s@src.test>",
-            &["<a@x.test>"],
-            &sample("l1", "a@x.test"),
-        );
+        let name = queue_sample(&md, "l1", "a@x.test");
         let host = sink.host(ip);
         let (out, err) = ok(&relay(md.root(), &args(&host, &[])));
         assert!(
@@ -227,12 +224,7 @@ fn trickled_reply_is_cut_at_the_timeout() {
     let ip = "127.0.41.4";
     let sink = ProtoSink::start(ip, &["--trickle", "1"]);
     let (_d, md) = temp_maildir();
-    let name = queue(
-        &md,
-        "<s@src.test>",
-        &["<a@x.test>"],
-        &sample("t1", "a@x.test"),
-    );
+    let name = queue_sample(&md, "t1", "a@x.test");
     let host = sink.host(ip);
     let mut a = args(&host, &[]);
     a[4] = "3"; // --timeout 3
@@ -417,12 +409,7 @@ fn eight_bit_mail_to_a_server_without_8bitmime_bounces() {
     let mut body = sample("e1", "a@x.test");
     body.extend_from_slice("Grüße aus Köln\r\n".as_bytes());
     let eight = queue(&md, "<s@src.test>", &["<a@x.test>"], &body);
-    let seven = queue(
-        &md,
-        "<s@src.test>",
-        &["<b@x.test>"],
-        &sample("e2", "b@x.test"),
-    );
+    let seven = queue_sample(&md, "e2", "b@x.test");
     let host = sink.host(ip);
     let (out, err) = ok(&relay(md.root(), &args(&host, &[])));
     let l = log_line(&err, "<a@x.test>");
@@ -478,12 +465,7 @@ fn smtputf8_is_judged_per_transaction() {
 
     let sink = ProtoSink::start(ip, &["--smtputf8"]);
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<a@x.test>"],
-        &sample("u2", "a@x.test"),
-    );
+    queue_sample(&md, "u2", "a@x.test");
     queue(
         &md,
         "<s@src.test>",

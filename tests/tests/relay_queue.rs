@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration_tests::relay::{
-    BrokenSink, Daemon, Dns, Sink, queue, relay, sample, spawn_relay, temp_maildir,
+    BrokenSink, Daemon, Dns, Sink, queue, queue_sample, relay, sample, spawn_relay, temp_maildir,
 };
 use integration_tests::relay::{relay_ok as ok, state_of, text};
 use integration_tests::{Smtpd, have, list, wait_for};
@@ -31,12 +31,7 @@ fn slow_mx_holds_up_only_its_own_mail_and_sigterm_ends_it() {
     let slow = BrokenSink::start(&["127.0.27.2"], "trickle-greeting");
     let fast = Sink::start_on(&["127.0.27.3"], slow.port, &[]);
     let (_d, md) = temp_maildir();
-    let stuck = queue(
-        &md,
-        "<s@src.test>",
-        &["<u@slow.test>"],
-        &sample("s1", "u@slow.test"),
-    );
+    let stuck = queue_sample(&md, "s1", "u@slow.test");
     let port = slow.port.to_string();
     let mut d = Daemon::start(
         md.root(),
@@ -56,12 +51,7 @@ fn slow_mx_holds_up_only_its_own_mail_and_sigterm_ends_it() {
     wait_for("a session to the slow MX", Duration::from_secs(15), || {
         slow.connections() == 1
     });
-    let sent = queue(
-        &md,
-        "<s@src.test>",
-        &["<v@fast.test>"],
-        &sample("f1", "v@fast.test"),
-    );
+    let sent = queue_sample(&md, "f1", "v@fast.test");
     wait_for(
         "the fast MX to get its mail during the slow session",
         Duration::from_secs(20),
@@ -287,12 +277,7 @@ fn soft_failures_stop_after_two_sessions() {
         &["--code", "u@busy.test=451"],
     );
     let (_d, md) = temp_maildir();
-    let name = queue(
-        &md,
-        "<s@src.test>",
-        &["<u@busy.test>"],
-        &sample("b1", "u@busy.test"),
-    );
+    let name = queue_sample(&md, "b1", "u@busy.test");
     let port = sink.port.to_string();
     let (out, err) = ok(&relay(
         md.root(),
@@ -336,12 +321,7 @@ fn at_most_five_mx_addresses_are_tried() {
     let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     let busy = BrokenSink::start(&ip_refs, "421-greeting");
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@seven.test>"],
-        &sample("v1", "u@seven.test"),
-    );
+    queue_sample(&md, "v1", "u@seven.test");
     let port = busy.port.to_string();
     let (out, err) = ok(&relay(
         md.root(),

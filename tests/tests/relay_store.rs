@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use integration_tests::relay::{
-    Dns, Sink, queue, relay, run_args, sample, spawn_relay, temp_maildir,
+    Dns, Sink, queue, queue_sample, relay, run_args, sample, spawn_relay, temp_maildir,
 };
 use integration_tests::relay::{relay_ok as ok, state_if_any as state_of};
 use integration_tests::{bin, list, python, wait_for};
@@ -32,12 +32,7 @@ fn failed_move_to_cur_never_resends() {
     };
     let sink = Sink::start(&["127.0.40.2"], &[]);
     let (_d, md) = temp_maildir();
-    let name = queue(
-        &md,
-        "<s@src.test>",
-        &["<u@mv.test>"],
-        &sample("mv1", "u@mv.test"),
-    );
+    let name = queue_sample(&md, "mv1", "u@mv.test");
     let blocker = md.cur_dir().join(format!("{name}:2,P"));
     std::fs::create_dir(&blocker).expect("directory in the way");
     std::fs::write(blocker.join("x"), b"not empty").expect("file in the way");
@@ -243,18 +238,8 @@ fn unreadable_state_file_holds_up_only_its_own_message() {
     let ip = "127.0.47.3";
     let sink = Sink::start(&[ip], &[]);
     let (_d, md) = temp_maildir();
-    let good = queue(
-        &md,
-        "<s@src.test>",
-        &["<a@st.test>"],
-        &sample("st1", "a@st.test"),
-    );
-    let bad = queue(
-        &md,
-        "<s@src.test>",
-        &["<b@st.test>"],
-        &sample("st2", "b@st.test"),
-    );
+    let good = queue_sample(&md, "st1", "a@st.test");
+    let bad = queue_sample(&md, "st2", "b@st.test");
     let state = md.root().join(".relay").join(&bad);
     std::fs::create_dir_all(&state).expect("a directory where the state file goes");
     let host = format!("{ip}:{}", sink.port);
@@ -392,25 +377,10 @@ fn ip_address_mx_target_and_lower_case_ipv6_literal() {
     };
     let sink = Sink::start(&["127.0.43.2", "127.0.43.3"], &[]);
     let (_d, md) = temp_maildir();
-    let ipmx = queue(
-        &md,
-        "<s@src.test>",
-        &["<u@ipmx.test>"],
-        &sample("ip1", "u@ipmx.test"),
-    );
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@mixed.test>"],
-        &sample("ip2", "u@mixed.test"),
-    );
+    let ipmx = queue_sample(&md, "ip1", "u@ipmx.test");
+    queue_sample(&md, "ip2", "u@mixed.test");
     // IPv4-mapped, so the sink on 127.0.43.2 receives it.
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@[ipv6:::ffff:127.0.43.2]>"],
-        &sample("ip3", "u@[ipv6:::ffff:127.0.43.2]"),
-    );
+    queue_sample(&md, "ip3", "u@[ipv6:::ffff:127.0.43.2]");
     let port = sink.port.to_string();
     let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(
@@ -529,12 +499,7 @@ fn dsn_details() {
     let (out, _) = ok(&relay(md.root(), &now));
     assert!(out.contains("1 bounced"), "{out}");
     // An expiry after refused connections: no SMTP reply, so no Remote-MTA.
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<c@down.test>"],
-        &sample("exp", "c@down.test"),
-    );
+    queue_sample(&md, "exp", "c@down.test");
     now.extend(["--queue-lifetime", "0"]);
     let (out, _) = ok(&relay(md.root(), &now));
     assert!(out.contains("1 bounced"), "{out}");
@@ -645,12 +610,7 @@ fn run_reads_bodies_of_due_messages_only() {
         )
         .expect("state file");
     }
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<now@rd.test>"],
-        &sample("due", "now@rd.test"),
-    );
+    queue_sample(&md, "due", "now@rd.test");
     std::fs::write(md.new_dir().join("stray.txt"), b"not a queued message\n").expect("stray");
     let port = sink.port.to_string();
     let (out, rchar) = relay_counting_reads(md.root(), &run_args(&dns, &port));
@@ -730,12 +690,7 @@ fn mx_host_with_an_address_of_this_machine_is_itself() {
     };
     let sink = Sink::start(&["127.0.46.2"], &[]);
     let (_d, md) = temp_maildir();
-    let name = queue(
-        &md,
-        "<s@src.test>",
-        &["<u@selfip.test>"],
-        &sample("sip", "u@selfip.test"),
-    );
+    let name = queue_sample(&md, "sip", "u@selfip.test");
     let port = sink.port.to_string();
     let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(

@@ -3,8 +3,11 @@
 //! (OpenSSL). MX records from dnsmasq. Certificates are made at test time with the `openssl`
 //! CLI ([`TestCa`]); no key is committed. Each test uses its own 127.0.2N.x addresses.
 
+use integration_tests::certs::TestCa;
 use integration_tests::relay::relay_ok as ok;
-use integration_tests::relay::{Dns, Sink, TestCa, queue, relay, run_args, sample, temp_maildir};
+use integration_tests::relay::{
+    Dns, Sink, queue, queue_sample, relay, run_args, sample, temp_maildir,
+};
 use integration_tests::{Smtpd, have, list};
 
 fn have_peers() -> bool {
@@ -40,12 +43,7 @@ fn opportunistic_starttls_to_smtpd_and_verified() {
     let port = smtpd.addr.port().to_string();
 
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u1@a.test>"],
-        &sample("t1", "u1@a.test"),
-    );
+    queue_sample(&md, "t1", "u1@a.test");
     let (out, err) = ok(&relay(md.root(), &run_args(&dns, &port)));
     assert!(out.contains("1 delivered, 0 deferred"), "{out}\n{err}");
     assert!(
@@ -110,18 +108,8 @@ fn verify_refuses_a_certificate_for_another_name() {
         ],
     );
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@a.test>"],
-        &sample("ok", "u@a.test"),
-    );
-    let refused = queue(
-        &md,
-        "<s@src.test>",
-        &["<v@b.test>"],
-        &sample("no", "v@b.test"),
-    );
+    queue_sample(&md, "ok", "u@a.test");
+    let refused = queue_sample(&md, "no", "v@b.test");
     let port = sink.port.to_string();
     let mut args = run_args(&dns, &port);
     args.extend(["--tls", "verify", "--tls-ca", ca.cert.to_str().unwrap()]);
@@ -164,12 +152,7 @@ fn encrypt_without_starttls_defers() {
     };
     let sink = Sink::start(&["127.0.22.2"], &[]);
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u@a.test>"],
-        &sample("e", "u@a.test"),
-    );
+    queue_sample(&md, "e", "u@a.test");
     let port = sink.port.to_string();
     let mut args = run_args(&dns, &port);
     args.extend(["--tls", "encrypt"]);
@@ -288,18 +271,8 @@ fn failed_handshake_falls_back_to_plaintext_under_may() {
 
     // encrypt: deferred, nothing delivered.
     let (_d, md) = temp_maildir();
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u1@a.test>"],
-        &sample("f1", "u1@a.test"),
-    );
-    queue(
-        &md,
-        "<s@src.test>",
-        &["<u2@a.test>"],
-        &sample("f2", "u2@a.test"),
-    );
+    queue_sample(&md, "f1", "u1@a.test");
+    queue_sample(&md, "f2", "u2@a.test");
     let mut args = run_args(&dns, &port);
     args.extend(["--tls", "encrypt"]);
     let (out, err) = ok(&relay(md.root(), &args));

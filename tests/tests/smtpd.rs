@@ -5,26 +5,14 @@
 //! `smtpd_timeout.rs`, so their timing is not disturbed by these tests.
 
 use integration_tests::smtp::{
-    Client, HOST, Reply, Stored, parse_stored, server_log, start, stored, wait_exit,
+    Client, HOST, Reply, Stored, only_one, parse_stored, server_log, start, startup_failure,
+    stored, wait_exit,
 };
-use integration_tests::{Smtpd, have, python, wait_for};
+use integration_tests::{have, python, wait_for};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const LOCAL2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// The one stored message, or a panic naming how many there are.
-fn only_one(s: &Smtpd) -> Stored {
-    let all = stored(s);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected exactly one file in new/, found {:?}\n{}",
-        s.new_files(),
-        server_log(s)
-    );
-    all.into_iter().next().expect("one")
-}
 
 fn assert_body(st: &Stored, want: &[u8]) {
     assert!(
@@ -864,34 +852,6 @@ fn fifty_transactions_in_one_write_no_fsync() {
 }
 
 // ---- start-up errors: one clear line on stderr, non-zero exit ----------------------------
-
-fn startup_failure(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut cmd = std::process::Command::new(integration_tests::bin("smtpd"));
-    cmd.args(args)
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn smtpd");
-    let mut status = None;
-    wait_for("smtpd to refuse to start", Duration::from_secs(5), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
-    let out = child.wait_with_output().expect("output");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !status.expect("exited").success(),
-        "smtpd {args:?} exited 0; stderr: {err}"
-    );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "smtpd {args:?}: want one line on stderr, got {err:?}"
-    );
-    err
-}
 
 #[test]
 fn port_in_use_and_unusable_maildir_fail_with_one_line() {

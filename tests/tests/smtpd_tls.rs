@@ -6,7 +6,8 @@
 //! Certificates are made at test time with the `openssl` CLI in the test's temp dir; no key
 //! is ever committed.
 
-use integration_tests::smtp::{Client, HOST, Stored, server_log, start, stored};
+use integration_tests::certs::self_signed;
+use integration_tests::smtp::{self, Client, HOST, Stored, only_one, server_log, start};
 use integration_tests::{Smtpd, have, python, wait_for};
 use std::io::Read;
 use std::net::TcpStream;
@@ -17,39 +18,9 @@ use std::time::{Duration, Instant};
 /// The certificate's name (CN and subjectAltName).
 const CERT_NAME: &str = "mx.test";
 
-/// A fresh self-signed P-256 certificate and its key, in `dir`: (cert, key) paths.
+/// A fresh self-signed P-256 certificate for [`CERT_NAME`] and its key, in `dir`: (cert, key).
 fn make_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{stem}.crt"));
-    let key = dir.join(format!("{stem}.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-        ])
-        .arg(format!("/CN={CERT_NAME}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:{CERT_NAME}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl req");
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    self_signed(dir, stem, CERT_NAME, "prime256v1")
 }
 
 /// A temp dir holding a fresh certificate and key.
@@ -84,18 +55,6 @@ impl Certs {
 
 fn tools(cmds: &[&str]) -> bool {
     cmds.iter().all(|c| have(c))
-}
-
-fn only_one(s: &Smtpd) -> Stored {
-    let all = stored(s);
-    assert_eq!(
-        all.len(),
-        1,
-        "expected exactly one file in new/, found {:?}\n{}",
-        s.new_files(),
-        server_log(s)
-    );
-    all.into_iter().next().expect("one")
 }
 
 /// The trace header of a message received over TLS: the `using` line names the version and
@@ -555,42 +514,18 @@ fn failed_handshake_closes_only_that_connection() {
 
 // ---- certificate and key errors at start: one line, non-zero exit -------------------------
 
+/// [`smtp::startup_failure`] with a fresh Maildir and a free port before `args`.
 fn startup_failure(args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("tmp");
     let md = dir.path().join("Maildir");
-    let mut child = Command::new(integration_tests::bin("smtpd"))
-        .arg("--maildir")
-        .arg(&md)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn smtpd");
-    let mut status = None;
-    let end = Instant::now() + Duration::from_secs(5);
-    while status.is_none() && Instant::now() < end {
-        status = child.try_wait().expect("try_wait");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("smtpd {args:?} still running after 5 s: it accepted a bad certificate or key");
-    }
-    let out = child.wait_with_output().expect("output");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !status.expect("exited").success(),
-        "smtpd {args:?} exited 0; stderr: {err}"
-    );
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "smtpd {args:?}: want one line on stderr, got {err:?}"
-    );
-    err
+    let mut all = vec![
+        "--maildir",
+        md.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    all.extend_from_slice(args);
+    smtp::startup_failure(&all)
 }
 
 #[test]

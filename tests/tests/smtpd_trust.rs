@@ -3,8 +3,8 @@
 //! stop signal and SIGHUP, bounded timeouts, a reactor that one connection cannot freeze, and
 //! replies that survive a TLS close.
 
-use integration_tests::relay::TestCa;
-use integration_tests::smtp::{Client, server_log, start, stored, wait_exit};
+use integration_tests::certs::TestCa;
+use integration_tests::smtp::{Client, refused_start, server_log, start, stored, wait_exit};
 use integration_tests::{have, list, python, wait_for};
 use std::time::{Duration, Instant};
 
@@ -167,30 +167,18 @@ fn postmaster_refused_without_option_rewritten_with_it() {
 #[test]
 fn huge_timeouts_are_refused_at_start() {
     for opt in ["--timeout", "--shutdown-timeout"] {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut child = std::process::Command::new(integration_tests::bin("smtpd"))
-            .args(["--maildir", "Maildir", "--listen", "127.0.0.1:0"])
-            .args([opt, "18446744073709551615"])
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn smtpd");
-        let mut status = None;
-        let end = Instant::now() + Duration::from_secs(10);
-        while status.is_none() && Instant::now() < end {
-            status = child.try_wait().expect("try_wait");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("smtpd {opt} 18446744073709551615 started instead of refusing the value");
-        }
-        let out = child.wait_with_output().expect("output");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{opt}: {err}");
+        let (status, err) = refused_start(
+            &[
+                "--maildir",
+                "Maildir",
+                "--listen",
+                "127.0.0.1:0",
+                opt,
+                "18446744073709551615",
+            ],
+            Duration::from_secs(10),
+        );
+        assert_eq!(status.code(), Some(2), "{opt}: {err}");
         assert!(err.contains(opt), "{opt}: {err}");
     }
 }

@@ -3,24 +3,27 @@
 //! bytes to send, through a channel and the reactor's `mio::Waker`.
 //!
 //! The rustls connection travels with the job and comes back with the result, so it is only
-//! ever touched by one thread at a time. No socket is touched here: a client that stalls in the
-//! middle of its handshake holds no thread (the reactor just has nothing to send).
+//! ever touched by one thread at a time. No socket is touched here: a peer that stalls in the
+//! middle of its handshake holds no thread (the reactor just has nothing to send). Works for a
+//! server or a client connection alike (smtpd uses it, with [`crate::Handshake::Offload`]).
+//!
+//! Must not: touch a socket, or decide what a failed handshake means for the session.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, unbounded};
-use rustls::ServerConnection;
+use rustls::Connection;
 
-use crate::commit::ConnRef;
+use crate::ConnRef;
 
 /// Handshake bytes to process for one connection.
 pub struct Job {
     /// Whose handshake it is.
     pub conn: ConnRef,
     /// The TLS connection, lent to the pool.
-    pub tls: Box<ServerConnection>,
-    /// TLS records received from the client.
+    pub tls: Box<Connection>,
+    /// TLS records received from the peer.
     pub input: Vec<u8>,
 }
 
@@ -29,8 +32,8 @@ pub struct Done {
     /// Whose handshake it is.
     pub conn: ConnRef,
     /// The TLS connection, returned.
-    pub tls: Box<ServerConnection>,
-    /// TLS records to send to the client.
+    pub tls: Box<Connection>,
+    /// TLS records to send to the peer.
     pub output: Vec<u8>,
     /// The handshake failed (the alert, if any, is in `output`).
     pub error: Option<String>,

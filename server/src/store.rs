@@ -1,0 +1,307 @@
+//! Queue files: carries out a session's `Begin`, `Write`, `Commit` and `Abort` actions on the
+//! Maildir and the group commit, and turns every failure into the [`StoreError`] the session
+//! answers with (`452 4.3.1` for a full disk or quota, `451 4.3.0` otherwise).
+//!
+//! Owns: each connection's open queue file ([`QueueFile`]), the classification of Maildir and
+//! write errors, the choice between the group commit ([`crate::commit`]) and an unsynced
+//! rename (`--no-fsync`), and the count of commits in flight.
+//! Must not: touch a socket, decide a reply (the session does, from the [`StoreError`]), or
+//! wait on a flush to disk (the group-commit threads do).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use maildir_core::{Delivery, Durability, Maildir, MaildirError};
+
+use crate::commit::{Committer, Done, Job};
+use crate::session::StoreError;
+use net::ConnRef;
+
+/// One connection's queue file: the message being written, or the first write failure, which
+/// is reported when the session commits.
+#[derive(Default)]
+pub struct QueueFile {
+    delivery: Option<Delivery>,
+    failed: Option<StoreError>,
+}
+
+impl QueueFile {
+    /// Appends message bytes (`Action::Write`). After a failure the rest is dropped and the
+    /// failure kept for the commit.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let (Some(d), None) = (&mut self.delivery, self.failed)
+            && let Err(e) = d.write_all(bytes)
+        {
+            log::error!("cannot write queue file {}: {e}", d.id());
+            self.failed = Some(io_store_error(&e));
+        }
+    }
+
+    /// Drops the file being written, if any (`Action::Abort`); its `tmp/` file is removed.
+    pub fn abort(&mut self) {
+        self.delivery.take();
+        self.failed = None;
+    }
+
+    /// The finished file, or why it cannot be committed.
+    fn finish(&mut self) -> Result<Delivery, StoreError> {
+        match (self.delivery.take(), self.failed.take()) {
+            (Some(d), None) => Ok(d),
+            (_, failed) => Err(failed.unwrap_or(StoreError::Failed)),
+        }
+    }
+}
+
+/// What became of a `Commit`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// Handed to the group commit: the outcome arrives later as a [`Done`].
+    Pending,
+    /// Decided now (no fsync asked for, or a failure): answer the session at once.
+    Done(Result<(), StoreError>),
+}
+
+/// The Maildir and the group commit, shared by every connection.
+pub struct Store {
+    maildir: Maildir,
+    committer: Option<Committer>,
+    in_flight: usize,
+}
+
+impl Store {
+    /// Opens the store. With [`Durability::Fsync`] the group-commit threads start
+    /// (`sync_threads` flushing in parallel); their results arrive on `done`, and `waker` is
+    /// woken after each batch.
+    pub fn new(
+        maildir: Maildir,
+        durability: Durability,
+        sync_threads: usize,
+        done: Sender<Done>,
+        waker: Arc<mio::Waker>,
+    ) -> std::io::Result<Store> {
+        let committer = match durability {
+            Durability::Fsync => Some(Committer::spawn(
+                maildir.clone(),
+                sync_threads,
+                done,
+                waker,
+            )?),
+            Durability::NoFsync => None,
+        };
+        Ok(Store {
+            maildir,
+            committer,
+            in_flight: 0,
+        })
+    }
+
+    /// Creates a queue file in `tmp/` (`Action::Begin`); returns its queue ID.
+    pub fn begin(&self, file: &mut QueueFile) -> Result<String, StoreError> {
+        match self.maildir.deliver() {
+            Ok(d) => {
+                let id = d.id().to_owned();
+                file.delivery = Some(d);
+                file.failed = None;
+                Ok(id)
+            }
+            Err(e) => {
+                log::error!("{e}");
+                Err(store_error(&e))
+            }
+        }
+    }
+
+    /// Commits the finished file (`Action::Commit`) for connection `conn`.
+    pub fn commit(&mut self, file: &mut QueueFile, conn: ConnRef) -> Commit {
+        let delivery = match file.finish() {
+            Ok(d) => d,
+            Err(e) => return Commit::Done(Err(e)),
+        };
+        match &self.committer {
+            Some(c) => match c.submit(Job { conn, delivery }) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    Commit::Pending
+                }
+                Err(_) => {
+                    log::error!("group commit thread is gone");
+                    Commit::Done(Err(StoreError::Failed))
+                }
+            },
+            None => Commit::Done(
+                delivery
+                    .commit(Durability::NoFsync)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        log::error!("{e}");
+                        store_error(&e)
+                    }),
+            ),
+        }
+    }
+
+    /// A [`Commit::Pending`] commit has reported its [`Done`].
+    pub fn completed(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Commits handed to the group commit and not yet reported.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// Classifies a Maildir failure for the reply: full disk or quota is `452 4.3.1`, anything
+/// else `451 4.3.0`.
+pub fn store_error(e: &MaildirError) -> StoreError {
+    if e.is_storage_full() {
+        StoreError::Full
+    } else {
+        StoreError::Failed
+    }
+}
+
+/// The store error for a failed write to a queue file: out of space or over quota is
+/// temporary and answered `452 4.3.1`, anything else `451 4.3.0`.
+pub fn io_store_error(e: &std::io::Error) -> StoreError {
+    if maildir_core::maildir::storage_full(e) {
+        StoreError::Full
+    } else {
+        StoreError::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A Maildir in a fresh directory under the system temporary directory, removed on drop.
+    struct TempMaildir(PathBuf);
+
+    impl TempMaildir {
+        fn new(name: &str) -> (TempMaildir, Maildir) {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir()
+                .join(format!("smtpd-store-{name}-{}-{nanos}", std::process::id()));
+            let md = Maildir::open(&dir).expect("open test Maildir");
+            (TempMaildir(dir), md)
+        }
+
+        fn count(&self, sub: &str) -> usize {
+            std::fs::read_dir(self.0.join(sub)).map_or(0, |d| d.count())
+        }
+    }
+
+    impl Drop for TempMaildir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn store(md: Maildir, durability: Durability) -> (Store, crossbeam_channel::Receiver<Done>) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let store = Store::new(md, durability, 2, tx, waker).expect("store");
+        (store, rx)
+    }
+
+    const CONN: ConnRef = ConnRef {
+        key: 7,
+        generation: 3,
+    };
+
+    /// Issue 10 item 17: a quota error while DATA streams is "full" (452), as ENOSPC is.
+    #[test]
+    fn quota_and_no_space_are_full() {
+        let e = |n| std::io::Error::from_raw_os_error(n);
+        assert_eq!(io_store_error(&e(libc::EDQUOT)), StoreError::Full);
+        assert_eq!(io_store_error(&e(libc::ENOSPC)), StoreError::Full);
+        assert_eq!(io_store_error(&e(libc::EIO)), StoreError::Failed);
+        assert_eq!(
+            io_store_error(&std::io::Error::other("x")),
+            StoreError::Failed
+        );
+    }
+
+    /// Without fsync the commit is decided at once and the message is in `new/`.
+    #[test]
+    fn begin_write_commit_without_fsync() {
+        let (dir, md) = TempMaildir::new("nofsync");
+        let (mut store, _rx) = store(md, Durability::NoFsync);
+        let mut file = QueueFile::default();
+        let id = store.begin(&mut file).expect("begin");
+        assert!(!id.is_empty());
+        file.write(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(store.commit(&mut file, CONN), Commit::Done(Ok(())));
+        assert_eq!(store.in_flight(), 0);
+        assert_eq!((dir.count("new"), dir.count("tmp")), (1, 0));
+    }
+
+    /// With fsync the commit goes to the group commit and its result comes back for the
+    /// same connection.
+    #[test]
+    fn begin_write_commit_through_the_group_commit() {
+        let (dir, md) = TempMaildir::new("fsync");
+        let (mut store, rx) = store(md, Durability::Fsync);
+        let mut file = QueueFile::default();
+        store.begin(&mut file).expect("begin");
+        file.write(b"body\r\n");
+        assert_eq!(store.commit(&mut file, CONN), Commit::Pending);
+        assert_eq!(store.in_flight(), 1);
+        let done = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("commit result");
+        assert_eq!(done.conn, CONN);
+        assert_eq!(done.result, Ok(()));
+        store.completed();
+        assert_eq!(store.in_flight(), 0);
+        assert_eq!(dir.count("new"), 1);
+    }
+
+    /// Abort removes the file from `tmp/`; a commit without a file is a failure (451), and a
+    /// write failure recorded earlier is what the commit reports.
+    #[test]
+    fn abort_and_failures() {
+        let (dir, md) = TempMaildir::new("abort");
+        let (mut store, _rx) = store(md, Durability::NoFsync);
+        let mut file = QueueFile::default();
+        store.begin(&mut file).expect("begin");
+        file.write(b"partial");
+        assert_eq!(dir.count("tmp"), 1);
+        file.abort();
+        assert_eq!((dir.count("new"), dir.count("tmp")), (0, 0));
+        assert_eq!(
+            store.commit(&mut file, CONN),
+            Commit::Done(Err(StoreError::Failed))
+        );
+        store.begin(&mut file).expect("begin");
+        file.failed = Some(StoreError::Full);
+        file.write(b"dropped after the failure");
+        assert_eq!(
+            store.commit(&mut file, CONN),
+            Commit::Done(Err(StoreError::Full))
+        );
+        assert_eq!((dir.count("new"), dir.count("tmp")), (0, 0));
+        // A new transaction starts clean.
+        store.begin(&mut file).expect("begin");
+        assert_eq!(store.commit(&mut file, CONN), Commit::Done(Ok(())));
+    }
+
+    /// A Maildir that cannot take a new file (here: `tmp/` gone) refuses `Begin` with 451.
+    #[test]
+    fn begin_failure_is_classified() {
+        let (dir, md) = TempMaildir::new("begin");
+        let (store, _rx) = store(md, Durability::NoFsync);
+        std::fs::remove_dir_all(dir.0.join("tmp")).expect("remove tmp");
+        assert_eq!(
+            store.begin(&mut QueueFile::default()),
+            Err(StoreError::Failed)
+        );
+    }
+}

@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use crate::address::{Domain, ForwardPath, Mailbox};
+use crate::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use crate::aliases::{Alias, AliasTarget, Aliases};
 use crate::users::{LineError, User, Users};
 
@@ -96,6 +96,22 @@ pub struct LocalCopy {
     pub delivered_to: String,
     /// The address as given in RCPT TO, for `X-Original-To:`.
     pub original_to: String,
+}
+
+/// What the end of DATA asks of the store for a message with local recipients: write one
+/// copy per entry of `copies` from the spooled message (the content from `content_at` on: the
+/// `Received:` header and the message), and keep the spool as the relay's queue file only when
+/// `queue` (remote or forwarded recipients, which its envelope lists); all in one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDelivery {
+    /// The envelope sender, for each copy's `Return-Path:`.
+    pub sender: ReversePath,
+    /// One per user.
+    pub copies: Vec<LocalCopy>,
+    /// The spool is also a queue file for smtp-relay; without it the spool is removed.
+    pub queue: bool,
+    /// Octets of envelope before the content in the spool.
+    pub content_at: u64,
 }
 
 /// What one message's local recipients come to: one copy per user (however many recipients

@@ -36,6 +36,7 @@ use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::address::ReversePath;
@@ -125,11 +126,20 @@ struct Usage {
 }
 
 /// The root of the per-user Maildirs, with the Maildirs opened so far and the usage counts.
+/// Shared by reference between threads (smtpd's group-commit threads write copies, the
+/// reactor's quota check reads [`Mailboxes::cached_usage`]): the maps are behind mutexes held
+/// for a look-up, never across a write.
 #[derive(Debug)]
 pub struct Mailboxes {
     root: PathBuf,
-    open: HashMap<String, Maildir>,
-    usage: HashMap<String, Usage>,
+    open: Mutex<HashMap<String, Maildir>>,
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+/// Locks a mutex, taking the data of a poisoned one (the maps stay consistent: every update
+/// is one insert).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Mailboxes {
@@ -151,8 +161,8 @@ impl Mailboxes {
         }
         Ok(Mailboxes {
             root,
-            open: HashMap::new(),
-            usage: HashMap::new(),
+            open: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
         })
     }
 
@@ -167,45 +177,41 @@ impl Mailboxes {
     }
 
     /// `user`'s Maildir, created (mode 0700, directory entries made durable) if missing.
-    pub fn maildir(&mut self, user: &str) -> Result<&Maildir, MaildirError> {
-        if !self.open.contains_key(user) {
-            if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0']) {
-                // Names come checked from the users file; this keeps any other caller inside
-                // the mailboxes root.
-                return Err(err(
-                    "use",
-                    &self.root,
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("bad user name {user:?}"),
-                    ),
-                ));
-            }
-            let path = self.path(user);
-            let existed = path.join("new").is_dir();
-            let md = Maildir::open(&path)?;
-            if !existed {
-                // The new directories must survive a crash before a 250 names mail in them.
-                for dir in [&path, &self.root] {
-                    maildir::fsync_dir(dir)?;
-                }
-            }
-            self.open.insert(user.to_owned(), md);
+    pub fn maildir(&self, user: &str) -> Result<Maildir, MaildirError> {
+        let mut open = lock(&self.open);
+        if let Some(md) = open.get(user) {
+            return Ok(md.clone());
         }
-        self.open.get(user).ok_or_else(|| {
-            err(
-                "open",
-                &self.root.join(user),
-                io::Error::other("internal: Maildir missing after open"),
-            )
-        })
+        if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0']) {
+            // Names come checked from the users file; this keeps any other caller inside
+            // the mailboxes root.
+            return Err(err(
+                "use",
+                &self.root,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("bad user name {user:?}"),
+                ),
+            ));
+        }
+        let path = self.path(user);
+        let existed = path.join("new").is_dir();
+        let md = Maildir::open(&path)?;
+        if !existed {
+            // The new directories must survive a crash before a 250 names mail in them.
+            for dir in [&path, &self.root] {
+                maildir::fsync_dir(dir)?;
+            }
+        }
+        open.insert(user.to_owned(), md.clone());
+        Ok(md)
     }
 
     /// Writes one copy per entry of `copies` into the users' `tmp/`: the three delivery header
     /// lines, then `content` streamed once into all of them. Nothing is durable or in `new/`
     /// yet; on any error every copy is removed.
     pub fn write_copies(
-        &mut self,
+        &self,
         sender: &ReversePath,
         copies: &[LocalCopy],
         content: &mut dyn Read,
@@ -254,7 +260,7 @@ impl Mailboxes {
     /// Writes, syncs and publishes the copies at once (one fsync per `new/`), counting them
     /// towards each user's usage: local delivery outside a group commit (tests, tools).
     pub fn deliver_now(
-        &mut self,
+        &self,
         sender: &ReversePath,
         copies: &[LocalCopy],
         content: &mut dyn Read,
@@ -285,8 +291,8 @@ impl Mailboxes {
 
     /// Octets in `user`'s `new/` and `cur/`, from the cache when it is younger than
     /// [`USAGE_RECOUNT`] at `now`, else counted again. A user without a Maildir uses 0.
-    pub fn usage(&mut self, user: &str, now: SystemTime) -> Result<u64, MaildirError> {
-        if let Some(u) = self.usage.get(user)
+    pub fn usage(&self, user: &str, now: SystemTime) -> Result<u64, MaildirError> {
+        if let Some(u) = lock(&self.usage).get(user)
             && now
                 .duration_since(u.counted_at)
                 .is_ok_and(|age| age < USAGE_RECOUNT)
@@ -294,7 +300,7 @@ impl Mailboxes {
             return Ok(u.bytes);
         }
         let bytes = count_usage(&self.path(user))?;
-        self.usage.insert(
+        lock(&self.usage).insert(
             user.to_owned(),
             Usage {
                 bytes,
@@ -306,19 +312,24 @@ impl Mailboxes {
 
     /// The cached usage of `user`, if counted before (no I/O: for the reactor thread).
     pub fn cached_usage(&self, user: &str) -> Option<u64> {
-        self.usage.get(user).map(|u| u.bytes)
+        lock(&self.usage).get(user).map(|u| u.bytes)
+    }
+
+    /// The users whose usage is cached, for a periodic recount.
+    pub fn counted_users(&self) -> Vec<String> {
+        lock(&self.usage).keys().cloned().collect()
     }
 
     /// Counts `bytes` just delivered to `user` (keeps the cache current between recounts).
-    pub fn add_usage(&mut self, user: &str, bytes: u64) {
-        if let Some(u) = self.usage.get_mut(user) {
+    pub fn add_usage(&self, user: &str, bytes: u64) {
+        if let Some(u) = lock(&self.usage).get_mut(user) {
             u.bytes = u.bytes.saturating_add(bytes);
         }
     }
 
     /// True when `user` already holds `limit` octets or more at `now` (then 452 4.2.2).
     pub fn over_quota(
-        &mut self,
+        &self,
         user: &str,
         limit: u64,
         now: SystemTime,
@@ -420,7 +431,7 @@ mod tests {
     #[test]
     fn copies_carry_their_own_recipient_only() {
         let t = tempfile::tempdir().unwrap();
-        let mut mb = Mailboxes::open(t.path().join("mailboxes")).unwrap();
+        let mb = Mailboxes::open(t.path().join("mailboxes")).unwrap();
         let (env, mut rest) = open_spool(&spool(t.path())).unwrap();
         let copies = [
             copy("bob", "bob@example.test", "sales@example.test"),
@@ -459,7 +470,7 @@ mod tests {
     #[test]
     fn written_copies_are_invisible_until_published() {
         let t = tempfile::tempdir().unwrap();
-        let mut mb = Mailboxes::open(t.path()).unwrap();
+        let mb = Mailboxes::open(t.path()).unwrap();
         let sender = ReversePath::Null;
         let mut content: &[u8] = CONTENT;
         let written = mb
@@ -495,7 +506,7 @@ mod tests {
     #[test]
     fn delivered_to_for_a_recipient_is_a_loop() {
         let t = tempfile::tempdir().unwrap();
-        let mut mb = Mailboxes::open(t.path()).unwrap();
+        let mb = Mailboxes::open(t.path()).unwrap();
         let msg = b"Received: x\r\nDelivered-To: Alice@Example.Test\r\n\r\nDelivered-To: bob@example.test\r\n";
         let mut content: &[u8] = msg;
         let e = mb
@@ -532,11 +543,11 @@ mod tests {
     #[test]
     fn usage_counts_names_and_follows_deliveries() {
         let t = tempfile::tempdir().unwrap();
-        let mut mb = Mailboxes::open(t.path()).unwrap();
+        let mb = Mailboxes::open(t.path()).unwrap();
         let now = SystemTime::now();
         assert_eq!(mb.usage("alice", now).unwrap(), 0);
         assert_eq!(mb.cached_usage("alice"), Some(0));
-        let md = mb.maildir("alice").unwrap().clone();
+        let md = mb.maildir("alice").unwrap();
         fs::write(md.cur_dir().join("1.M1P1.h,S=1000,W=1020:2,S"), b"x").unwrap();
         fs::write(md.new_dir().join("2.no-size"), b"12345").unwrap();
         // Cached until the recount delay passes.
@@ -563,7 +574,7 @@ mod tests {
     #[test]
     fn user_names_stay_inside_the_root() {
         let t = tempfile::tempdir().unwrap();
-        let mut mb = Mailboxes::open(t.path().join("m")).unwrap();
+        let mb = Mailboxes::open(t.path().join("m")).unwrap();
         for bad in ["", "..", "../x", "a/b", ".hidden"] {
             assert!(mb.maildir(bad).is_err(), "{bad:?}");
         }

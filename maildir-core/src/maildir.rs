@@ -391,6 +391,12 @@ impl Delivery {
         self.size
     }
 
+    /// Where the file is being written (in `tmp/`), to read it back (local delivery copies the
+    /// spooled message from it).
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
+    }
+
     /// Commits this one message durably: fsync the file, rename into `new/`, fsync `new/`.
     pub fn commit(mut self, durability: Durability) -> Result<Delivered, MaildirError> {
         if durability == Durability::NoFsync {

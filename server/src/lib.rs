@@ -34,6 +34,8 @@ pub mod commit;
 pub mod config;
 pub mod data;
 pub mod password;
+pub mod policy;
+pub mod quota;
 pub mod reactor;
 pub mod reply;
 pub mod session;

@@ -1,21 +1,23 @@
-//! smtpd: parse and validate the command line ([`smtpd::config`]), open the Maildir, load the
-//! certificate, bind, run the reactor. Settings are assembled in `config`, not here.
+//! smtpd: parse and validate the command line ([`smtpd::config`]), load the accounts
+//! ([`smtpd::accounts`]), open the Maildirs, load the certificate, bind, run the reactor.
+//! Settings are assembled in `config`, not here. `smtpd hash-password` is the one subcommand.
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Parser;
+use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
-use smtpd::config::Args;
+use smtpd::config::{Args, Cmd};
+use smtpd::policy::{LocalPolicy, QuotaView};
 use smtpd::reactor::Server;
 
 fn main() -> ExitCode {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "hash-password")
-    {
+    let args = Args::parse();
+    if args.command == Some(Cmd::HashPassword) {
         return smtpd::password::hash_password_command();
     }
-    let args = Args::parse();
     let log = maildir_core::logging::init("info");
     let code = match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,7 +32,33 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let config = args.validate()?;
+    let mut config = args.validate()?;
+    // Every file is read before anything is created: a bad one is one line and exit 1.
+    let mut mailboxes = None;
+    if let Some(local) = &config.local {
+        let directory = smtpd::accounts::load(&local.accounts)?;
+        let m = Arc::new(Mailboxes::open(&local.mailboxes).map_err(|e| e.to_string())?);
+        let quota = match local.quota {
+            Some(limit) => {
+                let users = directory.users().iter().map(|u| u.name.as_str());
+                let q = smtpd::quota::Quota::start(Arc::clone(&m), limit, users)?;
+                Some(q as Arc<dyn QuotaView>)
+            }
+            None => None,
+        };
+        log::info!(
+            "local delivery for {} to {} ({} users, {} aliases)",
+            directory.domains().join(" "),
+            local.mailboxes.display(),
+            directory.users().len(),
+            directory.aliases().len()
+        );
+        config.session.local = Some(LocalPolicy {
+            directory: Arc::new(directory),
+            quota,
+        });
+        mailboxes = Some(m);
+    }
     let open_files = raise_open_files_limit();
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let max_connections = config.max_connections(open_files);
@@ -45,7 +73,7 @@ fn run(args: Args) -> Result<(), String> {
         &config.listen,
         &config.tls_listen,
         maildir,
-        config.server_config(max_connections, tls),
+        config.server_config(max_connections, tls, mailboxes),
     )
     .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();

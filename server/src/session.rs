@@ -14,10 +14,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient};
 use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
 use crate::command::{self, Command, MailParams};
 use crate::data::{DataDecoder, HopCounter};
+use crate::policy::{self, Decision, LocalPolicy};
 use crate::reply::{self, Reply, Status};
 use crate::tls::TlsInfo;
 
@@ -50,6 +52,8 @@ pub struct SessionConfig {
     pub postmaster: Option<Mailbox>,
     /// Replies waiting beyond this many octets stop input processing until the client reads.
     pub output_limit: usize,
+    /// Local delivery (users, aliases, quota); `None`: every recipient is relayed.
+    pub local: Option<LocalPolicy>,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -59,8 +63,10 @@ pub enum Action {
     Begin,
     /// Append these bytes to the queue file.
     Write(Vec<u8>),
-    /// Make the queue file durable; answer with [`Session::handle_stored`].
-    Commit,
+    /// Make the queue file durable, with the users' copies when there are local recipients
+    /// (and the queue file only if `LocalDelivery::queue`); answer with
+    /// [`Session::handle_stored`].
+    Commit(Option<LocalDelivery>),
     /// Discard the queue file.
     Abort,
     /// Send the pending `220`, then start the TLS handshake; answer with
@@ -85,6 +91,10 @@ struct Transaction {
     from: ReversePath,
     params: MailParams,
     rcpts: Vec<ForwardPath>,
+    /// The accepted recipients for the relay (all of them without local delivery).
+    remote: Vec<ForwardPath>,
+    /// The accepted local recipients, expanded.
+    locals: Vec<LocalRecipient>,
     /// Recipients refused for being over the limit.
     overshoot: usize,
 }
@@ -104,6 +114,10 @@ enum State {
         id: String,
         decoder: DataDecoder,
         hops: HopCounter,
+        /// The users' copies to write at the end, if any.
+        local: Option<LocalDelivery>,
+        /// `Delivered-To:` fields of the message (loop check for local copies).
+        delivered_to: DeliveredTo,
     },
     /// End of data seen; waiting for the queue file to be durable.
     Committing {
@@ -223,10 +237,20 @@ impl Session {
             if !self.wants_read() {
                 break;
             }
-            if let State::Data { decoder, hops, .. } = &mut self.state {
+            if let State::Data {
+                decoder,
+                hops,
+                local,
+                delivered_to,
+                ..
+            } = &mut self.state
+            {
                 let start = self.body.len();
                 let fed = decoder.feed(&input[pos..], &mut self.body);
                 hops.feed(&self.body[start..]);
+                if local.is_some() && !delivered_to.header_done() {
+                    delivered_to.feed(&self.body[start..]);
+                }
                 pos += fed.consumed;
                 if fed.line_ended {
                     self.deadline = Some(now + self.config.timeout);
@@ -302,11 +326,26 @@ impl Session {
         };
         match result {
             Ok(id) => {
-                let envelope = Envelope {
-                    sender: txn.from.clone(),
-                    recipients: txn.rcpts.clone(),
+                // With local recipients the queue envelope lists only the remote and forwarded
+                // ones (none: no envelope, the spool is not queued); the copies start at the
+                // Received: header.
+                let (recipients, mut local) = if txn.locals.is_empty() {
+                    (txn.rcpts.clone(), None)
+                } else {
+                    let (r, l) = policy::plan(&txn.from, &txn.locals, &txn.remote);
+                    (r, Some(l))
                 };
-                envelope.write_to(&mut self.body).ok();
+                let start = self.body.len();
+                if !recipients.is_empty() {
+                    let envelope = Envelope {
+                        sender: txn.from.clone(),
+                        recipients,
+                    };
+                    envelope.write_to(&mut self.body).ok();
+                }
+                if let Some(l) = &mut local {
+                    l.content_at = (self.body.len() - start) as u64;
+                }
                 self.received_header(&id, &txn, wall);
                 self.flush_body();
                 self.reply(&reply::START_DATA);
@@ -315,6 +354,8 @@ impl Session {
                     id,
                     decoder: DataDecoder::new(self.config.max_size),
                     hops: HopCounter::default(),
+                    local,
+                    delivered_to: DeliveredTo::default(),
                 };
             }
             Err(e) => {
@@ -630,6 +671,8 @@ impl Session {
             from,
             params,
             rcpts: Vec::new(),
+            remote: Vec::new(),
+            locals: Vec::new(),
             overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
@@ -652,7 +695,33 @@ impl Session {
         if to.is_utf8() && !txn.params.smtputf8 {
             return self.error(reply::NEED_SMTPUTF8);
         }
-        // There is no local delivery: the bare postmaster goes to the configured address
+        // Our own domains, from any client: a user or alias, nobody, or a full mailbox.
+        if let Some(policy) = &self.config.local {
+            match policy.decide(&to) {
+                Decision::Local(r) => {
+                    txn.rcpts.push(to);
+                    txn.locals.push(r);
+                    return self.reply(&reply::RCPT_OK);
+                }
+                Decision::Unknown => {
+                    log::info!(
+                        "reject: RCPT from [{}]: user unknown: to={to}",
+                        self.peer.ip()
+                    );
+                    return self.error(reply::unknown_user(&to.to_string()));
+                }
+                Decision::OverQuota => {
+                    log::info!(
+                        "reject: RCPT from [{}]: mailbox full: to={to}",
+                        self.peer.ip()
+                    );
+                    // Not the client's error: it retries later.
+                    return self.reply(&reply::mailbox_full(&to.to_string()));
+                }
+                Decision::Remote => {}
+            }
+        }
+        // Not local: the bare postmaster goes to the configured address
         // (from any client, as RFC 5321 §4.5.1 requires), or is refused.
         let (to, postmaster) = match (to, &self.config.postmaster) {
             (ForwardPath::Postmaster, Some(m)) => (ForwardPath::Mailbox(m.clone()), true),
@@ -666,6 +735,7 @@ impl Session {
             );
             return self.error(reply::relay_denied(&to.to_string()));
         }
+        txn.remote.push(to.clone());
         txn.rcpts.push(to);
         self.reply(&reply::RCPT_OK);
     }
@@ -689,18 +759,21 @@ impl Session {
 
     fn end_of_data(&mut self, now: Instant) {
         self.flush_body();
-        let (txn, id, decoder, hops) = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Data {
-                txn,
-                id,
-                decoder,
-                hops,
-            } => (txn, id, decoder, hops),
-            other => {
-                self.state = other;
-                return;
-            }
-        };
+        let (txn, id, decoder, hops, local, delivered_to) =
+            match std::mem::replace(&mut self.state, State::Idle) {
+                State::Data {
+                    txn,
+                    id,
+                    decoder,
+                    hops,
+                    local,
+                    delivered_to,
+                } => (txn, id, decoder, hops, local, delivered_to),
+                other => {
+                    self.state = other;
+                    return;
+                }
+            };
         if decoder.too_big() {
             log::info!(
                 "{id}: rejected: message size {} exceeds limit {}, client=[{}]",
@@ -728,7 +801,24 @@ impl Session {
             self.after_transaction();
             return;
         }
-        self.actions.push_back(Action::Commit);
+        if let Some(c) = local
+            .iter()
+            .flat_map(|l| &l.copies)
+            .find(|c| delivered_to.contains(&c.delivered_to))
+        {
+            log::info!(
+                "{id}: rejected: mail loop: already delivered to {} (Delivered-To), from={}, client=[{}]",
+                c.delivered_to,
+                txn.from,
+                self.peer.ip()
+            );
+            self.actions.push_back(Action::Abort);
+            self.error(reply::DELIVERED_TO_LOOP);
+            self.deadline = Some(now + self.config.timeout);
+            self.after_transaction();
+            return;
+        }
+        self.actions.push_back(Action::Commit(local));
         self.state = State::Committing {
             txn,
             id,
@@ -830,6 +920,7 @@ mod tests {
             max_hops: 3,
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
+            local: None,
         })
     }
 
@@ -873,7 +964,7 @@ mod tests {
                             s.handle_begun(Ok(format!("ID{n}")), now, SystemTime::UNIX_EPOCH);
                         }
                         Action::Write(b) => current.as_mut().unwrap().extend_from_slice(&b),
-                        Action::Commit => {
+                        Action::Commit(_) => {
                             stored.push(current.take().unwrap());
                             s.handle_stored(Ok(()), now);
                         }
@@ -1236,6 +1327,7 @@ mod starttls_tests {
             max_hops: 50,
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
+            local: None,
         });
         Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
     }

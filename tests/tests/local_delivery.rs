@@ -360,7 +360,7 @@ fn unknown_local_user_550_remote_554_then_a_good_recipient() {
     assert!(r.starts("550 5.1.1 "), "{}", c.transcript);
     c.expect("RCPT TO:<someone@far.test>", "554 5.7.1");
     c.expect("RCPT TO:<someone@sub.example.test>", "554 5.7.1");
-    c.expect("DATA", "554");
+    c.expect("DATA", "503 5.5.1");
     c.expect("RCPT TO:<Bob@example.test>", "250 2.1.5");
     c.expect("RCPT TO:<postmaster@example.test>", "250 2.1.5");
     c.expect("DATA", "354");

@@ -48,7 +48,7 @@ fn dovecot_serves_a_locally_delivered_message() {
     .expect("write users");
 
     let content = b"Received: from client.test (unknown [127.0.0.1])\r\n\tby mx.test with ESMTP id T1;\r\n\tThu, 3 Dec 2026 12:00:00 +0000\r\nFrom: s@far.test\r\nTo: sales@example.test\r\nSubject: served by Dovecot\r\n\r\nHello alice.\r\n.. a line that was dot-stuffed\r\n";
-    let mut mb = Mailboxes::open(&mailboxes).expect("open mailboxes");
+    let mb = Mailboxes::open(&mailboxes).expect("open mailboxes");
     let sender = ReversePath::parse("<s@far.test>").expect("sender");
     let copies = [LocalCopy {
         user: "alice".into(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::session::Timeouts;
+use proto::smtp::client::session::Timeouts;
 
 /// Drain a Maildir queue to the recipients' mail exchangers, one pipelined session per MX host.
 #[derive(Debug, Parser)]
@@ -51,7 +51,7 @@ pub struct Args {
     pub max_connections: usize,
     /// Most recipients per transaction; more go in further transactions of the same session
     /// (Postfix's `smtp_destination_recipient_limit`).
-    #[arg(long, value_name = "N", default_value_t = crate::session::DEFAULT_MAX_RCPT)]
+    #[arg(long, value_name = "N", default_value_t = proto::smtp::client::session::DEFAULT_MAX_RCPT)]
     pub max_rcpt_per_transaction: usize,
     /// Bounce what could not be delivered after this many seconds in the queue (5 days).
     #[arg(long, value_name = "SECS", default_value_t = 5 * 24 * 3600)]

@@ -10,11 +10,11 @@
 //!   session and reconnect limits); the per-message tally.
 //! - [`reactor`]: the long-lived mio loop moving bytes between sockets and sessions for every
 //!   pass in flight.
-//! - [`session`]: the pure client SMTP state machine (STARTTLS included); [`reply`]: the reply parser.
+//! - The protocol (client session with STARTTLS, reply parser, DATA encoding) is the `proto`
+//!   crate (`proto::smtp::client`): pure, it cannot import mio, rustls or this crate.
 //! - [`tls`]: rustls client configurations (`--tls`, `--tls-ca`), the server name and the
 //!   trust word; the byte transport itself (plain TCP or TLS driven sans-io) is
 //!   `net::Transport`, shared with smtpd.
-//! - [`body`]: DATA encoding (CRLF, dot-stuffing, long lines).
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
 //! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,
 //!   summarise), the interval timer, stopping; [`watch`]: the signal pipe and inotify.
@@ -23,7 +23,6 @@
 //! the sessions in progress and record their mail as deferred), 1 failure (unusable Maildir,
 //! ...), 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
 
-mod body;
 mod config;
 mod dsn;
 mod mx;
@@ -31,9 +30,7 @@ mod plan;
 mod queue;
 mod reactor;
 mod record;
-mod reply;
 mod run;
-mod session;
 mod state;
 mod tls;
 mod watch;

@@ -159,7 +159,7 @@ fn has_8bit_body(m: &Message) -> Result<bool, String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("cannot read {}: {e}", m.path.display())),
         };
-        if crate::body::has_8bit(&buf[..n]) {
+        if proto::smtp::client::body::has_8bit(&buf[..n]) {
             return Ok(true);
         }
     }

@@ -30,14 +30,14 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use net::Transport;
 use slab::Slab;
 
-use crate::body::BodyEncoder;
 use crate::config::{Config, TlsLevel};
 use crate::mx::Target;
 use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
-use crate::session::{self, Event, RcptStatus, Session, StartTls};
 use crate::state::RcptState;
 use crate::tls::{self, TlsContext};
+use proto::smtp::client::body::BodyEncoder;
+use proto::smtp::client::session::{self, Action, RcptStatus, Session, StartTls};
 
 /// Bytes read from a queued file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -51,6 +51,31 @@ const TLS_FALLBACK: Duration = Duration::from_secs(3600);
 
 /// Why sessions closed by [`Reactor::stop`] end.
 const STOPPING: &str = "delivery interrupted: smtp-relay is stopping";
+
+/// Whether a connection has ended, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ending {
+    /// Still in use.
+    Open,
+    /// The session ended normally (QUIT answered).
+    Done,
+    /// It ended early, for this reason.
+    Error(String),
+}
+
+impl Ending {
+    fn is_open(&self) -> bool {
+        *self == Ending::Open
+    }
+
+    /// Why it ended early, if it did.
+    fn error(&self) -> Option<String> {
+        match self {
+            Ending::Error(e) => Some(e.clone()),
+            Ending::Open | Ending::Done => None,
+        }
+    }
+}
 
 /// What the reactor did so far.
 #[derive(Debug, Default, Clone, Copy)]
@@ -88,7 +113,7 @@ struct Conn {
     body: Option<BodySource>,
     generation: u64,
     armed: Option<Instant>,
-    closed: Option<Option<String>>,
+    closed: Ending,
     /// Jobs this session reported done (the server took or refused them, or a protocol error
     /// or a close mid-job ended them): progress, for [`JobSpec::after_close`].
     answered: usize,
@@ -213,9 +238,9 @@ impl<'a> Reactor<'a> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             if let Some(c) = self.conns.get_mut(k)
-                && c.closed.is_none()
+                && c.closed.is_open()
             {
-                c.closed = Some(Some(STOPPING.into()));
+                c.closed = Ending::Error(STOPPING.into());
             }
             self.finish(k);
         }
@@ -292,10 +317,10 @@ impl<'a> Reactor<'a> {
                 continue;
             }
             if !c.connected {
-                c.closed = Some(Some(format!(
+                c.closed = Ending::Error(format!(
                     "connect timeout after {:?}",
                     self.cfg.connect_timeout
-                )));
+                ));
             } else {
                 c.timed_out = true;
                 c.session.handle_timeout(now);
@@ -437,7 +462,7 @@ impl<'a> Reactor<'a> {
             body: None,
             generation: self.next_gen,
             armed: Some(deadline),
-            closed: None,
+            closed: Ending::Open,
             answered: 0,
             timed_out: false,
         });
@@ -451,25 +476,25 @@ impl<'a> Reactor<'a> {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.closed.is_none() && !c.connected {
+        if c.closed.is_open() && !c.connected {
             match c.transport.tcp().take_error() {
-                Ok(Some(e)) | Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
+                Ok(Some(e)) | Err(e) => c.closed = Ending::Error(format!("connect: {e}")),
                 Ok(None) => match c.transport.tcp().peer_addr() {
                     Ok(_) => {
                         c.connected = true;
                         self.stats.connections += 1;
-                        c.session.consumed(0, now);
+                        c.session.output_written(0, now);
                         if c.mode == StartTls::Implicit {
                             begin_tls(c, self.tls, self.cfg.tls);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => c.closed = Some(Some(format!("connect: {e}"))),
+                    Err(e) => c.closed = Ending::Error(format!("connect: {e}")),
                 },
             }
         }
         let mut retries = Vec::new();
-        if c.connected && c.closed.is_none() {
+        if c.connected && c.closed.is_open() {
             let mut ctx = Ctx {
                 jobs: &mut self.jobs,
                 passes: &mut self.passes,
@@ -500,8 +525,8 @@ impl<'a> Reactor<'a> {
             }
             check_handshake(c, self.tls, self.cfg.tls, now);
             loop {
-                handle_events(c, &mut ctx);
-                if c.closed.is_some() {
+                handle_actions(c, &mut ctx);
+                if !c.closed.is_open() {
                     break;
                 }
                 let pumped = pump_body(c, &mut self.buf, &mut self.scratch, now);
@@ -509,12 +534,12 @@ impl<'a> Reactor<'a> {
                     break; // the socket is full: a writable event brings us back
                 }
                 if !pumped {
-                    handle_events(c, &mut ctx);
+                    handle_actions(c, &mut ctx);
                     break;
                 }
             }
         }
-        let closed = c.closed.is_some();
+        let closed = !c.closed.is_open();
         if !closed {
             // Lazy deadlines: arm only when earlier than the armed one; a fired entry re-arms.
             let deadline = if c.connected {
@@ -551,7 +576,7 @@ impl<'a> Reactor<'a> {
         if !c.connected {
             self.stats.failed_connects += 1;
         }
-        let error = c.closed.clone().flatten();
+        let error = c.closed.error();
         let unfinished: Vec<usize> = c
             .session
             .unfinished()
@@ -678,7 +703,7 @@ struct Ended {
     stalled: bool,
 }
 
-/// What [`handle_events`] works on besides the connection.
+/// What [`handle_actions`] works on besides the connection.
 struct Ctx<'r> {
     jobs: &'r mut Slab<Job>,
     passes: &'r mut Slab<PassSlot>,
@@ -752,7 +777,7 @@ fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now:
             tls::describe(&c.transport)
         );
     }
-    c.session.tls_established(now);
+    c.session.handle_tls_started(now);
 }
 
 /// Writes pending output until done or the socket would block; true when it would block.
@@ -761,9 +786,9 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
         c.session.handle_eof(Some(&e.to_string()));
         return false;
     }
-    while !c.session.output().is_empty() {
-        match c.transport.write(c.session.output()) {
-            Ok(n) => c.session.consumed(n, now),
+    while !c.session.poll_output().is_empty() {
+        match c.transport.write(c.session.poll_output()) {
+            Ok(n) => c.session.output_written(n, now),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -775,18 +800,18 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
     c.transport.has_unsent()
 }
 
-/// Handles a connection's session events: body starts, per-job results, the end.
-fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
-    while let Some(ev) = c.session.poll_event() {
+/// Handles a connection's session actions: body starts, per-job results, the end.
+fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
+    while let Some(ev) = c.session.poll_action() {
         match ev {
-            Event::StartTls => begin_tls(c, ctx.tls, ctx.level),
-            Event::StartTlsRefused(reply) => log::info!(
+            Action::StartTls => begin_tls(c, ctx.tls, ctx.level),
+            Action::StartTlsRefused(reply) => log::info!(
                 "{}[{}]: STARTTLS refused ({}): continuing in plaintext",
                 c.target.host,
                 c.target.addr,
                 reply.one_line()
             ),
-            Event::SendBody(n) => {
+            Action::SendBody(n) => {
                 let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
                     continue;
                 };
@@ -811,7 +836,7 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                         .abort(&format!("cannot open {}: {e}", m.path.display())),
                 }
             }
-            Event::Accepted(n, list) => {
+            Action::Accepted(n, list) => {
                 // Recorded now (a crash or a stop before the job ends must not send to them
                 // again); the job's `JobDone` later skips them.
                 let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
@@ -838,7 +863,7 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                     slot.tally.record(job.spec.msg, r, a);
                 }
             }
-            Event::JobDone(n, results) => {
+            Action::JobDone(n, results) => {
                 c.answered += 1;
                 let Some(&key) = c.jobs.get(n) else {
                     continue;
@@ -903,9 +928,9 @@ fn handle_events(c: &mut Conn, ctx: &mut Ctx) {
                     });
                 }
             }
-            Event::Closed { error } => {
-                if c.closed.is_none() {
-                    c.closed = Some(error);
+            Action::Closed { error } => {
+                if c.closed.is_open() {
+                    c.closed = error.map_or(Ending::Done, Ending::Error);
                 }
             }
         }

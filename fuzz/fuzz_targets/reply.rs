@@ -1,5 +1,5 @@
-//! The smtp-relay reply parser (client/src/reply.rs, compiled in from its source: the client is
-//! a binary-only crate). Byte 0 seeds the split points; the rest is what a server sends.
+//! The smtp-relay reply parser (`proto::smtp::client::reply`). Byte 0 seeds the split points;
+//! the rest is what a server sends.
 //!
 //! Invariants: every call makes progress; every reply has a code 200..=599 and at most
 //! MAX_LINES lines each shorter than MAX_LINE; the results do not depend on how the input is
@@ -7,12 +7,8 @@
 
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../client/src/reply.rs"]
-mod reply;
-
 use libfuzzer_sys::fuzz_target;
-use reply::{MAX_LINE, MAX_LINES, Reply, ReplyError, ReplyParser};
+use proto::smtp::client::reply::{MAX_LINE, MAX_LINES, Reply, ReplyError, ReplyParser};
 
 /// Replies until the first error (the client drops the connection there), splitting the input
 /// into chunks of sizes drawn from `seed` (0: whole).

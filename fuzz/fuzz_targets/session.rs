@@ -19,8 +19,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use maildir_core::envelope::EnvelopeReader;
-use smtpd::data::DataDecoder;
-use smtpd::session::{Action, OUTPUT_LIMIT, Session, SessionConfig, StoreError};
+use proto::smtp::server::data::DataDecoder;
+use proto::smtp::server::session::{Action, OUTPUT_LIMIT, Session, SessionConfig, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -150,6 +150,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         max_hops: 2,
         postmaster: None,
         output_limit: OUTPUT_LIMIT,
+        local: None,
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
@@ -182,6 +183,8 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
             let used = s.handle_input(&input[consumed..fed], now);
             assert!(used <= fed - consumed);
             consumed += used;
+            // Events are reports only (the reactor logs and counts them): drain them.
+            while s.poll_event().is_some() {}
             let mut acted = false;
             while let Some(a) = s.poll_action() {
                 acted = true;
@@ -189,7 +192,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                     Action::Begin => {
                         assert!(current.is_none(), "Begin inside a message");
                         // Replies so far must show an accepted recipient after the last MAIL.
-                        let seen = [&replies[..], s.pending_output()].concat();
+                        let seen = [&replies[..], s.poll_output()].concat();
                         let mail = rfind(&seen, b"\r\n250 2.1.0 ")
                             .expect("Begin without an accepted MAIL");
                         let rcpts = count(&seen[mail..], b"\r\n250 2.1.5 ");
@@ -222,16 +225,16 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                                 assert!(more.is_empty(), "actions beside the header: {more:?}");
                             }
                             Err(e) => {
-                                let before = s.pending_output().len();
+                                let before = s.poll_output().len();
                                 s.handle_begun(Err(e), now, SystemTime::UNIX_EPOCH);
                                 let want: &[u8] = match e {
                                     StoreError::Full => b"452 4.3.1 ",
                                     StoreError::Failed => b"451 4.3.0 ",
                                 };
                                 assert!(
-                                    s.pending_output()[before..].starts_with(want),
+                                    s.poll_output()[before..].starts_with(want),
                                     "store error at Begin answered {:?}",
-                                    String::from_utf8_lossy(s.pending_output())
+                                    String::from_utf8_lossy(s.poll_output())
                                 );
                             }
                         }
@@ -240,7 +243,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                         .as_mut()
                         .expect("Write outside a message")
                         .extend_from_slice(&b),
-                    Action::Commit => {
+                    Action::Commit(_) => {
                         let msg = current.take().expect("Commit outside a message");
                         commits += 1;
                         let data = &input[data_start..consumed];
@@ -266,9 +269,9 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                             stored.push(msg);
                         }
                         assert!(!s.wants_read(), "reading while committing");
-                        let before = s.pending_output().len();
+                        let before = s.poll_output().len();
                         s.handle_stored(r, now);
-                        let after = &s.pending_output()[before..];
+                        let after = &s.poll_output()[before..];
                         let want: &[u8] = match r {
                             Ok(()) => b"250 2.0.0 Ok: queued as ",
                             Err(StoreError::Full) => b"452 4.3.1 ",
@@ -281,12 +284,11 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                         );
                     }
                     Action::Abort => current = None,
-                    Action::Close => {}
                     #[allow(unreachable_patterns)]
                     other => panic!("unexpected action {other:?} (STARTTLS is not offered)"),
                 }
             }
-            let pending = s.pending_output().len();
+            let pending = s.poll_output().len();
             assert!(pending <= OUTPUT_LIMIT + 1024, "pending output {pending}");
             // A slow reader takes part of the output only.
             let take = if slow_reader && pending > 0 {
@@ -294,7 +296,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
             } else {
                 pending
             };
-            replies.extend_from_slice(&s.pending_output()[..take]);
+            replies.extend_from_slice(&s.poll_output()[..take]);
             s.output_written(take);
             if used == 0 && !acted && take == 0 {
                 break;
@@ -307,7 +309,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
     }
     s.handle_eof();
     while s.poll_action().is_some() {}
-    replies.extend_from_slice(s.pending_output());
+    replies.extend_from_slice(s.poll_output());
     check_replies(&replies);
     Outcome {
         replies,

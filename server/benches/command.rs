@@ -1,4 +1,4 @@
-//! Command-line parser throughput (commands/s): `smtpd::command::parse` over a realistic mix of
+//! Command-line parser throughput (commands/s): `proto::smtp::server::command::parse` over a realistic mix of
 //! the lines a session sends (mostly RCPT and MAIL, with EHLO, DATA, QUIT, RSET, NOOP, and a
 //! few refused ones).
 
@@ -32,13 +32,13 @@ fn parse_mix(c: &mut Criterion) {
     g.bench_function("parse mix", |b| {
         b.iter(|| {
             for line in MIX {
-                let _ = black_box(smtpd::command::parse(black_box(line)));
+                let _ = black_box(proto::smtp::server::command::parse(black_box(line)));
             }
         })
     });
     g.throughput(Throughput::Elements(1));
     g.bench_function("parse RCPT", |b| {
-        b.iter(|| smtpd::command::parse(black_box(b"RCPT TO:<alice@example.com>")))
+        b.iter(|| proto::smtp::server::command::parse(black_box(b"RCPT TO:<alice@example.com>")))
     });
     g.finish();
 }

@@ -1,11 +1,11 @@
-//! The DATA path (GB/s): `smtpd::data::DataDecoder::feed` over a 4 MiB message with
+//! The DATA path (GB/s): `proto::smtp::server::data::DataDecoder::feed` over a 4 MiB message with
 //! dot-stuffed lines, fed in 64 KiB chunks as the reactor reads them, against plain `memchr`
 //! scans of the same buffer (every LF; the end-of-data marker) as the yardstick.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use smtpd::data::DataDecoder;
+use proto::smtp::server::data::DataDecoder;
 
 const SIZE: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;

@@ -2,7 +2,7 @@
 //! finished queue file's data, or writing and flushing a message's local copies beside it; one
 //! publisher renaming every file synced meanwhile into its `new/` and fsyncing each `new/` once
 //! per batch) tagged with the connection, its results reported to the reactor through a
-//! channel and a `mio::Waker`.
+//! channel and a `mio::Waker`, with its latency and the batch's size (for [`crate::stats`]).
 //!
 //! Owns: the connection tag, the report of each result as a [`StoreError`], the wake-up, the
 //! log line of each local delivery (once durable) and the usage count it adds.
@@ -10,6 +10,7 @@
 //! reactor thread never waits on the disk.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use maildir_core::commit::{GroupCommit, JobResult, Prepare};
@@ -18,7 +19,8 @@ use maildir_core::local::Mailboxes;
 use maildir_core::{Delivered, Delivery};
 use net::ConnRef;
 
-use crate::session::StoreError;
+use proto::smtp::server::session::StoreError;
+
 use crate::store::store_error;
 
 /// Most messages made durable in one flush.
@@ -33,6 +35,8 @@ pub struct Tag {
     pub id: String,
     /// The users' copies, in the order the job writes them.
     pub copies: Vec<LocalCopy>,
+    /// When it was handed to the group commit.
+    pub submitted: Instant,
 }
 
 /// The outcome of one commit.
@@ -41,6 +45,11 @@ pub struct Done {
     pub conn: ConnRef,
     /// Durable in `new/`, or why not.
     pub result: Result<(), StoreError>,
+    /// From the hand-off to the group commit ([`Committer::submit`]) to this result.
+    pub latency: Duration,
+    /// On the first result of each batch: how many messages the batch held (one fsync per
+    /// `new/` directory).
+    pub batch: Option<usize>,
 }
 
 /// Handle to the group-commit threads ([`maildir_core::commit::GroupCommit`]).
@@ -70,6 +79,7 @@ impl Committer {
             conn,
             id: delivery.id().to_owned(),
             copies: Vec::new(),
+            submitted: Instant::now(),
         };
         self.inner.submit(tag, delivery).is_ok()
     }
@@ -89,6 +99,7 @@ fn report(
     done: &Sender<Done>,
     waker: &mio::Waker,
 ) -> bool {
+    let mut batch = Some(results.len());
     for (tag, result) in results {
         let result = match result {
             Ok(files) => {
@@ -100,8 +111,13 @@ fn report(
                 Err(store_error(&e))
             }
         };
-        let conn = tag.conn;
-        if done.send(Done { conn, result }).is_err() {
+        let done_one = Done {
+            conn: tag.conn,
+            result,
+            latency: tag.submitted.elapsed(),
+            batch: batch.take(),
+        };
+        if done.send(done_one).is_err() {
             return false;
         }
     }

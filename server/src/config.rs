@@ -22,7 +22,7 @@ use maildir_core::{Durability, Mailbox};
 use crate::accounts::AccountFiles;
 
 use crate::reactor::ServerConfig;
-use crate::session::{OUTPUT_LIMIT, SessionConfig};
+use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
 /// the limits of `Instant` arithmetic.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use clap::Parser;
 use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
+use proto::smtp::server::policy::{LocalPolicy, QuotaView};
 use smtpd::config::{Args, Cmd};
-use smtpd::policy::{LocalPolicy, QuotaView};
 use smtpd::reactor::Server;
 
 fn main() -> ExitCode {

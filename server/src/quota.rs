@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use maildir_core::local::{Mailboxes, USAGE_RECOUNT};
 
-use crate::policy::QuotaView;
+use proto::smtp::server::policy::QuotaView;
 
 /// `--mailbox-quota` over the usage counts of the users' Maildirs.
 #[derive(Debug)]

@@ -4,7 +4,8 @@
 //! queue-file actions to [`crate::store`], keeps idle deadlines in a heap, applies connection
 //! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught and ignored). It holds no
 //! protocol logic, no queue-file logic, and never waits on the disk flush (that is
-//! [`crate::commit`]'s thread).
+//! [`crate::commit`]'s thread). It drains each session's events into [`crate::stats`] (counters
+//! and log lines) after driving it, and once more when the connection goes.
 //!
 //! Fairness: each readiness turn of a connection reads at most [`READ_BUDGET`] times, and a
 //! listener accepts at most 64 connections; one with work left goes on a ready list served
@@ -32,10 +33,11 @@ use slab::Slab;
 
 use crate::commit::Done;
 use crate::config::Cidr;
-use crate::reply;
-use crate::session::{Action, Session, SessionConfig};
+use crate::stats::{self, Refusal, Stats};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
+use proto::smtp::server::reply;
+use proto::smtp::server::session::{Action, Session, SessionConfig};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -130,6 +132,8 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// The shutdown deadline passed and every session was closed.
     forced: bool,
+    /// Counters, fed from the sessions' events and the group commit's results.
+    stats: Stats,
 }
 
 impl Server {
@@ -195,7 +199,13 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             forced: false,
+            stats: Stats::default(),
         })
+    }
+
+    /// The server's counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -328,16 +338,21 @@ impl Server {
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
         let refusal = if self.conns.len() >= self.config.max_connections {
-            Some(reply::too_many_connections(host))
+            Some((
+                Refusal::TooManyConnections,
+                reply::too_many_connections(host),
+            ))
         } else if !trusted
             && self.config.max_per_ip > 0
             && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.config.max_per_ip
         {
-            Some(reply::too_many_from(host, &peer.ip().to_string()))
+            let r = reply::too_many_from(host, &peer.ip().to_string());
+            Some((Refusal::TooManyFromAddress, r))
         } else {
             None
         };
-        if let Some(r) = refusal {
+        if let Some((why, r)) = refusal {
+            self.stats.refused(why);
             log::warn!("refused connection from [{}]: {}", peer.ip(), r.text);
             let mut buf = Vec::new();
             r.write_to(&mut buf);
@@ -369,7 +384,6 @@ impl Server {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         self.next_generation += 1;
-        log::info!("connect from [{}]:{}", peer.ip(), peer.port());
         entry.insert(Conn {
             transport,
             session,
@@ -409,13 +423,14 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            report(conn, &mut self.stats);
             let room = read_room(conn.inbuf.len(), self.config.inbuf_max);
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
             // last reply (421) can only be sent then.
             let finishing_handshake = conn.session.is_closed()
                 && conn.transport.is_handshaking()
-                && !conn.session.pending_output().is_empty();
+                && !conn.session.poll_output().is_empty();
             let may_read =
                 (conn.session.wants_read() || finishing_handshake) && !conn.eof && room > 0;
             if may_read && reads == READ_BUDGET {
@@ -464,6 +479,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            report(conn, &mut self.stats);
             let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
@@ -473,7 +489,7 @@ impl Server {
             // event comes for input that arrived while the session was not reading.
             progress |= blocked && conn.session.wants_read();
             if conn.starting_tls
-                && conn.session.pending_output().is_empty()
+                && conn.session.poll_output().is_empty()
                 && let Some(config) = &self.config.tls
             {
                 conn.starting_tls = false;
@@ -487,7 +503,7 @@ impl Server {
             }
             if conn.session.is_closed() {
                 // Replies still inside the transport (TLS records rustls holds) count too.
-                if conn.session.pending_output().is_empty() && !conn.transport.has_unsent() {
+                if conn.session.poll_output().is_empty() && !conn.transport.has_unsent() {
                     self.close(key);
                     return;
                 }
@@ -503,7 +519,7 @@ impl Server {
         }
         if let Some(conn) = self.conns.get_mut(key)
             && !conn.timer_armed
-            && let Some(d) = conn.session.deadline()
+            && let Some(d) = conn.session.poll_timeout()
         {
             conn.timer_armed = true;
             self.timers.push(Reverse((d, key, conn.generation)));
@@ -538,7 +554,6 @@ impl Server {
                 }
                 Action::Abort => conn.queue_file.abort(),
                 Action::StartTls => conn.starting_tls = true,
-                Action::Close => {}
             }
         }
         any
@@ -599,6 +614,10 @@ impl Server {
         }
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();
+            if let Some(n) = done.batch {
+                self.stats.commit_batch(n);
+            }
+            self.stats.commit_latency(done.latency);
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {
@@ -633,7 +652,7 @@ impl Server {
                 self.close(key);
                 continue;
             }
-            match conn.session.deadline() {
+            match conn.session.poll_timeout() {
                 Some(d) if d > now => {
                     conn.timer_armed = true;
                     self.timers.push(Reverse((d, key, generation)));
@@ -707,10 +726,12 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
+        report(&mut conn, &mut self.stats);
+        self.stats.connection_closed(conn.session.counts());
         log::info!(
             "disconnect from [{}] {}",
             conn.session.peer().ip(),
-            conn.session.summary()
+            stats::summary(conn.session.counts())
         );
         // Entries of closed connections would stay until they expire (up to the timeout):
         // drop them once they outnumber the live ones, so the heap stays O(connections).
@@ -758,6 +779,15 @@ fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
     inbuf_max.saturating_sub(unprocessed).min(READ_CHUNK)
 }
 
+/// Counts and logs what the session reported since the last call.
+fn report(conn: &mut Conn, stats: &mut Stats) {
+    let peer = conn.session.peer();
+    while let Some(event) = conn.session.poll_event() {
+        stats.record(&event);
+        stats::log_event(peer, &event);
+    }
+}
+
 /// Gives the session the TLS protocol and cipher once the handshake has finished.
 fn report_tls(conn: &mut Conn) {
     if !conn.tls_reported
@@ -766,7 +796,7 @@ fn report_tls(conn: &mut Conn) {
         && let Some(info) = tls::info(&conn.transport)
     {
         conn.tls_reported = true;
-        conn.session.set_tls_info(info);
+        conn.session.handle_tls_established(info);
     }
 }
 
@@ -776,7 +806,7 @@ fn flush(conn: &mut Conn) -> bool {
         return false;
     }
     loop {
-        let pending = conn.session.pending_output();
+        let pending = conn.session.poll_output();
         if pending.is_empty() {
             return true;
         }

@@ -28,8 +28,8 @@ use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Durability, Maildir, MaildirError};
 
 use crate::commit::{Committer, Done, Tag, local_delivered};
-use crate::session::StoreError;
 use net::ConnRef;
+use proto::smtp::server::session::StoreError;
 
 /// One connection's queue file: the message being written, or the first write failure, which
 /// is reported when the session commits.
@@ -159,6 +159,7 @@ impl Store {
             conn,
             id: delivery.id().to_owned(),
             copies: local.copies.clone(),
+            submitted: std::time::Instant::now(),
         };
         match &self.committer {
             Some(c) => {

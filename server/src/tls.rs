@@ -10,18 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use net::{Handshake, Transport};
+use proto::smtp::server::session::TlsInfo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
-
-/// What the session records of a TLS connection (for the trace header and logs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// Protocol version, e.g. `TLSv1.3`.
-    pub version: String,
-    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
 
 /// Builds the rustls server configuration from a PEM certificate chain and a PEM private key.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {

@@ -1,7 +1,10 @@
-//! SMTP replies: a code with its enhanced status code (RFC 3463) and text, and the fixed
-//! replies the server gives as typed constants, so a code never travels without its status.
+//! The reply catalogue: every reply smtpd sends, as a code with its enhanced status code
+//! (RFC 3463) and text, from the greeting and the EHLO lines to `421` on a full server. Each
+//! constant's and builder's doc starts with its literal `NNN X.Y.Z`, so grepping a code finds
+//! where it is made.
 //!
-//! This module only formats; it does not decide which reply a command deserves.
+//! Owns: reply text and wire format. Must not: decide which reply a command deserves (the
+//! session does) or do I/O.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -78,7 +81,8 @@ pub const MAIL_OK: Reply = Reply::fixed(250, Status(2, 1, 0), "Ok");
 pub const RCPT_OK: Reply = Reply::fixed(250, Status(2, 1, 5), "Ok");
 /// `250 2.0.0 Ok` to RSET and NOOP.
 pub const OK: Reply = Reply::fixed(250, Status(2, 0, 0), "Ok");
-/// `354` to DATA (no enhanced code on intermediate replies, as Postfix).
+/// `354 End data with <CR><LF>.<CR><LF>` to DATA (no enhanced code on intermediate replies, as
+/// Postfix).
 pub const START_DATA: Reply = Reply {
     code: 354,
     status: None,
@@ -86,77 +90,112 @@ pub const START_DATA: Reply = Reply {
 };
 /// `221 2.0.0 Bye` to QUIT.
 pub const BYE: Reply = Reply::fixed(221, Status(2, 0, 0), "Bye");
-/// `252` to VRFY: we do not verify, but will try.
+/// `252 2.0.0` to VRFY: we do not verify, but will try.
 pub const VRFY: Reply = Reply::fixed(
     252,
     Status(2, 0, 0),
     "Cannot VRFY user, but will accept message and attempt delivery",
 );
-/// `214` to HELP.
+/// `214 2.0.0` to HELP: the command list.
 pub const HELP: Reply = Reply::fixed(
     214,
     Status(2, 0, 0),
     "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
 );
-/// MAIL before HELO/EHLO.
+/// `503 5.5.1` MAIL before HELO/EHLO.
 pub const NEED_HELO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send HELO/EHLO first");
-/// MAIL inside a transaction.
+/// `503 5.5.1` MAIL inside a transaction.
 pub const NESTED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: nested MAIL command");
-/// RCPT before MAIL.
+/// `503 5.5.1` RCPT before MAIL.
 pub const NEED_MAIL: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need MAIL command");
-/// DATA before any accepted RCPT.
+/// `503 5.5.1` DATA before any accepted RCPT.
 pub const NEED_RCPT: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: need RCPT command");
-/// Unknown command.
+/// `500 5.5.2` Unknown command.
 pub const UNRECOGNIZED: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: command not recognized");
-/// HELO/EHLO argument that is neither a domain name nor an address literal.
+/// `501 5.5.2` HELO/EHLO argument that is neither a domain name nor an address literal.
 pub const BAD_HELO: Reply = Reply::fixed(
     501,
     Status(5, 5, 2),
     "Error: HELO/EHLO needs a domain name or an address literal",
 );
-/// Command line over the limit.
+/// `500 5.5.2` Command line over the limit.
 pub const LINE_TOO_LONG: Reply = Reply::fixed(500, Status(5, 5, 2), "Error: line too long");
-/// Command line that is not UTF-8 or holds control characters.
+/// `500 5.5.2` Command line that is not UTF-8 or holds control characters.
 pub const BAD_CHARACTERS: Reply =
     Reply::fixed(500, Status(5, 5, 2), "Error: invalid characters in command");
-/// Too many recipients.
+/// `452 4.5.3` Too many recipients.
 pub const TOO_MANY_RECIPIENTS: Reply =
     Reply::fixed(452, Status(4, 5, 3), "Error: too many recipients");
-/// Message too big (declared in SIZE= or found while streaming).
+/// `552 5.3.4` Message too big (declared in SIZE= or found while streaming).
 pub const TOO_BIG: Reply = Reply::fixed(552, Status(5, 3, 4), "Message size exceeds fixed limit");
-/// UTF-8 address without the SMTPUTF8 parameter.
+/// `553 5.6.7` UTF-8 address without the SMTPUTF8 parameter.
 pub const NEED_SMTPUTF8: Reply = Reply::fixed(
     553,
     Status(5, 6, 7),
     "Error: UTF-8 address requires the SMTPUTF8 parameter",
 );
-/// `220` to STARTTLS: the handshake follows.
+/// `220 2.0.0 Ready to start TLS` to STARTTLS: the handshake follows.
 pub const READY_TLS: Reply = Reply::fixed(220, Status(2, 0, 0), "Ready to start TLS");
-/// STARTTLS when no certificate is configured.
+/// `502 5.5.1` STARTTLS when no certificate is configured.
 pub const NOT_IMPLEMENTED: Reply =
     Reply::fixed(502, Status(5, 5, 1), "Error: command not implemented");
-/// STARTTLS on a connection that is already encrypted.
+/// `554 5.5.1` STARTTLS on a connection that is already encrypted.
 pub const TLS_ACTIVE: Reply = Reply::fixed(554, Status(5, 5, 1), "Error: TLS already active");
-/// STARTTLS inside a mail transaction.
+/// `503 5.5.1` STARTTLS inside a mail transaction.
 pub const TRANSACTION_IN_PROGRESS: Reply =
     Reply::fixed(503, Status(5, 5, 1), "Error: MAIL transaction in progress");
-/// Writing the queue file failed.
+/// `451 4.3.0` Writing the queue file failed.
 pub const STORE_FAILED: Reply = Reply::fixed(451, Status(4, 3, 0), "Error: queue file write error");
-/// The disk is full.
+/// `452 4.3.1` The disk is full (or a quota is reached).
 pub const STORE_FULL: Reply = Reply::fixed(452, Status(4, 3, 1), "Insufficient system storage");
 
-/// More `Received:` fields than `--max-hops`: a mail loop (RFC 5321 §6.3).
+/// `554 5.4.6` More `Received:` fields than `--max-hops`: a mail loop (RFC 5321 §6.3).
 pub const TOO_MANY_HOPS: Reply = Reply::fixed(
     554,
     Status(5, 4, 6),
     "Error: too many hops (Received: headers), mail loop?",
 );
-/// `RCPT TO:<postmaster>` without `--postmaster`: there is no local delivery to take it.
+/// `550 5.1.1` `RCPT TO:<postmaster>` without `--postmaster`: there is no local delivery to
+/// take it.
 pub const NO_POSTMASTER: Reply = Reply::fixed(
     550,
     Status(5, 1, 1),
     "<postmaster>: no local delivery on this server; write to postmaster@<domain>",
 );
+
+/// `221 2.7.0 Error: this is an SMTP server` to an HTTP verb (GET, POST, CONNECT): the session
+/// ends at once.
+pub const NOT_SMTP: Reply = Reply::fixed(221, Status(2, 7, 0), "Error: this is an SMTP server");
+
+/// `220 <host> ESMTP smtpd`: the greeting (no enhanced code, RFC 2034 §3).
+pub fn greeting(host: &str) -> Reply {
+    Reply {
+        code: 220,
+        status: None,
+        text: Cow::Owned(format!("{host} ESMTP smtpd")),
+    }
+}
+
+/// `250 <host>` to HELO (no enhanced code).
+pub fn helo(host: &str) -> Reply {
+    Reply {
+        code: 250,
+        status: None,
+        text: Cow::Owned(host.to_string()),
+    }
+}
+
+/// Appends the multi-line `250` to EHLO: `250-<host>`, then the extensions (STARTTLS only when
+/// `starttls`), no enhanced codes.
+pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool) {
+    let size = format!("SIZE {max_size}");
+    let mut lines = vec![host, "PIPELINING", &size, "8BITMIME"];
+    if starttls {
+        lines.push("STARTTLS");
+    }
+    lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8"]);
+    write_multiline(out, 250, &lines);
+}
 
 /// A message that already carries `Delivered-To:` for one of its local recipients: a loop.
 pub const DELIVERED_TO_LOOP: Reply = Reply::fixed(
@@ -284,6 +323,25 @@ mod tests {
         assert_eq!(
             out,
             b"250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n250-host\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n"
+        );
+    }
+
+    #[test]
+    fn greeting_helo_and_ehlo() {
+        let mut out = Vec::new();
+        greeting("mx.test").write_to(&mut out);
+        helo("mx.test").write_to(&mut out);
+        write_ehlo(&mut out, "mx.test", 1000, true);
+        write_ehlo(&mut out, "mx.test", 1000, false);
+        NOT_SMTP.write_to(&mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "220 mx.test ESMTP smtpd\r\n250 mx.test\r\n\
+             250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n\
+             250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n\
+             221 2.7.0 Error: this is an SMTP server\r\n"
         );
     }
 }

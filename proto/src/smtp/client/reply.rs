@@ -72,7 +72,12 @@ pub enum ReplyError {
     /// A line does not start with three digits followed by space, `-` or end of line.
     Malformed(String),
     /// A continuation line carries a different code than the first line.
-    CodeChanged { first: u16, then: u16 },
+    CodeChanged {
+        /// The code of the first line.
+        first: u16,
+        /// The code of the line that differs.
+        then: u16,
+    },
     /// A line or the whole reply is longer than the limits.
     TooLong,
 }

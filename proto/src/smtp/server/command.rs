@@ -6,7 +6,7 @@
 
 use maildir_core::{ForwardPath, ReversePath};
 
-use crate::reply::{self, Reply};
+use super::reply::{self, Reply};
 
 /// `BODY=` of MAIL FROM (RFC 6152).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! its command was written, or one when none is expected is a protocol error: the transactions
 //! in progress are deferred with 4.5.0, the connection closed, nothing counted as sent),
 //! per-recipient outcomes (those taken in a transaction that ended while more of the same job
-//! follow are reported at once, `Event::Accepted`), what a server cannot take (SIZE; 8-bit
+//! follow are reported at once, `Action::Accepted`), what a server cannot take (SIZE; 8-bit
 //! content without 8BITMIME, RFC 6152: 5.6.3; SMTPUTF8 judged per transaction, RFC 6531:
 //! 5.6.7), mail loops (the server
 //! greets or answers EHLO with our own name: 5.4.6), reply timeouts (RFC 5321 §4.5.3.2: a total
@@ -19,23 +19,21 @@
 //! `220` before the handshake, and the reset afterwards (a new EHLO whose extensions replace the
 //! old ones). The handshake itself is the driver's.
 //! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`),
-//! `tls_established`, `now`.
-//! Outputs: bytes to send (`output` / `consumed`), events (`poll_event`), `poll_timeout`.
+//! `handle_tls_started`, `now`.
+//! Outputs: bytes to send (`poll_output` / `output_written`), work for the driver
+//! (`poll_action`), `poll_timeout`; [`Session::is_closed`] when it is over.
 //! Must not: do I/O, read the clock, read files or know about queues and retries.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::reply::{Reply, ReplyParser};
+use super::reply::{Reply, ReplyParser};
 
 /// Most server bytes kept while a body is being sent.
 const MAX_HELD: usize = 4096;
 
 /// Recipients per transaction unless configured (Postfix's `smtp_destination_recipient_limit`).
 pub const DEFAULT_MAX_RCPT: usize = 50;
-
-/// Transaction id of the empty message sent when DATA got 354 although no recipient was taken.
-const NO_TX: usize = usize::MAX;
 
 /// One message to send over this session: the recipients that route to this host.
 #[derive(Debug, Clone)]
@@ -115,9 +113,9 @@ pub enum StartTls {
 
 /// Something the driver must act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Action {
     /// The server accepted STARTTLS: start the TLS handshake now, before any other byte is
-    /// written, and call `tls_established` when it completes.
+    /// written, and call `handle_tls_started` when it completes.
     StartTls,
     /// The server refused STARTTLS (policy allows carrying on in plaintext).
     StartTlsRefused(Reply),
@@ -133,7 +131,10 @@ pub enum Event {
     JobDone(usize, Vec<(RcptStatus, Reply)>),
     /// The session is over. `error` says why when it ended before QUIT was answered; jobs not
     /// reported by `JobDone` were not (completely) tried (`unfinished`).
-    Closed { error: Option<String> },
+    Closed {
+        /// Why the session ended early, if it did.
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +149,11 @@ enum Expect {
     /// RCPT number `i` of transaction `t`.
     Rcpt(usize, usize),
     Data(usize),
-    /// The final dot of transaction `t` (`NO_TX`: the empty message).
+    /// The final dot of transaction `t`.
     Dot(usize),
+    /// The final dot of the empty message sent when DATA got 354 although no recipient was
+    /// taken (RFC 2920 §3.1): it belongs to no transaction.
+    EmptyDot,
     Quit,
 }
 
@@ -248,7 +252,7 @@ pub struct Session {
     need_rset: bool,
     /// Server bytes that arrived while the body was being sent.
     held: Vec<u8>,
-    events: VecDeque<Event>,
+    actions: VecDeque<Action>,
     /// The time given with the latest input (`handle_input`, `consumed`, ...).
     now: Instant,
     /// When the wait for the reply at the head of `expects` began: a total deadline per reply.
@@ -297,7 +301,7 @@ impl Session {
             phase: Phase::Commands,
             need_rset: false,
             held: Vec::new(),
-            events: VecDeque::new(),
+            actions: VecDeque::new(),
             now,
             wait_since: now,
             last_write: now,
@@ -321,9 +325,9 @@ impl Session {
         self
     }
 
-    /// The TLS handshake that followed `Event::StartTls` completed at `now`: the SMTP session
+    /// The TLS handshake that followed `Action::StartTls` completed at `now`: the SMTP session
     /// starts again (RFC 3207 §4.2) with a new EHLO.
-    pub fn tls_established(&mut self, now: Instant) {
+    pub fn handle_tls_started(&mut self, now: Instant) {
         if self.phase != Phase::Handshake {
             return;
         }
@@ -337,12 +341,12 @@ impl Session {
     }
 
     /// Bytes waiting to be written.
-    pub fn output(&self) -> &[u8] {
+    pub fn poll_output(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }
 
-    /// `n` bytes of `output()` were written at `now`.
-    pub fn consumed(&mut self, n: usize, now: Instant) {
+    /// `n` bytes of `poll_output()` were written at `now`.
+    pub fn output_written(&mut self, n: usize, now: Instant) {
         self.now = now;
         let n = n.min(self.out.len() - self.out_pos);
         self.out_pos += n;
@@ -367,7 +371,7 @@ impl Session {
     /// output is pending).
     pub fn wants_body(&self) -> Option<usize> {
         match self.phase {
-            Phase::Body(n, _) if self.output().len() < 64 * 1024 => Some(n),
+            Phase::Body(n, _) if self.poll_output().len() < 64 * 1024 => Some(n),
             _ => None,
         }
     }
@@ -465,7 +469,7 @@ impl Session {
                 let limit = match self.expects.front()?.0 {
                     Expect::Greeting => t.greeting,
                     Expect::Data(_) => t.data_init,
-                    Expect::Dot(_) => t.data_term,
+                    Expect::Dot(_) | Expect::EmptyDot => t.data_term,
                     _ => t.command,
                 };
                 Some(self.wait_since + limit)
@@ -489,9 +493,9 @@ impl Session {
         }
     }
 
-    /// Next event for the driver.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    /// Next thing the driver must act on.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
     }
 
     /// Ends the session. Jobs with some recipients final and the others not (a job split into
@@ -514,7 +518,7 @@ impl Session {
             }
         }
         self.phase = Phase::Closed;
-        self.events.push_back(Event::Closed { error });
+        self.actions.push_back(Action::Closed { error });
     }
 
     /// The server broke the protocol: every job with a transaction begun is deferred (4.5.0),
@@ -668,12 +672,13 @@ impl Session {
                 if reply.code == 220 {
                     self.phase = Phase::Handshake;
                     self.parser = ReplyParser::default();
-                    self.events.push_back(Event::StartTls);
+                    self.actions.push_back(Action::StartTls);
                     return;
                 } else if self.starttls == StartTls::Require || reply.code == 421 {
                     self.quit_with(format!("STARTTLS refused: {}", reply.one_line()));
                 } else {
-                    self.events.push_back(Event::StartTlsRefused(reply.clone()));
+                    self.actions
+                        .push_back(Action::StartTlsRefused(reply.clone()));
                     self.advance();
                 }
             }
@@ -684,7 +689,11 @@ impl Session {
                 }
                 self.advance();
             }
-            Expect::Mail(_) | Expect::Rcpt(..) | Expect::Data(_) | Expect::Dot(_) => {
+            Expect::Mail(_)
+            | Expect::Rcpt(..)
+            | Expect::Data(_)
+            | Expect::Dot(_)
+            | Expect::EmptyDot => {
                 self.on_transaction_reply(expect, reply);
             }
             Expect::Quit => {
@@ -739,10 +748,10 @@ impl Session {
                 if let (354, true, Some(n)) = (reply.code, usable, job) {
                     self.phase = Phase::Body(n, t);
                     self.last_write = self.now;
-                    self.events.push_back(Event::SendBody(n));
+                    self.actions.push_back(Action::SendBody(n));
                 } else if reply.code == 354 {
                     // RFC 2920 §3.1: DATA accepted although no recipient was: send an empty message.
-                    self.send(b".\r\n".to_vec(), Expect::Dot(NO_TX));
+                    self.send(b".\r\n".to_vec(), Expect::EmptyDot);
                     self.finish_tx(t, None);
                 } else {
                     self.finish_tx(t, Some(&reply));
@@ -751,11 +760,10 @@ impl Session {
                 }
             }
             Expect::Dot(t) => {
-                if t != NO_TX {
-                    self.finish_tx(t, Some(&reply));
-                }
+                self.finish_tx(t, Some(&reply));
                 self.advance();
             }
+            Expect::EmptyDot => self.advance(),
             Expect::Greeting
             | Expect::Ehlo
             | Expect::Helo
@@ -840,7 +848,7 @@ impl Session {
                 })
                 .collect();
             if !accepted.is_empty() {
-                self.events.push_back(Event::Accepted(n, accepted));
+                self.actions.push_back(Action::Accepted(n, accepted));
             }
         }
     }
@@ -860,7 +868,7 @@ impl Session {
         if self.current == Some(n) {
             self.current = None;
         }
-        self.events.push_back(Event::JobDone(n, results));
+        self.actions.push_back(Action::JobDone(n, results));
     }
 
     /// Sends what may be sent now: queued commands of the current transaction, the next
@@ -886,7 +894,7 @@ impl Session {
         let busy = self
             .expects
             .iter()
-            .any(|(e, _)| !matches!(e, Expect::Dot(_)) || !self.ext.pipelining);
+            .any(|(e, _)| !matches!(e, Expect::Dot(_) | Expect::EmptyDot) || !self.ext.pipelining);
         if busy {
             return;
         }
@@ -1017,7 +1025,7 @@ fn fits(expect: Expect, code: u16) -> bool {
         Expect::Ehlo | Expect::Helo | Expect::Rset => code == 250 || failure,
         Expect::Mail(_) | Expect::Rcpt(..) => matches!(code, 250 | 251) || failure,
         Expect::Data(_) => code == 354 || failure,
-        Expect::Dot(_) => (200..300).contains(&code) || failure,
+        Expect::Dot(_) | Expect::EmptyDot => (200..300).contains(&code) || failure,
         Expect::Quit => true,
     }
 }
@@ -1066,7 +1074,7 @@ fn expect_name(e: Expect) -> &'static str {
         Expect::Mail(_) => "MAIL FROM",
         Expect::Rcpt(..) => "RCPT TO",
         Expect::Data(_) => "DATA",
-        Expect::Dot(_) => "end of data",
+        Expect::Dot(_) | Expect::EmptyDot => "end of data",
         Expect::Quit => "QUIT",
     }
 }
@@ -1089,6 +1097,7 @@ fn parse_ehlo(reply: &Reply) -> Extensions {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod tests {
     use super::*;
 
@@ -1108,7 +1117,7 @@ mod tests {
         data: &[u8],
         now: Instant,
         written: &mut Vec<u8>,
-        ev: &mut Vec<Event>,
+        ev: &mut Vec<Action>,
     ) {
         for piece in data.split_inclusive(|&b| b == b'\n') {
             s.handle_input(piece, now);
@@ -1123,7 +1132,7 @@ mod tests {
         jobs: Vec<Job>,
         replies: &[u8],
         split: &dyn Fn(usize) -> Vec<usize>,
-    ) -> (String, Vec<Event>) {
+    ) -> (String, Vec<Action>) {
         let now = Instant::now();
         let s = Session::new("client.test", jobs, Timeouts::rfc(), now);
         run_session(s, now, replies, split)
@@ -1135,7 +1144,7 @@ mod tests {
         now: Instant,
         replies: &[u8],
         split: &dyn Fn(usize) -> Vec<usize>,
-    ) -> (String, Vec<Event>) {
+    ) -> (String, Vec<Action>) {
         let mut written = Vec::new();
         let mut events = Vec::new();
         let mut cuts = split(replies.len());
@@ -1147,7 +1156,7 @@ mod tests {
             pos = cut;
         }
         s.handle_eof(None);
-        while let Some(e) = s.poll_event() {
+        while let Some(e) = s.poll_action() {
             events.push(e);
         }
         (String::from_utf8(written).unwrap(), events)
@@ -1179,7 +1188,7 @@ mod tests {
         let done: Vec<_> = ev
             .iter()
             .filter_map(|e| match e {
-                Event::JobDone(n, r) => Some((
+                Action::JobDone(n, r) => Some((
                     *n,
                     r.iter()
                         .map(|x| (x.0.clone(), x.1.code))
@@ -1195,7 +1204,7 @@ mod tests {
                 (1, vec![(RcptStatus::Sent, 250)]),
             ]
         );
-        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
     }
 
     #[test]
@@ -1232,14 +1241,14 @@ mod tests {
         // Feed one reply at a time and record what the client sends after each.
         for line in server.split_inclusive("\r\n") {
             s.handle_input(line.as_bytes(), now);
-            while let Some(e) = s.poll_event() {
-                if let Event::SendBody(_) = e {
+            while let Some(e) = s.poll_action() {
+                if let Action::SendBody(_) = e {
                     s.push_body(b"B\r\n.\r\n");
                     s.end_body(now);
                 }
             }
-            let out = String::from_utf8(s.output().to_vec()).unwrap();
-            s.consumed(out.len(), now);
+            let out = String::from_utf8(s.poll_output().to_vec()).unwrap();
+            s.output_written(out.len(), now);
             log.push(out);
         }
         let sent: Vec<&str> = log
@@ -1272,7 +1281,7 @@ mod tests {
             w.starts_with("EHLO client.test\r\nHELO client.test\r\nMAIL FROM:<s@a.test>\r\n"),
             "{w}"
         );
-        assert!(ev.contains(&Event::JobDone(
+        assert!(ev.contains(&Action::JobDone(
             0,
             vec![(RcptStatus::Sent, Reply::new(250, "ok"))]
         )));
@@ -1289,11 +1298,11 @@ mod tests {
             &whole,
         );
         assert!(w.contains("DATA\r\nRSET\r\nMAIL FROM"), "{w}");
-        assert!(ev.contains(&Event::JobDone(
+        assert!(ev.contains(&Action::JobDone(
             0,
             vec![(RcptStatus::Bounced, Reply::new(550, "no"))]
         )));
-        assert!(ev.contains(&Event::JobDone(
+        assert!(ev.contains(&Action::JobDone(
             1,
             vec![(RcptStatus::Sent, Reply::new(250, "ok"))]
         )));
@@ -1302,7 +1311,7 @@ mod tests {
     #[test]
     fn greeting_failure_and_lost_connection() {
         let (_, ev) = run(vec![job(&["a@x.test"])], b"421 busy\r\n", &whole);
-        assert!(matches!(&ev[0], Event::Closed { error: Some(e) } if e.contains("421")));
+        assert!(matches!(&ev[0], Action::Closed { error: Some(e) } if e.contains("421")));
         let server = format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n");
         let now = Instant::now();
         let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
@@ -1313,7 +1322,7 @@ mod tests {
         pump(&mut s, now, &mut w, &mut evs);
         assert_eq!(s.unfinished(), vec![0]);
         assert!(
-            matches!(evs.last(), Some(Event::Closed { error: Some(e) }) if e.contains("lost connection"))
+            matches!(evs.last(), Some(Action::Closed { error: Some(e) }) if e.contains("lost connection"))
         );
     }
 
@@ -1324,9 +1333,9 @@ mod tests {
         let server = format!("{EHLO_PIPE}250 ok\r\n451 4.3.0 later\r\n554 no rcpts\r\n221 bye\r\n");
         let (_, ev) = run(vec![big, job(&["b@x.test"])], server.as_bytes(), &whole);
         assert!(
-            matches!(&ev[0], Event::JobDone(0, r) if r[0].0 == RcptStatus::Bounced && r[0].1.code == 552)
+            matches!(&ev[0], Action::JobDone(0, r) if r[0].0 == RcptStatus::Bounced && r[0].1.code == 552)
         );
-        assert!(matches!(&ev[1], Event::JobDone(1, r) if r[0].0 == RcptStatus::Deferred));
+        assert!(matches!(&ev[1], Action::JobDone(1, r) if r[0].0 == RcptStatus::Deferred));
 
         let now = Instant::now();
         let mut s = Session::new(
@@ -1337,29 +1346,29 @@ mod tests {
         );
         assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(5)));
         s.handle_timeout(now + Duration::from_secs(4));
-        assert!(s.poll_event().is_none());
+        assert!(s.poll_action().is_none());
         s.handle_timeout(now + Duration::from_secs(5));
         assert!(
-            matches!(s.poll_event(), Some(Event::Closed { error: Some(e) }) if e.contains("greeting"))
+            matches!(s.poll_action(), Some(Action::Closed { error: Some(e) }) if e.contains("greeting"))
         );
     }
 
     /// Moves output and events until the session is quiet (bodies are "B").
-    fn pump(s: &mut Session, now: Instant, written: &mut Vec<u8>, events: &mut Vec<Event>) {
+    fn pump(s: &mut Session, now: Instant, written: &mut Vec<u8>, events: &mut Vec<Action>) {
         loop {
-            while let Some(e) = s.poll_event() {
-                if let Event::SendBody(_) = e {
+            while let Some(e) = s.poll_action() {
+                if let Action::SendBody(_) = e {
                     s.push_body(b"B\r\n.\r\n");
                     s.end_body(now);
                 }
                 events.push(e);
             }
-            let out = s.output().to_vec();
+            let out = s.poll_output().to_vec();
             if out.is_empty() {
                 break;
             }
             written.extend_from_slice(&out);
-            s.consumed(out.len(), now);
+            s.output_written(out.len(), now);
         }
     }
 
@@ -1371,7 +1380,7 @@ mod tests {
         plain: &str,
         tls: &str,
         step: usize,
-    ) -> (String, String, Vec<Event>) {
+    ) -> (String, String, Vec<Action>) {
         let now = Instant::now();
         let mut s =
             Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now).with_starttls(mode);
@@ -1379,8 +1388,8 @@ mod tests {
         for chunk in plain.as_bytes().chunks(step) {
             feed(&mut s, chunk, now, &mut w1, &mut ev);
         }
-        if ev.contains(&Event::StartTls) {
-            s.tls_established(now);
+        if ev.contains(&Action::StartTls) {
+            s.handle_tls_started(now);
             pump(&mut s, now, &mut w2, &mut ev);
             for chunk in tls.as_bytes().chunks(step) {
                 feed(&mut s, chunk, now, &mut w2, &mut ev);
@@ -1409,12 +1418,12 @@ mod tests {
             w2,
             "EHLO c\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\nB\r\n.\r\nQUIT\r\n"
         );
-        assert_eq!(ev[0], Event::StartTls);
-        assert!(ev.contains(&Event::JobDone(
+        assert_eq!(ev[0], Action::StartTls);
+        assert!(ev.contains(&Action::JobDone(
             0,
             vec![(RcptStatus::Sent, Reply::new(250, "queued"))]
         )));
-        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
         for step in 1..40 {
             assert_eq!(
                 run_tls(StartTls::May, &plain, tls, step),
@@ -1433,7 +1442,7 @@ mod tests {
         let (w1, _, ev) = run_tls(StartTls::May, &plain, "", usize::MAX);
         assert!(w1.starts_with("EHLO c\r\nMAIL FROM:"), "{w1}");
         assert!(!w1.contains("STARTTLS"));
-        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
         // encrypt: QUIT at once, nothing sent, the job unfinished with a clear reason.
         let now = Instant::now();
         let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now)
@@ -1445,7 +1454,7 @@ mod tests {
         pump(&mut s, now, &mut w, &mut ev);
         assert_eq!(s.unfinished(), vec![0]);
         assert!(
-            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.contains("does not offer STARTTLS")),
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.contains("does not offer STARTTLS")),
             "{ev:?}"
         );
         // Implicit TLS and Off never send STARTTLS, offered or not.
@@ -1454,7 +1463,7 @@ mod tests {
                 format!("{EHLO_TLS}250 ok\r\n250 ok\r\n354 go\r\n250 queued\r\n221 bye\r\n");
             let (w1, _, ev) = run_tls(mode, &plain, "", usize::MAX);
             assert!(!w1.contains("STARTTLS"), "{mode:?}: {w1}");
-            assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+            assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
         }
     }
 
@@ -1472,17 +1481,17 @@ mod tests {
         assert_eq!(w2, "");
         assert_eq!(
             ev[0],
-            Event::StartTlsRefused(Reply::new(454, "4.7.0 TLS not available"))
+            Action::StartTlsRefused(Reply::new(454, "4.7.0 TLS not available"))
         );
-        assert_eq!(ev.last(), Some(&Event::Closed { error: None }));
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
         // encrypt: QUIT; the mail is deferred with the refusal as the reason.
         let plain = format!("{EHLO_TLS}454 4.7.0 TLS not available\r\n221 bye\r\n");
         for step in [1, 5, usize::MAX] {
             let (w1, _, ev) = run_tls(StartTls::Require, &plain, "", step);
             assert_eq!(w1, "EHLO c\r\nSTARTTLS\r\nQUIT\r\n");
-            assert!(!ev.iter().any(|e| matches!(e, Event::JobDone(..))));
+            assert!(!ev.iter().any(|e| matches!(e, Action::JobDone(..))));
             assert!(
-                matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "STARTTLS refused: 454 4.7.0 TLS not available"),
+                matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e == "STARTTLS refused: 454 4.7.0 TLS not available"),
                 "{ev:?}"
             );
         }
@@ -1490,7 +1499,7 @@ mod tests {
         let plain = format!("{EHLO_TLS}454 4.7.0 TLS not available\r\n");
         let (_, _, ev) = run_tls(StartTls::Require, &plain, "", usize::MAX);
         assert!(
-            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.starts_with("STARTTLS refused")),
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.starts_with("STARTTLS refused")),
             "{ev:?}"
         );
     }
@@ -1513,10 +1522,10 @@ mod tests {
             &mut w,
             &mut ev,
         );
-        assert_eq!(ev, vec![Event::StartTls]);
+        assert_eq!(ev, vec![Action::StartTls]);
         s.handle_timeout(now + Duration::from_secs(5));
         assert!(
-            matches!(s.poll_event(), Some(Event::Closed { error: Some(e) }) if e.contains("TLS handshake"))
+            matches!(s.poll_action(), Some(Action::Closed { error: Some(e) }) if e.contains("TLS handshake"))
         );
         // EHLO refused, HELO accepted: no STARTTLS possible.
         let (w1, _, ev) = run_tls(
@@ -1526,17 +1535,17 @@ mod tests {
             usize::MAX,
         );
         assert_eq!(w1, "EHLO c\r\nHELO c\r\nQUIT\r\n");
-        assert!(matches!(ev.last(), Some(Event::Closed { error: Some(_) })));
+        assert!(matches!(ev.last(), Some(Action::Closed { error: Some(_) })));
     }
 
     /// One recipient's outcome: status, reply code, first line of the reply.
     type Outcome = (RcptStatus, u16, String);
 
     /// The outcomes reported, as (job, outcome per recipient).
-    fn outcomes(ev: &[Event]) -> Vec<(usize, Vec<Outcome>)> {
+    fn outcomes(ev: &[Action]) -> Vec<(usize, Vec<Outcome>)> {
         ev.iter()
             .filter_map(|e| match e {
-                Event::JobDone(n, r) => Some((
+                Action::JobDone(n, r) => Some((
                     *n,
                     r.iter()
                         .map(|(st, rep)| (st.clone(), rep.code, rep.lines[0].clone()))
@@ -1548,7 +1557,7 @@ mod tests {
     }
 
     /// Runs `server` whole and split at every index; all must agree. Returns the whole run.
-    fn run_all_splits(make: &dyn Fn(Instant) -> Session, server: &str) -> (String, Vec<Event>) {
+    fn run_all_splits(make: &dyn Fn(Instant) -> Session, server: &str) -> (String, Vec<Action>) {
         let now = Instant::now();
         let reference = run_session(make(now), now, server.as_bytes(), &whole);
         for cut in 0..server.len() {
@@ -1574,14 +1583,14 @@ mod tests {
     /// transaction is deferred with 4.5.0 and the connection closed; nothing is ever "sent".
     #[test]
     fn reply_of_the_wrong_class_is_a_protocol_error() {
-        let deferred = |ev: &[Event]| {
+        let deferred = |ev: &[Action]| {
             let o = outcomes(ev);
             assert_eq!(o.len(), 1, "{ev:?}");
             assert_eq!(o[0].1[0].0, RcptStatus::Deferred, "{ev:?}");
             assert_eq!(o[0].1[0].1, 451);
             assert!(o[0].1[0].2.starts_with("4.5.0 protocol error: "), "{ev:?}");
             assert!(
-                matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.starts_with("protocol error")),
+                matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.starts_with("protocol error")),
                 "{ev:?}"
             );
         };
@@ -1592,7 +1601,7 @@ mod tests {
         assert!(!w.contains("B\r\n"), "no body after a 250 to DATA: {w}");
         assert!(!w.contains("QUIT"), "closed at once: {w}");
         assert!(ev.iter().any(
-            |e| matches!(e, Event::Closed { error: Some(e) } if e.contains("unexpected reply to DATA: 250"))
+            |e| matches!(e, Action::Closed { error: Some(e) } if e.contains("unexpected reply to DATA: 250"))
         ));
         // The same without PIPELINING.
         let server = format!("{EHLO_PLAIN}250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n");
@@ -1628,7 +1637,7 @@ mod tests {
         assert_eq!(w, "EHLO client.test\r\n");
         assert!(outcomes(&ev).is_empty(), "no job was started: {ev:?}");
         assert!(
-            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "protocol error: unexpected reply to EHLO: 220 mx ESMTP"),
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e == "protocol error: unexpected reply to EHLO: 220 mx ESMTP"),
             "{ev:?}"
         );
         // In the same packet as the greeting, before EHLO could be written: a reply that
@@ -1636,9 +1645,9 @@ mod tests {
         let now = Instant::now();
         let mut s = Session::new("c", vec![job(&["a@x.test"])], Timeouts::rfc(), now);
         s.handle_input(b"220 mx\r\n250 mx\r\n", now);
-        let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
         assert!(
-            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e == "protocol error: reply to EHLO before it was sent: 250 mx"),
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e == "protocol error: reply to EHLO before it was sent: 250 mx"),
             "{ev:?}"
         );
         assert_eq!(s.unfinished(), vec![0]);
@@ -1669,21 +1678,21 @@ mod tests {
         let mut ev = Vec::new();
         for line in format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n354 go\r\n").split_inclusive("\r\n") {
             s.handle_input(line.as_bytes(), now);
-            while let Some(e) = s.poll_event() {
+            while let Some(e) = s.poll_action() {
                 ev.push(e);
             }
-            let n = s.output().len();
-            s.consumed(n, now);
+            let n = s.poll_output().len();
+            s.output_written(n, now);
         }
-        assert_eq!(ev, vec![Event::SendBody(0)]);
+        assert_eq!(ev, vec![Action::SendBody(0)]);
         s.push_body(b"B\r\n");
         s.handle_input(b"250 2.0.0 queued\r\n", now);
         s.push_body(b".\r\n");
         s.end_body(now);
-        let ev: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
         assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Deferred, "{ev:?}");
         assert!(
-            matches!(ev.last(), Some(Event::Closed { error: Some(e) }) if e.contains("reply to end of data before it was sent")),
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.contains("reply to end of data before it was sent")),
             "{ev:?}"
         );
     }
@@ -1692,7 +1701,7 @@ mod tests {
     /// loop; bounce it (5.4.6) and QUIT, whatever the case of the name.
     #[test]
     fn mail_loops_back_to_myself() {
-        let bounced = |ev: &[Event]| {
+        let bounced = |ev: &[Action]| {
             assert_eq!(outcomes(ev).len(), 2, "{ev:?}");
             for (_, r) in outcomes(ev) {
                 assert!(
@@ -1741,8 +1750,8 @@ mod tests {
             t0,
         );
         s.handle_input(b"220 mx\r\n", t0);
-        assert_eq!(s.output(), b"EHLO c\r\n");
-        s.consumed(8, t0);
+        assert_eq!(s.poll_output(), b"EHLO c\r\n");
+        s.output_written(8, t0);
         assert_eq!(s.poll_timeout(), Some(t0 + 5 * sec));
         let ehlo = b"250-mx\r\n250-PIPELINING\r\n250 SIZE\r\n";
         let mut closed = None;
@@ -1750,7 +1759,7 @@ mod tests {
             let t = t0 + (k as u32 + 1) * sec;
             s.handle_input(&[*b], t);
             s.handle_timeout(t);
-            if let Some(Event::Closed { error }) = s.poll_event() {
+            if let Some(Action::Closed { error }) = s.poll_action() {
                 closed = Some((k, error));
                 break;
             }
@@ -1768,12 +1777,12 @@ mod tests {
             t0,
         );
         s.handle_input(b"220 mx\r\n", t0);
-        s.consumed(8, t0);
+        s.output_written(8, t0);
         s.handle_input(b"250-mx\r\n", t0 + 3 * sec);
         s.handle_input(b"250 PIPELINING\r\n", t0 + 4 * sec);
         assert_eq!(s.poll_timeout(), Some(t0 + 9 * sec));
-        let n = s.output().len();
-        s.consumed(n, t0 + 5 * sec);
+        let n = s.poll_output().len();
+        s.output_written(n, t0 + 5 * sec);
         assert_eq!(
             s.poll_timeout(),
             Some(t0 + 10 * sec),
@@ -1994,13 +2003,13 @@ mod tests {
         let server = server_for(&["250 ok", "250 ok", "550 no b", "354 go", "250 one"]);
         let (w, ev) = run_all_splits(&make, &server);
         assert!(w.ends_with("RCPT TO:<c@x.test>\r\nDATA\r\n"), "{w}");
-        let accepted = Event::Accepted(0, vec![(0, Reply::new(250, "one"))]);
+        let accepted = Action::Accepted(0, vec![(0, Reply::new(250, "one"))]);
         let at = ev.iter().position(|e| *e == accepted);
-        let done = ev.iter().position(|e| matches!(e, Event::JobDone(..)));
+        let done = ev.iter().position(|e| matches!(e, Action::JobDone(..)));
         assert!(at.is_some() && at < done, "{ev:?}");
         assert_eq!(
             ev.iter()
-                .filter(|e| matches!(e, Event::Accepted(..)))
+                .filter(|e| matches!(e, Action::Accepted(..)))
                 .count(),
             1
         );
@@ -2014,7 +2023,7 @@ mod tests {
             &server_for(&["250 ok", "250 ok", "354 go", "250 one", "221 bye"]),
         );
         assert!(
-            !ev.iter().any(|e| matches!(e, Event::Accepted(..))),
+            !ev.iter().any(|e| matches!(e, Action::Accepted(..))),
             "{ev:?}"
         );
     }
@@ -2116,14 +2125,14 @@ mod tests {
             }
             s.handle_eof(None);
             pump(&mut s, now, &mut w, &mut ev);
-            proptest::prop_assert!(matches!(ev.last(), Some(Event::Closed { .. })), "{:?}", ev);
+            proptest::prop_assert!(matches!(ev.last(), Some(Action::Closed { .. })), "{:?}", ev);
             let mut bodies = [0usize; 2];
             let mut reported = [false; 2];
             let mut accepted: Vec<(usize, usize, Reply)> = Vec::new();
             for e in &ev {
                 match e {
-                    Event::SendBody(n) => bodies[*n] += 1,
-                    Event::Accepted(n, list) => {
+                    Action::SendBody(n) => bodies[*n] += 1,
+                    Action::Accepted(n, list) => {
                         proptest::prop_assert!(!reported[*n], "accepted after the job's end");
                         proptest::prop_assert!(bodies[*n] > 0, "accepted without a body");
                         for (i, r) in list {
@@ -2134,7 +2143,7 @@ mod tests {
                             accepted.push((*n, *i, r.clone()));
                         }
                     }
-                    Event::JobDone(n, r) => {
+                    Action::JobDone(n, r) => {
                         // What was accepted early is in the job's results unchanged, as sent.
                         for (m, i, rep) in &accepted {
                             if m == n {

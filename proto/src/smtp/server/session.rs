@@ -3,11 +3,16 @@
 //!
 //! Inputs: [`Session::handle_input`] (bytes from the client), [`Session::handle_begun`] and
 //! [`Session::handle_stored`] (answers to the `Begin` and `Commit` actions),
+//! [`Session::handle_tls_started`] and [`Session::handle_tls_established`],
 //! [`Session::handle_timeout`], [`Session::handle_eof`], [`Session::begin_shutdown`].
-//! Outputs: [`Session::pending_output`] (replies to send, in order), [`Session::poll_action`]
-//! (queue-file work for the caller), [`Session::deadline`] and [`Session::wants_read`] (the
-//! session, not the reactor, decides when more input is welcome). It never touches a socket,
-//! a file or the clock.
+//! Outputs: [`Session::poll_output`] (replies to send, in order), [`Session::poll_action`]
+//! (queue-file work for the caller), [`Session::poll_timeout`] and [`Session::wants_read`] (the
+//! session, not the reactor, decides when more input is welcome), [`Session::is_closed`] (the
+//! caller closes the connection once the output is sent: there is no close action). It never
+//! touches a socket, a file, the clock or the log.
+//! Reports: [`Session::poll_event`] (typed [`Event`]s: connect, transaction begin, recipient
+//! accepted or refused, commit or failure, TLS, timeout, close) and [`Session::counts`]; the
+//! caller turns them into log lines and counters.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -17,11 +22,19 @@ use std::time::{Duration, Instant, SystemTime};
 use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient};
 use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
-use crate::command::{self, Command, MailParams};
-use crate::data::{DataDecoder, HopCounter};
-use crate::policy::{self, Decision, LocalPolicy};
-use crate::reply::{self, Reply, Status};
-use crate::tls::TlsInfo;
+use super::command::{self, Command, MailParams};
+use super::data::{DataDecoder, HopCounter};
+use super::policy::{self, Decision, LocalPolicy};
+use super::reply::{self, Reply};
+
+/// What the session records of a TLS connection (for the trace header and logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
 
 /// Longest command line, CR LF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -72,8 +85,6 @@ pub enum Action {
     /// Send the pending `220`, then start the TLS handshake; answer with
     /// [`Session::handle_tls_started`].
     StartTls,
-    /// Close the connection once the pending output is sent.
-    Close,
 }
 
 /// Why storing a message failed.
@@ -83,6 +94,127 @@ pub enum StoreError {
     Full,
     /// Any other write, sync or rename failure.
     Failed,
+}
+
+/// Something that happened in the session, for logs and counters: polled with
+/// [`Session::poll_event`] like actions, but nothing has to be done about it. Events come in
+/// the order things happened; a driver that does not poll them only loses their report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The session began: the greeting is queued.
+    Connected,
+    /// A command was handled; the session went from state `from` to state `to` (`idle`,
+    /// `mail`, `begin`, `data`, `committing`, `starttls`, `closed`).
+    Transition {
+        /// State before the command.
+        from: &'static str,
+        /// State after it.
+        to: &'static str,
+    },
+    /// MAIL accepted: a transaction began.
+    TxBegin,
+    /// RCPT accepted.
+    RcptAccepted,
+    /// RCPT refused, and why.
+    RcptRefused(RcptRefusal),
+    /// The message is durable and `250 ... queued as <id>` is queued.
+    TxCommitted {
+        /// Queue file id.
+        id: String,
+        /// The envelope sender.
+        from: ReversePath,
+        /// How many recipients.
+        rcpts: usize,
+        /// Message size in octets, as received (dot-unstuffed).
+        size: u64,
+    },
+    /// The transaction ended after DATA without the message being stored.
+    TxFailed(TxFailure),
+    /// Input pipelined after STARTTLS (`n` octets) was discarded, never executed.
+    DiscardedAfterStartTls(usize),
+    /// The TLS handshake finished with this protocol and cipher.
+    TlsEstablished(TlsInfo),
+    /// An HTTP verb: the session ends at once.
+    NotSmtp,
+    /// Too many erroneous commands: `421`, and the session ends.
+    TooManyErrors,
+    /// The idle deadline passed in state `state`: `421`, and the session ends.
+    Timeout {
+        /// The state the session was in.
+        state: &'static str,
+    },
+    /// The client went away in the middle of state `state` (not reported when idle).
+    LostConnection {
+        /// The state the session was in.
+        state: &'static str,
+    },
+    /// The session ended (QUIT, `421`, end of input): nothing more is read.
+    Closed,
+}
+
+/// Why a recipient was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptRefusal {
+    /// RCPT without MAIL first.
+    NoTransaction,
+    /// Over `max_recipients` (`452 4.5.3`).
+    TooMany,
+    /// A UTF-8 address without the SMTPUTF8 parameter.
+    NeedSmtputf8,
+    /// `RCPT TO:<postmaster>` with no postmaster address configured.
+    NoPostmaster,
+    /// An untrusted client asked to relay to this recipient.
+    RelayDenied(ForwardPath),
+    /// A local domain, nobody there (`550 5.1.1`).
+    UnknownUser(ForwardPath),
+    /// A local user at or over quota (`452 4.2.2`).
+    MailboxFull(ForwardPath),
+}
+
+/// An accepted recipient, and its expansion when it is local.
+type Accepted = (ForwardPath, Option<LocalRecipient>);
+
+/// Why a transaction failed after DATA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxFailure {
+    /// No queue file could be created.
+    Begin(StoreError),
+    /// The message was larger than `max_size`.
+    TooBig {
+        /// Queue file id (discarded).
+        id: String,
+        /// Octets received.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// More `Received:` fields than `max_hops`: a mail loop.
+    TooManyHops {
+        /// Queue file id (discarded).
+        id: String,
+        /// `Received:` fields counted.
+        hops: usize,
+        /// The limit.
+        limit: usize,
+        /// The envelope sender.
+        from: ReversePath,
+    },
+    /// The message already carries `Delivered-To:` for a local recipient: a loop.
+    DeliveredToLoop {
+        /// Queue file id (discarded).
+        id: String,
+        /// The address found in `Delivered-To:`.
+        address: String,
+        /// The envelope sender.
+        from: ReversePath,
+    },
+    /// Writing or committing the queue file failed.
+    Store {
+        /// Queue file id.
+        id: String,
+        /// What failed.
+        error: StoreError,
+    },
 }
 
 /// One mail transaction, from MAIL to the end of DATA.
@@ -145,18 +277,39 @@ impl State {
     }
 }
 
-/// Command counters for the disconnect log line, as Postfix prints them.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    helo: u32,
-    ehlo: u32,
-    mail: u32,
-    rcpt: u32,
-    data: u32,
-    rset: u32,
-    quit: u32,
-    other: u32,
-    errors: u32,
+/// What one session did, counted as it goes (read with [`Session::counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// HELO commands.
+    pub helo: u32,
+    /// EHLO commands.
+    pub ehlo: u32,
+    /// MAIL commands.
+    pub mail: u32,
+    /// RCPT commands.
+    pub rcpt: u32,
+    /// DATA commands.
+    pub data: u32,
+    /// RSET commands.
+    pub rset: u32,
+    /// QUIT commands.
+    pub quit: u32,
+    /// Every other command, and lines that are no command.
+    pub other: u32,
+    /// Error replies (4xx and 5xx) to commands and messages.
+    pub errors: u32,
+    /// Messages stored (`250 ... queued as`).
+    pub accepted: u32,
+    /// Messages refused after DATA (size, hops, storage).
+    pub refused: u32,
+    /// Recipients accepted.
+    pub rcpts_accepted: u32,
+    /// Recipients refused.
+    pub rcpts_refused: u32,
+    /// Octets of client input consumed.
+    pub bytes_in: u64,
+    /// Octets of replies sent.
+    pub bytes_out: u64,
 }
 
 /// An SMTP server session with one client.
@@ -171,6 +324,7 @@ pub struct Session {
     out: Vec<u8>,
     out_pos: usize,
     actions: VecDeque<Action>,
+    events: VecDeque<Event>,
     /// Decoded message content not yet handed out as `Action::Write`.
     body: Vec<u8>,
     /// Discarding the rest of an overlong command line.
@@ -181,7 +335,6 @@ pub struct Session {
     /// Errors since the session began or since the last message it delivered: the
     /// `max_errors` limit applies to these.
     recent_errors: u32,
-    accepted: u32,
     /// The connection is encrypted.
     tls: bool,
     /// Protocol and cipher, once the handshake finished.
@@ -197,8 +350,8 @@ impl Session {
         now: Instant,
     ) -> Session {
         let mut s = Session::blank(config, peer, trusted);
-        let greeting = format!("220 {} ESMTP smtpd\r\n", s.config.hostname);
-        s.out.extend_from_slice(greeting.as_bytes());
+        reply::greeting(&s.config.hostname).write_to(&mut s.out);
+        s.events.push_back(Event::Connected);
         s.deadline = Some(now + s.config.timeout);
         s
     }
@@ -213,13 +366,13 @@ impl Session {
             out: Vec::new(),
             out_pos: 0,
             actions: VecDeque::new(),
+            events: VecDeque::new(),
             body: Vec::new(),
             discarding: false,
             deadline: None,
             shutting_down: false,
             counts: Counts::default(),
             recent_errors: 0,
-            accepted: 0,
             tls: false,
             tls_info: None,
         }
@@ -288,11 +441,8 @@ impl Session {
                         // RFC 3207 §4.2: anything pipelined after STARTTLS is plaintext
                         // injection; it is dropped, never executed after the handshake.
                         if pos < input.len() {
-                            log::warn!(
-                                "[{}] discarded {} octets sent after STARTTLS",
-                                self.peer.ip(),
-                                input.len() - pos
-                            );
+                            let n = input.len() - pos;
+                            self.events.push_back(Event::DiscardedAfterStartTls(n));
                         }
                         pos = input.len();
                     }
@@ -306,6 +456,7 @@ impl Session {
             }
         }
         self.flush_body();
+        self.counts.bytes_in += pos as u64;
         pos
     }
 
@@ -359,7 +510,8 @@ impl Session {
                 };
             }
             Err(e) => {
-                log::warn!("{}: cannot create queue file: {e:?}", self.peer);
+                self.counts.refused += 1;
+                self.events.push_back(Event::TxFailed(TxFailure::Begin(e)));
                 self.error(store_reply(e));
                 self.after_transaction();
             }
@@ -378,18 +530,20 @@ impl Session {
         };
         match result {
             Ok(()) => {
-                self.accepted += 1;
+                self.counts.accepted += 1;
                 self.recent_errors = 0;
-                log::info!(
-                    "{id}: from={}, nrcpt={}, size={size}, client=[{}]",
-                    txn.from,
-                    txn.rcpts.len(),
-                    self.peer.ip()
-                );
                 self.reply(&reply::queued(&id));
+                self.events.push_back(Event::TxCommitted {
+                    id,
+                    from: txn.from,
+                    rcpts: txn.rcpts.len(),
+                    size,
+                });
             }
             Err(e) => {
-                log::warn!("{id}: not stored ({e:?}), client=[{}]", self.peer.ip());
+                self.counts.refused += 1;
+                self.events
+                    .push_back(Event::TxFailed(TxFailure::Store { id, error: e }));
                 self.error(store_reply(e));
             }
         }
@@ -410,25 +564,17 @@ impl Session {
     }
 
     /// The TLS handshake finished with this protocol and cipher.
-    pub fn set_tls_info(&mut self, info: TlsInfo) {
-        log::info!(
-            "[{}] TLS established: {} {}",
-            self.peer.ip(),
-            info.version,
-            info.cipher
-        );
+    pub fn handle_tls_established(&mut self, info: TlsInfo) {
+        self.events.push_back(Event::TlsEstablished(info.clone()));
         self.tls_info = Some(info);
     }
 
-    /// The idle deadline passed (the caller checks [`Session::deadline`] first).
+    /// The idle deadline passed (the caller checks [`Session::poll_timeout`] first).
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.deadline {
             Some(d) if d <= now && !matches!(self.state, State::Closed) => {
-                log::info!(
-                    "timeout after {} from [{}]",
-                    self.state.name(),
-                    self.peer.ip()
-                );
+                let state = self.state.name();
+                self.events.push_back(Event::Timeout { state });
                 self.abort_transaction();
                 let r = reply::timeout(&self.config.hostname);
                 self.reply(&r);
@@ -440,12 +586,12 @@ impl Session {
 
     /// The client closed its side.
     pub fn handle_eof(&mut self) {
-        if !matches!(self.state, State::Closed | State::Idle) {
-            log::info!(
-                "lost connection after {} from [{}]",
-                self.state.name(),
-                self.peer.ip()
-            );
+        if matches!(self.state, State::Closed) {
+            return; // Already over (and reported).
+        }
+        if !matches!(self.state, State::Idle) {
+            let state = self.state.name();
+            self.events.push_back(Event::LostConnection { state });
         }
         self.abort_transaction();
         self.close();
@@ -472,13 +618,15 @@ impl Session {
     }
 
     /// Reply bytes waiting to be sent.
-    pub fn pending_output(&self) -> &[u8] {
+    pub fn poll_output(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }
 
-    /// `n` octets of [`Session::pending_output`] were sent.
+    /// `n` octets of [`Session::poll_output`] were sent.
     pub fn output_written(&mut self, n: usize) {
+        let before = self.out_pos;
         self.out_pos = (self.out_pos + n).min(self.out.len());
+        self.counts.bytes_out += (self.out_pos - before) as u64;
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -493,12 +641,18 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// The next event to report (logs, counters). Poll until `None` after each input, or they
+    /// pile up.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     /// When the session times out. Every state that waits for the client has one, including
     /// `StartingTls` (a client that does not read the `220`) and states whose replies the
     /// client does not read (the deadline only moves when a line arrives). Only the states that
     /// wait for the server's own disk work (creating or committing the queue file) and the
     /// closed session (the reactor bounds its linger) have none.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Committing { .. } | State::Begin(_) | State::Closed => None,
             _ => self.deadline,
@@ -528,27 +682,9 @@ impl Session {
         self.peer
     }
 
-    /// Postfix-style summary for the disconnect log line.
-    pub fn summary(&self) -> String {
-        let c = &self.counts;
-        let mut parts = Vec::new();
-        for (name, n) in [
-            ("helo", c.helo),
-            ("ehlo", c.ehlo),
-            ("mail", c.mail),
-            ("rcpt", c.rcpt),
-            ("data", c.data),
-            ("rset", c.rset),
-            ("quit", c.quit),
-            ("other", c.other),
-            ("errors", c.errors),
-        ] {
-            if n > 0 {
-                parts.push(format!("{name}={n}"));
-            }
-        }
-        parts.push(format!("accepted={}", self.accepted));
-        parts.join(" ")
+    /// What this session did so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     fn command(&mut self, line: &[u8]) {
@@ -602,16 +738,14 @@ impl Session {
             }
             Command::Forbidden => {
                 self.counts.other += 1;
-                log::warn!("non-SMTP command from [{}]", self.peer.ip());
-                self.reply(&Reply::fixed(
-                    221,
-                    Status(2, 7, 0),
-                    "Error: this is an SMTP server",
-                ));
+                self.events.push_back(Event::NotSmtp);
+                self.reply(&reply::NOT_SMTP);
                 self.close();
             }
         }
-        log::debug!("[{}] {before} -> {}", self.peer.ip(), self.state.name());
+        let to = self.state.name();
+        self.events
+            .push_back(Event::Transition { from: before, to });
     }
 
     fn other_ok(&mut self, r: &Reply) {
@@ -623,17 +757,12 @@ impl Session {
         // A second HELO/EHLO resets the transaction (RFC 5321 §4.1.4).
         self.state = State::Idle;
         self.helo = Some((name, esmtp));
-        let host = self.config.hostname.clone();
+        let host = &self.config.hostname;
         if esmtp {
-            let size = format!("SIZE {}", self.config.max_size);
-            let mut lines = vec![host.as_str(), "PIPELINING", &size, "8BITMIME"];
-            if self.config.starttls && !self.tls {
-                lines.push("STARTTLS");
-            }
-            lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8"]);
-            reply::write_multiline(&mut self.out, 250, &lines);
+            let starttls = self.config.starttls && !self.tls;
+            reply::write_ehlo(&mut self.out, host, self.config.max_size, starttls);
         } else {
-            reply::write_line(&mut self.out, 250, ' ', None, &host);
+            reply::helo(host).write_to(&mut self.out);
         }
         // A stopping server takes no new transaction: HELO/EHLO ended the one in progress.
         self.after_transaction();
@@ -676,68 +805,82 @@ impl Session {
             overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
+        self.events.push_back(Event::TxBegin);
     }
 
     fn rcpt(&mut self, to: ForwardPath) {
+        match self.check_rcpt(to) {
+            Ok((to, local)) => {
+                if let State::Mail(txn) = &mut self.state {
+                    match local {
+                        Some(r) => txn.locals.push(r),
+                        None => txn.remote.push(to.clone()),
+                    }
+                    txn.rcpts.push(to);
+                }
+                self.counts.rcpts_accepted += 1;
+                self.events.push_back(Event::RcptAccepted);
+                self.reply(&reply::RCPT_OK);
+            }
+            Err((refusal, r, counts_as_error)) => {
+                self.counts.rcpts_refused += 1;
+                self.events.push_back(Event::RcptRefused(refusal));
+                if counts_as_error {
+                    self.error(r);
+                } else {
+                    self.reply(&r);
+                }
+            }
+        }
+    }
+
+    /// The recipient to add (with its expansion when it is local), or why not: the refusal, its
+    /// reply, and whether the reply counts toward the error limit.
+    fn check_rcpt(&mut self, to: ForwardPath) -> Result<Accepted, (RcptRefusal, Reply, bool)> {
         let State::Mail(txn) = &mut self.state else {
-            return self.error(reply::NEED_MAIL);
+            return Err((RcptRefusal::NoTransaction, reply::NEED_MAIL, true));
         };
         if txn.rcpts.len() >= self.config.max_recipients {
             // Not an error of the client's: clients send every recipient and retry the rest
             // later (RFC 5321 §4.5.3.1.8), so it does not count toward the error limit, up to
             // a large overshoot.
             txn.overshoot += 1;
-            if txn.overshoot > RECIPIENT_OVERSHOOT {
-                return self.error(reply::TOO_MANY_RECIPIENTS);
-            }
-            return self.reply(&reply::TOO_MANY_RECIPIENTS);
+            let counts = txn.overshoot > RECIPIENT_OVERSHOOT;
+            return Err((RcptRefusal::TooMany, reply::TOO_MANY_RECIPIENTS, counts));
         }
         if to.is_utf8() && !txn.params.smtputf8 {
-            return self.error(reply::NEED_SMTPUTF8);
+            return Err((RcptRefusal::NeedSmtputf8, reply::NEED_SMTPUTF8, true));
         }
         // Our own domains, from any client: a user or alias, nobody, or a full mailbox.
         if let Some(policy) = &self.config.local {
             match policy.decide(&to) {
-                Decision::Local(r) => {
-                    txn.rcpts.push(to);
-                    txn.locals.push(r);
-                    return self.reply(&reply::RCPT_OK);
-                }
+                Decision::Local(r) => return Ok((to, Some(r))),
                 Decision::Unknown => {
-                    log::info!(
-                        "reject: RCPT from [{}]: user unknown: to={to}",
-                        self.peer.ip()
-                    );
-                    return self.error(reply::unknown_user(&to.to_string()));
+                    let r = reply::unknown_user(&to.to_string());
+                    return Err((RcptRefusal::UnknownUser(to), r, true));
                 }
                 Decision::OverQuota => {
-                    log::info!(
-                        "reject: RCPT from [{}]: mailbox full: to={to}",
-                        self.peer.ip()
-                    );
                     // Not the client's error: it retries later.
-                    return self.reply(&reply::mailbox_full(&to.to_string()));
+                    let r = reply::mailbox_full(&to.to_string());
+                    return Err((RcptRefusal::MailboxFull(to), r, false));
                 }
                 Decision::Remote => {}
             }
         }
-        // Not local: the bare postmaster goes to the configured address
-        // (from any client, as RFC 5321 §4.5.1 requires), or is refused.
+        // Not local: the bare postmaster goes to the configured address (from any client, as
+        // RFC 5321 §4.5.1 requires), or is refused.
         let (to, postmaster) = match (to, &self.config.postmaster) {
             (ForwardPath::Postmaster, Some(m)) => (ForwardPath::Mailbox(m.clone()), true),
-            (ForwardPath::Postmaster, None) => return self.error(reply::NO_POSTMASTER),
+            (ForwardPath::Postmaster, None) => {
+                return Err((RcptRefusal::NoPostmaster, reply::NO_POSTMASTER, true));
+            }
             (to, _) => (to, false),
         };
         if !self.trusted && !postmaster {
-            log::info!(
-                "reject: RCPT from [{}]: relay access denied: to={to}",
-                self.peer.ip()
-            );
-            return self.error(reply::relay_denied(&to.to_string()));
+            let r = reply::relay_denied(&to.to_string());
+            return Err((RcptRefusal::RelayDenied(to), r, true));
         }
-        txn.remote.push(to.clone());
-        txn.rcpts.push(to);
-        self.reply(&reply::RCPT_OK);
+        Ok((to, None))
     }
 
     fn data(&mut self) {
@@ -775,12 +918,12 @@ impl Session {
                 }
             };
         if decoder.too_big() {
-            log::info!(
-                "{id}: rejected: message size {} exceeds limit {}, client=[{}]",
-                decoder.size(),
-                self.config.max_size,
-                self.peer.ip()
-            );
+            self.counts.refused += 1;
+            self.events.push_back(Event::TxFailed(TxFailure::TooBig {
+                id,
+                size: decoder.size(),
+                limit: self.config.max_size,
+            }));
             self.actions.push_back(Action::Abort);
             self.error(reply::TOO_BIG);
             self.deadline = Some(now + self.config.timeout);
@@ -788,13 +931,14 @@ impl Session {
             return;
         }
         if hops.count() > self.config.max_hops {
-            log::info!(
-                "{id}: rejected: {} Received: headers exceed the hop limit {} (mail loop?), from={}, client=[{}]",
-                hops.count(),
-                self.config.max_hops,
-                txn.from,
-                self.peer.ip()
-            );
+            self.counts.refused += 1;
+            self.events
+                .push_back(Event::TxFailed(TxFailure::TooManyHops {
+                    id,
+                    hops: hops.count(),
+                    limit: self.config.max_hops,
+                    from: txn.from,
+                }));
             self.actions.push_back(Action::Abort);
             self.error(reply::TOO_MANY_HOPS);
             self.deadline = Some(now + self.config.timeout);
@@ -806,12 +950,13 @@ impl Session {
             .flat_map(|l| &l.copies)
             .find(|c| delivered_to.contains(&c.delivered_to))
         {
-            log::info!(
-                "{id}: rejected: mail loop: already delivered to {} (Delivered-To), from={}, client=[{}]",
-                c.delivered_to,
-                txn.from,
-                self.peer.ip()
-            );
+            self.counts.refused += 1;
+            self.events
+                .push_back(Event::TxFailed(TxFailure::DeliveredToLoop {
+                    id,
+                    address: c.delivered_to.clone(),
+                    from: txn.from,
+                }));
             self.actions.push_back(Action::Abort);
             self.error(reply::DELIVERED_TO_LOOP);
             self.deadline = Some(now + self.config.timeout);
@@ -882,7 +1027,7 @@ impl Session {
         self.recent_errors += 1;
         self.reply(&r);
         if self.recent_errors >= self.config.max_errors && !matches!(self.state, State::Closed) {
-            log::info!("too many errors from [{}]", self.peer.ip());
+            self.events.push_back(Event::TooManyErrors);
             self.abort_transaction();
             let r = reply::too_many_errors(&self.config.hostname);
             self.reply(&r);
@@ -891,8 +1036,10 @@ impl Session {
     }
 
     fn close(&mut self) {
+        if !matches!(self.state, State::Closed) {
+            self.events.push_back(Event::Closed);
+        }
         self.state = State::Closed;
-        self.actions.push_back(Action::Close);
     }
 }
 
@@ -904,6 +1051,7 @@ fn store_reply(e: StoreError) -> Reply {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod tests {
     use super::*;
 
@@ -930,6 +1078,9 @@ mod tests {
         replies: String,
         stored: Vec<Vec<u8>>,
         closed: bool,
+        /// Every event but `DiscardedAfterStartTls` (whose count depends on the split).
+        events: Vec<Event>,
+        counts: Counts,
     }
 
     /// Feeds `input` in pieces cut at `cuts`, acting like the reactor (store always succeeds).
@@ -941,6 +1092,7 @@ mod tests {
         let mut out = Vec::new();
         let mut stored = Vec::new();
         let mut current: Option<Vec<u8>> = None;
+        let mut events = Vec::new();
         let mut start = 0;
         let mut n = 0;
         let mut pieces: Vec<&[u8]> = Vec::new();
@@ -970,12 +1122,16 @@ mod tests {
                         }
                         Action::Abort => current = None,
                         Action::StartTls => s.handle_tls_started(now),
-                        Action::Close => {}
                     }
                 }
-                out.extend_from_slice(s.pending_output());
-                let k = s.pending_output().len();
+                out.extend_from_slice(s.poll_output());
+                let k = s.poll_output().len();
                 s.output_written(k);
+                while let Some(e) = s.poll_event() {
+                    if !matches!(e, Event::DiscardedAfterStartTls(_)) {
+                        events.push(e);
+                    }
+                }
                 if used == 0 && !acted {
                     break;
                 }
@@ -985,6 +1141,8 @@ mod tests {
             replies: String::from_utf8(out).unwrap(),
             stored,
             closed: s.is_closed(),
+            events,
+            counts: *s.counts(),
         }
     }
 
@@ -1023,6 +1181,78 @@ mod tests {
             "Return-Path: <a@x.test>\r\nX-Original-To: <b@y.test>\r\nX-Original-To: <c@z.test>\r\nReceived: from client.test (unknown [192.0.2.1])\r\n\tby mx.test with ESMTP id ID1;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         ), "{msg}");
         assert!(msg.ends_with("\r\nSubject: hi\r\n\r\n.dot\r\n"), "{msg}");
+    }
+
+    #[test]
+    fn events_and_counts_from_a_transcript() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<b@\xc3\xa9.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n";
+        let o = check_splits(input, true);
+        let t = |from, to| Event::Transition { from, to };
+        assert_eq!(
+            o.events,
+            [
+                Event::Connected,
+                t("idle", "idle"),
+                Event::TxBegin,
+                t("idle", "mail"),
+                Event::RcptAccepted,
+                t("mail", "mail"),
+                Event::RcptRefused(RcptRefusal::NeedSmtputf8),
+                t("mail", "mail"),
+                t("mail", "begin"),
+                Event::TxCommitted {
+                    id: "ID1".into(),
+                    from: ReversePath::parse("<a@x.test>").unwrap(),
+                    rcpts: 1,
+                    size: 4,
+                },
+                Event::Closed,
+                t("idle", "closed"),
+            ]
+        );
+        let c = o.counts;
+        assert_eq!((c.ehlo, c.mail, c.rcpt, c.data, c.quit), (1, 1, 2, 1, 1));
+        assert_eq!((c.errors, c.accepted, c.refused), (1, 1, 0));
+        assert_eq!((c.rcpts_accepted, c.rcpts_refused), (1, 1));
+        assert_eq!(c.bytes_in, input.len() as u64);
+        assert_eq!(c.bytes_out, o.replies.len() as u64);
+
+        // Refusals: relay, a message over the size limit, and a timeout mid-transaction.
+        let input = b"HELO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n";
+        let o = check_splits(input, false);
+        assert!(
+            o.events
+                .contains(&Event::RcptRefused(RcptRefusal::RelayDenied(
+                    ForwardPath::parse("<b@y.test>").unwrap()
+                )))
+        );
+        let big = format!(
+            "HELO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n{}\r\n.\r\n",
+            "x".repeat(1200)
+        );
+        let o = drive(big.as_bytes(), &[], true);
+        assert!(
+            o.events.contains(&Event::TxFailed(TxFailure::TooBig {
+                id: "ID1".into(),
+                size: 1202,
+                limit: 1000,
+            })),
+            "{:?}",
+            o.events
+        );
+        assert_eq!((o.counts.accepted, o.counts.refused), (0, 1));
+
+        let now = Instant::now();
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, now);
+        s.handle_input(b"HELO c\r\nMAIL FROM:<a@x.test>\r\n", now);
+        s.handle_timeout(now + Duration::from_secs(301));
+        s.handle_eof();
+        let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            events.ends_with(&[Event::Timeout { state: "mail" }, Event::Closed]),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -1135,14 +1365,14 @@ mod tests {
         s.handle_timeout(now + Duration::from_secs(400));
         assert!(s.is_closed());
         assert!(
-            String::from_utf8_lossy(s.pending_output())
+            String::from_utf8_lossy(s.poll_output())
                 .contains("421 4.4.2 mx.test Error: timeout exceeded")
         );
 
         let mut s = Session::new(config(), peer, true, now);
         let junk = "X\r\n".repeat(25);
         s.handle_input(junk.as_bytes(), now);
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         assert_eq!(out.matches("500 5.5.2").count(), 20);
         assert!(out.ends_with("421 4.7.0 mx.test Error: too many errors\r\n"));
         assert!(s.is_closed());
@@ -1241,7 +1471,7 @@ mod tests {
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n",
             now,
         );
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         assert_eq!(codes(&out), ["220", "250", "250", "250", "554"], "{out}");
         assert_eq!(s.poll_action(), Some(Action::Begin));
         s.handle_begun(Ok("ID".into()), now, SystemTime::UNIX_EPOCH);
@@ -1270,11 +1500,11 @@ mod tests {
             s.handle_input(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\n", now);
             s.begin_shutdown();
             assert!(!s.is_closed());
-            s.output_written(s.pending_output().len());
+            s.output_written(s.poll_output().len());
             s.handle_input(hello.as_bytes(), now);
             s.handle_input(b"MAIL FROM:<a@x.test>\r\n", now);
             assert!(s.is_closed());
-            let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+            let out = String::from_utf8_lossy(s.poll_output()).into_owned();
             assert!(
                 out.ends_with("421 4.3.2 mx.test Service shutting down\r\n"),
                 "{out}"
@@ -1292,7 +1522,7 @@ mod tests {
         let used = s.handle_input(noops.as_bytes(), now);
         assert!(used < noops.len());
         assert!(!s.wants_read());
-        assert!(s.pending_output().len() < OUTPUT_LIMIT + 100);
+        assert!(s.poll_output().len() < OUTPUT_LIMIT + 100);
     }
 
     #[test]
@@ -1306,13 +1536,14 @@ mod tests {
         s.handle_input(b"RSET\r\n", now);
         assert!(s.is_closed());
         assert!(
-            String::from_utf8_lossy(s.pending_output())
+            String::from_utf8_lossy(s.poll_output())
                 .ends_with("421 4.3.2 mx.test Service shutting down\r\n")
         );
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
 mod starttls_tests {
     use super::*;
 
@@ -1333,7 +1564,7 @@ mod starttls_tests {
     }
 
     fn take(s: &mut Session) -> String {
-        let out = String::from_utf8_lossy(s.pending_output()).into_owned();
+        let out = String::from_utf8_lossy(s.poll_output()).into_owned();
         s.output_written(out.len());
         out
     }
@@ -1371,7 +1602,7 @@ mod starttls_tests {
         let mut s = session(true);
         s.handle_input(b"EHLO c\r\nSTARTTLS\r\n", now);
         assert_eq!(s.poll_action(), Some(Action::StartTls));
-        let d = s.deadline().expect("a deadline while STARTTLS waits");
+        let d = s.poll_timeout().expect("a deadline while STARTTLS waits");
         assert!(d <= now + Duration::from_secs(300));
         s.handle_timeout(d);
         assert!(s.is_closed());

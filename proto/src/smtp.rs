@@ -1,0 +1,4 @@
+//! SMTP (RFC 5321): the server side (smtpd) and the client side (smtp-relay).
+
+pub mod client;
+pub mod server;

@@ -1636,3 +1636,205 @@ mod starttls_tests {
         assert!(take(&mut s).ends_with("503 5.5.1 Error: MAIL transaction in progress\r\n"));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
+mod local_tests {
+    use super::*;
+    use crate::smtp::server::policy::QuotaView;
+    use maildir_core::aliases::Aliases;
+    use maildir_core::directory::{Directory, LocalCopy};
+    use maildir_core::users::Users;
+
+    #[derive(Debug)]
+    struct Full(&'static str);
+
+    impl QuotaView for Full {
+        fn over_quota(&self, user: &str) -> bool {
+            user == self.0
+        }
+    }
+
+    fn session(trusted: bool, full: &'static str) -> Session {
+        let users = Users::parse("alice:*::::\nbob:*::::\ncarol:*::::\n").unwrap();
+        let aliases =
+            Aliases::parse("postmaster: alice\nsales: carol, partner@far.test\nteam: alice, bob\n")
+                .unwrap();
+        let dir = Directory::new(users, aliases, &["example.test".into()], Some('+')).unwrap();
+        let config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_size: 10_000,
+            max_recipients: 10,
+            timeout: Duration::from_secs(300),
+            max_errors: 20,
+            starttls: false,
+            max_hops: 50,
+            postmaster: None,
+            output_limit: OUTPUT_LIMIT,
+            local: Some(LocalPolicy {
+                directory: Arc::new(dir),
+                quota: Some(Arc::new(Full(full))),
+            }),
+        });
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        Session::new(config, peer, trusted, Instant::now())
+    }
+
+    /// A committed spool with its local delivery.
+    type Committed = (Vec<u8>, Option<LocalDelivery>);
+
+    /// Feeds `input` in pieces cut at every `step` octets, acting like the reactor: the replies,
+    /// and each committed spool with its local delivery.
+    fn drive(s: &mut Session, input: &[u8], step: usize) -> (String, Vec<Committed>) {
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        let (mut out, mut commits, mut current) = (Vec::new(), Vec::new(), None::<Vec<u8>>);
+        for piece in input.chunks(step.max(1)) {
+            pending.extend_from_slice(piece);
+            loop {
+                let used = s.handle_input(&pending, now);
+                pending.drain(..used);
+                let mut acted = false;
+                while let Some(a) = s.poll_action() {
+                    acted = true;
+                    match a {
+                        Action::Begin => {
+                            current = Some(Vec::new());
+                            s.handle_begun(Ok("ID1".into()), now, SystemTime::UNIX_EPOCH);
+                        }
+                        Action::Write(b) => current.as_mut().unwrap().extend_from_slice(&b),
+                        Action::Commit(local) => {
+                            commits.push((current.take().unwrap(), local));
+                            s.handle_stored(Ok(()), now);
+                        }
+                        Action::Abort => current = None,
+                        Action::StartTls => s.handle_tls_started(now),
+                    }
+                }
+                out.extend_from_slice(s.poll_output());
+                let k = s.poll_output().len();
+                s.output_written(k);
+                while s.poll_event().is_some() {}
+                if used == 0 && !acted {
+                    break;
+                }
+            }
+        }
+        (String::from_utf8(out).unwrap(), commits)
+    }
+
+    fn copy(user: &str, to: &str, orig: &str) -> LocalCopy {
+        LocalCopy {
+            user: user.into(),
+            delivered_to: to.into(),
+            original_to: orig.into(),
+        }
+    }
+
+    /// From an untrusted client: local users and aliases 250, unknown 550 5.1.1 with the
+    /// address, over quota 452 4.2.2 (an alias too, when it reaches a full user), remote
+    /// 554 5.7.1; the spool's envelope lists only the
+    /// forwarded address, and the commit names one copy per user; the same for any split.
+    #[test]
+    fn rcpt_policy_envelope_and_plan_any_split() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<x@far.test>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<Alice+tag@Example.Test>\r\nRCPT TO:<sales@example.test>\r\nRCPT TO:<team@example.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n";
+        let mut whole = None;
+        for step in [input.len(), 1, 7] {
+            let mut s = session(false, "bob");
+            let got = drive(&mut s, input, step);
+            let (replies, commits) = &got;
+            let lines: Vec<&str> = replies.lines().collect();
+            assert_eq!(lines[7], "250 2.1.0 Ok");
+            assert_eq!(
+                lines[8],
+                "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown"
+            );
+            assert!(lines[9].starts_with("554 5.7.1 <x@far.test>"), "{replies}");
+            assert!(lines[10].starts_with("452 4.2.2 <bob@"), "{replies}");
+            assert!(lines[11].starts_with("250 2.1.5") && lines[12].starts_with("250 2.1.5"));
+            // team reaches bob, who is full.
+            assert!(lines[13].starts_with("452 4.2.2 <team@"), "{replies}");
+            assert!(lines[14].starts_with("354 "), "{replies}");
+            assert!(lines[15].starts_with("250 2.0.0"), "{replies}");
+            assert_eq!(lines.len(), 16);
+            assert_eq!(commits.len(), 1);
+            let (spool, local) = &commits[0];
+            let local = local.as_ref().expect("a local delivery");
+            let spool = String::from_utf8(spool.clone()).unwrap();
+            let envelope = "Return-Path: <s@far.test>\r\nX-Original-To: <partner@far.test>\r\n";
+            assert!(spool.starts_with(envelope), "{spool}");
+            assert_eq!(local.content_at, envelope.len() as u64);
+            assert!(spool[envelope.len()..].starts_with("Received: from c.test"));
+            assert!(local.queue);
+            assert_eq!(
+                local.copies,
+                [
+                    copy("alice", "alice@example.test", "Alice+tag@Example.Test"),
+                    copy("carol", "carol@example.test", "sales@example.test"),
+                ]
+            );
+            match &whole {
+                None => whole = Some(got),
+                Some(w) => assert_eq!(&got, w, "step {step}"),
+            }
+        }
+    }
+
+    /// Only local recipients: no envelope in the spool and no queue file; a trusted client's
+    /// remote recipient is queued beside the copy.
+    #[test]
+    fn queue_envelope_only_for_remote_recipients() {
+        let mut s = session(false, "");
+        let (replies, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        assert!(
+            replies.ends_with("250 2.0.0 Ok: queued as ID1\r\n"),
+            "{replies}"
+        );
+        let (spool, local) = &commits[0];
+        let local = local.as_ref().unwrap();
+        assert!(!local.queue && local.content_at == 0);
+        assert!(spool.starts_with(b"Received: "));
+        assert_eq!(
+            local.copies,
+            [copy("alice", "alice@example.test", "postmaster")]
+        );
+
+        let mut s = session(true, "");
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<y@far.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<y@far.test>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        assert_eq!(commits.len(), 2);
+        let (spool, local) = &commits[0];
+        assert!(
+            spool.starts_with(
+                b"Return-Path: <s@x.test>\r\nX-Original-To: <y@far.test>\r\nReceived: "
+            )
+        );
+        assert!(local.as_ref().unwrap().queue);
+        assert!(
+            commits[1].1.is_none(),
+            "no local recipient: a plain queue file"
+        );
+    }
+
+    /// `Delivered-To:` for a local user in the header section: 554 5.4.6, the spool aborted;
+    /// in the body, or for someone else, it is no loop.
+    #[test]
+    fn delivered_to_loop_is_refused() {
+        let mut s = session(true, "");
+        let (replies, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<team@example.test>\r\nDATA\r\nSubject: x\r\ndelivered-to: BOB@example.test\r\n\r\nb\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nDelivered-To: bob@other.test\r\n\r\nDelivered-To: bob@example.test\r\n.\r\n",
+            3,
+        );
+        assert!(replies.contains("\r\n554 5.4.6 "), "{replies}");
+        assert_eq!(commits.len(), 1, "{replies}");
+        assert!(replies.ends_with("250 2.0.0 Ok: queued as ID1\r\n"));
+    }
+}

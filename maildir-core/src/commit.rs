@@ -15,7 +15,7 @@
 //! [`GroupCommit`] runs both stages as a pipeline that lives as long as its owner (smtpd's
 //! committer): a publisher thread takes every file synced meanwhile as one batch, so stage 1 of
 //! the next messages overlaps stage 2 of the previous ones. [`sync_all`] runs stage 1 once
-//! for a batch the caller then publishes ([`Maildir::commit_batch`]).
+//! for a batch the caller then publishes ([`crate::Maildir::commit_batch`]).
 //!
 //! Owns: these threads and the order of durability (file data flushed, then rename, then the
 //! directory fsync, before any result is reported). Must not: speak SMTP, know the reactor, or
@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use crate::maildir::{Delivered, Delivery, MaildirError, Synced, publish_all};
 
-/// Sync threads used where the caller has no setting of its own ([`Maildir::commit_batch`],
+/// Sync threads used where the caller has no setting of its own ([`crate::Maildir::commit_batch`],
 /// and smtpd's default).
 pub const SYNC_THREADS: usize = 16;
 

@@ -146,7 +146,7 @@ pub struct Args {
     /// any client; may be given several times. Needs --mailboxes and --users.
     #[arg(long = "local-domain", value_name = "DOMAIN")]
     pub local_domain: Vec<String>,
-    /// Root of the users' Maildirs: DIR/<user>/{tmp,new,cur}, created on first delivery, mode
+    /// Root of the users' Maildirs: DIR/USER/{tmp,new,cur}, created on first delivery, mode
     /// 0700.
     #[arg(long, value_name = "DIR")]
     pub mailboxes: Option<PathBuf>,

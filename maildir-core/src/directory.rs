@@ -101,7 +101,10 @@ pub struct LocalCopy {
 /// What the end of DATA asks of the store for a message with local recipients: write one
 /// copy per entry of `copies` from the spooled message (the content from `content_at` on: the
 /// `Received:` header and the message), and keep the spool as the relay's queue file only when
-/// `queue` (remote or forwarded recipients, which its envelope lists); all in one commit.
+/// `queue` (remote or forwarded recipients, which its envelope lists); all in one commit. With
+/// `spool_is_copy` (no queue file) the spool already starts with the first copy's header lines
+/// ([`copy_header`]) and is itself that copy, renamed into the user's Maildir: one file
+/// written, not two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalDelivery {
     /// The envelope sender, for each copy's `Return-Path:`.
@@ -110,8 +113,21 @@ pub struct LocalDelivery {
     pub copies: Vec<LocalCopy>,
     /// The spool is also a queue file for smtp-relay; without it the spool is removed.
     pub queue: bool,
-    /// Octets of envelope before the content in the spool.
+    /// Octets of envelope (or of the first copy's header lines) before the content in the
+    /// spool.
     pub content_at: u64,
+    /// The spool is `copies[0]`'s file.
+    pub spool_is_copy: bool,
+}
+
+/// The header lines a user's copy starts with: `Return-Path:`, `Delivered-To:` (the user's
+/// address after alias expansion), `X-Original-To:` (the address as given), as Postfix's local
+/// and virtual delivery write them.
+pub fn copy_header(sender: &ReversePath, copy: &LocalCopy) -> String {
+    format!(
+        "Return-Path: {sender}\r\nDelivered-To: {}\r\nX-Original-To: {}\r\n",
+        copy.delivered_to, copy.original_to
+    )
 }
 
 /// What one message's local recipients come to: one copy per user (however many recipients

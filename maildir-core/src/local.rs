@@ -219,10 +219,7 @@ impl Mailboxes {
         let mut written: Vec<WrittenCopy> = Vec::with_capacity(copies.len());
         for c in copies {
             let mut delivery = self.maildir(&c.user)?.deliver()?;
-            let head = format!(
-                "Return-Path: {sender}\r\nDelivered-To: {}\r\nX-Original-To: {}\r\n",
-                c.delivered_to, c.original_to
-            );
+            let head = crate::directory::copy_header(sender, c);
             delivery
                 .write_all(head.as_bytes())
                 .map_err(|e| write_error(&delivery, e))?;

@@ -391,6 +391,13 @@ impl Delivery {
         self.size
     }
 
+    /// Makes the file go into `md`'s `new/` when published, instead of its own Maildir's: a
+    /// spooled message that is also a user's copy (local delivery). The rename needs both
+    /// Maildirs on one file system.
+    pub fn publish_into(&mut self, md: &Maildir) {
+        self.new_dir = md.new.clone();
+    }
+
     /// Where the file is being written (in `tmp/`), to read it back (local delivery copies the
     /// spooled message from it).
     pub fn tmp_path(&self) -> &Path {

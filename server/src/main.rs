@@ -34,9 +34,14 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     let mut config = args.validate()?;
     // Every file is read before anything is created: a bad one is one line and exit 1.
+    let directory = match &config.local {
+        Some(local) => Some(smtpd::accounts::load(&local.accounts)?),
+        None => None,
+    };
+    let open_files = raise_open_files_limit();
+    let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
-    if let Some(local) = &config.local {
-        let directory = smtpd::accounts::load(&local.accounts)?;
+    if let (Some(local), Some(directory)) = (&config.local, directory) {
         let m = Arc::new(Mailboxes::open(&local.mailboxes).map_err(|e| e.to_string())?);
         let quota = match local.quota {
             Some(limit) => {
@@ -46,6 +51,9 @@ fn run(args: Args) -> Result<(), String> {
             }
             None => None,
         };
+        // A message for local users only is spooled as the first user's copy and renamed
+        // into that Maildir, which needs one file system for the queue and the mailboxes.
+        let spool_is_copy = same_device(maildir.root(), m.root());
         log::info!(
             "local delivery for {} to {} ({} users, {} aliases)",
             directory.domains().join(" "),
@@ -56,11 +64,10 @@ fn run(args: Args) -> Result<(), String> {
         config.session.local = Some(LocalPolicy {
             directory: Arc::new(directory),
             quota,
+            spool_is_copy,
         });
         mailboxes = Some(m);
     }
-    let open_files = raise_open_files_limit();
-    let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let max_connections = config.max_connections(open_files);
     let tls = match &config.tls {
         Some(files) => Some(smtpd::tls::load(&files.cert, &files.key)?),
@@ -83,6 +90,15 @@ fn run(args: Args) -> Result<(), String> {
         config.maildir.display()
     );
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// True when both directories are on one file system (a rename moves a file between them).
+fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// Raises the soft open-files limit to the hard limit; returns the limit in force.

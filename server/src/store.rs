@@ -175,8 +175,8 @@ impl Store {
                     .map_err(|e| local_error(&tag.id, &e))
                     .and_then(|(written, queue)| {
                         let mut files = Vec::new();
-                        for w in written {
-                            files.push(w.delivery.commit(Durability::NoFsync));
+                        for d in written {
+                            files.push(d.commit(Durability::NoFsync));
                         }
                         if let Some(q) = queue {
                             files.push(q.commit(Durability::NoFsync));
@@ -218,19 +218,32 @@ impl Store {
 }
 
 /// Writes the users' copies from the spool `delivery` (content from `local.content_at`) into
-/// their `tmp/`; returns them, and the spool when it is also the queue file (else it is
-/// dropped, which removes it).
+/// their `tmp/`; returns the copies in plan order (the spool first when it is itself the first
+/// copy), and the spool when it is also the queue file. Otherwise the spool is dropped, which
+/// removes it.
 fn write_local(
     mailboxes: &Mailboxes,
-    delivery: Delivery,
+    mut delivery: Delivery,
     local: &LocalDelivery,
-) -> Result<(Vec<WrittenCopy>, Option<Delivery>), LocalError> {
+) -> Result<(Vec<Delivery>, Option<Delivery>), LocalError> {
     let mut spool = File::open(delivery.tmp_path()).map_err(LocalError::Read)?;
     spool
         .seek(SeekFrom::Start(local.content_at))
         .map_err(LocalError::Read)?;
-    let written = mailboxes.write_copies(&local.sender, &local.copies, &mut spool)?;
-    Ok((written, local.queue.then_some(delivery)))
+    let (first, rest) = match (local.spool_is_copy, local.copies.split_first()) {
+        (true, Some((first, rest))) => (Some(first), rest),
+        _ => (None, &local.copies[..]),
+    };
+    let written = mailboxes.write_copies(&local.sender, rest, &mut spool)?;
+    let mut copies = Vec::with_capacity(local.copies.len());
+    if let Some(first) = first {
+        delivery.publish_into(&mailboxes.maildir(&first.user)?);
+        copies.push(delivery);
+        copies.extend(written.into_iter().map(|w: WrittenCopy| w.delivery));
+        return Ok((copies, None));
+    }
+    copies.extend(written.into_iter().map(|w| w.delivery));
+    Ok((copies, local.queue.then_some(delivery)))
 }
 
 /// The group commit's work for a message with local recipients (on a sync thread): the copies
@@ -256,8 +269,8 @@ fn prepare_local(
         },
     })?;
     let mut synced = Vec::with_capacity(written.len() + 1);
-    for w in written {
-        synced.push(w.delivery.sync()?);
+    for d in written {
+        synced.push(d.sync()?);
     }
     if let Some(q) = queue {
         synced.push(q.sync()?);

@@ -27,6 +27,9 @@ pub struct LocalPolicy {
     pub directory: Arc<Directory>,
     /// Quota look-ups; `None`: no quota.
     pub quota: Option<Arc<dyn QuotaView>>,
+    /// The spool may become the first user's copy (the relay queue and the mailboxes are on
+    /// one file system, so a rename moves it).
+    pub spool_is_copy: bool,
 }
 
 /// What the policy says of one recipient.
@@ -88,6 +91,7 @@ pub fn plan(
         copies: plan.copies,
         queue: !recipients.is_empty(),
         content_at: 0,
+        spool_is_copy: false,
     };
     (recipients, local)
 }
@@ -114,6 +118,7 @@ mod tests {
         LocalPolicy {
             directory: Arc::new(dir),
             quota,
+            spool_is_copy: false,
         }
     }
 

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient};
+use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient, copy_header};
 use maildir_core::{Envelope, ForwardPath, Mailbox, ReversePath};
 
 use super::command::{self, Command, MailParams};
@@ -495,6 +495,17 @@ impl Session {
                     envelope.write_to(&mut self.body).ok();
                 }
                 if let Some(l) = &mut local {
+                    // Nothing to queue: the spool is the first user's copy when a rename can
+                    // move it (one file written instead of two).
+                    let spool_is_copy = self.config.local.as_ref().is_some_and(|p| p.spool_is_copy);
+                    if !l.queue
+                        && spool_is_copy
+                        && let Some(first) = l.copies.first()
+                    {
+                        let head = copy_header(&txn.from, first);
+                        self.body.extend_from_slice(head.as_bytes());
+                        l.spool_is_copy = true;
+                    }
                     l.content_at = (self.body.len() - start) as u64;
                 }
                 self.received_header(&id, &txn, wall);
@@ -1656,6 +1667,10 @@ mod local_tests {
     }
 
     fn session(trusted: bool, full: &'static str) -> Session {
+        session_with(trusted, full, false)
+    }
+
+    fn session_with(trusted: bool, full: &'static str, spool_is_copy: bool) -> Session {
         let users = Users::parse("alice:*::::\nbob:*::::\ncarol:*::::\n").unwrap();
         let aliases =
             Aliases::parse("postmaster: alice\nsales: carol, partner@far.test\nteam: alice, bob\n")
@@ -1674,6 +1689,7 @@ mod local_tests {
             local: Some(LocalPolicy {
                 directory: Arc::new(dir),
                 quota: Some(Arc::new(Full(full))),
+                spool_is_copy,
             }),
         });
         let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
@@ -1836,5 +1852,41 @@ mod local_tests {
         assert!(replies.contains("\r\n554 5.4.6 "), "{replies}");
         assert_eq!(commits.len(), 1, "{replies}");
         assert!(replies.ends_with("250 2.0.0 Ok: queued as ID1\r\n"));
+    }
+
+    /// With nothing to queue and `spool_is_copy`, the spool starts with the first copy's header
+    /// lines (the store renames it into that user's Maildir); with a remote recipient it keeps
+    /// the queue envelope.
+    #[test]
+    fn spool_is_the_first_copy_when_nothing_is_queued() {
+        let mut s = session_with(false, "", true);
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<Team@example.test>\r\nDATA\r\nx\r\n.\r\n",
+            5,
+        );
+        let (spool, local) = &commits[0];
+        let local = local.as_ref().unwrap();
+        let head = "Return-Path: <s@far.test>\r\nDelivered-To: alice@example.test\r\nX-Original-To: Team@example.test\r\n";
+        assert!(local.spool_is_copy && !local.queue);
+        assert_eq!(local.content_at, head.len() as u64);
+        assert!(spool.starts_with(head.as_bytes()));
+        assert!(spool[head.len()..].starts_with(b"Received: from c "));
+        assert_eq!(local.copies.len(), 2);
+
+        let mut s = session_with(true, "", true);
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<sales@example.test>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        let local = commits[0].1.as_ref().unwrap();
+        assert!(
+            local.queue && !local.spool_is_copy,
+            "sales forwards to partner@far.test"
+        );
+        assert!(commits[0].0.starts_with(
+            b"Return-Path: <s@far.test>\r\nX-Original-To: <partner@far.test>\r\nReceived: "
+        ));
     }
 }

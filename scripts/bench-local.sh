@@ -6,8 +6,8 @@
 #     Maildirs (virtual_mailbox_maps), one Maildir per recipient; rate = messages whose every
 #     copy is in its Maildir, from the first connection to the last delivery;
 #   - smtpd local delivery (--local-domain/--mailboxes/--users/--aliases, durable): one copy
-#     per recipient in <mailboxes>/<user>/new before the 250; runs once smtpd has
-#     --local-domain (issue 12, phase 2), else the column says so;
+#     per recipient in <mailboxes>/<user>/new before the 250 (a smtpd without --local-domain
+#     gets a column saying so);
 #   - smtpd's relay-queue intake (durable) of the same load: one queue file per message.
 # Every run gets a fresh server process, port and directory names; files are counted afterwards.
 #

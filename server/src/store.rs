@@ -7,8 +7,11 @@
 //! commit with local recipients ([`LocalDelivery`]) writes each user's copy from that spool on
 //! a sync thread, syncs the copies and (when the message also goes to remote or forwarded
 //! recipients, which its envelope lists) the queue file, and publishes them all in one batch
-//! before the single `250`; with no remote recipient the spool is removed instead of
-//! published. A message whose `250` was sent is in every recipient's Maildir and in the queue.
+//! before the single `250`. With no remote recipient there is no queue file: the spool, which
+//! the session then started with the first user's header lines instead of an envelope, is that
+//! user's copy and is renamed into the user's `new/` (queue and mailboxes on one file system,
+//! checked at start; otherwise it is written as a copy like the others and the spool removed).
+//! A message whose `250` was sent is in every recipient's Maildir and in the queue.
 //!
 //! Owns: each connection's open queue file ([`QueueFile`]), the users' Maildirs
 //! ([`Mailboxes`]), the classification of Maildir and write errors, the choice between the

@@ -229,15 +229,19 @@ fn write_local(
     mut delivery: Delivery,
     local: &LocalDelivery,
 ) -> Result<(Vec<Delivery>, Option<Delivery>), LocalError> {
-    let mut spool = File::open(delivery.tmp_path()).map_err(LocalError::Read)?;
-    spool
-        .seek(SeekFrom::Start(local.content_at))
-        .map_err(LocalError::Read)?;
     let (first, rest) = match (local.spool_is_copy, local.copies.split_first()) {
         (true, Some((first, rest))) => (Some(first), rest),
         _ => (None, &local.copies[..]),
     };
-    let written = mailboxes.write_copies(&local.sender, rest, &mut spool)?;
+    let written = if rest.is_empty() {
+        Vec::new()
+    } else {
+        let mut spool = File::open(delivery.tmp_path()).map_err(LocalError::Read)?;
+        spool
+            .seek(SeekFrom::Start(local.content_at))
+            .map_err(LocalError::Read)?;
+        mailboxes.write_copies(&local.sender, rest, &mut spool)?
+    };
     let mut copies = Vec::with_capacity(local.copies.len());
     if let Some(first) = first {
         delivery.publish_into(&mailboxes.maildir(&first.user)?);

@@ -164,6 +164,7 @@ pub fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 pub mod certs;
+pub mod proxy;
 pub mod relay;
 pub mod smtp;
 

@@ -19,7 +19,8 @@ use clap::Parser;
 /// Forwards TCP connections from LISTEN to TARGET, delivering every byte in each direction
 /// DELAY after it was read (order kept; the end of stream too, after the data). One thread;
 /// listens on loopback only. Prints `listening on ADDR` on stdout once ready (LISTEN may use
-/// port 0), then one line per connection on stderr.
+/// port 0), then on stderr one line per connection accepted (`proxy: #N from ADDR accepted`) and
+/// one when it ends (bytes moved each way).
 #[derive(Debug, Parser)]
 #[command(name = "smtp-stress proxy", bin_name = "smtp-stress proxy", version)]
 pub struct ProxyArgs {

@@ -222,6 +222,7 @@ impl Proxy {
                     return;
                 }
             }
+            eprintln!("proxy: #{id} from {peer} accepted");
             self.conns[i] = Some(c);
             touched.push(i);
         }

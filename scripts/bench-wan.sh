@@ -6,7 +6,8 @@
 # MX hosts, one at a time behind the proxy:
 #  (a) smtpd --no-fsync (mail lands in a Maildir, counted in new/);
 #  (b) a private Postfix instance whose smtpd hands everything to the discard transport
-#      (counted by its "status=sent" log lines); Postfix 3.7 offers CHUNKING.
+#      (counted by its "status=sent" log lines); Postfix 3.7's smtpd offers CHUNKING (its SMTP
+#      client never sends BDAT, so the Postfix sender's rows are DATA).
 # Senders, each timed from start until every message has the MX's 250 (the MX's count is then
 # checked):
 #  - smtp-relay --once, one connection to the MX: messages queued straight into a fresh Maildir
@@ -208,7 +209,7 @@ for mx in $MXS; do
     if [ "$s" = relay ]; then
       row="| smtp-relay, CHUNKING where offered → $label |"
       for rtt in "${RTTS[@]}"; do
-        if [ $HAVE_FLAG = 1 ]; then row+=" $(cell "relay-chunking,$mx,$rtt") |"; else row+=" — (no CHUNKING in smtp-relay yet) |"; fi
+        if [ $HAVE_FLAG = 1 ]; then row+=" $(cell "relay-chunking,$mx,$rtt") |"; else row+=" not yet |"; fi
       done
       echo "$row"
       row="| smtp-relay, DATA only → $label |"
@@ -223,3 +224,5 @@ for mx in $MXS; do
 done
 echo
 for mx in $MXS; do echo "MX $mx offers: ${OFFERS[$mx]}"; done
+[ $HAVE_FLAG = 1 ] || echo "smtp-relay has no $CHUNKING_OFF_FLAG yet: it speaks DATA only (one round trip per message for the 354)."
+echo "Postfix's SMTP client never sends BDAT (only its server has CHUNKING): its rows are DATA."

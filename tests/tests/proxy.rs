@@ -1,5 +1,6 @@
 //! The delay proxy (`smtp-stress proxy`, issue 15), the real binary on loopback: the round trip
-//! it adds to SMTP commands against the real smtpd, bytes identical both ways with the end of
+//! it adds to SMTP commands against the real smtpd (on one connection and on fifty at once),
+//! bytes identical both ways with the end of
 //! stream passed on after the data (and half-closed connections still carrying the other way),
 //! bounded buffering in front of a peer that stops reading, an unreachable target, and the
 //! loopback-only listener.
@@ -67,6 +68,40 @@ fn noop_round_trips_to_smtpd_take_twice_the_delay() {
         Duration::from_secs(10),
         || p.log().contains(" closed;"),
     );
+}
+
+#[test]
+fn fifty_connections_wait_out_the_delay_together() {
+    let s = smtp::start(&[]);
+    let delay = Duration::from_millis(20);
+    let p = Proxy::start("20ms", s.addr, &[]);
+    let mut clients: Vec<Client> = (0..50).map(|_| Client::connect(p.addr)).collect();
+    for c in &mut clients {
+        c.expect_reply("220 ");
+    }
+    // One NOOP on every connection, then every reply: the delays overlap, so the whole round
+    // costs about one round trip, not fifty.
+    let t = Instant::now();
+    for c in &mut clients {
+        c.line("NOOP");
+    }
+    for c in &mut clients {
+        c.expect_reply("250 2.0.0");
+    }
+    let took = t.elapsed();
+    assert!(took >= 2 * delay, "{took:?}");
+    // Fifty round trips one after the other: 2 s.
+    assert!(
+        took < Duration::from_millis(1500),
+        "50 concurrent NOOPs took {took:?}"
+    );
+    for c in &mut clients {
+        c.expect("QUIT", "221");
+    }
+    drop(clients);
+    wait_for("the proxy to close all 50", Duration::from_secs(10), || {
+        p.log().matches(" closed;").count() == 50
+    });
 }
 
 /// A peer that echoes what it reads, records it, and after the end of stream writes `TRAILER`

@@ -2504,6 +2504,42 @@ mod tests {
         );
     }
 
+    /// Reply deadlines with BDAT: MAIL/RCPT the command limit, a chunk's reply the data-block
+    /// limit, the reply to `BDAT LAST` the end-of-data limit (RFC 5321 §4.5.3.2.6, 10 min),
+    /// each a total deadline from when the previous reply arrived.
+    #[test]
+    fn bdat_reply_deadlines() {
+        let t0 = Instant::now();
+        let timeouts = Timeouts {
+            greeting: Duration::from_secs(1),
+            command: Duration::from_secs(2),
+            data_init: Duration::from_secs(3),
+            data_block: Duration::from_secs(4),
+            data_term: Duration::from_secs(5),
+        };
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], timeouts, t0);
+        s.handle_input(b"220 mx\r\n", t0);
+        s.output_written(s.poll_output().len(), t0);
+        s.handle_input(&EHLO_CHUNK.as_bytes()[14..], t0);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(0)));
+        s.push_chunk(b"ab\r\n", false, t0);
+        s.push_chunk(b"c\r\n", true, t0);
+        s.output_written(s.poll_output().len(), t0);
+        let sec = |n| t0 + Duration::from_secs(n);
+        assert_eq!(s.poll_timeout(), Some(sec(2)), "MAIL");
+        s.handle_input(b"250 ok\r\n250 ok\r\n", sec(1));
+        assert_eq!(s.poll_timeout(), Some(sec(1 + 4)), "BDAT chunk");
+        s.handle_input(b"250 ok\r\n", sec(2));
+        assert_eq!(s.poll_timeout(), Some(sec(2 + 5)), "BDAT LAST");
+        s.handle_timeout(sec(7));
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert!(
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e == "timeout waiting for reply to BDAT LAST"),
+            "{ev:?}"
+        );
+        assert_eq!(s.unfinished(), vec![0], "not sent: the driver defers it");
+    }
+
     proptest::proptest! {
         /// Whatever a server answers, in whatever pieces: no panic, every job reported at most
         /// once, the session always ends, and a recipient is "sent" only in a job whose body

@@ -2504,6 +2504,49 @@ mod tests {
         );
     }
 
+    /// "452 too many recipients" with BDAT: the session has gone on to the next message when
+    /// the 452 arrives; the recipients put back get a transaction of their own after it.
+    #[test]
+    fn bdat_too_many_recipients_come_back_later() {
+        let jobs = vec![
+            job(&["a@x.test", "b@x.test", "c@x.test"]),
+            job(&["d@x.test"]),
+        ];
+        let server = format!(
+            "{EHLO_CHUNK}250 ok\r\n250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n250 queued 1\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 3\r\n221 bye\r\n"
+        );
+        let (w, ev) = run_all_splits(&plain(jobs), &server);
+        assert_eq!(
+            w,
+            format!(
+                "EHLO client.test\r\n{}{}{}QUIT\r\n",
+                bdat_tx(true, &["a@x.test", "b@x.test", "c@x.test"]),
+                bdat_tx(false, &["d@x.test"]),
+                bdat_tx(false, &["c@x.test"])
+            )
+        );
+        let sent = |t: &str| (RcptStatus::Sent, 250, t.to_owned());
+        assert_eq!(
+            outcomes(&ev),
+            vec![
+                (1, vec![sent("queued 2")]),
+                (
+                    0,
+                    vec![sent("queued 1"), sent("queued 1"), sent("queued 3")]
+                ),
+            ]
+        );
+        assert!(ev.contains(&Action::Accepted(
+            0,
+            vec![
+                (0, Reply::new(250, "queued 1")),
+                (1, Reply::new(250, "queued 1"))
+            ]
+        )));
+    }
+
     /// Reply deadlines with BDAT: MAIL/RCPT the command limit, a chunk's reply the data-block
     /// limit, the reply to `BDAT LAST` the end-of-data limit (RFC 5321 §4.5.3.2.6, 10 min),
     /// each a total deadline from when the previous reply arrived.

@@ -65,6 +65,10 @@ pub struct Args {
     /// One limit in seconds for connecting and for every reply (default: RFC 5321 §4.5.3.2).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Send with DATA even to servers that offer CHUNKING (RFC 3030 BDAT, used by default when
+    /// offered together with PIPELINING).
+    #[arg(long)]
+    pub no_chunking: bool,
 }
 
 /// The TLS security level (Postfix's `smtp_tls_security_level`).
@@ -128,6 +132,8 @@ pub struct Config {
     pub implicit_tls: bool,
     /// Extra CA certificates (PEM).
     pub tls_ca: Option<PathBuf>,
+    /// BDAT to servers that offer CHUNKING and PIPELINING (false: `--no-chunking`, always DATA).
+    pub chunking: bool,
 }
 
 impl Args {
@@ -206,6 +212,7 @@ impl Args {
             tls,
             implicit_tls,
             tls_ca: self.tls_ca,
+            chunking: !self.no_chunking,
         })
     }
 }

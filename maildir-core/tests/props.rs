@@ -137,6 +137,9 @@ proptest! {
         let envelope = Envelope {
             sender: ReversePath::parse(&sender).unwrap(),
             recipients: rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
+            ret: None,
+            envid: None,
+            rcpt_dsn: Vec::new(),
         };
         let mut rest = b"Received: from h (h [192.0.2.1]) by me with ESMTP id X; now\r\n".to_vec();
         rest.extend_from_slice(&body);

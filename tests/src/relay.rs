@@ -261,6 +261,9 @@ pub fn queue(md: &Maildir, sender: &str, rcpts: &[&str], rest: &[u8]) -> String 
             .iter()
             .map(|r| ForwardPath::parse(r).expect("recipient"))
             .collect(),
+        ret: None,
+        envid: None,
+        rcpt_dsn: Vec::new(),
     };
     let mut d = md.deliver().expect("deliver");
     use std::io::Write;

@@ -182,6 +182,9 @@ fn make_dsn(
     let env = Envelope {
         sender: ReversePath::Null,
         recipients: vec![rcpt],
+        ret: None,
+        envid: None,
+        rcpt_dsn: Vec::new(),
     };
     let mut d = md.deliver().map_err(|e| e.to_string())?;
     let res = env.write_to(&mut d).and_then(|_| {

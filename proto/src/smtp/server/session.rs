@@ -440,6 +440,9 @@ impl Session {
                 let envelope = Envelope {
                     sender: txn.from.clone(),
                     recipients: txn.rcpts.clone(),
+                    ret: None,
+                    envid: None,
+                    rcpt_dsn: Vec::new(),
                 };
                 envelope.write_to(&mut self.body).ok();
                 self.received_header(&id, &txn, wall);

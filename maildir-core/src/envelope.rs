@@ -207,6 +207,32 @@ impl RcptDsn {
     fn is_default(&self) -> bool {
         self.notify.is_none() && self.orcpt.is_none()
     }
+
+    /// The parameters as `RCPT TO` carries them: `NOTIFY=... ORCPT=...` (empty for none).
+    pub fn params(&self) -> String {
+        let mut p = Vec::new();
+        if let Some(n) = self.notify {
+            p.push(format!("NOTIFY={n}"));
+        }
+        if let Some(o) = &self.orcpt {
+            p.push(format!("ORCPT={o}"));
+        }
+        p.join(" ")
+    }
+}
+
+/// The DSN parameters as `MAIL FROM` carries them: `RET=... ENVID=...` (empty for none).
+pub fn mail_params(ret: Option<Ret>, envid: Option<&XText>) -> String {
+    let mut p = Vec::new();
+    match ret {
+        Some(Ret::Full) => p.push("RET=FULL".to_owned()),
+        Some(Ret::Hdrs) => p.push("RET=HDRS".to_owned()),
+        None => {}
+    }
+    if let Some(e) = envid {
+        p.push(format!("ENVID={e}"));
+    }
+    p.join(" ")
 }
 
 /// Parses an `ORCPT=` value: `addr-type ";" xtext` (RFC 3461 §4.2).
@@ -248,30 +274,15 @@ impl Envelope {
     pub fn write_to<W: Write>(&self, w: &mut W) -> io::Result<()> {
         write!(w, "{RETURN_PATH} {}\r\n", self.sender)?;
         if self.ret.is_some() || self.envid.is_some() {
-            let mut p = Vec::new();
-            match self.ret {
-                Some(Ret::Full) => p.push("RET=FULL".to_owned()),
-                Some(Ret::Hdrs) => p.push("RET=HDRS".to_owned()),
-                None => {}
-            }
-            if let Some(e) = &self.envid {
-                p.push(format!("ENVID={e}"));
-            }
-            write!(w, "{ENVELOPE_PARAMS} {}\r\n", p.join(" "))?;
+            let p = mail_params(self.ret, self.envid.as_ref());
+            write!(w, "{ENVELOPE_PARAMS} {p}\r\n")?;
         }
         for (i, r) in self.recipients.iter().enumerate() {
             write!(w, "{ORIGINAL_TO} {r}\r\n")?;
             if let Some(d) = self.rcpt_dsn.get(i)
                 && !d.is_default()
             {
-                let mut p = Vec::new();
-                if let Some(n) = d.notify {
-                    p.push(format!("NOTIFY={n}"));
-                }
-                if let Some(o) = &d.orcpt {
-                    p.push(format!("ORCPT={o}"));
-                }
-                write!(w, "{RCPT_PARAMS} {}\r\n", p.join(" "))?;
+                write!(w, "{RCPT_PARAMS} {}\r\n", d.params())?;
             }
         }
         Ok(())

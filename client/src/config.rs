@@ -56,6 +56,12 @@ pub struct Args {
     /// Bounce what could not be delivered after this many seconds in the queue (5 days).
     #[arg(long, value_name = "SECS", default_value_t = 5 * 24 * 3600)]
     pub queue_lifetime: u64,
+    /// Send the sender a delay warning DSN (RFC 3464 `Action: delayed`, once per message) when
+    /// mail is still deferred this many seconds after it was queued, for recipients whose
+    /// NOTIFY asks for DELAY or is unspecified (4 hours; 0: never; Postfix's
+    /// `delay_warning_time`).
+    #[arg(long, value_name = "SECS", default_value_t = 4 * 3600)]
+    pub delay_warning: u64,
     /// Ignore the retry schedule: try every queued message now.
     #[arg(long)]
     pub now: bool,
@@ -118,6 +124,8 @@ pub struct Config {
     /// Most recipients per SMTP transaction.
     pub max_rcpt: usize,
     pub queue_lifetime: Duration,
+    /// Delay warning after this long in the queue; `None`: never.
+    pub delay_warning: Option<Duration>,
     pub ignore_schedule: bool,
     pub list: bool,
     pub timeouts: Timeouts,
@@ -199,6 +207,8 @@ impl Args {
             max_connections: self.max_connections,
             max_rcpt: self.max_rcpt_per_transaction,
             queue_lifetime: Duration::from_secs(self.queue_lifetime),
+            delay_warning: (self.delay_warning > 0)
+                .then(|| Duration::from_secs(self.delay_warning)),
             ignore_schedule: self.now,
             list: self.list,
             timeouts,

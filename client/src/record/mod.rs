@@ -96,6 +96,8 @@ pub struct Summary {
 pub struct RecorderConfig {
     pub reporting_mta: String,
     pub queue_lifetime: Duration,
+    /// A delay warning DSN once a message is this old; `None`: never.
+    pub delay_warning: Option<Duration>,
 }
 
 /// Most messages handled in one durable batch.

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use integration_tests::relay::{
     Dns, Sink, SinkEvent, relay, relay_ok, run_args, sample, state_of, temp_maildir,
+    without_envelope,
 };
 use integration_tests::{list, python};
 use maildir_core::{Durability, Maildir};
@@ -180,6 +181,13 @@ fn notify_success_without_dsn_at_the_next_hop_gives_a_relayed_dsn() {
     );
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
+    // What arrived is the stored file minus every envelope line, the DSN lines included.
+    let stored = list(md.cur_dir())
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(&name))
+        .expect("the original in cur/");
+    let stored = std::fs::read(stored).expect("read the original");
+    assert_eq!(msgs[0].4, without_envelope(&stored));
     let data = String::from_utf8_lossy(&msgs[0].4);
     assert!(data.starts_with("Received: "), "{data}");
     assert!(!data.contains("X-Rcpt-Params") && !data.contains("X-Envelope-Params"));

@@ -299,6 +299,12 @@ mod tests {
             3
         );
         assert!(parse(&["--once", "--interval", "5"]).is_err());
+        // Delay warnings: 4 h by default, seconds as given, 0 turns them off.
+        assert_eq!(c.delay_warning, Some(Duration::from_secs(4 * 3600)));
+        let d = |v: &str| parse(&["--delay-warning", v]).map(|c| c.delay_warning);
+        assert_eq!(d("1"), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(d("0"), Ok(None));
+        assert!(d("-1").is_err() && d("4h").is_err());
         assert!(parse(&["--smarthost", "mx.test:0"]).is_err());
         assert!(parse(&["--helo", "a b"]).is_err());
         assert_eq!(

@@ -207,6 +207,9 @@ pub fn render_list(msgs: &[Message], bad: &[Unreadable], now: SystemTime) -> Str
         if !m.state.error.is_empty() {
             s.push_str(&format!("  last error: {}\n", m.state.error));
         }
+        if m.state.warned {
+            s.push_str("  delay warning sent\n");
+        }
         for (i, r) in m.rcpts.iter().enumerate() {
             let (st, text) = m
                 .state

@@ -319,6 +319,8 @@ fn delay_warning_once_over_two_runs() {
         "{got}"
     );
     assert!(state_of(&md, &name).contains("warned 1\n"));
+    let (listing, _) = relay_ok(&relay(md.root(), &["--list"]));
+    assert!(listing.contains("  delay warning sent\n"), "{listing}");
     // Second run: deferred again, no second warning.
     args.push("--now");
     let (out, _) = relay_ok(&relay(md.root(), &args));

@@ -1,7 +1,8 @@
 //! The client SMTP session as a pure state machine (sans-io, like rustls or quinn-proto).
 //!
 //! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, transactions
-//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET; at most
+//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, the job's DSN parameters on
+//! both only where EHLO offers DSN, RFC 3461; DATA or RSET; at most
 //! `max_rcpt` recipients per transaction, the rest and those refused with "452 too many
 //! recipients" in the next transaction of the same session, RFC 5321 §4.5.3.1.10), PIPELINING
 //! (RFC 2920: MAIL+RCPTs+DATA in one write, and the next group right after the final dot),

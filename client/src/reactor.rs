@@ -27,6 +27,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use maildir_core::envelope;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use net::Transport;
@@ -399,6 +400,13 @@ impl<'a> Reactor<'a> {
                     .collect(),
                 size: m.body_len,
                 eight_bit: m.eight_bit,
+                dsn_mail: envelope::mail_params(m.ret, m.envid.as_ref()),
+                dsn_rcpt: job
+                    .spec
+                    .rcpts
+                    .iter()
+                    .map(|&r| m.rcpt_dsn(r).params())
+                    .collect(),
             });
             keys.push(key);
         }
@@ -686,6 +694,7 @@ impl<'a> Reactor<'a> {
                     status: "4.4.1".into(),
                     smtp: false,
                     remote: Some(target.host.clone()),
+                    dsn: false,
                 };
                 log_attempt(tally, job.spec.msg, r, target, &a);
                 tally.record(job.spec.msg, r, a);
@@ -912,6 +921,7 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                         text: reply.one_line(),
                         smtp: true,
                         remote: Some(c.target.host.clone()),
+                        dsn: c.session.extensions().dsn,
                     };
                     log_attempt(&slot.tally, job.spec.msg, r, &c.target, &a);
                     slot.tally.record(job.spec.msg, r, a);
@@ -970,6 +980,7 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                         text: reply.one_line(),
                         smtp: true,
                         remote: Some(c.target.host.clone()),
+                        dsn: c.session.extensions().dsn,
                     };
                     log_attempt(tally, job.spec.msg, r, &c.target, &a);
                     tally.record(job.spec.msg, r, a);

@@ -26,6 +26,9 @@ fn message() -> Vec<u8> {
     let envelope = Envelope {
         sender: ReversePath::parse("<bench@example.org>").expect("valid"),
         recipients: vec![ForwardPath::parse("<rcpt@example.net>").expect("valid")],
+        ret: None,
+        envid: None,
+        rcpt_dsn: Vec::new(),
     };
     let mut m = envelope.to_bytes();
     m.extend_from_slice(

@@ -29,5 +29,5 @@ pub mod maildir;
 pub mod users;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
-pub use envelope::{Envelope, EnvelopeError, EnvelopeReader};
+pub use envelope::{Envelope, EnvelopeError, EnvelopeReader, Notify, RcptDsn, Ret, XText};
 pub use maildir::{Delivered, Delivery, Durability, Maildir, MaildirError, NewEntry};

@@ -402,13 +402,13 @@ mod tests {
         b"Received: from c (unknown [127.0.0.1])\r\n\tby h with ESMTP id X;\r\n\tdate\r\nSubject: hi\r\n\r\nbody\r\n";
 
     fn spool(dir: &Path) -> PathBuf {
-        let env = Envelope {
-            sender: ReversePath::parse("<s@far.test>").unwrap(),
-            recipients: vec![
+        let env = Envelope::new(
+            ReversePath::parse("<s@far.test>").unwrap(),
+            vec![
                 ForwardPath::parse("<sales@example.test>").unwrap(),
                 ForwardPath::parse("<secret-bcc@example.test>").unwrap(),
             ],
-        };
+        );
         let path = dir.join("spooled");
         let mut bytes = env.to_bytes();
         bytes.extend_from_slice(CONTENT);

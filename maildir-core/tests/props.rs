@@ -2,13 +2,18 @@
 //!
 //! - Every well-formed path the generators build parses, and writes back as itself.
 //! - An envelope (any sender, 1..=100 recipients) written then read gives the same envelope,
-//!   and the reader hands back the rest of the file untouched.
+//!   and the reader hands back the rest of the file untouched; also with DSN parameters (RET,
+//!   ENVID, NOTIFY, ORCPT: any xtext), and any octets encoded as xtext decode back to themselves.
 //! - The parsers never panic, whatever the input; what they accept is stable through Display.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use maildir_core::{Envelope, EnvelopeReader, ForwardPath, ReversePath, address::MAX_PATH_LEN};
+use maildir_core::envelope::{parse_envid, parse_orcpt};
+use maildir_core::{
+    Envelope, EnvelopeReader, ForwardPath, Notify, RcptDsn, Ret, ReversePath, XText,
+    address::MAX_PATH_LEN,
+};
 use proptest::prelude::*;
 
 const ATEXT: &str =
@@ -137,6 +142,9 @@ proptest! {
         let envelope = Envelope {
             sender: ReversePath::parse(&sender).unwrap(),
             recipients: rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
+            ret: None,
+            envid: None,
+            rcpt_dsn: Vec::new(),
         };
         let mut rest = b"Received: from h (h [192.0.2.1]) by me with ESMTP id X; now\r\n".to_vec();
         rest.extend_from_slice(&body);
@@ -153,6 +161,58 @@ proptest! {
             expected.push_str(&format!("X-Original-To: {r}\r\n"));
         }
         prop_assert_eq!(envelope.to_bytes(), expected.into_bytes());
+    }
+
+    #[test]
+    fn envelope_with_dsn_parameters_round_trips(
+        sender in sender(),
+        rcpts in prop::collection::vec(recipient(), 1..=20),
+        ret in prop::option::of(prop_oneof![Just(Ret::Full), Just(Ret::Hdrs)]),
+        envid in prop::option::of(prop::collection::vec(any::<u8>(), 1..30)),
+        dsn in prop::collection::vec(
+            (prop::option::of(notify()), prop::option::of(prop::collection::vec(any::<u8>(), 1..40))),
+            0..=20,
+        ),
+    ) {
+        let n = rcpts.len();
+        let mut rcpt_dsn: Vec<RcptDsn> = dsn
+            .into_iter()
+            .take(n)
+            .map(|(notify, orcpt)| RcptDsn {
+                notify,
+                orcpt: orcpt.map(|o| parse_orcpt(&format!("rfc822;{}", xtext(&o))).unwrap()),
+            })
+            .collect();
+        // The reader never keeps trailing defaults.
+        while rcpt_dsn.last().is_some_and(|d| *d == RcptDsn::default()) {
+            rcpt_dsn.pop();
+        }
+        let envelope = Envelope {
+            sender: ReversePath::parse(&sender).unwrap(),
+            recipients: rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()).collect(),
+            ret,
+            envid: envid.as_ref().map(|e| parse_envid(&xtext(e)).unwrap()),
+            rcpt_dsn,
+        };
+        let bytes = envelope.to_bytes();
+        prop_assert!(bytes.is_ascii() || !sender.is_ascii() || rcpts.iter().any(|r| !r.is_ascii()));
+        let mut file = bytes.clone();
+        file.extend_from_slice(b"Received: x\r\n\r\nbody\r\n");
+        let (got, mut reader) = EnvelopeReader::open(&file[..]).unwrap();
+        prop_assert_eq!(&got, &envelope);
+        prop_assert_eq!(reader.envelope_len(), bytes.len() as u64);
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).unwrap();
+        prop_assert_eq!(back, b"Received: x\r\n\r\nbody\r\n".to_vec());
+        if let (Some(raw), Some(x)) = (&envid, &got.envid) {
+            prop_assert_eq!(&x.decode(), raw);
+        }
+    }
+
+    #[test]
+    fn xtext_decodes_what_was_encoded(raw in prop::collection::vec(any::<u8>(), 1..200)) {
+        let x = XText::parse(&xtext(&raw), usize::MAX).unwrap();
+        prop_assert_eq!(x.decode(), raw);
     }
 
     #[test]
@@ -174,4 +234,29 @@ proptest! {
         let text = format!("Return-Path: {t}\r\nX-Original-To: {t}\r\n\r\n");
         let _ = EnvelopeReader::open(text.as_bytes());
     }
+}
+
+/// NOTIFY values: NEVER or a non-empty set.
+fn notify() -> impl Strategy<Value = Notify> {
+    prop_oneof![
+        Just(Notify::Never),
+        (any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_filter("at least one", |(a, b, c)| *a || *b || *c)
+            .prop_map(|(success, failure, delay)| Notify::On {
+                success,
+                failure,
+                delay
+            }),
+    ]
+}
+
+/// Encodes octets as xtext (RFC 3461 §4): `+XX` for `+`, `=` and anything outside `!`..`~`.
+fn xtext(raw: &[u8]) -> String {
+    raw.iter()
+        .map(|&b| match b {
+            b'+' | b'=' => format!("+{b:02X}"),
+            0x21..=0x7e => (b as char).to_string(),
+            _ => format!("+{b:02X}"),
+        })
+        .collect()
 }

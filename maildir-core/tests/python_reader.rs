@@ -89,6 +89,9 @@ fn python_mailbox_reads_every_message() {
                 .iter()
                 .map(|r| ForwardPath::parse(r).unwrap())
                 .collect(),
+            ret: None,
+            envid: None,
+            rcpt_dsn: Vec::new(),
         };
         let subject = format!("test {i} ✓");
         let mut raw = envelope.to_bytes();

@@ -25,6 +25,9 @@ fn message(n: u64) -> Vec<u8> {
     let envelope = Envelope {
         sender: ReversePath::parse("<sender@example.org>").unwrap(),
         recipients: vec![ForwardPath::parse(&format!("<r{n}@example.net>")).unwrap()],
+        ret: None,
+        envid: None,
+        rcpt_dsn: Vec::new(),
     };
     let mut m = envelope.to_bytes();
     m.extend_from_slice(format!("Subject: {n}\r\n\r\n").as_bytes());

@@ -1,7 +1,8 @@
 //! The client SMTP session as a pure state machine (sans-io, like rustls or quinn-proto).
 //!
 //! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, transactions
-//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET; at most
+//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, the job's DSN parameters on
+//! both only where EHLO offers DSN, RFC 3461; DATA or RSET; at most
 //! `max_rcpt` recipients per transaction, the rest and those refused with "452 too many
 //! recipients" in the next transaction of the same session, RFC 5321 §4.5.3.1.10), PIPELINING
 //! (RFC 2920: MAIL+RCPTs+DATA in one write, and the next group right after the final dot),
@@ -68,6 +69,12 @@ pub struct Job {
     pub size: u64,
     /// The body holds octets above 127.
     pub eight_bit: bool,
+    /// DSN parameters for `MAIL FROM` (`RET=HDRS ENVID=xyz`, RFC 3461), sent only to a server
+    /// that offers DSN; empty for none.
+    pub dsn_mail: String,
+    /// DSN parameters per recipient (`NOTIFY=NEVER ORCPT=rfc822;a+40b`), by index into
+    /// `rcpts` (missing or empty: none), sent only to a server that offers DSN.
+    pub dsn_rcpt: Vec<String>,
 }
 
 /// Reply timeouts (RFC 5321 §4.5.3.2).
@@ -216,6 +223,8 @@ pub struct Extensions {
     pub starttls: bool,
     /// CHUNKING (RFC 3030).
     pub chunking: bool,
+    /// DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 /// One transaction in progress: some of a job's recipients.
@@ -498,6 +507,12 @@ impl Session {
     /// The body of job `n` could not be read: abandon the connection (the job will be retried).
     pub fn abort(&mut self, why: &str) {
         self.close(Some(why.to_owned()));
+    }
+
+    /// The extensions the server announced in its last EHLO reply (none before it, or after
+    /// HELO).
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
     }
 
     /// True once the session has ended: nothing more is read from the server.
@@ -1136,6 +1151,11 @@ impl Session {
         if utf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 3461: DSN parameters only to a server that offers DSN.
+        if self.ext.dsn && !job.dsn_mail.is_empty() {
+            mail.push(' ');
+            mail.push_str(&job.dsn_mail);
+        }
         mail.push_str("\r\n");
         let t = self.next_tx;
         self.next_tx += 1;
@@ -1151,7 +1171,11 @@ impl Session {
         }
         cmds.push((mail.into_bytes(), Expect::Mail(t)));
         for (k, &i) in idx.iter().enumerate() {
-            let cmd = format!("RCPT TO:{}\r\n", job.rcpts[i]).into_bytes();
+            let params = match job.dsn_rcpt.get(i) {
+                Some(p) if self.ext.dsn && !p.is_empty() => format!(" {p}"),
+                _ => String::new(),
+            };
+            let cmd = format!("RCPT TO:{}{params}\r\n", job.rcpts[i]).into_bytes();
             cmds.push((cmd, Expect::Rcpt(t, k)));
         }
         self.txs.push_back(Tx {
@@ -1261,6 +1285,7 @@ fn parse_ehlo(reply: &Reply) -> Extensions {
             "SMTPUTF8" => ext.smtputf8 = true,
             "STARTTLS" => ext.starttls = true,
             "CHUNKING" => ext.chunking = true,
+            "DSN" => ext.dsn = true,
             "SIZE" => ext.size = Some(words.next().and_then(|w| w.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -1279,6 +1304,8 @@ mod tests {
             rcpts: rcpts.iter().map(|r| format!("<{r}>")).collect(),
             size: 100,
             eight_bit: false,
+            dsn_mail: String::new(),
+            dsn_rcpt: Vec::new(),
         }
     }
 
@@ -2581,6 +2608,43 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(s.unfinished(), vec![0], "not sent: the driver defers it");
+    }
+
+    /// Issue 15: DSN parameters (RFC 3461) go on MAIL and RCPT only to a server that offers
+    /// DSN, as stored (xtext untouched); to others nothing extra is sent.
+    #[test]
+    fn dsn_parameters_only_where_offered() {
+        let mut j = job(&["a@x.test", "b@x.test"]);
+        j.dsn_mail = "RET=HDRS ENVID=QQ+2Bxyz".into();
+        j.dsn_rcpt = vec!["NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40x.test".into()];
+        let ehlo = "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 DSN\r\n";
+        let server =
+            format!("{ehlo}250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![j.clone()]), &server);
+        assert_eq!(
+            w,
+            "EHLO client.test\r\nMAIL FROM:<s@a.test> RET=HDRS ENVID=QQ+2Bxyz\r\n\
+             RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40x.test\r\n\
+             RCPT TO:<b@x.test>\r\nDATA\r\nB\r\n.\r\nQUIT\r\n"
+        );
+        assert_eq!(outcomes(&ev)[0].1[1].0, RcptStatus::Sent);
+        // Without DSN: the usual commands.
+        let server =
+            format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, _) = run_all_splits(&plain(vec![j]), &server);
+        assert!(
+            w.contains("MAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"),
+            "{w}"
+        );
+        assert!(!w.contains("NOTIFY") && !w.contains("RET="), "{w}");
+        // The session says what the server offered.
+        let now = Instant::now();
+        let mut s = Session::new("client.test", vec![], Timeouts::rfc(), now);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        feed(&mut s, b"220 mx\r\n", now, &mut w, &mut ev);
+        assert!(!s.extensions().dsn);
+        feed(&mut s, b"250-mx\r\n250 DSN\r\n", now, &mut w, &mut ev);
+        assert!(s.extensions().dsn, "{:?}", String::from_utf8_lossy(&w));
     }
 
     proptest::proptest! {

@@ -488,10 +488,7 @@ impl Session {
                 };
                 let start = self.body.len();
                 if !recipients.is_empty() {
-                    let envelope = Envelope {
-                        sender: txn.from.clone(),
-                        recipients,
-                    };
+                    let envelope = Envelope::new(txn.from.clone(), recipients);
                     envelope.write_to(&mut self.body).ok();
                 }
                 if let Some(l) = &mut local {

@@ -21,6 +21,8 @@ set -euo pipefail
 N=${1:-10000}
 RUNS=${2:-3}
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 cargo build -q --release -p smtp-relay
 RELAY=$PWD/target/release/smtp-relay
 for t in smtp-sink smtp-source dnsmasq python3 ss postfix postsuper postqueue; do
@@ -31,23 +33,12 @@ chmod 755 "$WORK" # the postfix user reads its queue below it
 PF=$WORK/postfix
 PIDS=()
 cleanup() {
-  if [ -f "$PF/etc/main.cf" ]; then postfix -c "$PF/etc" stop >/dev/null 2>&1 || true; fi
+  pf_stop "$PF"
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-# Waits until "$@" succeeds, or fails after LIMIT seconds.
-wait_until() { # LIMIT WHAT CMD...
-  local limit=$1 what=$2; shift 2
-  local end=$(( $(date +%s) + limit ))
-  until "$@"; do
-    [ "$(date +%s)" -lt "$end" ] || { echo "timed out waiting for $what" >&2; exit 1; }
-    sleep 0.05 # polling interval of a condition with a deadline
-  done
-}
 DNSPORT=$(free_port); SINKPORT=$(free_port); PFPORT=$(free_port)
 
 MX=(--mx-host=one.test,mx.one.test,10 --host-record=mx.one.test,127.0.9.1)
@@ -57,8 +48,7 @@ dnsmasq --no-daemon --port="$DNSPORT" --listen-address=127.0.0.1 --bind-interfac
 for i in $(seq 1 10); do
   smtp-sink -c -u nobody 127.0.9.$i:"$SINKPORT" 1024 >"$WORK/sink.$i.out" 2>&1 & PIDS+=($!)
 done
-listening() { [ "$(ss -Htln "( sport = :$SINKPORT )" | wc -l)" -ge 10 ]; }
-wait_until 10 "smtp-sink to listen" listening
+wait_until 10 "smtp-sink to listen" listening_on "$SINKPORT" 10
 
 # Sessions and messages counted by all sinks so far: "SESS MESG".
 counters() {
@@ -71,82 +61,21 @@ counters() {
   done
   echo "$s $m"
 }
-sinks_idle() { [ "$(ss -Htn state established "( sport = :$SINKPORT )" | wc -l)" -eq 0 ]; }
+sinks_idle() { idle_port "$SINKPORT"; }
 
 # ---- the private Postfix instance ----
-mkdir -p "$PF/etc" "$PF/spool" "$PF/data"
-chown postfix "$PF/data"
-{
-  echo "127.0.0.1:$PFPORT inet n - n - - smtpd"
-  for s in "pickup unix n - n 60 1 pickup" "cleanup unix n - n - 0 cleanup" \
-    "qmgr unix n - n 300 1 qmgr" "rewrite unix - - n - - trivial-rewrite" \
-    "bounce unix - - n - 0 bounce" "defer unix - - n - 0 bounce" "trace unix - - n - 0 bounce" \
-    "verify unix - - n - 1 verify" "flush unix n - n 1000? 0 flush" \
-    "proxymap unix - - n - - proxymap" "smtp unix - - n - - smtp" "relay unix - - n - - smtp" \
-    "showq unix n - n - - showq" "error unix - - n - - error" "retry unix - - n - - error" \
-    "discard unix - - n - - discard" "local unix - n n - - local" "anvil unix - - n - 1 anvil" \
-    "scache unix - - n - 1 scache" "postlog unix-dgram n - n - 1 postlogd"; do
-    echo "$s"
-  done
-} >"$PF/etc/master.cf"
+mkdir -p "$PF/etc"
 {
   echo "one.test smtp:[127.0.9.1]:$SINKPORT"
   for i in $(seq 1 10); do echo "d$i.test smtp:[127.0.9.$i]:$SINKPORT"; done
 } >"$PF/etc/transport"
-cat >"$PF/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PF/spool
-data_directory = $PF/data
-mail_owner = postfix
-setgid_group = postdrop
-syslog_name = postfix-bench
-maillog_file = $PF/maillog
-maillog_file_prefixes = $PF
-myhostname = bench.test
-mydomain = bench.test
-myorigin = bench.test
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
-biff = no
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
+pf_instance "$PF" "$PFPORT" postfix-bench bench.test <<EOF
 smtpd_data_restrictions = check_client_access static:HOLD
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
 smtp_helo_name = relay.test
 transport_maps = texthash:$PF/etc/transport
 EOF
-postfix -c "$PF/etc" check || { echo "postfix check failed:"; cat "$PF/maillog" 2>/dev/null; exit 1; }
-postfix -c "$PF/etc" start >/dev/null 2>&1 || { echo "postfix start failed:"; cat "$PF/maillog" 2>/dev/null; exit 1; }
-pf_listening() { [ "$(ss -Htln "( sport = :$PFPORT )" | wc -l)" -ge 1 ]; }
-wait_until 20 "Postfix's private smtpd to listen" pf_listening
-count() { find "$PF/spool/$1" -type f 2>/dev/null | wc -l; }
-pf_queue() { echo $(( $(count incoming) + $(count active) + $(count deferred) + $(count hold) + $(count maildrop) )); }
-held_all() { [ "$(count hold)" -eq "$N" ] && [ "$(count incoming)" -eq 0 ] && [ "$(count active)" -eq 0 ]; }
-pf_empty() { [ "$(pf_queue)" -eq 0 ]; }
-
-# Queue N messages in the stored format (envelope, Received, 4 KiB message) into a fresh Maildir.
-queue() { # DIR MODE(one|ten)
-  python3 - "$1" "$2" "$N" <<'PY'
-import os, sys
-root, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for d in ("tmp", "new", "cur"): os.makedirs(os.path.join(root, d), exist_ok=True)
-line = b"x" * 70 + b"\r\n"
-for i in range(n):
-    dom = "one.test" if mode == "one" else "d%d.test" % (i % 10 + 1)
-    head = (f"Return-Path: <bench@src.test>\r\nX-Original-To: <u{i}@{dom}>\r\n"
-            f"Received: from bench by relay.test with ESMTP id B{i}; Tue, 24 Nov 2026 04:07:30 +0000\r\n"
-            f"From: <bench@src.test>\r\nTo: <u{i}@{dom}>\r\nSubject: bench {i}\r\n\r\n").encode()
-    body = line * ((4096 - len(head)) // len(line))
-    name = f"1795490000.M{i:06d}P1Q{i}.bench"
-    with open(os.path.join(root, "tmp", name), "wb") as f: f.write(head + body)
-    os.rename(os.path.join(root, "tmp", name), os.path.join(root, "new", name))
-PY
-}
+held_all() { [ "$(pf_count "$PF" hold)" -eq "$N" ] && [ "$(pf_count "$PF" incoming)" -eq 0 ] && [ "$(pf_count "$PF" active)" -eq 0 ]; }
+pf_empty() { [ "$(pf_queue "$PF")" -eq 0 ]; }
 
 # Injects N 4 KiB messages into Postfix (they go on hold), the same recipients' domains.
 pf_inject() { # MODE
@@ -167,7 +96,7 @@ for mode in one ten; do
   for r in $(seq 1 "$RUNS"); do
     # smtp-relay
     MD="$WORK/$mode-$r/Maildir" # a fresh directory each run (see PEERS.md on ext4 after deletes)
-    queue "$MD" "$mode"
+    queue_messages "$MD" "$N" "$mode"
     sync
     read -r s0 m0 < <(counters)
     T0=$(now)

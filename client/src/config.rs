@@ -56,6 +56,12 @@ pub struct Args {
     /// Bounce what could not be delivered after this many seconds in the queue (5 days).
     #[arg(long, value_name = "SECS", default_value_t = 5 * 24 * 3600)]
     pub queue_lifetime: u64,
+    /// Send the sender a delay warning DSN (RFC 3464 `Action: delayed`, once per message) when
+    /// mail is still deferred this many seconds after it was queued, for recipients whose
+    /// NOTIFY asks for DELAY or is unspecified (4 hours; 0: never; Postfix's
+    /// `delay_warning_time`).
+    #[arg(long, value_name = "SECS", default_value_t = 4 * 3600)]
+    pub delay_warning: u64,
     /// Ignore the retry schedule: try every queued message now.
     #[arg(long)]
     pub now: bool,
@@ -65,6 +71,10 @@ pub struct Args {
     /// One limit in seconds for connecting and for every reply (default: RFC 5321 §4.5.3.2).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Send with DATA even to servers that offer CHUNKING (RFC 3030 BDAT, used by default when
+    /// offered together with PIPELINING).
+    #[arg(long)]
+    pub no_chunking: bool,
 }
 
 /// The TLS security level (Postfix's `smtp_tls_security_level`).
@@ -118,6 +128,8 @@ pub struct Config {
     /// Most recipients per SMTP transaction.
     pub max_rcpt: usize,
     pub queue_lifetime: Duration,
+    /// Delay warning after this long in the queue; `None`: never.
+    pub delay_warning: Option<Duration>,
     pub ignore_schedule: bool,
     pub list: bool,
     pub timeouts: Timeouts,
@@ -128,6 +140,8 @@ pub struct Config {
     pub implicit_tls: bool,
     /// Extra CA certificates (PEM).
     pub tls_ca: Option<PathBuf>,
+    /// BDAT to servers that offer CHUNKING and PIPELINING (false: `--no-chunking`, always DATA).
+    pub chunking: bool,
 }
 
 impl Args {
@@ -199,6 +213,8 @@ impl Args {
             max_connections: self.max_connections,
             max_rcpt: self.max_rcpt_per_transaction,
             queue_lifetime: Duration::from_secs(self.queue_lifetime),
+            delay_warning: (self.delay_warning > 0)
+                .then(|| Duration::from_secs(self.delay_warning)),
             ignore_schedule: self.now,
             list: self.list,
             timeouts,
@@ -206,6 +222,7 @@ impl Args {
             tls,
             implicit_tls,
             tls_ca: self.tls_ca,
+            chunking: !self.no_chunking,
         })
     }
 }
@@ -289,6 +306,12 @@ mod tests {
             3
         );
         assert!(parse(&["--once", "--interval", "5"]).is_err());
+        // Delay warnings: 4 h by default, seconds as given, 0 turns them off.
+        assert_eq!(c.delay_warning, Some(Duration::from_secs(4 * 3600)));
+        let d = |v: &str| parse(&["--delay-warning", v]).map(|c| c.delay_warning);
+        assert_eq!(d("1"), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(d("0"), Ok(None));
+        assert!(d("-1").is_err() && d("4h").is_err());
         assert!(parse(&["--smarthost", "mx.test:0"]).is_err());
         assert!(parse(&["--helo", "a b"]).is_err());
         assert_eq!(

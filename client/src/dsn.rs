@@ -1,14 +1,22 @@
-//! Delivery status notifications (RFC 3464): the bounce sent to the envelope sender.
+//! Delivery status notifications (RFC 3464): the bounce, delay warning or "relayed" notice sent
+//! to the envelope sender.
 //!
 //! Owns: the text of a `multipart/report; report-type=delivery-status` message with a human
-//! part, one per-recipient block per failed recipient, and the original headers
-//! (`text/rfc822-headers`, so a large body is never copied; `message/global-headers` when they
-//! hold 8-bit octets, RFC 6533), and a Message-ID unique to each DSN. Must not: decide who
-//! bounces, queue files (the recorder does), or bounce to a null sender.
+//! part, one per-recipient block per reported recipient (`Action: failed`, `delayed` or
+//! `relayed`), and the original headers (`text/rfc822-headers`, so a large body is never
+//! copied; `message/global-headers` when they hold 8-bit octets, RFC 6533), and a Message-ID
+//! unique to each DSN. Must not: decide who is reported (NOTIFY, RFC 3461, is honoured by
+//! `record::decide`), queue files (the recorder does), or report to a null sender.
 //!
-//! Per recipient: `Final-Recipient`; no `Original-Recipient` (that needs the client's ORCPT,
-//! which is not kept); `Remote-MTA: dns; <host name>` only when that host gave the SMTP reply
-//! reported (not for a connection failure or an expiry without a reply). The original header
+//! The returned content is always the header section only: what `RET=HDRS` asks for, and what
+//! this relay returns for `RET=FULL` or no RET as well (RFC 3461 §4.3 lets an MTA return less
+//! than the full message; a large body is never copied).
+//!
+//! Per message: `Original-Envelope-Id` (the client's ENVID, xtext decoded) when given, then
+//! `Reporting-MTA`. Per recipient: `Original-Recipient` (the client's ORCPT, xtext decoded) when
+//! given, `Final-Recipient`, `Action`, `Status`; `Remote-MTA: dns; <host name>` only when that
+//! host gave the SMTP reply reported (not for a connection failure or an expiry without a
+//! reply); `Will-Retry-Until` for a delayed recipient. The original header
 //! section is copied line by line with the line ends the relay transmits (CRLF, bare CR or bare
 //! LF each end a line, as in `body.rs`), every line whole (never split at a buffer boundary),
 //! up to 64 KiB: a line that would pass the limit ends the copy.
@@ -18,11 +26,36 @@ use std::time::SystemTime;
 
 use maildir_core::date::rfc5322;
 
-/// One failed recipient.
+/// What is reported about a recipient (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Could not be delivered: bounced or expired.
+    Failed,
+    /// Not delivered yet; still being retried (a delay warning).
+    Delayed,
+    /// Delivered to a next hop that does not offer DSN (no further notice will come).
+    Relayed,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One reported recipient.
 #[derive(Debug, Clone)]
-pub struct Failed {
+pub struct Recipient {
+    /// What happened to it.
+    pub action: Action,
     /// The recipient address without brackets.
     pub rcpt: String,
+    /// The client's ORCPT (`rfc822;a+40b`), as stored (xtext).
+    pub orcpt: Option<String>,
     /// Enhanced status (`5.1.1`).
     pub status: String,
     /// The server's reply (`550 5.1.1 no such user`), when one was received.
@@ -51,6 +84,10 @@ pub struct Report<'a> {
     pub now: SystemTime,
     /// The DSN's own Message-ID, with brackets ([`message_id`]).
     pub message_id: &'a str,
+    /// The client's ENVID, as stored (xtext).
+    pub envid: Option<&'a str>,
+    /// Until when a delayed recipient is retried (arrival + queue lifetime).
+    pub retry_until: SystemTime,
 }
 
 /// A Message-ID for one DSN: unique per DSN, also for several DSNs about one message.
@@ -72,7 +109,7 @@ pub fn message_id(queue_id: &str, reporting_mta: &str, now: SystemTime, random: 
 pub fn write<W: Write, R: BufRead>(
     out: &mut W,
     report: &Report<'_>,
-    failed: &[Failed],
+    rcpts: &[Recipient],
     original: R,
 ) -> io::Result<()> {
     let Report {
@@ -82,7 +119,35 @@ pub fn write<W: Write, R: BufRead>(
         arrival,
         now,
         message_id,
+        envid,
+        retry_until,
     } = *report;
+    let has = |a: Action| rcpts.iter().any(|r| r.action == a);
+    // One DSN may report several kinds; the subject and the words follow the gravest.
+    let kind = if has(Action::Failed) || rcpts.is_empty() {
+        Action::Failed
+    } else if has(Action::Delayed) {
+        Action::Delayed
+    } else {
+        Action::Relayed
+    };
+    let (subject, words, headers_description) = match kind {
+        Action::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.",
+            "Undelivered Message Headers",
+        ),
+        Action::Delayed => (
+            "Delayed Mail (still being retried)",
+            "Your message could not be delivered yet to one or more recipients.\r\nIt will be retried until it is too old; you do not need to send it again.",
+            "Undelivered Message Headers",
+        ),
+        Action::Relayed => (
+            "Successful Mail Delivery Report",
+            "Your message was relayed to the destination(s) listed below, which\r\ndo not report delivery: you will receive no further notice of success.",
+            "Message Headers",
+        ),
+    };
     let boundary = format!("{queue_id}/{reporting_mta}").replace(
         |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '/',
         "_",
@@ -95,7 +160,7 @@ pub fn write<W: Write, R: BufRead>(
         "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n"
     ));
     h.push_str(&format!("To: <{sender}>\r\n"));
-    h.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    h.push_str(&format!("Subject: {subject}\r\n"));
     h.push_str(&format!("Date: {date}\r\n"));
     h.push_str(&format!("Message-ID: {message_id}\r\n"));
     h.push_str("Auto-Submitted: auto-replied\r\n");
@@ -108,9 +173,9 @@ pub fn write<W: Write, R: BufRead>(
     h.push_str("This is a MIME-encapsulated message.\r\n\r\n");
     h.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"));
     h.push_str(&format!(
-        "This is the mail system at host {reporting_mta}.\r\n\r\nI'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.\r\n\r\n"
+        "This is the mail system at host {reporting_mta}.\r\n\r\n{words}\r\n\r\n"
     ));
-    for f in failed {
+    for f in rcpts {
         let why = f.smtp_reply.as_deref().unwrap_or(&f.reason);
         match &f.remote {
             Some(host) => h.push_str(&format!(
@@ -122,14 +187,22 @@ pub fn write<W: Write, R: BufRead>(
         }
     }
     h.push_str(&format!("\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"));
+    if let Some(id) = envid {
+        h.push_str(&format!("Original-Envelope-Id: {}\r\n", decoded(id)));
+    }
     h.push_str(&format!(
         "Reporting-MTA: dns; {reporting_mta}\r\nX-Queue-ID: {queue_id}\r\nArrival-Date: {}\r\n",
         rfc5322(arrival)
     ));
-    for f in failed {
+    for f in rcpts {
+        h.push_str("\r\n");
+        if let Some(o) = &f.orcpt {
+            h.push_str(&format!("Original-Recipient: {}\r\n", decoded(o)));
+        }
         h.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",
             ascii(&f.rcpt),
+            f.action.word(),
             f.status
         ));
         match (&f.smtp_reply, &f.remote) {
@@ -144,13 +217,16 @@ pub fn write<W: Write, R: BufRead>(
             )),
         }
         h.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
+        if f.action == Action::Delayed {
+            h.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(retry_until)));
+        }
     }
     let headers_type = if eight_bit {
         "message/global-headers"
     } else {
         "text/rfc822-headers"
     };
-    h.push_str(&format!("\r\n--{boundary}\r\nContent-Description: Undelivered Message Headers\r\nContent-Type: {headers_type}\r\n"));
+    h.push_str(&format!("\r\n--{boundary}\r\nContent-Description: {headers_description}\r\nContent-Type: {headers_type}\r\n"));
     if eight_bit {
         h.push_str("Content-Transfer-Encoding: 8bit\r\n");
     }
@@ -205,6 +281,15 @@ fn read_headers<R: BufRead>(mut r: R) -> io::Result<Vec<u8>> {
     }
 }
 
+/// An xtext value decoded (RFC 3461 §4), as printable ASCII (anything else becomes `?`).
+fn decoded(xtext: &str) -> String {
+    let x = maildir_core::envelope::XText::parse(xtext);
+    let bytes = x
+        .map(|x| x.decode())
+        .unwrap_or_else(|_| xtext.as_bytes().to_vec());
+    ascii(&String::from_utf8_lossy(&bytes))
+}
+
 fn ascii(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -224,7 +309,9 @@ mod tests {
     #[test]
     fn report_shape() {
         let mut out = Vec::new();
-        let failed = [Failed {
+        let failed = [Recipient {
+            action: Action::Failed,
+            orcpt: None,
             rcpt: "r@x.test".into(),
             status: "5.1.1".into(),
             smtp_reply: Some("550 5.1.1 no such user".into()),
@@ -239,6 +326,8 @@ mod tests {
             arrival: SystemTime::UNIX_EPOCH,
             now: SystemTime::UNIX_EPOCH,
             message_id: "<m@relay.test>",
+            envid: None,
+            retry_until: SystemTime::UNIX_EPOCH,
         };
         write(&mut out, &report, &failed, orig).unwrap();
         let s = String::from_utf8(out).unwrap();
@@ -257,7 +346,7 @@ mod tests {
         assert!(s.contains("Content-Transfer-Encoding: 7bit\r\n"));
     }
 
-    fn dsn(failed: &[Failed], orig: &[u8]) -> String {
+    fn dsn(failed: &[Recipient], orig: &[u8]) -> String {
         let mut out = Vec::new();
         let report = Report {
             reporting_mta: "relay.test",
@@ -266,6 +355,8 @@ mod tests {
             arrival: SystemTime::UNIX_EPOCH,
             now: SystemTime::UNIX_EPOCH,
             message_id: "<m@relay.test>",
+            envid: None,
+            retry_until: SystemTime::UNIX_EPOCH,
         };
         write(&mut out, &report, failed, orig).unwrap();
         String::from_utf8_lossy(&out).into_owned()
@@ -292,7 +383,9 @@ mod tests {
 
     #[test]
     fn remote_mta_only_with_a_reply() {
-        let no_reply = [Failed {
+        let no_reply = [Recipient {
+            action: Action::Failed,
+            orcpt: None,
             rcpt: "r@x.test".into(),
             status: "4.4.7".into(),
             smtp_reply: None,
@@ -343,5 +436,131 @@ mod tests {
         assert!(s.contains("Subject: caf\u{e9}\r\n"));
         assert!(!s.contains("Content-Transfer-Encoding: 7bit"), "{s}");
         assert!(!s.contains("text/rfc822-headers"));
+    }
+
+    fn recipient(action: Action, status: &str, reply: &str) -> Recipient {
+        Recipient {
+            action,
+            rcpt: "r@x.test".into(),
+            orcpt: None,
+            status: status.into(),
+            smtp_reply: Some(reply.into()),
+            remote: Some("mx.x.test".into()),
+            reason: String::new(),
+        }
+    }
+
+    fn report_with(rcpts: &[Recipient], envid: Option<&str>, orig: &[u8]) -> String {
+        let mut out = Vec::new();
+        let report = Report {
+            reporting_mta: "relay.test",
+            queue_id: "q",
+            sender: "s@a.test",
+            arrival: SystemTime::UNIX_EPOCH,
+            now: SystemTime::UNIX_EPOCH,
+            message_id: "<m@relay.test>",
+            envid,
+            retry_until: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(86400),
+        };
+        write(&mut out, &report, rcpts, orig).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// ENVID and ORCPT (RFC 3461) come back decoded as Original-Envelope-Id (per message, before
+    /// Reporting-MTA) and Original-Recipient (first in the recipient's block), RFC 3464 §2.2-2.3.
+    #[test]
+    fn envid_and_orcpt_fields() {
+        let mut r = recipient(Action::Failed, "5.1.1", "550 5.1.1 no");
+        r.orcpt = Some("rfc822;a+40b.example".into());
+        let plain = recipient(Action::Failed, "5.1.1", "550 5.1.1 no");
+        let s = report_with(&[r, plain], Some("QQ+2Bxyz"), b"Subject: a\r\n\r\nbody\r\n");
+        assert!(
+            s.contains(
+                "\r\n\r\nOriginal-Envelope-Id: QQ+xyz\r\nReporting-MTA: dns; relay.test\r\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("\r\n\r\nOriginal-Recipient: rfc822;a@b.example\r\nFinal-Recipient: rfc822; r@x.test\r\nAction: failed\r\n"),
+            "{s}"
+        );
+        assert_eq!(s.matches("Original-Recipient").count(), 1, "{s}");
+        // Control characters hidden in xtext never reach the report.
+        let mut r = recipient(Action::Failed, "5.1.1", "550 no");
+        r.orcpt = Some("rfc822;a+0D+0Ab".into());
+        let s = report_with(&[r], Some("x+0Ay"), b"Subject: a\r\n\r\n");
+        assert!(s.contains("Original-Recipient: rfc822;a??b\r\n"), "{s}");
+        assert!(s.contains("Original-Envelope-Id: x?y\r\n"), "{s}");
+        // Without them: neither field.
+        let s = report_with(
+            &[recipient(Action::Failed, "5.1.1", "550 no")],
+            None,
+            b"A: b\r\n\r\n",
+        );
+        assert!(!s.contains("Original-"), "{s}");
+    }
+
+    /// RET=HDRS (and every other RET): the returned content is the header section only.
+    #[test]
+    fn returned_content_is_headers_only() {
+        let orig = b"Subject: secret plans\r\nFrom: a@b\r\n\r\nthe body itself\r\nmore body\r\n";
+        let s = report_with(&[recipient(Action::Failed, "5.1.1", "550 no")], None, orig);
+        let h = part(&s, "Undelivered Message Headers");
+        assert_eq!(h, "Subject: secret plans\r\nFrom: a@b\r\n");
+        assert!(s.contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(
+            !s.contains("the body itself") && !s.contains("more body"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn delayed_and_relayed_reports() {
+        let s = report_with(
+            &[recipient(Action::Delayed, "4.3.0", "451 4.3.0 later")],
+            None,
+            b"Subject: a\r\n\r\n",
+        );
+        assert!(
+            s.contains("Subject: Delayed Mail (still being retried)\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("Action: delayed\r\nStatus: 4.3.0\r\n"), "{s}");
+        assert!(
+            s.contains("Will-Retry-Until: Fri, 2 Jan 1970 00:00:00 +0000\r\n"),
+            "{s}"
+        );
+        let s = report_with(
+            &[recipient(Action::Relayed, "2.0.0", "250 2.0.0 ok")],
+            None,
+            b"Subject: a\r\n\r\nbody\r\n",
+        );
+        assert!(
+            s.contains("Subject: Successful Mail Delivery Report\r\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("Action: relayed\r\nStatus: 2.0.0\r\nRemote-MTA: dns; mx.x.test\r\n"),
+            "{s}"
+        );
+        assert!(!s.contains("Will-Retry-Until"), "{s}");
+        assert_eq!(
+            part(&s, "Content-Description: Message Headers"),
+            "Subject: a\r\n"
+        );
+        // A failure beside a relayed recipient: the subject follows the failure.
+        let s = report_with(
+            &[
+                recipient(Action::Relayed, "2.0.0", "250 ok"),
+                recipient(Action::Failed, "5.1.1", "550 no"),
+            ],
+            None,
+            b"Subject: a\r\n\r\n",
+        );
+        assert!(
+            s.contains("Subject: Undelivered Mail Returned to Sender\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("Action: relayed\r\n") && s.contains("Action: failed\r\n"));
     }
 }

@@ -260,6 +260,7 @@ pub fn build(
                         status: status.into(),
                         smtp: false,
                         remote: None,
+                        dsn: false,
                     },
                 )),
                 Resolution::Temporary(text) => immediate.push((
@@ -271,6 +272,7 @@ pub fn build(
                         status: "4.4.3".into(),
                         smtp: false,
                         remote: None,
+                        dsn: false,
                     },
                 )),
             }
@@ -392,6 +394,9 @@ mod tests {
                 .iter()
                 .map(|r| ForwardPath::parse(r).unwrap())
                 .collect(),
+            ret: None,
+            envid: None,
+            rcpt_dsn: Vec::new(),
             body_offset: 0,
             body_len: 0,
             eight_bit: false,
@@ -408,6 +413,7 @@ mod tests {
             status: "2.0.0".into(),
             smtp: true,
             remote: Some("mx.test".into()),
+            dsn: false,
         }
     }
 

@@ -15,7 +15,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use maildir_core::{EnvelopeReader, ForwardPath, Maildir, ReversePath};
+use maildir_core::{EnvelopeReader, ForwardPath, Maildir, RcptParams, Ret, ReversePath, XText};
 
 use crate::state::{MsgState, RcptState, StateDir, epoch_secs};
 
@@ -30,6 +30,13 @@ pub struct Message {
     pub sender: ReversePath,
     /// Envelope recipients, in RCPT order.
     pub rcpts: Vec<ForwardPath>,
+    /// DSN `RET=` (RFC 3461), if given.
+    pub ret: Option<Ret>,
+    /// DSN `ENVID=` (xtext), if given.
+    pub envid: Option<XText>,
+    /// DSN `NOTIFY=` / `ORCPT=` per recipient (shorter when the last gave none: see
+    /// [`Message::rcpt_dsn`]).
+    pub rcpt_dsn: Vec<RcptParams>,
     /// Offset of the first byte after the envelope lines.
     pub body_offset: u64,
     /// Octets from there to the end of the file.
@@ -45,6 +52,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// The DSN parameters of recipient `i` (defaults when it gave none).
+    pub fn rcpt_dsn(&self, i: usize) -> RcptParams {
+        self.rcpt_dsn.get(i).cloned().unwrap_or_default()
+    }
+
     /// Indexes of recipients that still need an attempt.
     pub fn open_rcpts(&self) -> Vec<usize> {
         (0..self.rcpts.len())
@@ -119,6 +131,9 @@ fn read_message(name: &str, path: PathBuf) -> Result<Option<Message>, String> {
         path,
         sender: env.sender,
         rcpts: env.recipients,
+        ret: env.ret,
+        envid: env.envid,
+        rcpt_dsn: env.rcpt_params,
         body_offset,
         body_len: meta.len().saturating_sub(body_offset),
         eight_bit: false,
@@ -191,6 +206,9 @@ pub fn render_list(msgs: &[Message], bad: &[Unreadable], now: SystemTime) -> Str
         ));
         if !m.state.error.is_empty() {
             s.push_str(&format!("  last error: {}\n", m.state.error));
+        }
+        if m.state.warned {
+            s.push_str("  delay warning sent\n");
         }
         for (i, r) in m.rcpts.iter().enumerate() {
             let (st, text) = m

@@ -5,7 +5,9 @@
 //! (non-blocking, with a deadline), at most one connection per MX address and at most
 //! `--max-connections` in all (jobs for an address with a session wait for the next one, so a
 //! slow host delays only its own mail), moving bytes between sockets and each connection's pure
-//! [`Session`], streaming bodies from the queued files through the [`BodyEncoder`], deadlines in
+//! [`Session`], streaming bodies from the queued files through the [`BodyEncoder`] (DATA) or,
+//! for BDAT, the [`ChunkEncoder`] in chunks of at most [`CHUNK`] octets read from the file (the
+//! last one `BDAT n LAST`; a message is never held whole), deadlines in
 //! a heap (stale entries skipped by generation), sending jobs on after a failure (what a
 //! connection's end means is [`JobSpec::after_close`]'s decision; recipients that got a 4xx go
 //! to the next MX address), closing everything at a stop signal ([`Reactor::stop`]), and the
@@ -36,7 +38,7 @@ use crate::plan::{JobSpec, Next, Tally};
 use crate::record::Attempt;
 use crate::state::RcptState;
 use crate::tls::{self, TlsContext};
-use proto::smtp::client::body::BodyEncoder;
+use proto::smtp::client::body::{BodyEncoder, ChunkEncoder};
 use proto::smtp::client::session::{self, Action, RcptStatus, Session, StartTls};
 
 /// Bytes read from a queued file at a time.
@@ -88,7 +90,15 @@ pub struct Stats {
 
 struct BodySource {
     file: File,
-    enc: BodyEncoder,
+    enc: Encoding,
+}
+
+/// How a message body goes out.
+enum Encoding {
+    /// After DATA: dot-stuffed, long lines broken, ended by the dot.
+    Data(BodyEncoder),
+    /// As BDAT chunks; `left` octets of the file are still to be read.
+    Chunks { enc: ChunkEncoder, left: u64 },
 }
 
 /// Where a connection is with TLS.
@@ -389,6 +399,20 @@ impl<'a> Reactor<'a> {
                     .collect(),
                 size: m.body_len,
                 eight_bit: m.eight_bit,
+                dsn_mail: [
+                    m.ret.map(|r| format!("RET={r}")),
+                    m.envid.as_ref().map(|e| format!("ENVID={e}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+                dsn_rcpt: job
+                    .spec
+                    .rcpts
+                    .iter()
+                    .map(|&r| m.rcpt_dsn(r).to_string())
+                    .collect(),
             });
             keys.push(key);
         }
@@ -416,7 +440,8 @@ impl<'a> Reactor<'a> {
         };
         let session = Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now)
             .with_starttls(mode)
-            .with_max_rcpt(self.cfg.max_rcpt);
+            .with_max_rcpt(self.cfg.max_rcpt)
+            .with_chunking(self.cfg.chunking);
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -530,7 +555,8 @@ impl<'a> Reactor<'a> {
                     break;
                 }
                 let pumped = pump_body(c, &mut self.buf, &mut self.scratch, now);
-                if write_pending(c, now) {
+                // Small messages pipelined back to back (BDAT) share a write.
+                if (!pumped || c.session.poll_output().len() >= CHUNK) && write_pending(c, now) {
                     break; // the socket is full: a writable event brings us back
                 }
                 if !pumped {
@@ -674,6 +700,7 @@ impl<'a> Reactor<'a> {
                     status: "4.4.1".into(),
                     smtp: false,
                     remote: Some(target.host.clone()),
+                    dsn: false,
                 };
                 log_attempt(tally, job.spec.msg, r, target, &a);
                 tally.record(job.spec.msg, r, a);
@@ -721,15 +748,51 @@ fn pump_body(c: &mut Conn, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) 
         return false;
     };
     scratch.clear();
+    let enc = match &mut b.enc {
+        Encoding::Data(enc) => enc,
+        Encoding::Chunks { enc, left } => {
+            if *left == 0 {
+                enc.finish(scratch);
+                c.session.push_chunk(scratch, true, now);
+                c.body = None;
+                return true;
+            }
+            let want = usize::try_from(*left).map_or(buf.len(), |l| l.min(buf.len()));
+            match b.file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    c.session
+                        .abort("cannot read queued message: it is shorter than when queued");
+                    c.body = None;
+                }
+                Ok(n) => {
+                    *left -= n as u64;
+                    enc.encode(&buf[..n], scratch);
+                    if *left == 0 {
+                        enc.finish(scratch);
+                        c.session.push_chunk(scratch, true, now);
+                        c.body = None;
+                    } else {
+                        c.session.push_chunk(scratch, false, now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    c.session.abort(&format!("cannot read queued message: {e}"));
+                    c.body = None;
+                }
+            }
+            return true;
+        }
+    };
     match b.file.read(buf) {
         Ok(0) => {
-            b.enc.finish(scratch);
+            enc.finish(scratch);
             c.session.push_body(scratch);
             c.session.end_body(now);
             c.body = None;
         }
         Ok(n) => {
-            b.enc.encode(&buf[..n], scratch);
+            enc.encode(&buf[..n], scratch);
             c.session.push_body(scratch);
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -811,7 +874,8 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                 c.target.addr,
                 reply.one_line()
             ),
-            Action::SendBody(n) => {
+            Action::SendBody(n) | Action::SendChunks(n) => {
+                let chunks = matches!(ev, Action::SendChunks(_));
                 let Some(job) = c.jobs.get(n).and_then(|&k| ctx.jobs.get(k)) else {
                     continue;
                 };
@@ -826,10 +890,15 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                     .and_then(|mut f| f.seek(SeekFrom::Start(m.body_offset)).map(|_| f));
                 match opened {
                     Ok(file) => {
-                        c.body = Some(BodySource {
-                            file,
-                            enc: BodyEncoder::default(),
-                        })
+                        let enc = if chunks {
+                            Encoding::Chunks {
+                                enc: ChunkEncoder::default(),
+                                left: m.body_len,
+                            }
+                        } else {
+                            Encoding::Data(BodyEncoder::default())
+                        };
+                        c.body = Some(BodySource { file, enc })
                     }
                     Err(e) => c
                         .session
@@ -858,6 +927,7 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                         text: reply.one_line(),
                         smtp: true,
                         remote: Some(c.target.host.clone()),
+                        dsn: c.session.extensions().dsn,
                     };
                     log_attempt(&slot.tally, job.spec.msg, r, &c.target, &a);
                     slot.tally.record(job.spec.msg, r, a);
@@ -916,6 +986,7 @@ fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
                         text: reply.one_line(),
                         smtp: true,
                         remote: Some(c.target.host.clone()),
+                        dsn: c.session.extensions().dsn,
                     };
                     log_attempt(tally, job.spec.msg, r, &c.target, &a);
                     tally.record(job.spec.msg, r, a);

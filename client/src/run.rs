@@ -349,6 +349,7 @@ impl Loop<'_> {
         let rcfg = RecorderConfig {
             reporting_mta: self.cfg.helo.clone(),
             queue_lifetime: self.cfg.queue_lifetime,
+            delay_warning: self.cfg.delay_warning,
         };
         let (tx, recorder) = match record::spawn(self.md.clone(), self.states.clone(), rcfg) {
             Ok(r) => r,

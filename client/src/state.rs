@@ -12,7 +12,11 @@
 //! error 451 4.3.0 try later
 //! rcpt 0 delivered 250 2.0.0 ok
 //! rcpt 1 deferred 451 4.3.0 try later
+//! warned 1
 //! ```
+//!
+//! `warned 1` (written only when true, so files of older versions read as before and older
+//! versions ignore it): the delay warning DSN for this message has been queued.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -76,6 +80,8 @@ pub struct MsgState {
     pub error: String,
     /// Per recipient (envelope order): state and last reply.
     pub rcpts: Vec<(RcptState, String)>,
+    /// The delay warning DSN has been queued (sent once per message).
+    pub warned: bool,
 }
 
 impl MsgState {
@@ -91,6 +97,7 @@ impl MsgState {
                 "attempts" => st.attempts = rest.trim().parse().unwrap_or(0),
                 "next" => st.next = rest.trim().parse().unwrap_or(0),
                 "error" => st.error = rest.to_owned(),
+                "warned" => st.warned = rest.trim() == "1",
                 "rcpt" => {
                     let mut it = rest.splitn(3, ' ');
                     let idx = it.next().and_then(|i| i.parse::<usize>().ok());
@@ -117,6 +124,9 @@ impl MsgState {
         );
         for (i, (state, text)) in self.rcpts.iter().enumerate() {
             s.push_str(&format!("rcpt {i} {} {}\n", state.word(), one_line(text)));
+        }
+        if self.warned {
+            s.push_str("warned 1\n");
         }
         s
     }
@@ -291,12 +301,32 @@ mod tests {
                 (RcptState::Delivered, "250 ok".into()),
                 (RcptState::Deferred, "451 4.3.0 try later".into()),
             ],
+            warned: false,
         };
         let back = MsgState::parse(&st.render(), 2);
         assert_eq!(back.rcpts, st.rcpts);
         assert_eq!(back.error, "451 later  x");
         let junk = MsgState::parse("garbage\nrcpt 9 delivered\nrcpt 0 bogus\n", 1);
         assert_eq!(junk.rcpts, vec![(RcptState::Pending, String::new())]);
+        assert!(!back.warned && !st.render().contains("warned"));
+        // The delay warning flag: written only when set, read back; old files read as unset.
+        let warned = MsgState {
+            warned: true,
+            ..st.clone()
+        };
+        assert!(warned.render().ends_with("warned 1\n"));
+        assert!(MsgState::parse(&warned.render(), 2).warned);
+        let old = "attempts 3\nnext 5\nerror x\nrcpt 0 deferred 451 x\n";
+        assert_eq!(
+            MsgState::parse(old, 1),
+            MsgState {
+                attempts: 3,
+                next: 5,
+                error: "x".into(),
+                rcpts: vec![(RcptState::Deferred, "451 x".into())],
+                warned: false,
+            }
+        );
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         max_hops: 2,
         postmaster: None,
         output_limit: OUTPUT_LIMIT,
+        local: None,
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
@@ -254,7 +255,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                         .as_mut()
                         .expect("Write outside a message")
                         .extend_from_slice(&b),
-                    Action::Commit => {
+                    Action::Commit(_) => {
                         let msg = current.take().expect("Commit outside a message");
                         commits += 1;
                         let head = header_len.expect("header length");

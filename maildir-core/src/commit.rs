@@ -3,13 +3,19 @@
 //! Two stages, each message tagged with a caller's `T` (a connection, an index):
 //! 1. a pool of sync threads flushes each finished file's data as soon as it arrives
 //!    ([`Delivery::sync`]; flushes pending together are merged by the block layer);
-//! 2. [`Maildir::publish`] renames the synced files into `new/` and fsyncs `new/` once for all
-//!    of them.
+//! 2. [`publish_all`] renames the synced files into their `new/` and fsyncs each `new/` once
+//!    for all of them.
+//!
+//! A job is one file ([`GroupCommit::submit`]) or the files of one message written by a
+//! [`Prepare`] step on a sync thread ([`GroupCommit::submit_prepared`]: smtpd's local delivery
+//! writes the users' copies from the spooled message, in several users' Maildirs, beside the
+//! queue file); all of a job's files are published in the same batch, and its result is
+//! reported once, after that batch's directory fsyncs.
 //!
 //! [`GroupCommit`] runs both stages as a pipeline that lives as long as its owner (smtpd's
 //! committer): a publisher thread takes every file synced meanwhile as one batch, so stage 1 of
 //! the next messages overlaps stage 2 of the previous ones. [`sync_all`] runs stage 1 once
-//! for a batch the caller then publishes ([`Maildir::commit_batch`]).
+//! for a batch the caller then publishes ([`crate::Maildir::commit_batch`]).
 //!
 //! Owns: these threads and the order of durability (file data flushed, then rename, then the
 //! directory fsync, before any result is reported). Must not: speak SMTP, know the reactor, or
@@ -21,25 +27,51 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::maildir::{Delivered, Delivery, Maildir, MaildirError, Synced};
+use crate::maildir::{Delivered, Delivery, MaildirError, Synced, publish_all};
 
-/// Sync threads used where the caller has no setting of its own ([`Maildir::commit_batch`],
+/// Sync threads used where the caller has no setting of its own ([`crate::Maildir::commit_batch`],
 /// and smtpd's default).
 pub const SYNC_THREADS: usize = 16;
 
-/// What the sync threads report: a caller's tag and the synced file or why not.
-type SyncResult<T> = (T, Result<Synced, MaildirError>);
+/// Work run on a sync thread for one job: writes what remains to be written and returns the
+/// job's files synced ([`Delivery::sync`]), ready to publish. Dropping a file it made before
+/// failing removes it, so a failure leaves nothing behind.
+pub type Prepare = Box<dyn FnOnce() -> Result<Vec<Synced>, MaildirError> + Send>;
+
+/// One job of the sync threads.
+enum Work {
+    /// One finished file: sync it.
+    File(Delivery),
+    /// Files still to write, then sync.
+    Prepare(Prepare),
+}
+
+impl Work {
+    fn run(self) -> Result<Vec<Synced>, MaildirError> {
+        match self {
+            Work::File(d) => d.sync().map(|s| vec![s]),
+            Work::Prepare(f) => f(),
+        }
+    }
+}
+
+/// What the sync threads report: a caller's tag and the synced files or why not.
+type SyncResult<T> = (T, Result<Vec<Synced>, MaildirError>);
+
+/// What a published job comes to: its files in `new/` (in the order its work gave them), or
+/// why not.
+pub type JobResult = Result<Vec<Delivered>, MaildirError>;
 
 /// Stage 1: threads that flush each file's data as it arrives.
 struct SyncPool<T> {
-    tx: Option<Sender<(T, Delivery)>>,
+    tx: Option<Sender<(T, Work)>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> SyncPool<T> {
     /// Starts `threads` sync threads (at least one) reporting on `out`.
     fn spawn(threads: usize, out: &Sender<SyncResult<T>>) -> io::Result<SyncPool<T>> {
-        let (tx, jobs) = unbounded::<(T, Delivery)>();
+        let (tx, jobs) = unbounded::<(T, Work)>();
         let n = threads.max(1);
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
@@ -49,8 +81,8 @@ impl<T: Send + 'static> SyncPool<T> {
                 std::thread::Builder::new()
                     .name(format!("sync-{i}"))
                     .spawn(move || {
-                        for (tag, delivery) in jobs.iter() {
-                            if out.send((tag, delivery.sync())).is_err() {
+                        for (tag, work) in jobs.iter() {
+                            if out.send((tag, work.run())).is_err() {
                                 return;
                             }
                         }
@@ -63,10 +95,10 @@ impl<T: Send + 'static> SyncPool<T> {
         })
     }
 
-    fn submit(&self, tag: T, delivery: Delivery) -> Result<(), (T, Delivery)> {
+    fn submit(&self, tag: T, work: Work) -> Result<(), (T, Work)> {
         match &self.tx {
-            Some(tx) => tx.send((tag, delivery)).map_err(|e| e.0),
-            None => Err((tag, delivery)),
+            Some(tx) => tx.send((tag, work)).map_err(|e| e.0),
+            None => Err((tag, work)),
         }
     }
 }
@@ -94,14 +126,14 @@ pub fn sync_all(batch: Vec<Delivery>, threads: usize) -> Vec<Result<Synced, Mail
         Ok(pool) => {
             drop(out);
             for (i, d) in batch.into_iter().enumerate() {
-                if let Err((i, d)) = pool.submit(i, d) {
-                    results[i] = Some(d.sync());
+                if let Err((i, work)) = pool.submit(i, Work::File(d)) {
+                    results[i] = Some(one(work.run()));
                 }
             }
             // Ends the threads; their senders go with them, which ends the loop below.
             drop(pool);
             for (i, r) in results_rx.iter() {
-                results[i] = Some(r);
+                results[i] = Some(one(r));
             }
         }
         Err(e) => {
@@ -125,6 +157,19 @@ pub fn sync_all(batch: Vec<Delivery>, threads: usize) -> Vec<Result<Synced, Mail
         .collect()
 }
 
+/// The single file of a [`Work::File`] job.
+fn one(r: Result<Vec<Synced>, MaildirError>) -> Result<Synced, MaildirError> {
+    r.and_then(|v| {
+        v.into_iter().next().ok_or_else(|| {
+            MaildirError::new(
+                "fsync",
+                Path::new("tmp"),
+                io::Error::other("internal: no file"),
+            )
+        })
+    })
+}
+
 /// The long-lived pipeline: sync threads, then one publisher thread that hands each batch's
 /// results to the caller's `report`.
 pub struct GroupCommit<T> {
@@ -134,14 +179,13 @@ pub struct GroupCommit<T> {
 
 impl<T: Send + 'static> GroupCommit<T> {
     /// Starts `sync_threads` sync threads (at least one) and the publisher. At most
-    /// `max_batch` files go in one publish. `report` gets every result of a batch (each file
-    /// with its tag, in `new/` durably or why not) after that batch's directory fsync; when it
-    /// returns false the publisher stops.
+    /// `max_batch` jobs go in one publish. `report` gets every result of a batch (each job
+    /// with its tag: its files in `new/` durably, or why not) after that batch's directory
+    /// fsyncs; when it returns false the publisher stops.
     pub fn spawn(
-        maildir: Maildir,
         sync_threads: usize,
         max_batch: usize,
-        mut report: impl FnMut(Vec<(T, Result<Delivered, MaildirError>)>) -> bool + Send + 'static,
+        mut report: impl FnMut(Vec<(T, JobResult)>) -> bool + Send + 'static,
     ) -> io::Result<GroupCommit<T>> {
         let (synced_tx, synced_rx) = unbounded::<SyncResult<T>>();
         let pool = SyncPool::spawn(sync_threads, &synced_tx)?;
@@ -149,7 +193,7 @@ impl<T: Send + 'static> GroupCommit<T> {
         let publisher = std::thread::Builder::new()
             .name("publish".into())
             .spawn(move || {
-                while let Some(results) = publish_next(&maildir, &synced_rx, max_batch) {
+                while let Some(results) = publish_next(&synced_rx, max_batch) {
                     if !report(results) {
                         return;
                     }
@@ -161,11 +205,24 @@ impl<T: Send + 'static> GroupCommit<T> {
         })
     }
 
-    /// Queues a finished file. Returns it (with its tag) if the threads are gone.
-    pub fn submit(&self, tag: T, delivery: Delivery) -> Result<(), (T, Delivery)> {
+    /// Queues a finished file. Returns the tag if the threads are gone (the file is dropped,
+    /// which removes it from `tmp/`).
+    pub fn submit(&self, tag: T, delivery: Delivery) -> Result<(), T> {
+        self.submit_work(tag, Work::File(delivery))
+            .map_err(|(tag, _)| tag)
+    }
+
+    /// Queues a job whose files a sync thread writes and syncs (`prepare`). Returns the tag
+    /// if the threads are gone (`prepare` is dropped unrun).
+    pub fn submit_prepared(&self, tag: T, prepare: Prepare) -> Result<(), T> {
+        self.submit_work(tag, Work::Prepare(prepare))
+            .map_err(|(tag, _)| tag)
+    }
+
+    fn submit_work(&self, tag: T, work: Work) -> Result<(), (T, Work)> {
         match &self.pool {
-            Some(pool) => pool.submit(tag, delivery),
-            None => Err((tag, delivery)),
+            Some(pool) => pool.submit(tag, work),
+            None => Err((tag, work)),
         }
     }
 }
@@ -180,13 +237,13 @@ impl<T> Drop for GroupCommit<T> {
     }
 }
 
-/// Waits for a synced file, takes every other one synced meanwhile (up to `max_batch`) and
-/// publishes them together. None once the sync threads are gone.
+/// Waits for a synced job, takes every other one synced meanwhile (up to `max_batch`) and
+/// publishes their files together ([`publish_all`]: one fsync per `new/` directory). None once
+/// the sync threads are gone.
 fn publish_next<T>(
-    maildir: &Maildir,
     synced: &Receiver<SyncResult<T>>,
     max_batch: usize,
-) -> Option<Vec<(T, Result<Delivered, MaildirError>)>> {
+) -> Option<Vec<(T, JobResult)>> {
     let first = synced.recv().ok()?;
     // Everything synced while the previous batch was publishing joins this one.
     let mut batch = vec![first];
@@ -197,27 +254,41 @@ fn publish_next<T>(
         }
     }
     let started = std::time::Instant::now();
-    let mut tags = Vec::with_capacity(batch.len());
-    let mut files = Vec::with_capacity(batch.len());
-    let mut results = Vec::with_capacity(batch.len());
+    // Every file of every job, with the index of its job.
+    let mut owners = Vec::new();
+    let mut files = Vec::new();
+    let mut results: Vec<(T, JobResult)> = Vec::with_capacity(batch.len());
     for (tag, r) in batch {
         match r {
-            Ok(s) => {
-                tags.push(tag);
-                files.push(s);
+            Ok(synced) => {
+                for f in synced {
+                    owners.push(results.len());
+                    files.push(f);
+                }
+                results.push((tag, Ok(Vec::new())));
             }
             Err(e) => results.push((tag, Err(e))),
         }
     }
     let n = files.len();
-    results.extend(tags.into_iter().zip(maildir.publish(files)));
-    log::debug!("published a batch of {n} in {:?}", started.elapsed());
+    for (owner, published) in owners.into_iter().zip(publish_all(files)) {
+        let slot = &mut results[owner].1;
+        match (slot.as_mut(), published) {
+            (Ok(done), Ok(d)) => done.push(d),
+            // The job's first failure is its result (files of it already published stay:
+            // the client retries, a duplicate rather than a loss).
+            (Ok(_), Err(e)) => *slot = Err(e),
+            (Err(_), _) => {}
+        }
+    }
+    log::debug!("published a batch of {n} files in {:?}", started.elapsed());
     Some(results)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maildir::Maildir;
     use std::io::Write;
     use std::time::Duration;
 
@@ -251,10 +322,11 @@ mod tests {
         let md = Maildir::open(dir.path()).expect("open");
         let (tx, rx) = unbounded();
         let new_dir = md.new_dir().to_owned();
-        let gc = GroupCommit::spawn(md.clone(), 2, 4, move |results| {
+        let gc = GroupCommit::spawn(2, 4, move |results| {
             for (tag, r) in results {
                 let delivered = r.expect("committed");
-                assert!(delivered.path.starts_with(&new_dir) && delivered.path.exists());
+                assert_eq!(delivered.len(), 1);
+                assert!(delivered[0].path.starts_with(&new_dir) && delivered[0].path.exists());
                 if tx.send(tag).is_err() {
                     return false;
                 }
@@ -277,5 +349,61 @@ mod tests {
                 .count(),
             20
         );
+    }
+
+    /// A prepared job's files in two Maildirs are published together and reported once, in
+    /// the order the job gave them; a failing job leaves nothing in `new/`.
+    #[test]
+    fn prepared_jobs_publish_every_file_or_report_the_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Maildir::open(dir.path().join("a")).expect("open");
+        let b = Maildir::open(dir.path().join("b")).expect("open");
+        let (tx, rx) = unbounded();
+        let gc = GroupCommit::spawn(2, 8, move |results| {
+            for r in results {
+                if tx.send(r).is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .expect("spawn");
+        let (a2, b2) = (a.clone(), b.clone());
+        gc.submit_prepared(
+            1u32,
+            Box::new(move || {
+                let one = delivery(&a2, b"to a\r\n").sync()?;
+                let two = delivery(&b2, b"to b\r\n").sync()?;
+                Ok(vec![one, two])
+            }),
+        )
+        .expect("submit");
+        let b3 = b.clone();
+        gc.submit_prepared(
+            2u32,
+            Box::new(move || {
+                let _dropped = delivery(&b3, b"never published\r\n");
+                Err(MaildirError::new(
+                    "write",
+                    Path::new("x"),
+                    io::Error::other("boom"),
+                ))
+            }),
+        )
+        .expect("submit");
+        let mut got: Vec<(u32, JobResult)> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("result"))
+            .collect();
+        got.sort_by_key(|(t, _)| *t);
+        let files = got[0].1.as_ref().expect("job 1 committed");
+        assert_eq!(files.len(), 2);
+        assert!(files[0].path.starts_with(a.new_dir()) && files[0].path.exists());
+        assert!(files[1].path.starts_with(b.new_dir()) && files[1].path.exists());
+        assert!(got[1].1.is_err());
+        drop(gc);
+        let count = |d: &Path| std::fs::read_dir(d).map_or(0, |r| r.count());
+        assert_eq!(count(a.new_dir()), 1);
+        assert_eq!(count(b.new_dir()), 1);
+        assert_eq!(count(b.tmp_dir()), 0);
     }
 }

@@ -6,19 +6,27 @@
 //! - [`maildir`]: Maildir layout, unique names, atomic durable delivery and batch commit.
 //! - [`commit`]: the group-commit threads (parallel data flushes, one directory fsync per
 //!   batch) behind `Maildir::commit_batch` and smtpd's committer.
+//! - [`users`], [`aliases`], [`directory`]: the users and aliases files and recipient routing
+//!   for local delivery (pure: the protocol session calls them).
+//! - [`local`]: local delivery into per-user Maildirs, and the quota count.
 //! - [`date`]: RFC 5322 date text for trace headers and reports.
 //! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
 //!
-//! Nothing here speaks SMTP or touches a socket.
+//! Nothing here speaks SMTP or touches a socket; `users`, `aliases` and `directory` touch no
+//! file or clock either.
 
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod aliases;
 pub mod commit;
 pub mod date;
+pub mod directory;
 pub mod envelope;
+pub mod local;
 pub mod logging;
 pub mod maildir;
+pub mod users;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 pub use envelope::{

@@ -337,6 +337,39 @@ impl Synced {
     }
 }
 
+/// Publishes synced deliveries that may belong to different Maildirs (local delivery to
+/// several users' Maildirs and the queue in one group commit): renames each into its own
+/// `new/`, then one fsync per distinct `new/` directory. A rename or fsync failure fails the
+/// deliveries it concerns (their names may not survive a crash). Results come in the order given.
+pub fn publish_all(batch: Vec<Synced>) -> Vec<Result<Delivered, MaildirError>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut results: Vec<(PathBuf, Result<Delivered, MaildirError>)> = batch
+        .into_iter()
+        .map(|Synced(mut d)| {
+            let dir = d.new_dir.clone();
+            if !dirs.contains(&dir) {
+                dirs.push(dir.clone());
+            }
+            (dir, d.rename_into_new())
+        })
+        .collect();
+    for dir in dirs {
+        if !results.iter().any(|(d, r)| *d == dir && r.is_ok()) {
+            continue;
+        }
+        if let Err(e) = fsync_dir(&dir) {
+            for (_, r) in results.iter_mut().filter(|(d, r)| *d == dir && r.is_ok()) {
+                *r = Err(MaildirError::new(
+                    "fsync",
+                    &dir,
+                    io::Error::new(e.source.kind(), e.to_string()),
+                ));
+            }
+        }
+    }
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 /// A message being written into `tmp/`. Dropping it without committing removes the tmp file.
 #[derive(Debug)]
 pub struct Delivery {
@@ -356,6 +389,19 @@ impl Delivery {
     /// Octets written so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Makes the file go into `md`'s `new/` when published, instead of its own Maildir's: a
+    /// spooled message that is also a user's copy (local delivery). The rename needs both
+    /// Maildirs on one file system.
+    pub fn publish_into(&mut self, md: &Maildir) {
+        self.new_dir = md.new.clone();
+    }
+
+    /// Where the file is being written (in `tmp/`), to read it back (local delivery copies the
+    /// spooled message from it).
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp_path
     }
 
     /// Commits this one message durably: fsync the file, rename into `new/`, fsync `new/`.
@@ -445,7 +491,7 @@ impl Drop for Delivery {
     }
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| MaildirError::new("fsync", dir, e))

@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Mailbox};
+
+use crate::accounts::AccountFiles;
 
 use crate::reactor::ServerConfig;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
@@ -47,17 +50,47 @@ fn parse_postmaster(s: &str) -> Result<Mailbox, String> {
     Ok(m)
 }
 
+/// `--recipient-delimiter`: one character, or empty for none.
+fn parse_delimiter(s: &str) -> Result<Delimiter, String> {
+    let mut chars = s.chars();
+    match (chars.next(), chars.next()) {
+        (None, _) => Ok(Delimiter(None)),
+        (Some(c), None) if c == '@' || c.is_whitespace() || c.is_control() => {
+            Err(format!("'{s}' cannot separate a tag"))
+        }
+        (Some(c), None) => Ok(Delimiter(Some(c))),
+        _ => Err(format!("'{s}': one character (or empty for none)")),
+    }
+}
+
+/// The recipient delimiter: `alice+tag@` is delivered to alice; `None` turns tags off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delimiter(pub Option<char>);
+
+/// Subcommands of smtpd (without one, smtpd serves).
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum Cmd {
+    /// Read a password on stdin and print its {ARGON2ID} hash for the --users file (like
+    /// `doveadm pw`).
+    HashPassword,
+}
+
 /// Command-line arguments of smtpd.
 #[derive(Debug, Parser)]
 #[command(
     name = "smtpd",
     version,
-    about = "SMTP server: accepts mail on one event-loop thread and stores it durably in a Maildir"
+    about = "SMTP server: accepts mail on one event-loop thread and stores it durably in a Maildir (the relay queue), and delivers mail for its own domains to users' Maildirs",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
-    /// Maildir to deliver into (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub maildir: PathBuf,
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+    /// Maildir to queue mail for smtp-relay into (created if missing).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub maildir: Option<PathBuf>,
     /// Address to listen on; may be given several times.
     #[arg(
         long = "listen",
@@ -109,11 +142,73 @@ pub struct Args {
     /// FOR BENCHMARKS ONLY: answer 250 without fsync; a crash may lose accepted mail.
     #[arg(long)]
     pub no_fsync: bool,
+    /// A domain whose mail is delivered here, to the users' Maildirs under --mailboxes, from
+    /// any client; may be given several times. Needs --mailboxes and --users.
+    #[arg(long = "local-domain", value_name = "DOMAIN")]
+    pub local_domain: Vec<String>,
+    /// Root of the users' Maildirs: DIR/USER/{tmp,new,cur}, created on first delivery, mode
+    /// 0700.
+    #[arg(long, value_name = "DIR")]
+    pub mailboxes: Option<PathBuf>,
+    /// The users (Dovecot passwd-file format: name:{SCHEME}hash:uid:gid:gecos:home:shell:extra;
+    /// an empty or '*' password receives mail but cannot log in).
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Aliases, aliases(5) style: "name: target, target" (users, aliases, remote addresses).
+    #[arg(long, value_name = "FILE")]
+    pub aliases: Option<PathBuf>,
+    /// Separates a tag from the user name: alice+news@ is delivered to alice (empty: no tags).
+    #[arg(long, value_name = "CHAR", default_value = "+", value_parser = parse_delimiter)]
+    pub recipient_delimiter: Delimiter,
+    /// Most octets a user's Maildir may hold; a user at or over it gets 452 4.2.2 at RCPT
+    /// [default: no quota].
+    #[arg(long, value_name = "BYTES")]
+    pub mailbox_quota: Option<u64>,
 }
 
 impl Args {
     /// Checks the arguments and fills in defaults.
     pub fn validate(self) -> Result<Config, String> {
+        let maildir = self.maildir.ok_or("--maildir is required")?;
+        let local = match (&self.mailboxes, &self.users) {
+            _ if self.local_domain.is_empty() => {
+                for (given, name) in [
+                    (self.mailboxes.is_some(), "--mailboxes"),
+                    (self.users.is_some(), "--users"),
+                    (self.aliases.is_some(), "--aliases"),
+                    (self.mailbox_quota.is_some(), "--mailbox-quota"),
+                ] {
+                    if given {
+                        return Err(format!("{name} needs --local-domain"));
+                    }
+                }
+                None
+            }
+            (None, _) => return Err("--local-domain needs --mailboxes".into()),
+            (_, None) => return Err("--local-domain needs --users".into()),
+            (Some(mailboxes), Some(users)) => {
+                let mut domains: Vec<String> = Vec::new();
+                for d in &self.local_domain {
+                    let probe = format!("postmaster@{}", d.trim_end_matches('.'));
+                    let m = Mailbox::parse(&probe)
+                        .map_err(|e| format!("--local-domain '{d}': {}", e.reason()))?;
+                    let lower = m.domain().normalized();
+                    if !domains.contains(&lower) {
+                        domains.push(lower);
+                    }
+                }
+                Some(LocalConfig {
+                    accounts: AccountFiles {
+                        users: Some(users.clone()),
+                        aliases: self.aliases.clone(),
+                        local_domains: domains,
+                        delimiter: self.recipient_delimiter.0,
+                    },
+                    mailboxes: mailboxes.clone(),
+                    quota: self.mailbox_quota,
+                })
+            }
+        };
         let hostname = self
             .hostname
             .or_else(maildir_core::maildir::system_hostname)
@@ -128,7 +223,8 @@ impl Args {
             _ => None,
         };
         let config = Config {
-            maildir: self.maildir,
+            maildir,
+            local,
             listen: self.listen,
             tls_listen: self.tls_listen,
             session: SessionConfig {
@@ -141,6 +237,7 @@ impl Args {
                 max_hops: self.max_hops,
                 postmaster: self.postmaster,
                 output_limit: OUTPUT_LIMIT,
+                local: None,
             },
             trusted,
             max_connections: self.max_connections,
@@ -171,11 +268,25 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Local delivery: where the accounts come from, where the users' Maildirs are, the quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// The users and aliases files, the local domains and the recipient delimiter (read by
+    /// [`crate::accounts::load`] at start, and again on reload).
+    pub accounts: AccountFiles,
+    /// Root of the users' Maildirs.
+    pub mailboxes: PathBuf,
+    /// Most octets per user's Maildir.
+    pub quota: Option<u64>,
+}
+
 /// Validated settings of smtpd.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Maildir to deliver into.
+    /// The relay queue Maildir.
     pub maildir: PathBuf,
+    /// Local delivery, when `--local-domain` is given.
+    pub local: Option<LocalConfig>,
     /// Plain listen addresses.
     pub listen: Vec<SocketAddr>,
     /// Implicit-TLS listen addresses (need `tls`).
@@ -262,9 +373,11 @@ impl Config {
         &self,
         max_connections: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+        mailboxes: Option<Arc<Mailboxes>>,
     ) -> ServerConfig {
         ServerConfig {
             session: Arc::new(self.session.clone()),
+            mailboxes,
             trusted: self.trusted.clone(),
             max_connections,
             max_per_ip: self.max_per_ip,
@@ -482,5 +595,79 @@ mod tests {
         assert!(all.contains("192.0.2.1".parse().unwrap()));
         assert!("1.2.3.4/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    /// The local-delivery flags: what needs what, the delimiter, the domains.
+    #[test]
+    fn local_delivery_flags() {
+        assert!(validate(&[]).unwrap().local.is_none());
+        let e = validate(&["--local-domain", "example.test", "--users", "u"]).unwrap_err();
+        assert!(e.contains("--mailboxes"), "{e}");
+        let e = validate(&["--local-domain", "example.test", "--mailboxes", "m"]).unwrap_err();
+        assert!(e.contains("--users"), "{e}");
+        let e = validate(&["--mailboxes", "m"]).unwrap_err();
+        assert!(e.contains("--local-domain"), "{e}");
+        assert!(validate(&["--mailbox-quota", "10"]).is_err());
+        let c = validate(&[
+            "--local-domain",
+            "Example.TEST.",
+            "--local-domain",
+            "example.test",
+            "--local-domain",
+            "other.test",
+            "--mailboxes",
+            "m",
+            "--users",
+            "u",
+            "--aliases",
+            "a",
+            "--mailbox-quota",
+            "1000",
+        ])
+        .unwrap();
+        let l = c.local.unwrap();
+        assert_eq!(l.accounts.local_domains, ["example.test", "other.test"]);
+        assert_eq!(l.accounts.delimiter, Some('+'));
+        assert_eq!(l.accounts.aliases, Some(PathBuf::from("a")));
+        assert_eq!(l.quota, Some(1000));
+        let with = |d: &str| {
+            validate(&[
+                "--local-domain",
+                "example.test",
+                "--mailboxes",
+                "m",
+                "--users",
+                "u",
+                "--recipient-delimiter",
+                d,
+            ])
+        };
+        assert_eq!(
+            with("-").unwrap().local.unwrap().accounts.delimiter,
+            Some('-')
+        );
+        assert_eq!(with("").unwrap().local.unwrap().accounts.delimiter, None);
+        assert!(with("+-").is_err());
+        assert!(with("@").is_err());
+        assert!(
+            validate(&[
+                "--local-domain",
+                "bad domain",
+                "--mailboxes",
+                "m",
+                "--users",
+                "u"
+            ])
+            .is_err()
+        );
+    }
+
+    /// `smtpd hash-password` is a subcommand that needs no --maildir and takes no server option.
+    #[test]
+    fn hash_password_is_a_subcommand() {
+        let a = Args::try_parse_from(["smtpd", "hash-password"]).unwrap();
+        assert_eq!(a.command, Some(Cmd::HashPassword));
+        assert!(Args::try_parse_from(["smtpd", "--maildir", "m", "hash-password"]).is_err());
+        assert!(Args::try_parse_from(["smtpd"]).is_err());
     }
 }

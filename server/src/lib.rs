@@ -18,14 +18,22 @@
 //! - [`tls`]: the server side of TLS: loading the certificate and key for STARTTLS and
 //!   implicit TLS, starting it on a transport, and what the session records of it
 //!   (`proto::smtp::server::session::TlsInfo`).
+//! - [`accounts`]: reading the users and aliases files into the recipient directory (local
+//!   delivery); the one place they are read, so a reload calls it again.
+//! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
+//! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
+//!   usage counts, and their periodic recount.
 //!
 //! Invariants: `250` after DATA is sent only once the message is durable in `new/`. Every
 //! public item is documented (`missing_docs`).
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod commit;
 pub mod config;
+pub mod password;
+pub mod quota;
 pub mod reactor;
 pub mod stats;
 pub mod store;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, unbounded};
+use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -58,6 +59,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ServerConfig {
     /// Settings for every session.
     pub session: Arc<SessionConfig>,
+    /// The users' Maildirs, for local delivery.
+    pub mailboxes: Option<Arc<Mailboxes>>,
     /// Networks allowed to relay.
     pub trusted: Vec<Cidr>,
     /// Most simultaneous connections.
@@ -162,6 +165,7 @@ impl Server {
         let (done_tx, done_rx) = unbounded();
         let store = Store::new(
             maildir,
+            config.mailboxes.clone(),
             config.durability,
             config.sync_threads,
             done_tx,
@@ -537,12 +541,13 @@ impl Server {
                     conn.session.handle_begun(result, now, SystemTime::now());
                 }
                 Action::Write(bytes) => conn.queue_file.write(&bytes),
-                Action::Commit => {
+                Action::Commit(local) => {
                     let conn_ref = ConnRef {
                         key,
                         generation: conn.generation,
                     };
-                    if let Commit::Done(result) = self.store.commit(&mut conn.queue_file, conn_ref)
+                    if let Commit::Done(result) =
+                        self.store.commit(&mut conn.queue_file, conn_ref, local)
                     {
                         conn.session.handle_stored(result, now);
                     }

@@ -137,6 +137,12 @@ pub fn log_event(peer: SocketAddr, event: &Event) {
         Event::RcptRefused(RcptRefusal::RelayDenied(to)) => {
             log::info!(target: SESSION, "reject: RCPT from [{ip}]: relay access denied: to={to}");
         }
+        Event::RcptRefused(RcptRefusal::UnknownUser(to)) => {
+            log::info!(target: SESSION, "reject: RCPT from [{ip}]: user unknown: to={to}");
+        }
+        Event::RcptRefused(RcptRefusal::MailboxFull(to)) => {
+            log::info!(target: SESSION, "reject: RCPT from [{ip}]: mailbox full: to={to}");
+        }
         Event::TxCommitted {
             id,
             from,
@@ -159,6 +165,10 @@ pub fn log_event(peer: SocketAddr, event: &Event) {
         }) => log::info!(
             target: SESSION,
             "{id}: rejected: {hops} Received: headers exceed the hop limit {limit} (mail loop?), from={from}, client=[{ip}]"
+        ),
+        Event::TxFailed(TxFailure::DeliveredToLoop { id, address, from }) => log::info!(
+            target: SESSION,
+            "{id}: rejected: mail loop: already delivered to {address} (Delivered-To), from={from}, client=[{ip}]"
         ),
         Event::TxFailed(TxFailure::Store { id, error }) => {
             log::warn!(target: SESSION, "{id}: not stored ({error:?}), client=[{ip}]");

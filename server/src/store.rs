@@ -1,20 +1,36 @@
-//! Queue files: carries out a session's `Begin`, `Write`, `Commit` and `Abort` actions on the
-//! Maildir and the group commit, and turns every failure into the [`StoreError`] the session
-//! answers with (`452 4.3.1` for a full disk or quota, `451 4.3.0` otherwise).
+//! Queue files and local copies: carries out a session's `Begin`, `Write`, `Commit` and `Abort`
+//! actions on the Maildir, the users' Maildirs and the group commit, and turns every failure
+//! into the [`StoreError`] the session answers with (`452 4.3.1` for a full disk or quota,
+//! `451 4.3.0` otherwise).
 //!
-//! Owns: each connection's open queue file ([`QueueFile`]), the classification of Maildir and
-//! write errors, the choice between the group commit ([`crate::commit`]) and an unsynced
-//! rename (`--no-fsync`), and the count of commits in flight.
+//! The message is spooled into a queue file in the relay Maildir's `tmp/` as it arrives. A
+//! commit with local recipients ([`LocalDelivery`]) writes each user's copy from that spool on
+//! a sync thread, syncs the copies and (when the message also goes to remote or forwarded
+//! recipients, which its envelope lists) the queue file, and publishes them all in one batch
+//! before the single `250`. With no remote recipient there is no queue file: the spool, which
+//! the session then started with the first user's header lines instead of an envelope, is that
+//! user's copy and is renamed into the user's `new/` (queue and mailboxes on one file system,
+//! checked at start; otherwise it is written as a copy like the others and the spool removed).
+//! A message whose `250` was sent is in every recipient's Maildir and in the queue.
+//!
+//! Owns: each connection's open queue file ([`QueueFile`]), the users' Maildirs
+//! ([`Mailboxes`]), the classification of Maildir and write errors, the choice between the
+//! group commit ([`crate::commit`]) and an unsynced rename (`--no-fsync`), and the count of
+//! commits in flight.
 //! Must not: touch a socket, decide a reply (the session does, from the [`StoreError`]), or
 //! wait on a flush to disk (the group-commit threads do).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
+use maildir_core::directory::LocalDelivery;
+use maildir_core::local::{LocalError, Mailboxes, WrittenCopy};
+use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Durability, Maildir, MaildirError};
 
-use crate::commit::{Committer, Done, Job};
+use crate::commit::{Committer, Done, Tag, local_delivered};
 use net::ConnRef;
 use proto::smtp::server::session::StoreError;
 
@@ -65,16 +81,18 @@ pub enum Commit {
 /// The Maildir and the group commit, shared by every connection.
 pub struct Store {
     maildir: Maildir,
+    mailboxes: Option<Arc<Mailboxes>>,
     committer: Option<Committer>,
     in_flight: usize,
 }
 
 impl Store {
-    /// Opens the store. With [`Durability::Fsync`] the group-commit threads start
-    /// (`sync_threads` flushing in parallel); their results arrive on `done`, and `waker` is
-    /// woken after each batch.
+    /// Opens the store: the queue Maildir and, for local delivery, the users' Maildirs. With
+    /// [`Durability::Fsync`] the group-commit threads start (`sync_threads` flushing in
+    /// parallel); their results arrive on `done`, and `waker` is woken after each batch.
     pub fn new(
         maildir: Maildir,
+        mailboxes: Option<Arc<Mailboxes>>,
         durability: Durability,
         sync_threads: usize,
         done: Sender<Done>,
@@ -82,8 +100,8 @@ impl Store {
     ) -> std::io::Result<Store> {
         let committer = match durability {
             Durability::Fsync => Some(Committer::spawn(
-                maildir.clone(),
                 sync_threads,
+                mailboxes.clone(),
                 done,
                 waker,
             )?),
@@ -91,6 +109,7 @@ impl Store {
         };
         Ok(Store {
             maildir,
+            mailboxes,
             committer,
             in_flight: 0,
         })
@@ -112,32 +131,81 @@ impl Store {
         }
     }
 
-    /// Commits the finished file (`Action::Commit`) for connection `conn`.
-    pub fn commit(&mut self, file: &mut QueueFile, conn: ConnRef) -> Commit {
+    /// Commits the finished file (`Action::Commit`) for connection `conn`: as a queue file, or,
+    /// with `local`, as the spool of the users' copies (and the queue file if `local.queue`).
+    pub fn commit(
+        &mut self,
+        file: &mut QueueFile,
+        conn: ConnRef,
+        local: Option<LocalDelivery>,
+    ) -> Commit {
         let delivery = match file.finish() {
             Ok(d) => d,
             Err(e) => return Commit::Done(Err(e)),
         };
-        match &self.committer {
-            Some(c) => match c.submit(Job { conn, delivery }) {
-                Ok(()) => {
-                    self.in_flight += 1;
-                    Commit::Pending
-                }
-                Err(_) => {
-                    log::error!("group commit thread is gone");
-                    Commit::Done(Err(StoreError::Failed))
-                }
-            },
-            None => Commit::Done(
-                delivery
-                    .commit(Durability::NoFsync)
-                    .map(|_| ())
-                    .map_err(|e| {
+        let Some(local) = local else {
+            return match &self.committer {
+                Some(c) => self.pending(c.submit(conn, delivery)),
+                None => Commit::Done(delivery.commit(Durability::NoFsync).map(|_| ()).map_err(
+                    |e| {
                         log::error!("{e}");
                         store_error(&e)
+                    },
+                )),
+            };
+        };
+        let Some(mailboxes) = self.mailboxes.clone() else {
+            log::error!("{}: local recipients but no --mailboxes", delivery.id());
+            return Commit::Done(Err(StoreError::Failed));
+        };
+        let tag = Tag {
+            conn,
+            id: delivery.id().to_owned(),
+            copies: local.copies.clone(),
+            submitted: std::time::Instant::now(),
+        };
+        match &self.committer {
+            Some(c) => {
+                let queued = c.submit_prepared(
+                    tag,
+                    Box::new(move || prepare_local(&mailboxes, delivery, &local)),
+                );
+                self.pending(queued)
+            }
+            // --no-fsync: written and renamed here, on the reactor thread (benchmarks only).
+            None => Commit::Done(
+                write_local(&mailboxes, delivery, &local)
+                    .map_err(|e| local_error(&tag.id, &e))
+                    .and_then(|(written, queue)| {
+                        let mut files = Vec::new();
+                        for d in written {
+                            files.push(d.commit(Durability::NoFsync));
+                        }
+                        if let Some(q) = queue {
+                            files.push(q.commit(Durability::NoFsync));
+                        }
+                        let files =
+                            files
+                                .into_iter()
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(|e| {
+                                    log::error!("{e}");
+                                    store_error(&e)
+                                })?;
+                        local_delivered(&tag, &files, Some(&mailboxes));
+                        Ok(())
                     }),
             ),
+        }
+    }
+
+    fn pending(&mut self, queued: bool) -> Commit {
+        if queued {
+            self.in_flight += 1;
+            Commit::Pending
+        } else {
+            log::error!("group commit thread is gone");
+            Commit::Done(Err(StoreError::Failed))
         }
     }
 
@@ -149,6 +217,81 @@ impl Store {
     /// Commits handed to the group commit and not yet reported.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+}
+
+/// Writes the users' copies from the spool `delivery` (content from `local.content_at`) into
+/// their `tmp/`; returns the copies in plan order (the spool first when it is itself the first
+/// copy), and the spool when it is also the queue file. Otherwise the spool is dropped, which
+/// removes it.
+fn write_local(
+    mailboxes: &Mailboxes,
+    mut delivery: Delivery,
+    local: &LocalDelivery,
+) -> Result<(Vec<Delivery>, Option<Delivery>), LocalError> {
+    let (first, rest) = match (local.spool_is_copy, local.copies.split_first()) {
+        (true, Some((first, rest))) => (Some(first), rest),
+        _ => (None, &local.copies[..]),
+    };
+    let written = if rest.is_empty() {
+        Vec::new()
+    } else {
+        let mut spool = File::open(delivery.tmp_path()).map_err(LocalError::Read)?;
+        spool
+            .seek(SeekFrom::Start(local.content_at))
+            .map_err(LocalError::Read)?;
+        mailboxes.write_copies(&local.sender, rest, &mut spool)?
+    };
+    let mut copies = Vec::with_capacity(local.copies.len());
+    if let Some(first) = first {
+        delivery.publish_into(&mailboxes.maildir(&first.user)?);
+        copies.push(delivery);
+        copies.extend(written.into_iter().map(|w: WrittenCopy| w.delivery));
+        return Ok((copies, None));
+    }
+    copies.extend(written.into_iter().map(|w| w.delivery));
+    Ok((copies, local.queue.then_some(delivery)))
+}
+
+/// The group commit's work for a message with local recipients (on a sync thread): the copies
+/// written and synced, then the queue file synced; copies first, in plan order (the committer
+/// logs them by position).
+fn prepare_local(
+    mailboxes: &Mailboxes,
+    delivery: Delivery,
+    local: &LocalDelivery,
+) -> Result<Vec<Synced>, MaildirError> {
+    let spool = delivery.tmp_path().to_owned();
+    let (written, queue) = write_local(mailboxes, delivery, local).map_err(|e| match e {
+        LocalError::Maildir(e) => e,
+        LocalError::Read(e) => MaildirError {
+            op: "read",
+            path: spool.clone(),
+            source: e,
+        },
+        other => MaildirError {
+            op: "deliver",
+            path: spool.clone(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
+    let mut synced = Vec::with_capacity(written.len() + 1);
+    for d in written {
+        synced.push(d.sync()?);
+    }
+    if let Some(q) = queue {
+        synced.push(q.sync()?);
+    }
+    Ok(synced)
+}
+
+/// Logs a local delivery failure and classifies it for the reply.
+fn local_error(id: &str, e: &LocalError) -> StoreError {
+    log::error!("{id}: local delivery failed: {e}");
+    if e.is_storage_full() {
+        StoreError::Full
+    } else {
+        StoreError::Failed
     }
 }
 
@@ -207,7 +350,7 @@ mod tests {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let store = Store::new(md, durability, 2, tx, waker).expect("store");
+        let store = Store::new(md, None, durability, 2, tx, waker).expect("store");
         (store, rx)
     }
 
@@ -238,7 +381,7 @@ mod tests {
         let id = store.begin(&mut file).expect("begin");
         assert!(!id.is_empty());
         file.write(b"Subject: x\r\n\r\nbody\r\n");
-        assert_eq!(store.commit(&mut file, CONN), Commit::Done(Ok(())));
+        assert_eq!(store.commit(&mut file, CONN, None), Commit::Done(Ok(())));
         assert_eq!(store.in_flight(), 0);
         assert_eq!((dir.count("new"), dir.count("tmp")), (1, 0));
     }
@@ -252,7 +395,7 @@ mod tests {
         let mut file = QueueFile::default();
         store.begin(&mut file).expect("begin");
         file.write(b"body\r\n");
-        assert_eq!(store.commit(&mut file, CONN), Commit::Pending);
+        assert_eq!(store.commit(&mut file, CONN, None), Commit::Pending);
         assert_eq!(store.in_flight(), 1);
         let done = rx
             .recv_timeout(Duration::from_secs(30))
@@ -277,20 +420,20 @@ mod tests {
         file.abort();
         assert_eq!((dir.count("new"), dir.count("tmp")), (0, 0));
         assert_eq!(
-            store.commit(&mut file, CONN),
+            store.commit(&mut file, CONN, None),
             Commit::Done(Err(StoreError::Failed))
         );
         store.begin(&mut file).expect("begin");
         file.failed = Some(StoreError::Full);
         file.write(b"dropped after the failure");
         assert_eq!(
-            store.commit(&mut file, CONN),
+            store.commit(&mut file, CONN, None),
             Commit::Done(Err(StoreError::Full))
         );
         assert_eq!((dir.count("new"), dir.count("tmp")), (0, 0));
         // A new transaction starts clean.
         store.begin(&mut file).expect("begin");
-        assert_eq!(store.commit(&mut file, CONN), Commit::Done(Ok(())));
+        assert_eq!(store.commit(&mut file, CONN, None), Commit::Done(Ok(())));
     }
 
     /// A Maildir that cannot take a new file (here: `tmp/` gone) refuses `Begin` with 451.

@@ -10,6 +10,8 @@ tab-separated line per event to a log file (base64 where bytes matter):
   tlsfail  CONN  ERROR                  (handshake failed; the connection is closed)
 Options:
   --pipelining / --no-pipelining   advertise PIPELINING (default on)
+  --dsn                            advertise DSN (RFC 3461); the parameters given on MAIL and
+                                   RCPT are in the "read" lines, as sent
   --code RCPT=CODE                 answer RCPT TO:<RCPT> with CODE (451, 550, ...), repeatable
   --mail-code SENDER=CODE          answer MAIL FROM:<SENDER> with CODE, repeatable
   --dot-delay SECS                 wait before answering the final dot (a slow server)
@@ -30,6 +32,7 @@ def main():
     ap.add_argument("--listen", action="append", required=True, help="ip:port")
     ap.add_argument("--log", required=True)
     ap.add_argument("--no-pipelining", action="store_true")
+    ap.add_argument("--dsn", action="store_true")
     ap.add_argument("--code", action="append", default=[])
     ap.add_argument("--mail-code", action="append", default=[])
     ap.add_argument("--dot-delay", type=float, default=0.0)
@@ -129,6 +132,8 @@ def main():
                             ext.append("STARTTLS")
                         if not args.no_pipelining:
                             ext.append("PIPELINING")
+                        if args.dsn:
+                            ext.append("DSN")
                         out.append("".join(
                             f"250{'-' if k < len(ext) - 1 else ' '}{e}\r\n" for k, e in enumerate(ext)).encode())
                     elif up.startswith("HELO"):

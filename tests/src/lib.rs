@@ -164,6 +164,8 @@ pub fn python(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 pub mod certs;
+pub mod dovecot;
+pub mod proxy;
 pub mod relay;
 pub mod smtp;
 

@@ -319,13 +319,16 @@ pub fn spawn_relay(maildir: &Path, args: &[&str]) -> Child {
         .expect("spawn smtp-relay")
 }
 
-/// The stored file minus its envelope lines: what the relay must transmit.
+/// The stored file minus its envelope lines (DSN parameter lines included): what the relay
+/// must transmit.
 pub fn without_envelope(file: &[u8]) -> Vec<u8> {
     let mut pos = 0;
     for (i, line) in file.split_inclusive(|&b| b == b'\n').enumerate() {
         let l = line.to_ascii_lowercase();
-        if (i == 0 && l.starts_with(b"return-path:")) || (i > 0 && l.starts_with(b"x-original-to:"))
-        {
+        let envelope_line = l.starts_with(b"x-original-to:")
+            || l.starts_with(b"x-envelope-params:")
+            || l.starts_with(b"x-rcpt-params:");
+        if (i == 0 && l.starts_with(b"return-path:")) || (i > 0 && envelope_line) {
             pos += line.len();
         } else {
             break;

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use maildir_core::{Durability, Envelope, ForwardPath, Maildir, ReversePath};
 
-use super::decide::{Decision, Outcome, decide, outcome};
+use super::decide::{Decision, Msg, Outcome, Rules, decide, outcome};
 use super::{AUDIT, Finished, RecorderConfig, Summary};
 use crate::dsn;
 use crate::queue::Message;
@@ -30,19 +30,21 @@ pub(super) fn apply(
     sum: &mut Summary,
 ) {
     let now = SystemTime::now();
+    let rules = Rules {
+        lifetime: cfg.queue_lifetime,
+        delay_warning: cfg.delay_warning,
+    };
     let mut plans: Vec<(Decision, Option<usize>)> = Vec::with_capacity(batch.len());
     let mut dsns = Vec::new();
     for f in &batch {
         let m = &f.msg;
-        let mut d = decide(
-            &m.state,
-            &m.sender,
-            &m.rcpts,
-            m.arrival,
-            &f.results,
-            now,
-            cfg.queue_lifetime,
-        );
+        let facts = Msg {
+            sender: &m.sender,
+            rcpts: &m.rcpts,
+            rcpt_dsn: &m.rcpt_dsn,
+            arrival: m.arrival,
+        };
+        let mut d = decide(&m.state, &facts, &f.results, now, &rules);
         for (i, why) in &d.expired {
             if let Some(rcpt) = m.rcpts.get(*i) {
                 log::info!(target: AUDIT, "{}: to={}, status=expired ({})", m.name, rcpt, why);
@@ -50,7 +52,7 @@ pub(super) fn apply(
         }
         let mut dsn_idx = None;
         match &d.dsn_to {
-            Some(sender) => match make_dsn(md, cfg, m, sender, &d.bounced, now) {
+            Some(sender) => match make_dsn(md, cfg, m, sender, &d.reports, now) {
                 Ok(w) => {
                     dsn_idx = Some(dsns.len());
                     dsns.push(w);
@@ -60,12 +62,23 @@ pub(super) fn apply(
                     d.dsn_failed(&e);
                 }
             },
-            None if !d.bounced.is_empty() => log::info!(
+            None if !d.bounced.is_empty() && matches!(m.sender, ReversePath::Null) => log::info!(
                 "{}: sender is <>, no bounce for {} recipient(s)",
                 m.name,
                 d.bounced.len()
             ),
             None => {}
+        }
+        // Bounced recipients the DSN leaves out: their NOTIFY said so (RFC 3461 §4.1).
+        if !matches!(m.sender, ReversePath::Null) {
+            for &i in &d.bounced {
+                if !d.reports.iter().any(|(r, _)| *r == i)
+                    && let Some(rcpt) = m.rcpts.get(i)
+                {
+                    log::info!(target: AUDIT, "{}: to={}, no bounce: NOTIFY={}", m.name, rcpt,
+                        m.rcpt_dsn(i).notify.map(|n| n.to_string()).unwrap_or_default());
+                }
+            }
         }
         plans.push((d, dsn_idx));
     }
@@ -80,10 +93,11 @@ pub(super) fn apply(
         match dsn_idx.and_then(|i| results.get(i)) {
             Some(Ok(w)) => {
                 sum.dsns += 1;
-                log::info!(target: AUDIT, "{}: sender non-delivery notification: {}", name, w.id);
+                let kind = dsn_kind(&d.reports);
+                log::info!(target: AUDIT, "{}: sender {kind} notification: {}", name, w.id);
             }
             Some(Err(e)) => {
-                log::error!("{}: cannot queue bounce: {e}; will retry", name);
+                log::error!("{}: cannot queue DSN: {e}; will retry", name);
                 d.dsn_failed(&e.to_string());
             }
             None => {}
@@ -168,10 +182,10 @@ fn make_dsn(
     cfg: &RecorderConfig,
     m: &Message,
     sender: &str,
-    bounced: &[(usize, dsn::Failed)],
+    reports: &[(usize, dsn::Recipient)],
     now: SystemTime,
 ) -> Result<maildir_core::Delivery, String> {
-    let failed: Vec<dsn::Failed> = bounced.iter().map(|(_, f)| f.clone()).collect();
+    let rcpts: Vec<dsn::Recipient> = reports.iter().map(|(_, f)| f.clone()).collect();
     let mut file =
         File::open(&m.path).map_err(|e| format!("cannot open {}: {e}", m.path.display()))?;
     file.seek(SeekFrom::Start(m.body_offset))
@@ -189,10 +203,24 @@ fn make_dsn(
             arrival: m.arrival,
             now,
             message_id: &dsn::message_id(&m.name, &cfg.reporting_mta, now, fastrand::u64(..)),
+            envid: m.envid.as_ref().map(|e| e.as_str()),
+            retry_until: m.arrival + cfg.queue_lifetime,
         };
-        dsn::write(&mut d, &report, &failed, original)
+        dsn::write(&mut d, &report, &rcpts, original)
     });
     res.and_then(|_| d.flush())
         .map_err(|e| format!("cannot write bounce: {e}"))?;
     Ok(d)
+}
+
+/// The words of the delivery log for a DSN (Postfix's): by the gravest action it reports.
+fn dsn_kind(reports: &[(usize, dsn::Recipient)]) -> &'static str {
+    let has = |a: dsn::Action| reports.iter().any(|(_, r)| r.action == a);
+    if has(dsn::Action::Failed) {
+        "non-delivery"
+    } else if has(dsn::Action::Delayed) {
+        "delay"
+    } else {
+        "delivery status"
+    }
 }

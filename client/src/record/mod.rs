@@ -46,6 +46,9 @@ pub struct Attempt {
     pub smtp: bool,
     /// Host name that answered.
     pub remote: Option<String>,
+    /// That host offered DSN (RFC 3461): a delivered recipient's success notification is its
+    /// job from there on, not ours.
+    pub dsn: bool,
 }
 
 /// A message whose recipients tried in this run all have a result.
@@ -93,6 +96,8 @@ pub struct Summary {
 pub struct RecorderConfig {
     pub reporting_mta: String,
     pub queue_lifetime: Duration,
+    /// A delay warning DSN once a message is this old; `None`: never.
+    pub delay_warning: Option<Duration>,
 }
 
 /// Most messages handled in one durable batch.

@@ -11,7 +11,12 @@ use crate::script::Limits;
 /// SMTP load and stress client: N concurrent randomised sessions from one thread, every reply
 /// checked against the expected code.
 #[derive(Debug, Parser)]
-#[command(name = "smtp-stress", version)]
+#[command(
+    name = "smtp-stress",
+    version,
+    after_help = "The delay proxy: smtp-stress proxy --delay 25ms LISTEN TARGET \
+                  (smtp-stress proxy --help)."
+)]
 pub struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 32)]

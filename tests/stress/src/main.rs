@@ -1,13 +1,19 @@
 //! smtp-stress: N concurrent randomised SMTP sessions from one mio loop, every reply checked
 //! against the expected code; exit status 1 on any mismatch.
 //!
+//! `smtp-stress proxy --delay 25ms LISTEN TARGET` instead runs the delay proxy (see [`proxy`]):
+//! a load run's command line never starts with the word `proxy`, so old invocations are
+//! unchanged.
+//!
 //! Layout: `cli` (command line), `rng` (seeded generator), `script` (session scripts),
 //! `reply` (reply parser), `check` (one session against its script), `stats` (counters and
-//! latencies), `reactor` (the mio loop), `report` (printing), `maildir` (the stored-file count).
+//! latencies), `reactor` (the mio loop), `report` (printing), `maildir` (the stored-file count),
+//! `proxy/` (the delay proxy subcommand: its own command line, delay line and mio loop).
 
 mod check;
 mod cli;
 mod maildir;
+mod proxy;
 mod reactor;
 mod reply;
 mod report;
@@ -22,7 +28,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if proxy::requested(&argv) {
+        return proxy::main(&argv);
+    }
+    let args = cli::Args::parse_from(argv);
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -101,7 +111,7 @@ fn main() -> ExitCode {
 }
 
 /// Raises the soft open-files limit to the hard one; returns the new soft limit.
-fn raise_nofile() -> std::io::Result<u64> {
+pub(crate) fn raise_nofile() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -4,6 +4,11 @@
 //! header stays a folded continuation of it (RFC 5322 §2.2.3) instead of becoming body; in the
 //! body with a plain CRLF.
 //!
+//! For BDAT (RFC 3030 CHUNKING) [`ChunkEncoder`] does only the line ends (bare CR or LF to CRLF,
+//! a final CRLF when the message lacks one), as the DATA path does: no dot-stuffing (chunks are
+//! counted, not terminated) and no breaking of long lines (the issue keeps folding for DATA peers
+//! only), so a message with lines of at most 998 octets arrives identical either way.
+//!
 //! Owns: the byte transformation only, chunk by chunk, so a body of any size streams through a
 //! small buffer. Must not: read files, touch sockets, or hold the message whole.
 
@@ -101,6 +106,64 @@ impl BodyEncoder {
             out.extend_from_slice(b"\r\n ");
             self.line_len = 1;
         }
+    }
+}
+
+/// Streaming encoder from stored message bytes to BDAT chunk data: CRLF line ends only.
+#[derive(Debug, Default, Clone)]
+pub struct ChunkEncoder {
+    /// A CR was seen and its LF (if any) has not arrived yet.
+    pending_cr: bool,
+    /// Octets were sent on the current line (a final CRLF is then due).
+    line_open: bool,
+}
+
+impl ChunkEncoder {
+    /// Encodes one piece of the stored message, appending to `out`.
+    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + 8);
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => {
+                    self.pending_cr = true;
+                    self.line_open = false;
+                    i += 1;
+                }
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.line_open = false;
+                    i += 1;
+                }
+                _ => {
+                    let end = input[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .map_or(input.len(), |p| i + p);
+                    out.extend_from_slice(&input[i..end]);
+                    self.line_open = true;
+                    i = end;
+                }
+            }
+        }
+    }
+
+    /// Ends the message: the CRLF of a last line that lacked one.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || self.line_open {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.pending_cr = false;
+        self.line_open = false;
     }
 }
 
@@ -255,6 +318,37 @@ mod tests {
         let whole = enc(&input);
         for cut in 0..input.len() {
             assert_eq!(enc_split(&input, cut), whole, "cut at {cut}");
+        }
+    }
+
+    fn chunk_enc_split(input: &[u8], cut: usize) -> Vec<u8> {
+        let mut e = ChunkEncoder::default();
+        let mut out = Vec::new();
+        e.encode(&input[..cut], &mut out);
+        e.encode(&input[cut..], &mut out);
+        e.finish(&mut out);
+        out
+    }
+
+    /// BDAT data is what the DATA encoding gives after unstuffing, for lines of at most 998
+    /// octets: line ends made CRLF, a final CRLF added, nothing else; at every chunk boundary.
+    #[test]
+    fn chunk_encoding_is_data_without_stuffing() {
+        let ce = |i: &[u8]| chunk_enc_split(i, 0);
+        assert_eq!(ce(b""), b"");
+        assert_eq!(ce(b"a"), b"a\r\n");
+        assert_eq!(ce(b".\r\n..x\r\n"), b".\r\n..x\r\n");
+        assert_eq!(ce(b"a\nb\rc\r\r\n"), b"a\r\nb\r\nc\r\n\r\n");
+        assert_eq!(ce(b"x\r\n.\r"), b"x\r\n.\r\n");
+        let mut long = b"X-Long: ".to_vec();
+        long.extend_from_slice(&[b'h'; 2000]);
+        long.extend_from_slice(b"\r\n\r\nbody\r\n");
+        assert_eq!(ce(&long), long, "long lines are not folded for BDAT");
+        let input = b"Subject: x\r\n\r\n.hello\r\nbare\nlf\rcr\r\n..\r\nend".repeat(3);
+        let whole = chunk_enc_split(&input, 0);
+        assert_eq!(whole, decode(&enc(&input)));
+        for cut in 0..input.len() {
+            assert_eq!(chunk_enc_split(&input, cut), whole, "cut at {cut}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! The client SMTP session as a pure state machine (sans-io, like rustls or quinn-proto).
 //!
 //! Owns: the greeting, EHLO (HELO when EHLO is refused), extension discovery, transactions
-//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, DATA or RSET; at most
+//! (MAIL FROM with SIZE/BODY/SMTPUTF8, one RCPT per recipient, the job's DSN parameters on
+//! both only where EHLO offers DSN, RFC 3461; DATA or RSET; at most
 //! `max_rcpt` recipients per transaction, the rest and those refused with "452 too many
 //! recipients" in the next transaction of the same session, RFC 5321 §4.5.3.1.10), PIPELINING
 //! (RFC 2920: MAIL+RCPTs+DATA in one write, and the next group right after the final dot),
@@ -20,6 +21,18 @@
 //! old ones). The handshake itself is the driver's.
 //! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`),
 //! `handle_tls_started`, `now`.
+//!
+//! CHUNKING (RFC 3030): when the server offers CHUNKING and PIPELINING (and the driver did not
+//! turn it off, `with_chunking(false)`), a transaction is MAIL + RCPTs + the message as BDAT
+//! chunks (`Action::SendChunks`, `push_chunk`; the last one `BDAT n LAST`), and the next
+//! transaction follows at once, without waiting for any reply: what is in flight is bounded by
+//! [`MAX_INFLIGHT_BYTES`] and [`MAX_INFLIGHT_TX`], not by round trips. Replies are matched to
+//! commands in order; a refused RCPT or BDAT affects only its transaction. Every transaction but
+//! the session's first starts with RSET: servers differ in what state a refused MAIL, RCPT or
+//! BDAT leaves behind, and the outcome of the previous transaction is not known when the next
+//! one is sent (RSET costs a reply line, no round trip). A chunk already announced is always
+//! sent whole (the server must read it, RFC 3030 §4.2); after a refused BDAT no further chunk of
+//! that message is sent.
 //! Outputs: bytes to send (`poll_output` / `output_written`), work for the driver
 //! (`poll_action`), `poll_timeout`; [`Session::is_closed`] when it is over.
 //! Must not: do I/O, read the clock, read files or know about queues and retries.
@@ -31,6 +44,16 @@ use super::reply::{Reply, ReplyParser};
 
 /// Most server bytes kept while a body is being sent.
 const MAX_HELD: usize = 4096;
+
+/// Most octets written but not yet answered (the oldest unanswered command counts from its
+/// start) before a new BDAT transaction is begun or a further chunk is sent: a server that
+/// refuses everything, or closes, wastes at most this much; about 20 ms at 400 Mbit/s.
+pub const MAX_INFLIGHT_BYTES: u64 = 1024 * 1024;
+
+/// Most BDAT transactions in flight (sent, final reply not yet read) at once: bounds the
+/// session's state and the server's pipelining backlog (Postfix's default
+/// `smtpd_recipient_limit`-style bookkeeping stays small).
+pub const MAX_INFLIGHT_TX: usize = 64;
 
 /// Recipients per transaction unless configured (Postfix's `smtp_destination_recipient_limit`).
 pub const DEFAULT_MAX_RCPT: usize = 50;
@@ -46,6 +69,12 @@ pub struct Job {
     pub size: u64,
     /// The body holds octets above 127.
     pub eight_bit: bool,
+    /// DSN parameters for `MAIL FROM` (`RET=HDRS ENVID=xyz`, RFC 3461), sent only to a server
+    /// that offers DSN; empty for none.
+    pub dsn_mail: String,
+    /// DSN parameters per recipient (`NOTIFY=NEVER ORCPT=rfc822;a+40b`), by index into
+    /// `rcpts` (missing or empty: none), sent only to a server that offers DSN.
+    pub dsn_rcpt: Vec<String>,
 }
 
 /// Reply timeouts (RFC 5321 §4.5.3.2).
@@ -122,6 +151,10 @@ pub enum Action {
     /// Send the body of job `n` now with `push_body`, then `end_body` (once per transaction:
     /// a job split into several transactions sends its body in each).
     SendBody(usize),
+    /// Send the message of job `n` now as BDAT chunks with `push_chunk` (the last with
+    /// `last`), while `wants_body` says so; exact octets with CRLF line ends, no dot-stuffing.
+    /// Once per transaction, like `SendBody`.
+    SendChunks(usize),
     /// Recipients of job `n` (indexes into its `rcpts`, with the reply to the final dot) that
     /// the server took in a transaction that ended while other recipients of the job are still
     /// under way (a job split into several transactions): record them now, before the job ends.
@@ -151,6 +184,8 @@ enum Expect {
     Data(usize),
     /// The final dot of transaction `t`.
     Dot(usize),
+    /// The reply to a BDAT chunk of transaction `t`; `true` for `BDAT n LAST`.
+    Bdat(usize, bool),
     /// The final dot of the empty message sent when DATA got 354 although no recipient was
     /// taken (RFC 2920 §3.1): it belongs to no transaction.
     EmptyDot,
@@ -163,6 +198,9 @@ enum Phase {
     Commands,
     /// The driver is streaming job `n`'s body for transaction `t`: `Body(n, t)`.
     Body(usize, usize),
+    /// The driver is sending job `n`'s message as BDAT chunks for transaction `t`: replies to
+    /// earlier commands are parsed as they come, but no new transaction starts.
+    Chunks(usize, usize),
     /// STARTTLS accepted: the driver runs the handshake; nothing is sent or parsed.
     Handshake,
     /// QUIT sent.
@@ -183,6 +221,10 @@ pub struct Extensions {
     pub smtputf8: bool,
     /// STARTTLS (RFC 3207).
     pub starttls: bool,
+    /// CHUNKING (RFC 3030).
+    pub chunking: bool,
+    /// DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 /// One transaction in progress: some of a job's recipients.
@@ -194,6 +236,8 @@ struct Tx {
     idx: Vec<usize>,
     mail: Option<Reply>,
     rcpts: Vec<Option<Reply>>,
+    /// A BDAT reply of it has been read (its RCPTs are all answered).
+    chunked: bool,
 }
 
 impl Tx {
@@ -266,6 +310,14 @@ pub struct Session {
     tls_active: bool,
     /// Why the session is quitting before sending everything (reported at close).
     quit_error: Option<String>,
+    /// BDAT may be used when the server offers CHUNKING and PIPELINING.
+    chunking_allowed: bool,
+    /// Output offset up to which every command has been answered.
+    acked: u64,
+    /// A transaction was begun in this SMTP session (since the last EHLO).
+    began_tx: bool,
+    /// Jobs with recipients put back ("452 too many recipients") after `current` moved on.
+    redo: VecDeque<usize>,
 }
 
 impl Session {
@@ -309,6 +361,10 @@ impl Session {
             starttls: StartTls::Off,
             tls_active: false,
             quit_error: None,
+            chunking_allowed: true,
+            acked: 0,
+            began_tx: false,
+            redo: VecDeque::new(),
         }
     }
 
@@ -317,6 +373,22 @@ impl Session {
         self.starttls = mode;
         self.tls_active = mode == StartTls::Implicit;
         self
+    }
+
+    /// Whether BDAT may be used when offered (default true; false: always DATA).
+    pub fn with_chunking(mut self, allowed: bool) -> Session {
+        self.chunking_allowed = allowed;
+        self
+    }
+
+    /// True when transactions use BDAT (CHUNKING and PIPELINING offered, and allowed).
+    pub fn uses_chunking(&self) -> bool {
+        self.chunking_allowed && self.ext.chunking && self.ext.pipelining
+    }
+
+    /// Octets written or queued whose commands are not all answered yet.
+    fn in_flight(&self) -> u64 {
+        self.out_total.saturating_sub(self.acked)
     }
 
     /// Sets the most recipients per transaction (default [`DEFAULT_MAX_RCPT`]; at least 1).
@@ -372,7 +444,39 @@ impl Session {
     pub fn wants_body(&self) -> Option<usize> {
         match self.phase {
             Phase::Body(n, _) if self.poll_output().len() < 64 * 1024 => Some(n),
+            Phase::Chunks(n, _)
+                if self.poll_output().len() < 64 * 1024
+                    && self.in_flight() < MAX_INFLIGHT_BYTES =>
+            {
+                Some(n)
+            }
             _ => None,
+        }
+    }
+
+    /// Appends one BDAT chunk of the message being sent (`BDAT <len>` or `BDAT <len> LAST`,
+    /// then `data`, exact octets). After the last chunk the next transaction may start at once.
+    pub fn push_chunk(&mut self, data: &[u8], last: bool, now: Instant) {
+        let Phase::Chunks(_, t) = self.phase else {
+            return;
+        };
+        self.now = now;
+        let cmd = if last {
+            format!("BDAT {} LAST\r\n", data.len())
+        } else {
+            format!("BDAT {}\r\n", data.len())
+        };
+        if self.expects.is_empty() {
+            self.wait_since = now;
+        }
+        self.out.extend_from_slice(cmd.as_bytes());
+        self.out.extend_from_slice(data);
+        self.out_total += (cmd.len() + data.len()) as u64;
+        self.expects
+            .push_back((Expect::Bdat(t, last), self.out_total));
+        if last {
+            self.phase = Phase::Commands;
+            self.advance();
         }
     }
 
@@ -403,6 +507,12 @@ impl Session {
     /// The body of job `n` could not be read: abandon the connection (the job will be retried).
     pub fn abort(&mut self, why: &str) {
         self.close(Some(why.to_owned()));
+    }
+
+    /// The extensions the server announced in its last EHLO reply (none before it, or after
+    /// HELO).
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
     }
 
     /// True once the session has ended: nothing more is read from the server.
@@ -465,11 +575,15 @@ impl Session {
             Phase::Closed => None,
             Phase::Body(..) => Some(self.last_write + t.data_block),
             Phase::Handshake => Some(self.wait_since + t.command),
+            Phase::Chunks(..) if self.expects.is_empty() => Some(self.last_write + t.data_block),
             _ => {
                 let limit = match self.expects.front()?.0 {
                     Expect::Greeting => t.greeting,
                     Expect::Data(_) => t.data_init,
-                    Expect::Dot(_) | Expect::EmptyDot => t.data_term,
+                    // RFC 5321 §4.5.3.2.6: the final reply may take 10 minutes; a chunk's
+                    // reply is progress within the data, like a data block.
+                    Expect::Dot(_) | Expect::EmptyDot | Expect::Bdat(_, true) => t.data_term,
+                    Expect::Bdat(_, false) => t.data_block,
                     _ => t.command,
                 };
                 Some(self.wait_since + limit)
@@ -484,7 +598,9 @@ impl Session {
             && now >= at
         {
             let what = match (self.phase, self.expects.front()) {
-                (Phase::Body(..), _) => "sending message body".to_owned(),
+                (Phase::Body(..), _) | (Phase::Chunks(..), None) => {
+                    "sending message body".to_owned()
+                }
                 (Phase::Handshake, _) => "TLS handshake".to_owned(),
                 (_, Some((e, _))) => format!("waiting for reply to {}", expect_name(*e)),
                 _ => "idle".to_owned(),
@@ -629,6 +745,7 @@ impl Session {
         }
         // The wait for the next reply starts now.
         self.wait_since = self.now;
+        self.acked = end;
         let closing = (reply.code == 421).then(|| reply.one_line());
         match expect {
             Expect::Greeting => {
@@ -693,6 +810,7 @@ impl Session {
             | Expect::Rcpt(..)
             | Expect::Data(_)
             | Expect::Dot(_)
+            | Expect::Bdat(..)
             | Expect::EmptyDot => {
                 self.on_transaction_reply(expect, reply);
             }
@@ -763,6 +881,38 @@ impl Session {
                 self.finish_tx(t, Some(&reply));
                 self.advance();
             }
+            Expect::Bdat(t, last) => {
+                // Every RCPT of `t` is answered by now (replies come in order).
+                let first = self
+                    .tx_mut(t)
+                    .is_some_and(|x| !std::mem::replace(&mut x.chunked, true));
+                if first {
+                    self.retry_too_many(t);
+                }
+                if !reply.is_positive() {
+                    // RFC 3030 §4.2: the transaction failed; send no further chunk of it (the
+                    // replies to chunks already sent are read and change nothing).
+                    if self.tx(t).is_some() {
+                        self.finish_tx(t, Some(&reply));
+                    }
+                    if matches!(self.phase, Phase::Chunks(_, c) if c == t) {
+                        self.phase = Phase::Commands;
+                    }
+                } else if last && self.tx(t).is_some() {
+                    let usable = self.tx(t).is_some_and(|x| x.mail_ok() && x.accepted() > 0);
+                    if usable {
+                        self.finish_tx(t, Some(&reply));
+                    } else {
+                        // 250 to a message nobody was accepted for: nothing was delivered.
+                        self.protocol_error(format!(
+                            "BDAT accepted without a recipient: {}",
+                            reply.one_line()
+                        ));
+                        return;
+                    }
+                }
+                self.advance();
+            }
             Expect::EmptyDot => self.advance(),
             Expect::Greeting
             | Expect::Ehlo
@@ -802,6 +952,10 @@ impl Session {
         tx.idx = idx;
         tx.rcpts = rcpts;
         let n = tx.job;
+        if !back.is_empty() && self.current != Some(n) && !self.redo.contains(&n) {
+            // The session went on to other jobs meanwhile (BDAT pipelining): come back to it.
+            self.redo.push_back(n);
+        }
         for i in back.into_iter().rev() {
             self.js[n].pending.push_front(i);
         }
@@ -877,7 +1031,11 @@ impl Session {
     fn advance(&mut self) {
         if matches!(
             self.phase,
-            Phase::Closed | Phase::Quitting | Phase::Body(..) | Phase::Handshake
+            Phase::Closed
+                | Phase::Quitting
+                | Phase::Body(..)
+                | Phase::Chunks(..)
+                | Phase::Handshake
         ) {
             return;
         }
@@ -890,15 +1048,23 @@ impl Session {
             return;
         }
         // A new transaction may start once nothing of the previous one is awaited, except the
-        // final dot when pipelining.
-        let busy = self
-            .expects
-            .iter()
-            .any(|(e, _)| !matches!(e, Expect::Dot(_) | Expect::EmptyDot) || !self.ext.pipelining);
+        // final dot when pipelining; with BDAT whenever the in-flight window has room.
+        let busy = if self.uses_chunking() {
+            self.txs.len() >= MAX_INFLIGHT_TX || self.in_flight() >= MAX_INFLIGHT_BYTES
+        } else {
+            self.expects.iter().any(|(e, _)| {
+                !matches!(e, Expect::Dot(_) | Expect::EmptyDot) || !self.ext.pipelining
+            })
+        };
         if busy {
             return;
         }
         loop {
+            if self.current.is_none()
+                && let Some(n) = self.redo.pop_front()
+            {
+                self.current = Some(n);
+            }
             if let Some(n) = self.current {
                 if !self.js[n].pending.is_empty() {
                     self.start_tx(n);
@@ -907,7 +1073,10 @@ impl Session {
                 self.current = None;
             }
             if self.next_job >= self.jobs.len() {
-                break;
+                if self.redo.is_empty() {
+                    break;
+                }
+                continue;
             }
             let n = self.next_job;
             self.next_job += 1;
@@ -982,17 +1151,31 @@ impl Session {
         if utf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // RFC 3461: DSN parameters only to a server that offers DSN.
+        if self.ext.dsn && !job.dsn_mail.is_empty() {
+            mail.push(' ');
+            mail.push_str(&job.dsn_mail);
+        }
         mail.push_str("\r\n");
         let t = self.next_tx;
         self.next_tx += 1;
         let mut cmds: Vec<(Vec<u8>, Expect)> = Vec::with_capacity(idx.len() + 3);
+        let chunking = self.uses_chunking();
+        if chunking && self.began_tx {
+            self.need_rset = true;
+        }
+        self.began_tx = true;
         if self.need_rset {
             cmds.push((b"RSET\r\n".to_vec(), Expect::Rset));
             self.need_rset = false;
         }
         cmds.push((mail.into_bytes(), Expect::Mail(t)));
         for (k, &i) in idx.iter().enumerate() {
-            let cmd = format!("RCPT TO:{}\r\n", job.rcpts[i]).into_bytes();
+            let params = match job.dsn_rcpt.get(i) {
+                Some(p) if self.ext.dsn && !p.is_empty() => format!(" {p}"),
+                _ => String::new(),
+            };
+            let cmd = format!("RCPT TO:{}{params}\r\n", job.rcpts[i]).into_bytes();
             cmds.push((cmd, Expect::Rcpt(t, k)));
         }
         self.txs.push_back(Tx {
@@ -1001,8 +1184,16 @@ impl Session {
             rcpts: vec![None; idx.len()],
             idx,
             mail: None,
+            chunked: false,
         });
-        if self.ext.pipelining {
+        if chunking {
+            for (c, e) in cmds {
+                self.send(c, e);
+            }
+            self.phase = Phase::Chunks(n, t);
+            self.last_write = self.now;
+            self.actions.push_back(Action::SendChunks(n));
+        } else if self.ext.pipelining {
             cmds.push((b"DATA\r\n".to_vec(), Expect::Data(t)));
             for (c, e) in cmds {
                 self.send(c, e);
@@ -1025,7 +1216,9 @@ fn fits(expect: Expect, code: u16) -> bool {
         Expect::Ehlo | Expect::Helo | Expect::Rset => code == 250 || failure,
         Expect::Mail(_) | Expect::Rcpt(..) => matches!(code, 250 | 251) || failure,
         Expect::Data(_) => code == 354 || failure,
-        Expect::Dot(_) | Expect::EmptyDot => (200..300).contains(&code) || failure,
+        Expect::Dot(_) | Expect::EmptyDot | Expect::Bdat(..) => {
+            (200..300).contains(&code) || failure
+        }
         Expect::Quit => true,
     }
 }
@@ -1075,6 +1268,8 @@ fn expect_name(e: Expect) -> &'static str {
         Expect::Rcpt(..) => "RCPT TO",
         Expect::Data(_) => "DATA",
         Expect::Dot(_) | Expect::EmptyDot => "end of data",
+        Expect::Bdat(_, false) => "BDAT",
+        Expect::Bdat(_, true) => "BDAT LAST",
         Expect::Quit => "QUIT",
     }
 }
@@ -1089,6 +1284,8 @@ fn parse_ehlo(reply: &Reply) -> Extensions {
             "8BITMIME" => ext.eight_bit_mime = true,
             "SMTPUTF8" => ext.smtputf8 = true,
             "STARTTLS" => ext.starttls = true,
+            "CHUNKING" => ext.chunking = true,
+            "DSN" => ext.dsn = true,
             "SIZE" => ext.size = Some(words.next().and_then(|w| w.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -1107,6 +1304,8 @@ mod tests {
             rcpts: rcpts.iter().map(|r| format!("<{r}>")).collect(),
             size: 100,
             eight_bit: false,
+            dsn_mail: String::new(),
+            dsn_rcpt: Vec::new(),
         }
     }
 
@@ -1353,13 +1552,17 @@ mod tests {
         );
     }
 
-    /// Moves output and events until the session is quiet (bodies are "B").
+    /// Moves output and events until the session is quiet (bodies are "B", one BDAT chunk).
     fn pump(s: &mut Session, now: Instant, written: &mut Vec<u8>, events: &mut Vec<Action>) {
         loop {
             while let Some(e) = s.poll_action() {
-                if let Action::SendBody(_) = e {
-                    s.push_body(b"B\r\n.\r\n");
-                    s.end_body(now);
+                match e {
+                    Action::SendBody(_) => {
+                        s.push_body(b"B\r\n.\r\n");
+                        s.end_body(now);
+                    }
+                    Action::SendChunks(_) => s.push_chunk(b"B\r\n", true, now),
+                    _ => {}
                 }
                 events.push(e);
             }
@@ -2089,6 +2292,361 @@ mod tests {
         assert!(o[0].1[0].2.starts_with("5.6.3 "), "{o:?}");
     }
 
+    const EHLO_CHUNK: &str = "220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n";
+
+    /// What the client writes for one BDAT transaction of `rcpts` (body "B"), after the first
+    /// with RSET in front.
+    fn bdat_tx(first: bool, rcpts: &[&str]) -> String {
+        let mut w = if first {
+            String::new()
+        } else {
+            "RSET\r\n".into()
+        };
+        w.push_str("MAIL FROM:<s@a.test> SIZE=100\r\n");
+        for r in rcpts {
+            w.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        w.push_str("BDAT 3 LAST\r\nB\r\n");
+        w
+    }
+
+    /// Issue 15: with CHUNKING and PIPELINING, three messages go out as MAIL + RCPT + BDAT LAST
+    /// each, all before any reply after EHLO's; the replies, matched in order, all arrive later.
+    #[test]
+    fn bdat_three_messages_pipelined_without_waiting() {
+        let jobs = vec![job(&["a@x.test"]), job(&["b@x.test"]), job(&["c@x.test"])];
+        let now = Instant::now();
+        let mut s = plain(jobs.clone())(now);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        pump(&mut s, now, &mut w, &mut ev);
+        feed(&mut s, EHLO_CHUNK.as_bytes(), now, &mut w, &mut ev);
+        let all = format!(
+            "EHLO client.test\r\n{}{}{}",
+            bdat_tx(true, &["a@x.test"]),
+            bdat_tx(false, &["b@x.test"]),
+            bdat_tx(false, &["c@x.test"])
+        );
+        assert_eq!(
+            String::from_utf8(w).unwrap(),
+            all,
+            "everything sent before any reply"
+        );
+        assert!(outcomes(&ev).is_empty());
+        let server = format!(
+            "{EHLO_CHUNK}250 ok\r\n250 ok\r\n250 queued 1\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 3\r\n221 bye\r\n"
+        );
+        let (w, ev) = run_all_splits(&plain(jobs), &server);
+        assert_eq!(w, format!("{all}QUIT\r\n"));
+        assert_eq!(
+            outcomes(&ev),
+            (0..3)
+                .map(|n| (
+                    n,
+                    vec![(RcptStatus::Sent, 250, format!("queued {}", n + 1))]
+                ))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
+        // `with_chunking(false)` (--no-chunking): DATA although CHUNKING is offered.
+        let now = Instant::now();
+        let mut s = plain(vec![job(&["a@x.test"])])(now).with_chunking(false);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        pump(&mut s, now, &mut w, &mut ev);
+        feed(&mut s, EHLO_CHUNK.as_bytes(), now, &mut w, &mut ev);
+        assert!(
+            String::from_utf8(w)
+                .unwrap()
+                .ends_with("RCPT TO:<a@x.test>\r\nDATA\r\n")
+        );
+    }
+
+    /// A refused RCPT in the middle of the pipeline affects only that recipient; a refused
+    /// BDAT only its message; all RCPTs refused: the announced chunk is still sent, the BDAT's
+    /// refusal read, and every recipient keeps its own RCPT reply.
+    #[test]
+    fn bdat_refusals_affect_only_their_message() {
+        let jobs = vec![
+            job(&["a@x.test"]),
+            job(&["b@x.test", "bad@x.test"]),
+            job(&["c@x.test"]),
+            job(&["d@x.test"]),
+        ];
+        let server = format!(
+            "{EHLO_CHUNK}250 ok\r\n250 ok\r\n250 queued 1\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 queued 2\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n554 5.6.0 content refused\r\n\
+             250 reset\r\n250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n221 bye\r\n"
+        );
+        let (w, ev) = run_all_splits(&plain(jobs), &server);
+        assert_eq!(
+            w,
+            format!(
+                "EHLO client.test\r\n{}{}{}{}QUIT\r\n",
+                bdat_tx(true, &["a@x.test"]),
+                bdat_tx(false, &["b@x.test", "bad@x.test"]),
+                bdat_tx(false, &["c@x.test"]),
+                bdat_tx(false, &["d@x.test"])
+            )
+        );
+        let sent = |t: &str| (RcptStatus::Sent, 250, t.to_owned());
+        assert_eq!(
+            outcomes(&ev),
+            vec![
+                (0, vec![sent("queued 1")]),
+                (
+                    1,
+                    vec![
+                        sent("queued 2"),
+                        (RcptStatus::Bounced, 550, "5.1.1 no such user".into())
+                    ]
+                ),
+                (
+                    2,
+                    vec![(RcptStatus::Bounced, 554, "5.6.0 content refused".into())]
+                ),
+                (3, vec![(RcptStatus::Bounced, 550, "5.1.1 unknown".into())]),
+            ]
+        );
+        assert_eq!(ev.last(), Some(&Action::Closed { error: None }));
+        // A 4xx to the BDAT defers its message only.
+        let server = format!(
+            "{EHLO_CHUNK}250 ok\r\n250 ok\r\n451 4.3.0 try later\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n221 bye\r\n"
+        );
+        let (_, ev) = run_all_splits(
+            &plain(vec![job(&["a@x.test"]), job(&["b@x.test"])]),
+            &server,
+        );
+        assert_eq!(
+            outcomes(&ev),
+            vec![
+                (
+                    0,
+                    vec![(RcptStatus::Deferred, 451, "4.3.0 try later".into())]
+                ),
+                (1, vec![sent("queued 2")]),
+            ]
+        );
+    }
+
+    /// Replies of the wrong class to BDAT, a 250 to a BDAT that was never sent, and a 250 to a
+    /// message nobody was accepted for are protocol errors: deferred 4.5.0, never "sent".
+    #[test]
+    fn bdat_protocol_errors() {
+        for server in [
+            format!("{EHLO_CHUNK}250 ok\r\n250 ok\r\n354 go ahead\r\n"),
+            format!("{EHLO_CHUNK}250 ok\r\n250 ok\r\n150 hm\r\n"),
+            format!("{EHLO_CHUNK}250 ok\r\n550 no\r\n250 queued\r\n"),
+            format!("{EHLO_CHUNK}451 later\r\n503 no\r\n250 queued\r\n"),
+        ] {
+            let (w, ev) = run_all_splits(
+                &plain(vec![job(&["a@x.test"]), job(&["b@x.test"])]),
+                &server,
+            );
+            assert!(!w.contains("QUIT"), "closed at once: {w}");
+            assert!(
+                matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.starts_with("protocol error")),
+                "{ev:?}"
+            );
+            for (_, o) in outcomes(&ev) {
+                for (st, code, text) in o {
+                    assert_eq!((st, code), (RcptStatus::Deferred, 451));
+                    assert!(text.starts_with("4.5.0 protocol error"), "{text}");
+                }
+            }
+        }
+        // A 250 before the driver pushed the chunk answers nothing that was sent.
+        let now = Instant::now();
+        let mut s = plain(vec![job(&["a@x.test"])])(now);
+        s.handle_input(EHLO_CHUNK.as_bytes().split_at(14).0, now);
+        let n = s.poll_output().len();
+        s.output_written(n, now);
+        s.handle_input(&EHLO_CHUNK.as_bytes()[14..], now);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(0)));
+        let n = s.poll_output().len();
+        s.output_written(n, now);
+        s.handle_input(b"250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n", now);
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Deferred, "{ev:?}");
+        assert!(
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e.contains("reply when none was expected")),
+            "{ev:?}"
+        );
+    }
+
+    /// The in-flight window: at most MAX_INFLIGHT_TX transactions before a reply; each final
+    /// reply lets one more go; a refused chunk stops that message's further chunks.
+    #[test]
+    fn bdat_window_and_chunks() {
+        let now = Instant::now();
+        let jobs: Vec<Job> = (0..MAX_INFLIGHT_TX + 6)
+            .map(|_| job(&["a@x.test"]))
+            .collect();
+        let mut s = plain(jobs)(now);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        pump(&mut s, now, &mut w, &mut ev);
+        feed(&mut s, EHLO_CHUNK.as_bytes(), now, &mut w, &mut ev);
+        let count = |w: &[u8]| String::from_utf8_lossy(w).matches("BDAT 3 LAST").count();
+        assert_eq!(count(&w), MAX_INFLIGHT_TX);
+        feed(
+            &mut s,
+            b"250 ok\r\n250 ok\r\n250 queued\r\n",
+            now,
+            &mut w,
+            &mut ev,
+        );
+        assert_eq!(count(&w), MAX_INFLIGHT_TX + 1);
+        // Several chunks: `BDAT n` then `BDAT n LAST`; after a refused chunk no more is sent.
+        let mut s = plain(vec![job(&["a@x.test"]), job(&["b@x.test"])])(now);
+        let mut w = Vec::new();
+        s.handle_input(b"220 mx\r\n", now);
+        w.extend_from_slice(s.poll_output());
+        s.output_written(s.poll_output().len(), now);
+        s.handle_input(&EHLO_CHUNK.as_bytes()[14..], now);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(0)));
+        assert_eq!(s.wants_body(), Some(0));
+        s.push_chunk(b"abc\r\n", false, now);
+        w.extend_from_slice(s.poll_output());
+        s.output_written(s.poll_output().len(), now);
+        s.handle_input(b"250 ok\r\n250 ok\r\n552 5.3.4 too big\r\n", now);
+        assert_eq!(
+            s.poll_action(),
+            Some(Action::JobDone(
+                0,
+                vec![(RcptStatus::Bounced, Reply::new(552, "5.3.4 too big"))]
+            ))
+        );
+        // No further chunk of message 0: the next message follows at once.
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(1)));
+        assert_eq!(s.wants_body(), Some(1));
+        w.extend_from_slice(s.poll_output());
+        let w = String::from_utf8(w).unwrap();
+        assert!(
+            w.ends_with(
+                "BDAT 5\r\nabc\r\nRSET\r\nMAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<b@x.test>\r\n"
+            ),
+            "{w}"
+        );
+    }
+
+    /// "452 too many recipients" with BDAT: the session has gone on to the next message when
+    /// the 452 arrives; the recipients put back get a transaction of their own after it.
+    #[test]
+    fn bdat_too_many_recipients_come_back_later() {
+        let jobs = vec![
+            job(&["a@x.test", "b@x.test", "c@x.test"]),
+            job(&["d@x.test"]),
+        ];
+        let server = format!(
+            "{EHLO_CHUNK}250 ok\r\n250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n250 queued 1\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 2\r\n\
+             250 reset\r\n250 ok\r\n250 ok\r\n250 queued 3\r\n221 bye\r\n"
+        );
+        let (w, ev) = run_all_splits(&plain(jobs), &server);
+        assert_eq!(
+            w,
+            format!(
+                "EHLO client.test\r\n{}{}{}QUIT\r\n",
+                bdat_tx(true, &["a@x.test", "b@x.test", "c@x.test"]),
+                bdat_tx(false, &["d@x.test"]),
+                bdat_tx(false, &["c@x.test"])
+            )
+        );
+        let sent = |t: &str| (RcptStatus::Sent, 250, t.to_owned());
+        assert_eq!(
+            outcomes(&ev),
+            vec![
+                (1, vec![sent("queued 2")]),
+                (
+                    0,
+                    vec![sent("queued 1"), sent("queued 1"), sent("queued 3")]
+                ),
+            ]
+        );
+        assert!(ev.contains(&Action::Accepted(
+            0,
+            vec![
+                (0, Reply::new(250, "queued 1")),
+                (1, Reply::new(250, "queued 1"))
+            ]
+        )));
+    }
+
+    /// Reply deadlines with BDAT: MAIL/RCPT the command limit, a chunk's reply the data-block
+    /// limit, the reply to `BDAT LAST` the end-of-data limit (RFC 5321 §4.5.3.2.6, 10 min),
+    /// each a total deadline from when the previous reply arrived.
+    #[test]
+    fn bdat_reply_deadlines() {
+        let t0 = Instant::now();
+        let timeouts = Timeouts {
+            greeting: Duration::from_secs(1),
+            command: Duration::from_secs(2),
+            data_init: Duration::from_secs(3),
+            data_block: Duration::from_secs(4),
+            data_term: Duration::from_secs(5),
+        };
+        let mut s = Session::new("c", vec![job(&["a@x.test"])], timeouts, t0);
+        s.handle_input(b"220 mx\r\n", t0);
+        s.output_written(s.poll_output().len(), t0);
+        s.handle_input(&EHLO_CHUNK.as_bytes()[14..], t0);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(0)));
+        s.push_chunk(b"ab\r\n", false, t0);
+        s.push_chunk(b"c\r\n", true, t0);
+        s.output_written(s.poll_output().len(), t0);
+        let sec = |n| t0 + Duration::from_secs(n);
+        assert_eq!(s.poll_timeout(), Some(sec(2)), "MAIL");
+        s.handle_input(b"250 ok\r\n250 ok\r\n", sec(1));
+        assert_eq!(s.poll_timeout(), Some(sec(1 + 4)), "BDAT chunk");
+        s.handle_input(b"250 ok\r\n", sec(2));
+        assert_eq!(s.poll_timeout(), Some(sec(2 + 5)), "BDAT LAST");
+        s.handle_timeout(sec(7));
+        let ev: Vec<_> = std::iter::from_fn(|| s.poll_action()).collect();
+        assert!(
+            matches!(ev.last(), Some(Action::Closed { error: Some(e) }) if e == "timeout waiting for reply to BDAT LAST"),
+            "{ev:?}"
+        );
+        assert_eq!(s.unfinished(), vec![0], "not sent: the driver defers it");
+    }
+
+    /// Issue 15: DSN parameters (RFC 3461) go on MAIL and RCPT only to a server that offers
+    /// DSN, as stored (xtext untouched); to others nothing extra is sent.
+    #[test]
+    fn dsn_parameters_only_where_offered() {
+        let mut j = job(&["a@x.test", "b@x.test"]);
+        j.dsn_mail = "RET=HDRS ENVID=QQ+2Bxyz".into();
+        j.dsn_rcpt = vec!["NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40x.test".into()];
+        let ehlo = "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 DSN\r\n";
+        let server =
+            format!("{ehlo}250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, ev) = run_all_splits(&plain(vec![j.clone()]), &server);
+        assert_eq!(
+            w,
+            "EHLO client.test\r\nMAIL FROM:<s@a.test> RET=HDRS ENVID=QQ+2Bxyz\r\n\
+             RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40x.test\r\n\
+             RCPT TO:<b@x.test>\r\nDATA\r\nB\r\n.\r\nQUIT\r\n"
+        );
+        assert_eq!(outcomes(&ev)[0].1[1].0, RcptStatus::Sent);
+        // Without DSN: the usual commands.
+        let server =
+            format!("{EHLO_PIPE}250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n250 done\r\n221 bye\r\n");
+        let (w, _) = run_all_splits(&plain(vec![j]), &server);
+        assert!(
+            w.contains("MAIL FROM:<s@a.test> SIZE=100\r\nRCPT TO:<a@x.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"),
+            "{w}"
+        );
+        assert!(!w.contains("NOTIFY") && !w.contains("RET="), "{w}");
+        // The session says what the server offered.
+        let now = Instant::now();
+        let mut s = Session::new("client.test", vec![], Timeouts::rfc(), now);
+        let (mut w, mut ev) = (Vec::new(), Vec::new());
+        feed(&mut s, b"220 mx\r\n", now, &mut w, &mut ev);
+        assert!(!s.extensions().dsn);
+        feed(&mut s, b"250-mx\r\n250 DSN\r\n", now, &mut w, &mut ev);
+        assert!(s.extensions().dsn, "{:?}", String::from_utf8_lossy(&w));
+    }
+
     proptest::proptest! {
         /// Whatever a server answers, in whatever pieces: no panic, every job reported at most
         /// once, the session always ends, and a recipient is "sent" only in a job whose body
@@ -2098,6 +2656,7 @@ mod tests {
             replies in proptest::collection::vec(0usize..16, 0..40),
             step in 1usize..12,
             pipelining in proptest::bool::ANY,
+            chunking in proptest::bool::ANY,
             max_rcpt in 1usize..4,
         ) {
             const LINES: [&str; 16] = [
@@ -2106,10 +2665,10 @@ mod tests {
                 "220 client.test", "250-mx\r\n250 PIPELINING", "250-mx\r\n250 SIZE 10",
                 "554 5.5.1 no valid recipients", "garbage",
             ];
-            let mut server = if pipelining {
-                "220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_owned()
-            } else {
-                "220 mx\r\n250 mx\r\n".to_owned()
+            let mut server = match (pipelining, chunking) {
+                (true, true) => "220 mx\r\n250-mx\r\n250-CHUNKING\r\n250 PIPELINING\r\n".to_owned(),
+                (true, false) => "220 mx\r\n250-mx\r\n250 PIPELINING\r\n".to_owned(),
+                (false, _) => "220 mx\r\n250 mx\r\n".to_owned(),
             };
             for r in replies {
                 server.push_str(LINES[r]);
@@ -2131,7 +2690,7 @@ mod tests {
             let mut accepted: Vec<(usize, usize, Reply)> = Vec::new();
             for e in &ev {
                 match e {
-                    Action::SendBody(n) => bodies[*n] += 1,
+                    Action::SendBody(n) | Action::SendChunks(n) => bodies[*n] += 1,
                     Action::Accepted(n, list) => {
                         proptest::prop_assert!(!reported[*n], "accepted after the job's end");
                         proptest::prop_assert!(bodies[*n] > 0, "accepted without a body");

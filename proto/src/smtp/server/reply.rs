@@ -203,6 +203,13 @@ pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool) 
     write_multiline(out, 250, &lines);
 }
 
+/// A message that already carries `Delivered-To:` for one of its local recipients: a loop.
+pub const DELIVERED_TO_LOOP: Reply = Reply::fixed(
+    554,
+    Status(5, 4, 6),
+    "Error: mail loop: message already delivered to a recipient (Delivered-To)",
+);
+
 /// `501 5.5.4 Syntax: <usage>`.
 pub fn syntax(usage: &'static str) -> Reply {
     Reply::new(501, Status(5, 5, 4), format!("Syntax: {usage}"))
@@ -249,6 +256,24 @@ pub fn bad_recipient(why: &str) -> Reply {
 /// `554 5.7.1 <rcpt>: Relay access denied`.
 pub fn relay_denied(rcpt: &str) -> Reply {
     Reply::new(554, Status(5, 7, 1), format!("{rcpt}: Relay access denied"))
+}
+
+/// `550 5.1.1 <rcpt>: Recipient address rejected: User unknown` (a local domain, nobody there).
+pub fn unknown_user(rcpt: &str) -> Reply {
+    Reply::new(
+        550,
+        Status(5, 1, 1),
+        format!("{rcpt}: Recipient address rejected: User unknown"),
+    )
+}
+
+/// `452 4.2.2 <rcpt>: Recipient address rejected: Mailbox full` (at or over the quota).
+pub fn mailbox_full(rcpt: &str) -> Reply {
+    Reply::new(
+        452,
+        Status(4, 2, 2),
+        format!("{rcpt}: Recipient address rejected: Mailbox full"),
+    )
 }
 
 /// `250 2.0.0 Ok: queued as <id>`.

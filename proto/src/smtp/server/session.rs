@@ -19,10 +19,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient, copy_header};
 use maildir_core::{Envelope, ForwardPath, Mailbox, RcptParams, ReversePath};
 
 use super::command::{self, Command, MailParams};
 use super::data::{ChunkDecoder, DataDecoder, HopCounter};
+use super::policy::{self, Decision, LocalPolicy};
 use super::reply::{self, Reply};
 
 /// What the session records of a TLS connection (for the trace header and logs).
@@ -63,6 +65,8 @@ pub struct SessionConfig {
     pub postmaster: Option<Mailbox>,
     /// Replies waiting beyond this many octets stop input processing until the client reads.
     pub output_limit: usize,
+    /// Local delivery (users, aliases, quota); `None`: every recipient is relayed.
+    pub local: Option<LocalPolicy>,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -72,8 +76,10 @@ pub enum Action {
     Begin,
     /// Append these bytes to the queue file.
     Write(Vec<u8>),
-    /// Make the queue file durable; answer with [`Session::handle_stored`].
-    Commit,
+    /// Make the queue file durable, with the users' copies when there are local recipients
+    /// (and the queue file only if `LocalDelivery::queue`); answer with
+    /// [`Session::handle_stored`].
+    Commit(Option<LocalDelivery>),
     /// Discard the queue file.
     Abort,
     /// Send the pending `220`, then start the TLS handshake; answer with
@@ -159,7 +165,14 @@ pub enum RcptRefusal {
     NoPostmaster,
     /// An untrusted client asked to relay to this recipient.
     RelayDenied(ForwardPath),
+    /// A local domain, nobody there (`550 5.1.1`).
+    UnknownUser(ForwardPath),
+    /// A local user at or over quota (`452 4.2.2`).
+    MailboxFull(ForwardPath),
 }
+
+/// An accepted recipient, and its expansion when it is local.
+type Accepted = (ForwardPath, Option<LocalRecipient>);
 
 /// Why a transaction failed after DATA.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +199,15 @@ pub enum TxFailure {
         /// The envelope sender.
         from: ReversePath,
     },
+    /// The message already carries `Delivered-To:` for a local recipient: a loop.
+    DeliveredToLoop {
+        /// Queue file id (discarded).
+        id: String,
+        /// The address found in `Delivered-To:`.
+        address: String,
+        /// The envelope sender.
+        from: ReversePath,
+    },
     /// Writing or committing the queue file failed.
     Store {
         /// Queue file id.
@@ -203,6 +225,10 @@ struct Transaction {
     rcpts: Vec<ForwardPath>,
     /// DSN parameters of each accepted recipient, index for index with `rcpts`.
     rcpt_params: Vec<RcptParams>,
+    /// The accepted recipients for the relay (all of them without local delivery).
+    remote: Vec<ForwardPath>,
+    /// The accepted local recipients, expanded.
+    locals: Vec<LocalRecipient>,
     /// Recipients refused for being over the limit.
     overshoot: usize,
 }
@@ -210,12 +236,26 @@ struct Transaction {
 impl Transaction {
     /// The envelope to store: DSN parameters only when the client gave some, so a message
     /// without them is stored exactly as before the DSN extension.
-    fn envelope(&self) -> Envelope {
-        let mut e = Envelope::new(self.from.clone(), self.rcpts.clone());
+    /// `recipients` are the ones queued for the relay (all of them, or with local delivery
+    /// the remote and forwarded ones); each keeps the parameters its RCPT gave (a forwarded
+    /// alias target has none).
+    fn envelope(&self, recipients: Vec<ForwardPath>) -> Envelope {
+        let params: Vec<RcptParams> = recipients
+            .iter()
+            .map(|r| {
+                self.rcpts
+                    .iter()
+                    .position(|x| x == r)
+                    .and_then(|i| self.rcpt_params.get(i))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut e = Envelope::new(self.from.clone(), recipients);
         e.ret = self.params.ret;
         e.envid = self.params.envid.clone();
-        if self.rcpt_params.iter().any(|p| !p.is_empty()) {
-            e.rcpt_params = self.rcpt_params.clone();
+        if params.iter().any(|p| !p.is_empty()) {
+            e.rcpt_params = params;
         }
         e
     }
@@ -235,6 +275,10 @@ struct Chunked {
     chunk: u64,
     /// The current chunk is the last one.
     last: bool,
+    /// The users' copies to write at the end, if any.
+    local: Option<LocalDelivery>,
+    /// `Delivered-To:` fields of the message (loop check for local copies).
+    delivered_to: DeliveredTo,
 }
 
 /// A BDAT command waiting for its queue file: its chunk size and whether it is the last.
@@ -259,6 +303,10 @@ enum State {
         id: String,
         decoder: DataDecoder,
         hops: HopCounter,
+        /// The users' copies to write at the end, if any.
+        local: Option<LocalDelivery>,
+        /// `Delivered-To:` fields of the message (loop check for local copies).
+        delivered_to: DeliveredTo,
     },
     /// Receiving BDAT chunks into a queue file (or between two of them).
     Bdat(Box<Chunked>),
@@ -422,6 +470,9 @@ impl Session {
                 let start = self.body.len();
                 c.decoder.feed(&input[pos..pos + n], &mut self.body);
                 c.hops.feed(&self.body[start..]);
+                if c.local.is_some() && !c.delivered_to.header_done() {
+                    c.delivered_to.feed(&self.body[start..]);
+                }
                 c.remaining -= n as u64;
                 pos += n;
                 self.deadline = Some(now + self.config.timeout);
@@ -430,10 +481,20 @@ impl Session {
                 }
                 continue;
             }
-            if let State::Data { decoder, hops, .. } = &mut self.state {
+            if let State::Data {
+                decoder,
+                hops,
+                local,
+                delivered_to,
+                ..
+            } = &mut self.state
+            {
                 let start = self.body.len();
                 let fed = decoder.feed(&input[pos..], &mut self.body);
                 hops.feed(&self.body[start..]);
+                if local.is_some() && !delivered_to.header_done() {
+                    delivered_to.feed(&self.body[start..]);
+                }
                 pos += fed.consumed;
                 if fed.line_ended {
                     self.deadline = Some(now + self.config.timeout);
@@ -507,7 +568,33 @@ impl Session {
         };
         match result {
             Ok(id) => {
-                txn.envelope().write_to(&mut self.body).ok();
+                // With local recipients the queue envelope lists only the remote and forwarded
+                // ones (none: no envelope, the spool is not queued); the copies start at the
+                // Received: header.
+                let (recipients, mut local) = if txn.locals.is_empty() {
+                    (txn.rcpts.clone(), None)
+                } else {
+                    let (r, l) = policy::plan(&txn.from, &txn.locals, &txn.remote);
+                    (r, Some(l))
+                };
+                let start = self.body.len();
+                if !recipients.is_empty() {
+                    txn.envelope(recipients).write_to(&mut self.body).ok();
+                }
+                if let Some(l) = &mut local {
+                    // Nothing to queue: the spool is the first user's copy when a rename can
+                    // move it (one file written instead of two).
+                    let spool_is_copy = self.config.local.as_ref().is_some_and(|p| p.spool_is_copy);
+                    if !l.queue
+                        && spool_is_copy
+                        && let Some(first) = l.copies.first()
+                    {
+                        let head = copy_header(&txn.from, first);
+                        self.body.extend_from_slice(head.as_bytes());
+                        l.spool_is_copy = true;
+                    }
+                    l.content_at = (self.body.len() - start) as u64;
+                }
                 self.received_header(&id, &txn, wall);
                 self.flush_body();
                 if let Some(chunk) = chunk {
@@ -519,6 +606,8 @@ impl Session {
                         remaining: chunk.size,
                         chunk: chunk.size,
                         last: chunk.last,
+                        local,
+                        delivered_to: DeliveredTo::default(),
                     }));
                     self.deadline = Some(now + self.config.timeout);
                     if chunk.size == 0 {
@@ -532,6 +621,8 @@ impl Session {
                     id,
                     decoder: DataDecoder::new(self.config.max_size),
                     hops: HopCounter::default(),
+                    local,
+                    delivered_to: DeliveredTo::default(),
                 };
             }
             Err(e) => {
@@ -671,7 +762,13 @@ impl Session {
     /// The next event to report (logs, counters). Poll until `None` after each input, or they
     /// pile up.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            // An idle session holds no event buffer: thousands of idle connections would
+            // otherwise each keep one (about 0.4 KiB) after their first report.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When the session times out. Every state that waits for the client has one, including
@@ -835,6 +932,8 @@ impl Session {
             params,
             rcpts: Vec::new(),
             rcpt_params: Vec::new(),
+            remote: Vec::new(),
+            locals: Vec::new(),
             overshoot: 0,
         });
         self.reply(&reply::MAIL_OK);
@@ -843,8 +942,12 @@ impl Session {
 
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
         match self.check_rcpt(to) {
-            Ok(to) => {
+            Ok((to, local)) => {
                 if let State::Mail(txn) = &mut self.state {
+                    match local {
+                        Some(r) => txn.locals.push(r),
+                        None => txn.remote.push(to.clone()),
+                    }
                     txn.rcpts.push(to);
                     txn.rcpt_params.push(params);
                 }
@@ -864,9 +967,9 @@ impl Session {
         }
     }
 
-    /// The recipient to add, or why not: the refusal, its reply, and whether the reply counts
-    /// toward the error limit.
-    fn check_rcpt(&mut self, to: ForwardPath) -> Result<ForwardPath, (RcptRefusal, Reply, bool)> {
+    /// The recipient to add (with its expansion when it is local), or why not: the refusal, its
+    /// reply, and whether the reply counts toward the error limit.
+    fn check_rcpt(&mut self, to: ForwardPath) -> Result<Accepted, (RcptRefusal, Reply, bool)> {
         let State::Mail(txn) = &mut self.state else {
             return Err((RcptRefusal::NoTransaction, reply::NEED_MAIL, true));
         };
@@ -881,8 +984,24 @@ impl Session {
         if to.is_utf8() && !txn.params.smtputf8 {
             return Err((RcptRefusal::NeedSmtputf8, reply::NEED_SMTPUTF8, true));
         }
-        // There is no local delivery: the bare postmaster goes to the configured address
-        // (from any client, as RFC 5321 §4.5.1 requires), or is refused.
+        // Our own domains, from any client: a user or alias, nobody, or a full mailbox.
+        if let Some(policy) = &self.config.local {
+            match policy.decide(&to) {
+                Decision::Local(r) => return Ok((to, Some(r))),
+                Decision::Unknown => {
+                    let r = reply::unknown_user(&to.to_string());
+                    return Err((RcptRefusal::UnknownUser(to), r, true));
+                }
+                Decision::OverQuota => {
+                    // Not the client's error: it retries later.
+                    let r = reply::mailbox_full(&to.to_string());
+                    return Err((RcptRefusal::MailboxFull(to), r, false));
+                }
+                Decision::Remote => {}
+            }
+        }
+        // Not local: the bare postmaster goes to the configured address (from any client, as
+        // RFC 5321 §4.5.1 requires), or is refused.
         let (to, postmaster) = match (to, &self.config.postmaster) {
             (ForwardPath::Postmaster, Some(m)) => (ForwardPath::Mailbox(m.clone()), true),
             (ForwardPath::Postmaster, None) => {
@@ -894,7 +1013,7 @@ impl Session {
             let r = reply::relay_denied(&to.to_string());
             return Err((RcptRefusal::RelayDenied(to), r, true));
         }
-        Ok(to)
+        Ok((to, None))
     }
 
     fn data(&mut self) {
@@ -1004,29 +1123,34 @@ impl Session {
             id,
             decoder,
             hops,
+            local,
+            delivered_to,
             ..
         } = *c;
         if decoder.too_big() {
             // The CR LF added at the end went over the limit.
             return self.chunk_too_big(Some(id), decoder.size());
         }
-        self.finish_message(txn, id, decoder.size(), &hops, now);
+        self.finish_message(txn, id, decoder.size(), &hops, (local, &delivered_to), now);
     }
 
     fn end_of_data(&mut self, now: Instant) {
         self.flush_body();
-        let (txn, id, decoder, hops) = match std::mem::replace(&mut self.state, State::Idle) {
-            State::Data {
-                txn,
-                id,
-                decoder,
-                hops,
-            } => (txn, id, decoder, hops),
-            other => {
-                self.state = other;
-                return;
-            }
-        };
+        let (txn, id, decoder, hops, local, delivered_to) =
+            match std::mem::replace(&mut self.state, State::Idle) {
+                State::Data {
+                    txn,
+                    id,
+                    decoder,
+                    hops,
+                    local,
+                    delivered_to,
+                } => (txn, id, decoder, hops, local, delivered_to),
+                other => {
+                    self.state = other;
+                    return;
+                }
+            };
         if decoder.too_big() {
             self.counts.refused += 1;
             self.events.push_back(Event::TxFailed(TxFailure::TooBig {
@@ -1040,7 +1164,7 @@ impl Session {
             self.after_transaction();
             return;
         }
-        self.finish_message(txn, id, decoder.size(), &hops, now);
+        self.finish_message(txn, id, decoder.size(), &hops, (local, &delivered_to), now);
     }
 
     /// The whole message (DATA or BDAT) is in the queue file: refuse a mail loop, or commit.
@@ -1050,6 +1174,7 @@ impl Session {
         id: String,
         size: u64,
         hops: &HopCounter,
+        (local, delivered_to): (Option<LocalDelivery>, &DeliveredTo),
         now: Instant,
     ) {
         if hops.count() > self.config.max_hops {
@@ -1067,7 +1192,25 @@ impl Session {
             self.after_transaction();
             return;
         }
-        self.actions.push_back(Action::Commit);
+        if let Some(c) = local
+            .iter()
+            .flat_map(|l| &l.copies)
+            .find(|c| delivered_to.contains(&c.delivered_to))
+        {
+            self.counts.refused += 1;
+            self.events
+                .push_back(Event::TxFailed(TxFailure::DeliveredToLoop {
+                    id,
+                    address: c.delivered_to.clone(),
+                    from: txn.from,
+                }));
+            self.actions.push_back(Action::Abort);
+            self.error(reply::DELIVERED_TO_LOOP);
+            self.deadline = Some(now + self.config.timeout);
+            self.after_transaction();
+            return;
+        }
+        self.actions.push_back(Action::Commit(local));
         self.state = State::Committing { txn, id, size };
     }
 
@@ -1168,6 +1311,7 @@ mod tests {
             max_hops: 3,
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
+            local: None,
         })
     }
 
@@ -1215,7 +1359,7 @@ mod tests {
                             s.handle_begun(Ok(format!("ID{n}")), now, SystemTime::UNIX_EPOCH);
                         }
                         Action::Write(b) => current.as_mut().unwrap().extend_from_slice(&b),
-                        Action::Commit => {
+                        Action::Commit(_) => {
                             stored.push(current.take().unwrap());
                             s.handle_stored(Ok(()), now);
                         }
@@ -1904,6 +2048,7 @@ mod starttls_tests {
             max_hops: 50,
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
+            local: None,
         });
         Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
     }
@@ -1979,5 +2124,254 @@ mod starttls_tests {
         let mut s = session(true);
         s.handle_input(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nSTARTTLS\r\n", now);
         assert!(take(&mut s).ends_with("503 5.5.1 Error: MAIL transaction in progress\r\n"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
+mod local_tests {
+    use super::*;
+    use crate::smtp::server::policy::QuotaView;
+    use maildir_core::aliases::Aliases;
+    use maildir_core::directory::{Directory, LocalCopy};
+    use maildir_core::users::Users;
+
+    #[derive(Debug)]
+    struct Full(&'static str);
+
+    impl QuotaView for Full {
+        fn over_quota(&self, user: &str) -> bool {
+            user == self.0
+        }
+    }
+
+    fn session(trusted: bool, full: &'static str) -> Session {
+        session_with(trusted, full, false)
+    }
+
+    fn session_with(trusted: bool, full: &'static str, spool_is_copy: bool) -> Session {
+        let users = Users::parse("alice:*::::\nbob:*::::\ncarol:*::::\n").unwrap();
+        let aliases =
+            Aliases::parse("postmaster: alice\nsales: carol, partner@far.test\nteam: alice, bob\n")
+                .unwrap();
+        let dir = Directory::new(users, aliases, &["example.test".into()], Some('+')).unwrap();
+        let config = Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_size: 10_000,
+            max_recipients: 10,
+            timeout: Duration::from_secs(300),
+            max_errors: 20,
+            starttls: false,
+            max_hops: 50,
+            postmaster: None,
+            output_limit: OUTPUT_LIMIT,
+            local: Some(LocalPolicy {
+                directory: Arc::new(dir),
+                quota: Some(Arc::new(Full(full))),
+                spool_is_copy,
+            }),
+        });
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        Session::new(config, peer, trusted, Instant::now())
+    }
+
+    /// A committed spool with its local delivery.
+    type Committed = (Vec<u8>, Option<LocalDelivery>);
+
+    /// Feeds `input` in pieces cut at every `step` octets, acting like the reactor: the replies,
+    /// and each committed spool with its local delivery.
+    fn drive(s: &mut Session, input: &[u8], step: usize) -> (String, Vec<Committed>) {
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        let (mut out, mut commits, mut current) = (Vec::new(), Vec::new(), None::<Vec<u8>>);
+        for piece in input.chunks(step.max(1)) {
+            pending.extend_from_slice(piece);
+            loop {
+                let used = s.handle_input(&pending, now);
+                pending.drain(..used);
+                let mut acted = false;
+                while let Some(a) = s.poll_action() {
+                    acted = true;
+                    match a {
+                        Action::Begin => {
+                            current = Some(Vec::new());
+                            s.handle_begun(Ok("ID1".into()), now, SystemTime::UNIX_EPOCH);
+                        }
+                        Action::Write(b) => current.as_mut().unwrap().extend_from_slice(&b),
+                        Action::Commit(local) => {
+                            commits.push((current.take().unwrap(), local));
+                            s.handle_stored(Ok(()), now);
+                        }
+                        Action::Abort => current = None,
+                        Action::StartTls => s.handle_tls_started(now),
+                    }
+                }
+                out.extend_from_slice(s.poll_output());
+                let k = s.poll_output().len();
+                s.output_written(k);
+                while s.poll_event().is_some() {}
+                if used == 0 && !acted {
+                    break;
+                }
+            }
+        }
+        (String::from_utf8(out).unwrap(), commits)
+    }
+
+    fn copy(user: &str, to: &str, orig: &str) -> LocalCopy {
+        LocalCopy {
+            user: user.into(),
+            delivered_to: to.into(),
+            original_to: orig.into(),
+        }
+    }
+
+    /// From an untrusted client: local users and aliases 250, unknown 550 5.1.1 with the
+    /// address, over quota 452 4.2.2 (an alias too, when it reaches a full user), remote
+    /// 554 5.7.1; the spool's envelope lists only the
+    /// forwarded address, and the commit names one copy per user; the same for any split.
+    #[test]
+    fn rcpt_policy_envelope_and_plan_any_split() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<x@far.test>\r\nRCPT TO:<bob@example.test>\r\nRCPT TO:<Alice+tag@Example.Test>\r\nRCPT TO:<sales@example.test>\r\nRCPT TO:<team@example.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n";
+        let mut whole = None;
+        for step in [input.len(), 1, 7] {
+            let mut s = session(false, "bob");
+            let got = drive(&mut s, input, step);
+            let (replies, commits) = &got;
+            // The replies after EHLO's (whatever extensions it lists).
+            let all: Vec<&str> = replies.lines().collect();
+            let ehlo_end = all
+                .iter()
+                .position(|l| l.starts_with("250 "))
+                .expect("EHLO");
+            let lines = &all[ehlo_end - 6..];
+            assert_eq!(lines[7], "250 2.1.0 Ok");
+            assert_eq!(
+                lines[8],
+                "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown"
+            );
+            assert!(lines[9].starts_with("554 5.7.1 <x@far.test>"), "{replies}");
+            assert!(lines[10].starts_with("452 4.2.2 <bob@"), "{replies}");
+            assert!(lines[11].starts_with("250 2.1.5") && lines[12].starts_with("250 2.1.5"));
+            // team reaches bob, who is full.
+            assert!(lines[13].starts_with("452 4.2.2 <team@"), "{replies}");
+            assert!(lines[14].starts_with("354 "), "{replies}");
+            assert!(lines[15].starts_with("250 2.0.0"), "{replies}");
+            assert_eq!(lines.len(), 16, "{replies}");
+            assert_eq!(commits.len(), 1);
+            let (spool, local) = &commits[0];
+            let local = local.as_ref().expect("a local delivery");
+            let spool = String::from_utf8(spool.clone()).unwrap();
+            let envelope = "Return-Path: <s@far.test>\r\nX-Original-To: <partner@far.test>\r\n";
+            assert!(spool.starts_with(envelope), "{spool}");
+            assert_eq!(local.content_at, envelope.len() as u64);
+            assert!(spool[envelope.len()..].starts_with("Received: from c.test"));
+            assert!(local.queue);
+            assert_eq!(
+                local.copies,
+                [
+                    copy("alice", "alice@example.test", "Alice+tag@Example.Test"),
+                    copy("carol", "carol@example.test", "sales@example.test"),
+                ]
+            );
+            match &whole {
+                None => whole = Some(got),
+                Some(w) => assert_eq!(&got, w, "step {step}"),
+            }
+        }
+    }
+
+    /// Only local recipients: no envelope in the spool and no queue file; a trusted client's
+    /// remote recipient is queued beside the copy.
+    #[test]
+    fn queue_envelope_only_for_remote_recipients() {
+        let mut s = session(false, "");
+        let (replies, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        assert!(
+            replies.ends_with("250 2.0.0 Ok: queued as ID1\r\n"),
+            "{replies}"
+        );
+        let (spool, local) = &commits[0];
+        let local = local.as_ref().unwrap();
+        assert!(!local.queue && local.content_at == 0);
+        assert!(spool.starts_with(b"Received: "));
+        assert_eq!(
+            local.copies,
+            [copy("alice", "alice@example.test", "postmaster")]
+        );
+
+        let mut s = session(true, "");
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<y@far.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<s@x.test>\r\nRCPT TO:<y@far.test>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        assert_eq!(commits.len(), 2);
+        let (spool, local) = &commits[0];
+        assert!(
+            spool.starts_with(
+                b"Return-Path: <s@x.test>\r\nX-Original-To: <y@far.test>\r\nReceived: "
+            )
+        );
+        assert!(local.as_ref().unwrap().queue);
+        assert!(
+            commits[1].1.is_none(),
+            "no local recipient: a plain queue file"
+        );
+    }
+
+    /// `Delivered-To:` for a local user in the header section: 554 5.4.6, the spool aborted;
+    /// in the body, or for someone else, it is no loop.
+    #[test]
+    fn delivered_to_loop_is_refused() {
+        let mut s = session(true, "");
+        let (replies, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<team@example.test>\r\nDATA\r\nSubject: x\r\ndelivered-to: BOB@example.test\r\n\r\nb\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nDelivered-To: bob@other.test\r\n\r\nDelivered-To: bob@example.test\r\n.\r\n",
+            3,
+        );
+        assert!(replies.contains("\r\n554 5.4.6 "), "{replies}");
+        assert_eq!(commits.len(), 1, "{replies}");
+        assert!(replies.ends_with("250 2.0.0 Ok: queued as ID1\r\n"));
+    }
+
+    /// With nothing to queue and `spool_is_copy`, the spool starts with the first copy's header
+    /// lines (the store renames it into that user's Maildir); with a remote recipient it keeps
+    /// the queue envelope.
+    #[test]
+    fn spool_is_the_first_copy_when_nothing_is_queued() {
+        let mut s = session_with(false, "", true);
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<Team@example.test>\r\nDATA\r\nx\r\n.\r\n",
+            5,
+        );
+        let (spool, local) = &commits[0];
+        let local = local.as_ref().unwrap();
+        let head = "Return-Path: <s@far.test>\r\nDelivered-To: alice@example.test\r\nX-Original-To: Team@example.test\r\n";
+        assert!(local.spool_is_copy && !local.queue);
+        assert_eq!(local.content_at, head.len() as u64);
+        assert!(spool.starts_with(head.as_bytes()));
+        assert!(spool[head.len()..].starts_with(b"Received: from c "));
+        assert_eq!(local.copies.len(), 2);
+
+        let mut s = session_with(true, "", true);
+        let (_, commits) = drive(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<s@far.test>\r\nRCPT TO:<sales@example.test>\r\nDATA\r\nx\r\n.\r\n",
+            1000,
+        );
+        let local = commits[0].1.as_ref().unwrap();
+        assert!(
+            local.queue && !local.spool_is_copy,
+            "sales forwards to partner@far.test"
+        );
+        assert!(commits[0].0.starts_with(
+            b"Return-Path: <s@far.test>\r\nX-Original-To: <partner@far.test>\r\nReceived: "
+        ));
     }
 }

@@ -1,0 +1,989 @@
+//! Local delivery (issue 12), tests 1-5, 7 and 8 of the issue against the real `smtpd` binary:
+//! `--local-domain`, `--mailboxes`, `--users`, `--aliases`, `--recipient-delimiter`,
+//! `--mailbox-quota`. Clients are Python's `smtplib` and the raw-socket client of
+//! `tests/src/smtp.rs`; users' Maildirs are read back with Python's `mailbox.Maildir`; the
+//! forwarded part goes through the real `smtp-relay` to the recording sink (`tests/py/sink.py`).
+//! Test 6 (Dovecot) is in `local_dovecot.rs`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use integration_tests::relay::{Dns, Sink, relay, run_args, without_envelope};
+use integration_tests::smtp::{Client, Stored, parse_stored, server_log, start, stored};
+use integration_tests::{Smtpd, bin, have, list, python, wait_for};
+
+const USERS: &str = "# users of example.test\nalice:*::::\nbob:*::::\ncarol:::::\n";
+const ALIASES: &str =
+    "# aliases\npostmaster: alice\nsales: carol,\n  partner@far.test\nteam: alice, bob\n";
+
+/// A smtpd delivering for `example.test`, with its users, aliases and mailboxes in a directory
+/// of its own (the queue Maildir is in the server's).
+struct Local {
+    s: Smtpd,
+    dir: tempfile::TempDir,
+}
+
+impl Local {
+    /// Starts smtpd for `example.test` with [`USERS`], [`ALIASES`] and `extra` arguments.
+    fn start(extra: &[&str]) -> Local {
+        Local::start_with(USERS, ALIASES, extra, |_| {})
+    }
+
+    /// Like [`Local::start`] with given files; `prepare` runs on the mailboxes directory first.
+    fn start_with(
+        users: &str,
+        aliases: &str,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Local {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (u, a, m) = paths(dir.path());
+        std::fs::write(&u, users).expect("write users");
+        std::fs::write(&a, aliases).expect("write aliases");
+        prepare(&m);
+        let mut args: Vec<&str> = vec!["--local-domain", "example.test", "--mailboxes"];
+        let (u, a, m) = (
+            u.to_string_lossy().into_owned(),
+            a.to_string_lossy().into_owned(),
+            m.to_string_lossy().into_owned(),
+        );
+        args.extend([m.as_str(), "--users", u.as_str(), "--aliases", a.as_str()]);
+        args.extend_from_slice(extra);
+        Local {
+            s: start(&args),
+            dir,
+        }
+    }
+
+    fn mailboxes(&self) -> PathBuf {
+        self.dir.path().join("mailboxes")
+    }
+
+    /// Files in a user's `new/`.
+    fn new_of(&self, user: &str) -> Vec<PathBuf> {
+        list(&self.mailboxes().join(user).join("new"))
+    }
+
+    /// The user's messages, read with Python's `mailbox.Maildir`.
+    fn messages(&self, user: &str) -> Vec<Copy> {
+        maildir_messages(&self.mailboxes().join(user))
+    }
+
+    fn port(&self) -> String {
+        self.s.addr.port().to_string()
+    }
+
+    fn log(&self) -> String {
+        server_log(&self.s)
+    }
+}
+
+fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("users"),
+        dir.join("aliases"),
+        dir.join("mailboxes"),
+    )
+}
+
+/// One message of a user's Maildir: the file's bytes and what Python's `email` parser reads in
+/// its header.
+#[derive(Debug, Clone)]
+struct Copy {
+    raw: Vec<u8>,
+    return_path: String,
+    delivered_to: Vec<String>,
+    original_to: Vec<String>,
+}
+
+impl Copy {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    /// The copy as the queue parser sees a stored file: `Return-Path`, `Delivered-To` and
+    /// `X-Original-To` must be the first three lines, in this order, then `Received:`.
+    fn stored(&self, path: &Path) -> Stored {
+        let text = self.raw.as_slice();
+        let mut lines = text.split_inclusive(|&b| b == b'\n');
+        let mut head = Vec::new();
+        for _ in 0..3 {
+            let l = lines
+                .next()
+                .unwrap_or_else(|| panic!("short copy: {}", self.text()));
+            head.push(String::from_utf8_lossy(l).into_owned());
+        }
+        assert!(head[0].starts_with("Return-Path: <"), "{}", self.text());
+        assert!(head[1].starts_with("Delivered-To: "), "{}", self.text());
+        assert!(head[2].starts_with("X-Original-To: "), "{}", self.text());
+        assert!(head.iter().all(|l| l.ends_with("\r\n")), "{}", self.text());
+        // Without the Delivered-To line it is in the format the queue parser reads.
+        let mut as_queue = head[0].clone().into_bytes();
+        as_queue.extend_from_slice(head[2].as_bytes());
+        let skip = head.iter().map(String::len).sum::<usize>();
+        as_queue.extend_from_slice(&self.raw[skip..]);
+        let tmp = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(tmp.path(), &as_queue).expect("write temp");
+        let mut st = parse_stored(tmp.path()).unwrap_or_else(|e| panic!("{e}\n{}", self.text()));
+        st.path = path.to_path_buf();
+        st
+    }
+}
+
+/// Reads every message (new/ and cur/) of a Maildir with Python's `mailbox.Maildir`.
+const PY_MAILDIR: &str = r#"
+import mailbox, sys
+md = mailbox.Maildir(sys.argv[1], factory=None, create=False)
+out = sys.stdout.buffer
+for key in sorted(md.keys()):
+    raw = md.get_bytes(key)
+    m = md.get_message(key)
+    f = lambda name: "\x1f".join(str(v) for v in (m.get_all(name) or []))
+    head = "%s\t%s\t%s" % (m.get("Return-Path", ""), f("Delivered-To"), f("X-Original-To"))
+    out.write(b"%d %d\n" % (len(head.encode()), len(raw)))
+    out.write(head.encode())
+    out.write(raw)
+"#;
+
+fn maildir_messages(dir: &Path) -> Vec<Copy> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY_MAILDIR)
+        .arg(dir)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "mailbox.Maildir on {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rest = out.stdout.as_slice();
+    let mut v = Vec::new();
+    while !rest.is_empty() {
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("framed output");
+        let lens = String::from_utf8_lossy(&rest[..nl]).into_owned();
+        let (h, r) = lens.split_once(' ').expect("two lengths");
+        let (h, r): (usize, usize) = (h.parse().expect("len"), r.parse().expect("len"));
+        let body = &rest[nl + 1..];
+        let head = String::from_utf8_lossy(&body[..h]).into_owned();
+        let raw = body[h..h + r].to_vec();
+        rest = &body[h + r..];
+        let f: Vec<&str> = head.split('\t').collect();
+        let split = |s: &str| -> Vec<String> {
+            s.split('\x1f')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        v.push(Copy {
+            raw,
+            return_path: f[0].to_owned(),
+            delivered_to: split(f[1]),
+            original_to: split(f[2]),
+        });
+    }
+    v
+}
+
+/// One transaction with smtplib: EHLO client.test, MAIL, each RCPT, then DATA if any RCPT got
+/// 250. Prints `rcpt ADDR CODE TEXT` per recipient and `data CODE TEXT`.
+const PY_SEND: &str = r#"
+import smtplib, sys
+host, port, sender, rcpts, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=30)
+s.ehlo()
+code, text = s.mail(sender)
+print("mail", code, text.decode())
+ok = 0
+for r in rcpts.split(","):
+    code, text = s.rcpt(r)
+    print("rcpt", r, code, text.decode())
+    ok += code == 250
+if ok:
+    code, text = s.data(msg.encode())
+    print("data", code, text.decode())
+s.quit()
+"#;
+
+/// What one smtplib transaction got back.
+struct Sent {
+    out: String,
+}
+
+impl Sent {
+    fn rcpt(&self, addr: &str) -> &str {
+        let prefix = format!("rcpt {addr} ");
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no RCPT {addr} in {}", self.out))
+    }
+
+    fn data(&self) -> &str {
+        self.out
+            .lines()
+            .find_map(|l| l.strip_prefix("data "))
+            .unwrap_or_else(|| panic!("no DATA reply in {}", self.out))
+    }
+}
+
+fn send(l: &Local, sender: &str, rcpts: &[&str], msg: &str) -> Sent {
+    let out = python(
+        PY_SEND,
+        &["127.0.0.1", &l.port(), sender, &rcpts.join(","), msg],
+    );
+    Sent { out }
+}
+
+/// The message the tests send: its own header section names no recipient (Bcc privacy is
+/// checked on the copies), a dot-stuffed line on the wire.
+fn message(subject: &str) -> String {
+    format!(
+        "From: Sender <s@far.test>\r\nTo: undisclosed-recipients:;\r\nSubject: {subject}\r\nMessage-ID: <{}@far.test>\r\n\r\nHello.\r\n.a line starting with a dot\r\nlast line\r\n",
+        subject.replace(' ', "-")
+    )
+}
+
+/// Asserts one local copy: the three delivery header lines exactly, then the `Received:` of
+/// this server for a client saying `client.test` on 127.0.0.1, then the message as sent.
+fn check_copy(c: &Copy, sender: &str, delivered_to: &str, original_to: &str, msg: &str) -> String {
+    let want = format!(
+        "Return-Path: <{sender}>\r\nDelivered-To: {delivered_to}\r\nX-Original-To: {original_to}\r\nReceived: "
+    );
+    assert!(
+        c.text().starts_with(&want),
+        "copy does not start {want:?}:\n{}",
+        c.text()
+    );
+    // Python's email parser agrees.
+    assert_eq!(c.return_path, format!("<{sender}>"));
+    assert_eq!(c.delivered_to, [delivered_to]);
+    assert_eq!(c.original_to, [original_to]);
+    let st = c.stored(Path::new("copy"));
+    let id = st
+        .check_received("client.test", "127.0.0.1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&st.body),
+        msg,
+        "the message after the trace header"
+    );
+    id
+}
+
+fn local_log_line(to: &str, orig: &str) -> String {
+    format!("to=<{to}>, orig_to=<{orig}>, relay=local, status=delivered")
+}
+
+/// Test 1: an untrusted client (trusted is 10.0.0.0/8, the client is on 127.0.0.1) sends to a
+/// local user: 250, one file in `mailboxes/alice/new` (mode 0700 directories) with
+/// `Return-Path`, `Delivered-To`, `X-Original-To`, `Received:`, then the message; nothing in
+/// the relay queue; one log line `relay=local, status=delivered`.
+#[test]
+fn untrusted_client_delivers_to_a_local_user() {
+    if !have("python3") {
+        return;
+    }
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let msg = message("to alice");
+    let r = send(&l, "s@far.test", &["alice@example.test"], &msg);
+    assert!(
+        r.rcpt("alice@example.test").starts_with("250 2.1.5"),
+        "{}",
+        r.out
+    );
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    let files = l.new_of("alice");
+    assert_eq!(files.len(), 1, "{files:?}\n{}", l.log());
+    let copies = l.messages("alice");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].raw, std::fs::read(&files[0]).expect("read copy"));
+    let id = check_copy(
+        &copies[0],
+        "s@far.test",
+        "alice@example.test",
+        "alice@example.test",
+        &msg,
+    );
+    // The reply names the id the trace header carries.
+    assert!(r.data().contains(&id), "{} vs id {id}", r.data());
+    use std::os::unix::fs::PermissionsExt;
+    for d in ["", "new", "cur", "tmp"] {
+        let p = l.mailboxes().join("alice").join(d);
+        let mode = std::fs::metadata(&p)
+            .expect("maildir dir")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", p.display());
+    }
+    assert!(list(&l.mailboxes().join("alice/tmp")).is_empty());
+    assert!(l.s.new_files().is_empty(), "queued: {:?}", l.s.new_files());
+    assert!(list(&l.s.maildir.join("tmp")).is_empty());
+    assert!(
+        !l.mailboxes().join("bob").exists(),
+        "bob's Maildir is made on his first mail"
+    );
+    let line = local_log_line("alice@example.test", "alice@example.test");
+    wait_for("the delivery log line", Duration::from_secs(10), || {
+        l.log().matches(&line).count() == 1
+    });
+}
+
+/// Test 2: from an untrusted client, an unknown local user gets `550 5.1.1 <addr>: Recipient
+/// address rejected: User unknown` and a remote recipient `554 5.7.1`; the session goes on and
+/// a later good RCPT (any case) is delivered.
+#[test]
+fn unknown_local_user_550_remote_554_then_a_good_recipient() {
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let mut c = Client::greeted(l.s.addr);
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    let r = c.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!(
+        r.last(),
+        "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown",
+        "{}",
+        c.transcript
+    );
+    let r = c.cmd("RCPT TO:<Nobody+tag@Example.Test>");
+    assert!(r.starts("550 5.1.1 "), "{}", c.transcript);
+    c.expect("RCPT TO:<someone@far.test>", "554 5.7.1");
+    c.expect("RCPT TO:<someone@sub.example.test>", "554 5.7.1");
+    c.expect("DATA", "503 5.5.1");
+    c.expect("RCPT TO:<Bob@example.test>", "250 2.1.5");
+    c.expect("RCPT TO:<postmaster@example.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Subject: two\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
+    c.expect("QUIT", "221");
+    let bob = l.messages("bob");
+    assert_eq!(bob.len(), 1, "{}", l.log());
+    assert_eq!(bob[0].delivered_to, ["bob@example.test"]);
+    assert_eq!(bob[0].original_to, ["Bob@example.test"]);
+    let alice = l.messages("alice");
+    assert_eq!(alice.len(), 1, "postmaster is alice");
+    assert_eq!(alice[0].delivered_to, ["alice@example.test"]);
+    assert_eq!(alice[0].original_to, ["postmaster@example.test"]);
+    assert!(!l.mailboxes().join("nobody").exists());
+    assert!(l.s.new_files().is_empty());
+}
+
+/// Test 3: a trusted client sends one message to two local users, an alias that expands to a
+/// local user and a remote address, and a remote recipient. Each local user has exactly one
+/// copy with its own `Delivered-To` that names no other recipient; the queue file lists
+/// exactly the two remote addresses; smtp-relay delivers them to the sink, and no local
+/// address reaches the sink.
+#[test]
+fn trusted_client_local_alias_and_remote_recipients() {
+    if !have("python3") {
+        return;
+    }
+    let Some(dns) = Dns::start(&["far.test,mx.far.test,10"], &["mx.far.test,127.0.12.2"]) else {
+        return;
+    };
+    let sink = Sink::start(&["127.0.12.2"], &[]);
+    let l = Local::start(&[]); // loopback is trusted by default
+    let msg = message("mixed");
+    let rcpts = [
+        "alice@example.test",
+        "bob@example.test",
+        "sales@example.test",
+        "you@far.test",
+    ];
+    let r = send(&l, "s@far.test", &rcpts, &msg);
+    for a in rcpts {
+        assert!(r.rcpt(a).starts_with("250 2.1.5"), "{}", r.out);
+    }
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+
+    let locals = [
+        ("alice", "alice@example.test", "alice@example.test"),
+        ("bob", "bob@example.test", "bob@example.test"),
+        ("carol", "carol@example.test", "sales@example.test"),
+    ];
+    let mut ids = BTreeSet::new();
+    for (user, to, orig) in locals {
+        let copies = l.messages(user);
+        assert_eq!(copies.len(), 1, "{user}: {}", l.log());
+        ids.insert(check_copy(&copies[0], "s@far.test", to, orig, &msg));
+        // Bcc privacy: a copy names its own recipient only.
+        let text = copies[0].text();
+        for other in rcpts.iter().chain(&["partner@far.test"]) {
+            if *other != orig && *other != to {
+                assert!(
+                    !text.contains(other),
+                    "{user}'s copy names {other}:\n{text}"
+                );
+            }
+        }
+    }
+    assert_eq!(ids.len(), 1, "one message, one id: {ids:?}");
+
+    let queued = stored(&l.s);
+    assert_eq!(queued.len(), 1, "{}", l.log());
+    let q = &queued[0];
+    assert_eq!(q.return_path, "<s@far.test>");
+    let got: BTreeSet<&str> = q.rcpts.iter().map(String::as_str).collect();
+    assert_eq!(
+        got,
+        BTreeSet::from(["<partner@far.test>", "<you@far.test>"])
+    );
+    assert_eq!(String::from_utf8_lossy(&q.body), msg);
+
+    for (_, to, orig) in locals {
+        let line = local_log_line(to, orig);
+        wait_for(&line, Duration::from_secs(10), || l.log().contains(&line));
+    }
+
+    let port = sink.port.to_string();
+    let out = relay(&l.s.maildir, &run_args(&dns, &port));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 delivered"), "{stdout}");
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (_, _, from, to, data) = &msgs[0];
+    assert_eq!(from, "<s@far.test>");
+    let to: BTreeSet<&str> = to.iter().map(String::as_str).collect();
+    assert_eq!(to, BTreeSet::from(["<partner@far.test>", "<you@far.test>"]));
+    assert_eq!(data, &without_envelope(&q.raw));
+    let text = String::from_utf8_lossy(data);
+    for local in [
+        "alice@",
+        "bob@",
+        "carol@",
+        "sales@",
+        "example.test",
+        "Delivered-To",
+    ] {
+        assert!(!text.contains(local), "the sink received {local}:\n{text}");
+    }
+}
+
+/// Test 4: `alice+news@` reaches alice (the tag is stripped for the lookup, kept in
+/// `X-Original-To`), `ALICE@EXAMPLE.TEST` reaches alice; recipients that reach one user in one
+/// message give one copy. With `--recipient-delimiter -`, `alice-news@` reaches alice and
+/// `alice+news@` is unknown.
+#[test]
+fn recipient_delimiter_and_case_reach_the_user() {
+    if !have("python3") {
+        return;
+    }
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let r = send(
+        &l,
+        "s@far.test",
+        &["alice+news@example.test"],
+        &message("tagged"),
+    );
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    let r = send(&l, "s@far.test", &["ALICE@EXAMPLE.TEST"], &message("upper"));
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    let r = send(
+        &l,
+        "s@far.test",
+        &[
+            "alice@example.test",
+            "Alice+x@Example.Test",
+            "team@example.test",
+        ],
+        &message("three ways"),
+    );
+    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    let copies = l.messages("alice");
+    assert_eq!(copies.len(), 3, "{}", l.log());
+    let mut by_subject: HashMap<String, &Copy> = HashMap::new();
+    for c in &copies {
+        assert_eq!(c.delivered_to, ["alice@example.test"], "{}", c.text());
+        let subject = c
+            .text()
+            .lines()
+            .find_map(|x| x.strip_prefix("Subject: ").map(|s| s.trim().to_owned()))
+            .expect("subject");
+        by_subject.insert(subject, c);
+    }
+    let orig = |s: &str| by_subject[s].original_to[0].to_ascii_lowercase();
+    assert_eq!(orig("tagged"), "alice+news@example.test");
+    assert_eq!(orig("upper"), "alice@example.test");
+    assert_eq!(orig("three ways"), "alice@example.test");
+    // team expands to alice and bob: bob got that one message too.
+    let bob = l.messages("bob");
+    assert_eq!(bob.len(), 1);
+    assert_eq!(bob[0].original_to, ["team@example.test"]);
+    assert!(l.s.new_files().is_empty());
+
+    let l = Local::start(&["--trust", "10.0.0.0/8", "--recipient-delimiter", "-"]);
+    let r = send(
+        &l,
+        "s@far.test",
+        &["alice+news@example.test", "alice-news@example.test"],
+        &message("dash"),
+    );
+    assert!(
+        r.rcpt("alice+news@example.test").starts_with("550 5.1.1"),
+        "{}",
+        r.out
+    );
+    assert!(
+        r.rcpt("alice-news@example.test").starts_with("250"),
+        "{}",
+        r.out
+    );
+    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    let copies = l.messages("alice");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].original_to, ["alice-news@example.test"]);
+}
+
+/// Test 5: `--mailbox-quota`: a user at or over quota gets `452 4.2.2` at RCPT, and the other
+/// recipients of the same message still get their copy; a user under quota still receives a
+/// message that takes her over it, and is then refused.
+#[test]
+fn user_over_quota_gets_452_others_still_receive() {
+    if !have("python3") {
+        return;
+    }
+    // bob already holds 6,000 octets (the size is read from the file name, as Dovecot does).
+    let l = Local::start_with(
+        USERS,
+        ALIASES,
+        &["--trust", "10.0.0.0/8", "--mailbox-quota", "5000"],
+        |m| {
+            let cur = m.join("bob/cur");
+            std::fs::create_dir_all(&cur).expect("mkdir");
+            std::fs::create_dir_all(m.join("bob/new")).expect("mkdir");
+            std::fs::create_dir_all(m.join("bob/tmp")).expect("mkdir");
+            std::fs::write(cur.join("1700000000.M1P1.old,S=6000:2,S"), vec![b'x'; 6000])
+                .expect("write");
+        },
+    );
+    let msg = message("quota");
+    let r = send(
+        &l,
+        "s@far.test",
+        &[
+            "alice@example.test",
+            "bob@example.test",
+            "carol@example.test",
+        ],
+        &msg,
+    );
+    assert!(
+        r.rcpt("bob@example.test").starts_with("452 4.2.2"),
+        "{}",
+        r.out
+    );
+    assert!(r.rcpt("alice@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.rcpt("carol@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    assert_eq!(l.messages("alice").len(), 1);
+    assert_eq!(l.messages("carol").len(), 1);
+    assert_eq!(l.messages("bob").len(), 1, "only the old message");
+    assert!(l.new_of("bob").is_empty());
+
+    // alice is under quota: a 6 KB message is taken and puts her over; the next is refused.
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(6000));
+    let r = send(&l, "s@far.test", &["alice@example.test"], &big);
+    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    let r = send(
+        &l,
+        "s@far.test",
+        &["alice@example.test", "carol@example.test"],
+        &msg,
+    );
+    assert!(
+        r.rcpt("alice@example.test").starts_with("452 4.2.2"),
+        "{}",
+        r.out
+    );
+    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    assert_eq!(l.messages("alice").len(), 2);
+    assert_eq!(l.messages("carol").len(), 2);
+}
+
+/// Test 1's loop rule: a message that already carries `Delivered-To: alice@example.test` is
+/// refused for alice with `554 5.4.6` after DATA; nothing is delivered.
+#[test]
+fn delivered_to_loop_is_refused_554_5_4_6() {
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let mut c = Client::greeted(l.s.addr);
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<sales@example.test>", "250 2.1.5");
+    c.expect("RCPT TO:<team@example.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Delivered-To: Alice@Example.Test\r\nSubject: loop\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("554 5.4.6");
+    // The session goes on: without the loop it is delivered.
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<bob@example.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Delivered-To: someone@elsewhere.test\r\nSubject: fine\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
+    assert!(l.messages("alice").is_empty());
+    assert!(
+        l.messages("carol").is_empty(),
+        "nothing of the looping message"
+    );
+    assert_eq!(l.messages("bob").len(), 1);
+    assert!(l.s.new_files().is_empty(), "nothing forwarded either");
+    for u in ["alice", "bob", "carol"] {
+        assert!(
+            list(&l.mailboxes().join(u).join("tmp")).is_empty(),
+            "{u}/tmp"
+        );
+    }
+}
+
+// ---- test 7: SIGKILL under load --------------------------------------------------------
+
+/// Threads of smtplib sessions; message `i` goes to alice, bob, team (alice again, and bob)
+/// and `r{i}@far.test`. Prints `ACK i <reply>` for every 250 after DATA.
+const PY_LOAD: &str = r#"
+import smtplib, sys, threading
+host, port, total, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+lock = threading.Lock()
+nxt = [0]
+
+def body(i):
+    lines = ["Subject: load %d" % i, "Message-ID: <load-%d@far.test>" % i, ""]
+    for k in range(10 + (i * 37) % 150):
+        lines.append("message %d line %d %s" % (i, k, "abcdefghij" * 5))
+        if k % 10 == 3:
+            lines.append(".dot line %d" % k)
+    lines.append("END %d" % i)
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+def take():
+    with lock:
+        i = nxt[0]
+        if i >= total:
+            return None
+        nxt[0] += 1
+        return i
+
+def out(s):
+    with lock:
+        sys.stdout.write(s + "\n")
+        sys.stdout.flush()
+
+def worker():
+    try:
+        s = smtplib.SMTP(host, port, local_hostname="load.test", timeout=30)
+        s.ehlo()
+        while True:
+            i = take()
+            if i is None:
+                break
+            code, resp = s.mail("load%d@far.test" % i)
+            if code != 250:
+                out("NAK %d mail %d" % (i, code)); return
+            for r in ("alice@example.test", "bob@example.test", "team@example.test", "r%d@far.test" % i):
+                code, resp = s.rcpt(r)
+                if code != 250:
+                    out("NAK %d rcpt %d" % (i, code)); return
+            code, resp = s.data(body(i))
+            if code == 250:
+                out("ACK %d %s" % (i, resp.decode()))
+            else:
+                out("NAK %d data %d %s" % (i, code, resp.decode())); return
+        s.quit()
+    except Exception as e:
+        out("ERR %s %s" % (type(e).__name__, e))
+
+ts = [threading.Thread(target=worker) for _ in range(nthreads)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+out("DONE")
+"#;
+
+fn load_body(i: usize) -> Vec<u8> {
+    let mut lines = vec![
+        format!("Subject: load {i}"),
+        format!("Message-ID: <load-{i}@far.test>"),
+        String::new(),
+    ];
+    for k in 0..10 + (i * 37) % 150 {
+        lines.push(format!("message {i} line {k} {}", "abcdefghij".repeat(5)));
+        if k % 10 == 3 {
+            lines.push(format!(".dot line {k}"));
+        }
+    }
+    lines.push(format!("END {i}"));
+    (lines.join("\r\n") + "\r\n").into_bytes()
+}
+
+/// Every file in `files` is complete: its message number, checked against the whole body, and
+/// the queue id of its trace header. Panics on a partial file.
+fn complete_messages(files: &[(PathBuf, Stored)]) -> HashMap<usize, String> {
+    let mut seen = HashMap::new();
+    for (path, st) in files {
+        let subject = st
+            .header("Subject")
+            .unwrap_or_else(|| panic!("{}: no Subject (partial?)", path.display()));
+        let i: usize = subject
+            .strip_prefix("load ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: Subject {subject:?}", path.display()));
+        assert!(
+            st.body == load_body(i),
+            "{}: message {i} is not complete ({} octets, want {})",
+            path.display(),
+            st.body.len(),
+            load_body(i).len()
+        );
+        assert_eq!(st.return_path, format!("<load{i}@far.test>"));
+        let id = st
+            .check_received("load.test", "127.0.0.1")
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            seen.insert(i, id).is_none(),
+            "message {i} twice in one Maildir ({})",
+            path.display()
+        );
+    }
+    seen
+}
+
+/// Test 7: SIGKILL while 8 sessions send messages to two local users (directly and through an
+/// alias) and a remote address: every message that got its 250 is complete in alice's and
+/// bob's Maildirs and in the queue (for the remote address only); no file in any `new/` is
+/// partial.
+#[test]
+fn sigkill_during_local_load_loses_nothing_acknowledged() {
+    if !have("python3") {
+        return;
+    }
+    const TOTAL: usize = 2000;
+    const STOP_AFTER: usize = 150;
+    let l = Local::start(&[]);
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(PY_LOAD)
+        .args(["127.0.0.1", &l.port(), &TOTAL.to_string(), "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3 load");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = Arc::clone(&lines);
+    let reader = std::thread::spawn(move || {
+        for x in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().expect("lock").push(x);
+        }
+    });
+    let acks = || {
+        lines
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|x| x.starts_with("ACK "))
+            .count()
+    };
+    wait_for(
+        &format!("{STOP_AFTER} messages acknowledged"),
+        Duration::from_secs(120),
+        || acks() >= STOP_AFTER,
+    );
+    l.s.signal(libc::SIGKILL);
+    wait_for("the load to end", Duration::from_secs(60), || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    reader.join().expect("reader");
+    let lines = lines.lock().expect("lock").clone();
+    let acked: Vec<(usize, String)> = lines
+        .iter()
+        .filter_map(|x| {
+            let rest = x.strip_prefix("ACK ")?;
+            let (i, reply) = rest.split_once(' ')?;
+            Some((i.parse().ok()?, reply.to_owned()))
+        })
+        .collect();
+    assert!(
+        acked.len() < TOTAL,
+        "the load finished before the kill: proves nothing"
+    );
+
+    let parse_dir = |files: Vec<PathBuf>, copy: bool| -> Vec<(PathBuf, Stored)> {
+        files
+            .into_iter()
+            .map(|p| {
+                let st = if copy {
+                    let raw = std::fs::read(&p).expect("read");
+                    let c = Copy {
+                        raw,
+                        return_path: String::new(),
+                        delivered_to: Vec::new(),
+                        original_to: Vec::new(),
+                    };
+                    c.stored(&p)
+                } else {
+                    parse_stored(&p).unwrap_or_else(|e| panic!("partial queue file: {e}"))
+                };
+                (p, st)
+            })
+            .collect()
+    };
+    let queue = parse_dir(l.s.new_files(), false);
+    for (p, st) in &queue {
+        let i: usize = st
+            .header("Subject")
+            .and_then(|s| s.strip_prefix("load ").and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| panic!("{}: no load Subject", p.display()));
+        assert_eq!(st.rcpts, [format!("<r{i}@far.test>")], "{}", p.display());
+    }
+    let in_queue = complete_messages(&queue);
+    let in_alice = complete_messages(&parse_dir(l.new_of("alice"), true));
+    let in_bob = complete_messages(&parse_dir(l.new_of("bob"), true));
+    for (i, reply) in &acked {
+        for (what, seen) in [("queue", &in_queue), ("alice", &in_alice), ("bob", &in_bob)] {
+            let id = seen.get(i).unwrap_or_else(|| {
+                panic!(
+                    "message {i} got {reply:?} but is not in {what} ({} acknowledged)",
+                    acked.len()
+                )
+            });
+            assert!(
+                reply.contains(id.as_str()),
+                "{what}: {reply:?} names not {id}"
+            );
+        }
+    }
+    // Python's mailbox reads every user Maildir (tmp/ leftovers are not messages).
+    assert_eq!(l.messages("alice").len(), in_alice.len());
+    assert_eq!(l.messages("bob").len(), in_bob.len());
+    eprintln!(
+        "SIGKILL under local load: {} acknowledged; complete: {} queue, {} alice, {} bob",
+        acked.len(),
+        in_queue.len(),
+        in_alice.len(),
+        in_bob.len()
+    );
+}
+
+// ---- test 8: bad files -------------------------------------------------------------------
+
+/// Runs smtpd with the files and expects exit 1 with one line on stderr that contains `want`
+/// (with `FILE` standing for the path of the file concerned).
+fn refuses(users: &str, aliases: &str, file: &str, want: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (u, a, m) = paths(dir.path());
+    std::fs::write(&u, users).expect("write users");
+    std::fs::write(&a, aliases).expect("write aliases");
+    let path = if file == "users" { &u } else { &a };
+    let want = want.replace("FILE", &path.to_string_lossy());
+    let out = Command::new(bin("smtpd"))
+        .arg("--maildir")
+        .arg(dir.path().join("Maildir"))
+        .args(["--listen", "127.0.0.1:0", "--local-domain", "example.test"])
+        .arg("--mailboxes")
+        .arg(&m)
+        .arg("--users")
+        .arg(&u)
+        .arg("--aliases")
+        .arg(&a)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run smtpd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("smtpd: "), "{err}");
+    assert!(err.contains(&want), "{err:?} does not contain {want:?}");
+    assert!(!m.exists(), "nothing created before the files are good");
+}
+
+/// Test 8: a syntax error in the users file and in the aliases file, an alias loop, an alias
+/// naming nobody and a missing postmaster: exit 1, one line naming file and line.
+#[test]
+fn bad_users_or_aliases_files_exit_1_with_file_and_line() {
+    refuses(
+        "alice:*::::\n# two\nBob:*::::\n",
+        "postmaster: alice\n",
+        "users",
+        "FILE:3: user \"Bob\"",
+    );
+    refuses(
+        "alice:*::::\nbob:*:x:::\n",
+        "postmaster: alice\n",
+        "users",
+        "FILE:2:",
+    );
+    refuses(
+        USERS,
+        "postmaster: alice\n\nsales carol\n",
+        "aliases",
+        "FILE:3: expected \"name: target, ...\"",
+    );
+    refuses(
+        USERS,
+        "postmaster: alice\na: b\n# c\nb: carol,\n  a\n",
+        "aliases",
+        "alias loop: ",
+    );
+    refuses(
+        USERS,
+        "postmaster: alice\na: b\n# c\nb: carol,\n  a\n",
+        "aliases",
+        "FILE:",
+    );
+    refuses(
+        USERS,
+        "postmaster: alice\nsales: dave\n",
+        "aliases",
+        "FILE:2: alias \"sales\": target \"dave\"",
+    );
+    refuses(USERS, "sales: carol\n", "aliases", "postmaster");
+    refuses(USERS, "postmaster: |/bin/sh\n", "aliases", "FILE:1:");
+}
+
+/// Test 8, the interface: `--local-domain` without `--mailboxes` or `--users` is an error, and
+/// `--help` lists every flag of the issue.
+#[test]
+fn local_flags_are_in_help_and_checked() {
+    let out = Command::new(bin("smtpd"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--local-domain",
+        "--mailboxes",
+        "--users",
+        "--aliases",
+        "--recipient-delimiter",
+        "--mailbox-quota",
+        "hash-password",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(bin("smtpd"))
+        .arg("--maildir")
+        .arg(dir.path().join("Maildir"))
+        .args(["--listen", "127.0.0.1:0", "--local-domain", "example.test"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run smtpd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("--mailboxes"), "{err}");
+}

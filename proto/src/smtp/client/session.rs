@@ -2531,6 +2531,58 @@ mod tests {
         );
     }
 
+    /// The in-flight window is bounded by bytes as well as by transactions: no further chunk is
+    /// wanted while MAX_INFLIGHT_BYTES are unanswered, and the next message does not start
+    /// until replies bring what is in flight under it; a reply to a chunk that is not the last
+    /// is enough (no round trip per message).
+    #[test]
+    fn bdat_window_bounded_by_bytes() {
+        let now = Instant::now();
+        let mut s = plain(vec![job(&["a@x.test"]), job(&["b@x.test"])])(now);
+        let mut w = Vec::new();
+        let flush = |s: &mut Session, w: &mut Vec<u8>| {
+            let out = s.poll_output().to_vec();
+            w.extend_from_slice(&out);
+            s.output_written(out.len(), now);
+        };
+        s.handle_input(b"220 mx ESMTP\r\n", now);
+        flush(&mut s, &mut w);
+        s.handle_input(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n", now);
+        flush(&mut s, &mut w);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(0)));
+        let chunk = vec![b'x'; 300_000];
+        assert!(4 * chunk.len() as u64 > MAX_INFLIGHT_BYTES);
+        assert!(3 * chunk.len() as u64 + 1000 < MAX_INFLIGHT_BYTES);
+        for _ in 0..4 {
+            assert_eq!(s.wants_body(), Some(0));
+            s.push_chunk(&chunk, false, now);
+            flush(&mut s, &mut w);
+        }
+        assert_eq!(s.wants_body(), None, "1.2 MB unanswered: no further chunk");
+        // MAIL, RCPT and the first chunk answered: 900 kB in flight, room for the last chunk.
+        s.handle_input(b"250 ok\r\n250 ok\r\n250 2.0.0 Ok: 300000 octets\r\n", now);
+        assert_eq!(s.wants_body(), Some(0));
+        s.push_chunk(&chunk, true, now);
+        flush(&mut s, &mut w);
+        // 1.2 MB in flight again: the second message waits, although only one is in flight.
+        assert_eq!(s.poll_action(), None);
+        assert!(!String::from_utf8_lossy(&w).contains("b@x.test"));
+        // The second chunk's reply brings it to 600 kB: the next message goes at once.
+        s.handle_input(b"250 2.0.0 Ok: 300000 octets\r\n", now);
+        assert_eq!(s.poll_action(), Some(Action::SendChunks(1)));
+        flush(&mut s, &mut w);
+        let w = String::from_utf8_lossy(&w);
+        assert!(
+            w.ends_with(&format!(
+                "BDAT 300000 LAST\r\n{}RSET\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<b@x.test>\r\n",
+                "x".repeat(300_000)
+            )),
+            "{}",
+            &w[w.len() - 200..]
+        );
+        assert_eq!(w.matches("BDAT 300000\r\n").count(), 4);
+    }
+
     /// "452 too many recipients" with BDAT: the session has gone on to the next message when
     /// the 452 arrives; the recipients put back get a transaction of their own after it.
     #[test]

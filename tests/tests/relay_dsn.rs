@@ -3,7 +3,9 @@
 //! DSNs the relay generates honour them (NOTIFY, RET, ENVID, ORCPT; RFC 3464 reports), against
 //! dnsmasq and the recording sink (`tests/py/sink.py`, `--dsn` to offer the extension). Queue
 //! files are written here with the DSN lines directly. Each test has its own 127.0.15N.x
-//! addresses.
+//! addresses. The round trip through the real binaries (Python smtplib → smtpd → smtp-relay →
+//! a second smtpd that offers DSN, its queue file holding the same parameters) uses
+//! `--smarthost` on 127.0.0.1.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,8 +15,9 @@ use integration_tests::relay::{
     Dns, Sink, SinkEvent, relay, relay_ok, run_args, sample, state_of, temp_maildir,
     without_envelope,
 };
+use integration_tests::smtp::{self, server_log};
 use integration_tests::{list, python};
-use maildir_core::{Durability, Maildir};
+use maildir_core::{Durability, EnvelopeReader, Maildir, Notify, Ret};
 
 /// Queues a message with a hand-written envelope block (`lines`, CRLF added) in front of
 /// [`sample`]; returns its file name.
@@ -338,4 +341,138 @@ fn delay_warning_once_over_two_runs() {
     let (out, _) = relay_ok(&relay(md2.root(), &run_args(&dns, &port)));
     assert!(out.contains("1 deferred"), "{out}");
     assert!(dsns(&md2, &fresh).is_empty());
+}
+
+/// Everything of a file smtpd wrote up to (not including) its `Received:` header: the
+/// envelope block.
+fn envelope_block(raw: &[u8]) -> &[u8] {
+    let at = raw
+        .windows(12)
+        .position(|w| w == b"\r\nReceived: ")
+        .unwrap_or_else(|| panic!("no Received: in {:?}", String::from_utf8_lossy(raw)));
+    &raw[..at + 2]
+}
+
+/// What follows the first `Received:` header (and its continuation lines).
+fn after_first_received(raw: &[u8]) -> &[u8] {
+    let start = envelope_block(raw).len();
+    let mut at = start;
+    for (k, line) in raw[start..].split_inclusive(|&b| b == b'\n').enumerate() {
+        if k > 0 && !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            break;
+        }
+        at += line.len();
+    }
+    &raw[at..]
+}
+
+const PY_DSN_CLIENT: &str = r#"
+import smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=20)
+s.ehlo()
+print("extn", s.has_extn("dsn"))
+print("mail", s.mail("s@src.test", ["RET=HDRS", "ENVID=QQ+2Bid+20x"])[0])
+print("rcpt", s.rcpt("a@d.test", ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;A+2Bx+40d.test"])[0])
+print("rcpt", s.rcpt("b@d.test")[0])
+print("rcpt", s.rcpt("c@d.test", ["NOTIFY=NEVER"])[0])
+print("rcpt", s.rcpt("e@d.test", ["ORCPT=rfc822;e+40old.test"])[0])
+print("data", s.data(b"From: <s@src.test>\r\nSubject: round trip\r\n\r\nbody\r\n")[0])
+s.quit()
+"#;
+
+/// The DSN round trip through the real binaries: Python smtplib gives smtpd RET/ENVID on MAIL
+/// and NOTIFY/ORCPT on RCPT (one recipient with none); smtp-relay takes the queued message to
+/// a second smtpd that offers DSN; that smtpd's queue file holds the same envelope, parameter
+/// lines and all, and the same message after its own `Received:`. The next hop offers DSN, so
+/// the relay sends no "relayed" notice of its own.
+#[test]
+fn dsn_parameters_round_trip_through_the_relay_to_smtpd() {
+    let first = smtp::start(&[]);
+    let second = smtp::start(&["--no-fsync"]);
+    let out = python(
+        PY_DSN_CLIENT,
+        &["127.0.0.1", &first.addr.port().to_string()],
+    );
+    let logs = || format!("{out}\n{}\n{}", server_log(&first), server_log(&second));
+    let field = |k: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{k} ")).map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(field("extn"), ["True"], "{}", logs());
+    assert_eq!(field("mail"), ["250"], "{}", logs());
+    assert_eq!(field("rcpt"), ["250", "250", "250", "250"], "{}", logs());
+    assert_eq!(field("data"), ["250"], "{}", logs());
+    let queued = first.new_files();
+    assert_eq!(queued.len(), 1, "{}", logs());
+    let original = std::fs::read(&queued[0]).expect("read the queued file");
+    let block = envelope_block(&original);
+    assert_eq!(
+        String::from_utf8_lossy(block),
+        "Return-Path: <s@src.test>\r\n\
+         X-Envelope-Params: RET=HDRS ENVID=QQ+2Bid+20x\r\n\
+         X-Original-To: <a@d.test>\r\n\
+         X-Rcpt-Params: NOTIFY=SUCCESS,DELAY ORCPT=rfc822;A+2Bx+40d.test\r\n\
+         X-Original-To: <b@d.test>\r\n\
+         X-Original-To: <c@d.test>\r\n\
+         X-Rcpt-Params: NOTIFY=NEVER\r\n\
+         X-Original-To: <e@d.test>\r\n\
+         X-Rcpt-Params: ORCPT=rfc822;e+40old.test\r\n",
+        "{}",
+        logs()
+    );
+
+    let md = Maildir::open(&first.maildir).expect("the first smtpd's Maildir");
+    let host = second.addr.to_string();
+    let (out, err) = relay_ok(&relay(
+        &first.maildir,
+        &[
+            "--once",
+            "--smarthost",
+            &host,
+            "--timeout",
+            "30",
+            "--helo",
+            "relay.test",
+        ],
+    ));
+    assert!(
+        out.contains("4 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}\n{}",
+        logs()
+    );
+    // Finished, and no DSN of the relay's own (the next hop offers DSN: success is its job).
+    assert!(list(md.new_dir()).is_empty(), "{:?}", list(md.new_dir()));
+    assert_eq!(list(md.cur_dir()).len(), 1, "{:?}", list(md.cur_dir()));
+
+    let got = second.new_files();
+    assert_eq!(got.len(), 1, "{out}\n{err}\n{}", logs());
+    let arrived = std::fs::read(&got[0]).expect("read the second smtpd's file");
+    assert_eq!(
+        String::from_utf8_lossy(envelope_block(&arrived)),
+        String::from_utf8_lossy(block),
+        "{}",
+        logs()
+    );
+    let (a, _) = EnvelopeReader::open(&original[..]).unwrap_or_else(|e| panic!("{e}"));
+    let (b, _) = EnvelopeReader::open(&arrived[..]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a, b);
+    assert_eq!(b.ret, Some(Ret::Hdrs));
+    assert_eq!(
+        b.envid.as_ref().map(|e| e.decode()),
+        Some(b"QQ+id x".to_vec())
+    );
+    assert_eq!(
+        b.rcpt_params(0).orcpt.as_ref().map(|o| o.address.decode()),
+        Some(b"A+x@d.test".to_vec())
+    );
+    assert_eq!(b.rcpt_params(2).notify, Some(Notify::Never));
+    // The message itself: the first smtpd's trace header and what the client sent.
+    let sent = &original[block.len()..];
+    assert!(sent.starts_with(b"Received: from client.test "));
+    assert_eq!(
+        String::from_utf8_lossy(after_first_received(&arrived)),
+        String::from_utf8_lossy(sent)
+    );
 }

@@ -1,5 +1,6 @@
 //! The envelope stored at the head of each queued message: a `Return-Path:` line, then one
-//! `X-Original-To:` line per recipient in RCPT order (DESIGN.md, "Data formats").
+//! `X-Original-To:` line per recipient in RCPT order (README.md, smtpd, "Durability", shows a
+//! whole queue file).
 //!
 //! The DSN extension (RFC 3461) adds two optional line kinds, written only when the client gave
 //! DSN parameters, values kept exactly as on the wire (xtext stays xtext: the block stays ASCII):

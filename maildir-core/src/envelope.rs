@@ -3,7 +3,8 @@
 //! whole queue file).
 //!
 //! The DSN extension (RFC 3461) adds two optional line kinds, written only when the client gave
-//! DSN parameters, values kept exactly as on the wire (xtext stays xtext: the block stays ASCII):
+//! DSN parameters; ENVID and ORCPT values are kept exactly as on the wire (xtext stays xtext:
+//! the block stays ASCII), RET and NOTIFY are written in upper case:
 //!
 //! ```text
 //! Return-Path: <sender>

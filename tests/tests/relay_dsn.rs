@@ -385,7 +385,7 @@ s.quit()
 /// and NOTIFY/ORCPT on RCPT (one recipient with none); smtp-relay takes the queued message to
 /// a second smtpd that offers DSN; that smtpd's queue file holds the same envelope, parameter
 /// lines and all, and the same message after its own `Received:`. The next hop offers DSN, so
-/// the relay sends no "relayed" notice of its own.
+/// the relay sends no "relayed" notice of its own. The message goes as BDAT.
 #[test]
 fn dsn_parameters_round_trip_through_the_relay_to_smtpd() {
     let first = smtp::start(&[]);
@@ -468,6 +468,12 @@ fn dsn_parameters_round_trip_through_the_relay_to_smtpd() {
         Some(b"A+x@d.test".to_vec())
     );
     assert_eq!(b.rcpt_params(2).notify, Some(Notify::Never));
+    // It went as BDAT (smtpd offers CHUNKING): the parameters travel on that path too.
+    integration_tests::wait_for(
+        "the second smtpd to log the relay's session",
+        Duration::from_secs(10),
+        || server_log(&second).contains(" mail=1 rcpt=4 bdat=1 "),
+    );
     // The message itself: the first smtpd's trace header and what the client sent.
     let sent = &original[block.len()..];
     assert!(sent.starts_with(b"Received: from client.test "));

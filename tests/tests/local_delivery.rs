@@ -550,26 +550,34 @@ fn recipient_delimiter_and_case_reach_the_user() {
     assert_eq!(copies[0].original_to, ["alice-news@example.test"]);
 }
 
-/// Test 5: `--mailbox-quota`: a user at or over quota gets `452 4.2.2` at RCPT, and the other
-/// recipients of the same message still get their copy; a user under quota still receives a
-/// message that takes her over it, and is then refused.
+/// Test 5: `--mailbox-quota 5000` (grace 10 %: a message may take a user under quota to
+/// 5,500 octets, no further). A user at quota gets `452 4.2.2` at RCPT and the other recipients
+/// of the same message still get their copy. A `SIZE=` declared on MAIL that would take a user
+/// past the grace refuses that recipient only, at RCPT; one with room gets the message. Without `SIZE=`, the real size refuses
+/// the whole message (`452 4.2.2 Mailbox full: <alice@...>`) at the end of DATA and of BDAT,
+/// alone or with a recipient who has room: nobody gets it, nothing is queued or left in `tmp/`.
+/// A message within the grace is delivered and puts the user over quota; the next is refused
+/// at RCPT.
 #[test]
 fn user_over_quota_gets_452_others_still_receive() {
     if !have("python3") {
         return;
     }
-    // bob already holds 6,000 octets (the size is read from the file name, as Dovecot does).
+    // bob already holds 6,000 octets, alice 3,000 (the size is read from the file name, as
+    // Dovecot does).
     let l = Local::start_with(
         USERS,
         ALIASES,
         &["--trust", "10.0.0.0/8", "--mailbox-quota", "5000"],
         |m| {
-            let cur = m.join("bob/cur");
-            std::fs::create_dir_all(&cur).expect("mkdir");
-            std::fs::create_dir_all(m.join("bob/new")).expect("mkdir");
-            std::fs::create_dir_all(m.join("bob/tmp")).expect("mkdir");
-            std::fs::write(cur.join("1700000000.M1P1.old,S=6000:2,S"), vec![b'x'; 6000])
-                .expect("write");
+            for (user, size) in [("bob", 6000), ("alice", 3000)] {
+                let cur = m.join(user).join("cur");
+                std::fs::create_dir_all(&cur).expect("mkdir");
+                std::fs::create_dir_all(m.join(user).join("new")).expect("mkdir");
+                std::fs::create_dir_all(m.join(user).join("tmp")).expect("mkdir");
+                let name = format!("1700000000.M1P1.old,S={size}:2,S");
+                std::fs::write(cur.join(name), vec![b'x'; size]).expect("write");
+            }
         },
     );
     let msg = message("quota");
@@ -591,15 +599,75 @@ fn user_over_quota_gets_452_others_still_receive() {
     assert!(r.rcpt("alice@example.test").starts_with("250"), "{}", r.out);
     assert!(r.rcpt("carol@example.test").starts_with("250"), "{}", r.out);
     assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
-    assert_eq!(l.messages("alice").len(), 1);
+    assert_eq!(l.new_of("alice").len(), 1);
     assert_eq!(l.messages("carol").len(), 1);
     assert_eq!(l.messages("bob").len(), 1, "only the old message");
     assert!(l.new_of("bob").is_empty());
 
-    // alice is under quota: a 6 KB message is taken and puts her over; the next is refused.
-    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(6000));
+    // SIZE=2500 on MAIL: alice (about 3,400 octets) cannot take it, carol (about 400) can,
+    // and gets it.
+    let mut c = Client::greeted(l.s.addr);
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<s@far.test> SIZE=2500", "250 2.1.0");
+    c.expect(
+        "RCPT TO:<alice@example.test>",
+        "452 4.2.2 <alice@example.test>: Recipient address rejected: Mailbox full",
+    );
+    c.expect("RCPT TO:<carol@example.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Subject: declared\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
+    assert_eq!(l.new_of("alice").len(), 1);
+    assert_eq!(l.messages("carol").len(), 2);
+
+    // No SIZE=: accepted at RCPT; the end of DATA refuses the whole message for alice's sake,
+    // alone or with carol (who has room), and so does the end of BDAT.
+    let full = "452 4.2.2 Mailbox full: <alice@example.test>";
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(2500));
     let r = send(&l, "s@far.test", &["alice@example.test"], &big);
-    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    assert!(r.rcpt("alice@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.data().starts_with(full), "{}\n{}", r.out, l.log());
+    let r = send(
+        &l,
+        "s@far.test",
+        &["alice@example.test", "carol@example.test"],
+        &big,
+    );
+    assert!(r.rcpt("carol@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.data().starts_with(full), "{}\n{}", r.out, l.log());
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<alice@example.test>", "250 2.1.5");
+    c.expect("RCPT TO:<carol@example.test>", "250 2.1.5");
+    let mut wire = format!("BDAT {} LAST\r\n", big.len()).into_bytes();
+    wire.extend_from_slice(big.as_bytes());
+    c.send(&wire);
+    c.expect_reply(full);
+    // The session goes on.
+    c.expect("NOOP", "250 2.0.0");
+    assert_eq!(l.new_of("alice").len(), 1, "{}", l.log());
+    assert_eq!(l.messages("carol").len(), 2, "{}", l.log());
+    assert!(l.s.new_files().is_empty(), "nothing queued");
+    assert!(list(&l.s.maildir.join("tmp")).is_empty());
+    for u in ["alice", "carol"] {
+        assert!(list(&l.mailboxes().join(u).join("tmp")).is_empty(), "{u}");
+    }
+    let refused = "rejected: mailbox full: a message of 2518 octets would exceed the quota of alice@example.test";
+    wait_for("three refusals logged", Duration::from_secs(10), || {
+        l.log().matches(refused).count() == 3
+    });
+
+    // Within the grace: alice takes a 1,819-octet message that brings her past 5,000 (not
+    // past 5,500 by the count the check uses); then she is over quota and refused at RCPT,
+    // and carol still receives.
+    let fill = format!("Subject: fill\r\n\r\n{}\r\n", "y".repeat(1800));
+    let r = send(&l, "s@far.test", &["alice@example.test"], &fill);
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    let used: u64 = ["new", "cur"]
+        .iter()
+        .flat_map(|d| list(&l.mailboxes().join("alice").join(d)))
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum();
+    assert!(used > 5000, "alice holds {used} octets");
     let r = send(
         &l,
         "s@far.test",
@@ -612,8 +680,8 @@ fn user_over_quota_gets_452_others_still_receive() {
         r.out
     );
     assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
-    assert_eq!(l.messages("alice").len(), 2);
-    assert_eq!(l.messages("carol").len(), 2);
+    assert_eq!(l.new_of("alice").len(), 2);
+    assert_eq!(l.messages("carol").len(), 3);
 }
 
 /// Test 1's loop rule: a message that already carries `Delivered-To: alice@example.test` is

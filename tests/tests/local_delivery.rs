@@ -3,7 +3,8 @@
 //! `--mailbox-quota`. Clients are Python's `smtplib` and the raw-socket client of
 //! `tests/src/smtp.rs`; users' Maildirs are read back with Python's `mailbox.Maildir`; the
 //! forwarded part goes through the real `smtp-relay` to the recording sink (`tests/py/sink.py`).
-//! Test 6 (Dovecot) is in `local_dovecot.rs`.
+//! Test 6 (Dovecot) is in `local_dovecot.rs`. BDAT (CHUNKING) to local users is checked like
+//! DATA, on a raw socket (smtplib cannot send BDAT).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -682,6 +683,59 @@ fn user_over_quota_gets_452_others_still_receive() {
     assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
     assert_eq!(l.new_of("alice").len(), 2);
     assert_eq!(l.messages("carol").len(), 3);
+}
+
+/// BDAT (CHUNKING) delivers to local users exactly as DATA does: a raw socket sends
+/// `BDAT n` and `BDAT n LAST` to alice (with a tag, in capitals) and to the alias `sales`
+/// (carol and a remote address) from an untrusted client; each user's copy has
+/// `Return-Path`, its own `Delivered-To` and `X-Original-To`, the `Received:` header, then the
+/// octets sent (a line starting with a dot kept as is: BDAT is not dot-stuffed), names no
+/// other recipient, and is logged; the queue file lists only the forwarded address.
+#[test]
+fn bdat_message_reaches_local_users_like_data() {
+    if !have("python3") {
+        return;
+    }
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let msg = message("by bdat");
+    let (a, b) = msg.split_at(msg.len() / 2);
+    let mut c = Client::greeted(l.s.addr);
+    let ehlo = c.expect("EHLO client.test", "250");
+    assert!(ehlo.texts().contains(&"CHUNKING"), "{:?}", ehlo.lines);
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<Alice+chunks@Example.Test>", "250 2.1.5");
+    c.expect("RCPT TO:<sales@example.test>", "250 2.1.5");
+    let mut wire = format!("BDAT {}\r\n{a}", a.len()).into_bytes();
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n{b}", b.len()).as_bytes());
+    c.send(&wire);
+    c.expect_reply(&format!("250 2.0.0 Ok: {} octets", a.len()));
+    let done = c.expect_reply("250 2.0.0 Ok: queued as ");
+    let copies = [
+        ("alice", "alice@example.test", "Alice+chunks@Example.Test"),
+        ("carol", "carol@example.test", "sales@example.test"),
+    ];
+    for (user, to, orig) in copies {
+        let got = l.messages(user);
+        assert_eq!(got.len(), 1, "{user}: {}", l.log());
+        let id = check_copy(&got[0], "s@far.test", to, orig, &msg);
+        assert_eq!(done.queue_id().as_deref(), Some(id.as_str()));
+        let text = got[0].text();
+        for other in ["Alice+chunks", "alice@", "sales@", "carol@", "partner@"] {
+            if !orig.starts_with(other) && !to.starts_with(other) {
+                assert!(
+                    !text.contains(other),
+                    "{user}'s copy names {other}:\n{text}"
+                );
+            }
+        }
+        let line = local_log_line(to, orig);
+        wait_for(&line, Duration::from_secs(10), || l.log().contains(&line));
+    }
+    let queued = stored(&l.s);
+    assert_eq!(queued.len(), 1, "{}", l.log());
+    assert_eq!(queued[0].rcpts, ["<partner@far.test>"]);
+    assert_eq!(String::from_utf8_lossy(&queued[0].body), msg);
+    assert!(list(&l.s.maildir.join("tmp")).is_empty());
 }
 
 /// Test 1's loop rule: a message that already carries `Delivered-To: alice@example.test` is

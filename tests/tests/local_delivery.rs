@@ -343,7 +343,8 @@ fn untrusted_client_delivers_to_a_local_user() {
 
 /// Test 2: from an untrusted client, an unknown local user gets `550 5.1.1 <addr>: Recipient
 /// address rejected: User unknown` and a remote recipient `554 5.7.1`; the session goes on and
-/// a later good RCPT (any case) is delivered.
+/// a later good RCPT (any case) is delivered; `postmaster@` and the bare `<Postmaster>` reach
+/// the user the aliases name.
 #[test]
 fn unknown_local_user_550_remote_554_then_a_good_recipient() {
     let l = Local::start(&["--trust", "10.0.0.0/8"]);
@@ -367,15 +368,24 @@ fn unknown_local_user_550_remote_554_then_a_good_recipient() {
     c.expect("DATA", "354");
     c.send(b"Subject: two\r\n\r\nbody\r\n.\r\n");
     c.expect_reply("250 2.0.0");
+    // The bare <postmaster> (RFC 5321 §4.5.1) from the untrusted client: the local domain's.
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<Postmaster>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Subject: bare\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
     c.expect("QUIT", "221");
     let bob = l.messages("bob");
     assert_eq!(bob.len(), 1, "{}", l.log());
     assert_eq!(bob[0].delivered_to, ["bob@example.test"]);
     assert_eq!(bob[0].original_to, ["Bob@example.test"]);
-    let alice = l.messages("alice");
-    assert_eq!(alice.len(), 1, "postmaster is alice");
+    let mut alice = l.messages("alice");
+    assert_eq!(alice.len(), 2, "postmaster is alice");
+    alice.sort_by_key(|c| c.text().contains("Subject: bare"));
     assert_eq!(alice[0].delivered_to, ["alice@example.test"]);
     assert_eq!(alice[0].original_to, ["postmaster@example.test"]);
+    assert_eq!(alice[1].delivered_to, ["alice@example.test"]);
+    assert_eq!(alice[1].original_to, ["postmaster"]);
     assert!(!l.mailboxes().join("nobody").exists());
     assert!(l.s.new_files().is_empty());
 }

@@ -24,8 +24,9 @@
 //! names (smtpd and Dovecot both write it), `stat` for names without it. The count is cached
 //! per user and raised by [`Mailboxes::add_usage`] after each delivery, so checking a quota is
 //! a map look-up; it is recounted when older than [`USAGE_RECOUNT`] so that deletions by a
-//! reader (Dovecot expunges) are seen within that delay. Like Postfix's and Dovecot's, the
-//! quota is soft by one message: a message that fits when checked is delivered whole.
+//! reader (Dovecot expunges) are seen within that delay. The rule applied to the count (under
+//! quota, and at most a grace past it with the message) is smtpd's `quota` module's; this
+//! module only counts.
 //!
 //! This module owns files under the mailboxes root. It does not decide who gets a copy
 //! ([`crate::directory`]) or when the commit runs (the server's group commit).

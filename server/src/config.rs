@@ -160,8 +160,9 @@ pub struct Args {
     /// Separates a tag from the user name: alice+news@ is delivered to alice (empty: no tags).
     #[arg(long, value_name = "CHAR", default_value = "+", value_parser = parse_delimiter)]
     pub recipient_delimiter: Delimiter,
-    /// Most octets a user's Maildir may hold; a user at or over it gets 452 4.2.2 at RCPT
-    /// [default: no quota].
+    /// Most octets a user's Maildir may hold; a message that would take a user past it by more
+    /// than 10 % (or a user already at it) gets 452 4.2.2, at RCPT (by SIZE=) or after the
+    /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
 }

@@ -170,6 +170,15 @@ pub fn log_event(peer: SocketAddr, event: &Event) {
             target: SESSION,
             "{id}: rejected: mail loop: already delivered to {address} (Delivered-To), from={from}, client=[{ip}]"
         ),
+        Event::TxFailed(TxFailure::MailboxFull {
+            id,
+            addresses,
+            size,
+        }) => log::info!(
+            target: SESSION,
+            "{id}: rejected: mailbox full: a message of {size} octets would exceed the quota of {}, client=[{ip}]",
+            addresses.join(", ")
+        ),
         Event::TxFailed(TxFailure::Store { id, error }) => {
             log::warn!(target: SESSION, "{id}: not stored ({error:?}), client=[{ip}]");
         }

@@ -3,7 +3,8 @@
 //! `--mailbox-quota`. Clients are Python's `smtplib` and the raw-socket client of
 //! `tests/src/smtp.rs`; users' Maildirs are read back with Python's `mailbox.Maildir`; the
 //! forwarded part goes through the real `smtp-relay` to the recording sink (`tests/py/sink.py`).
-//! Test 6 (Dovecot) is in `local_dovecot.rs`.
+//! Test 6 (Dovecot) is in `local_dovecot.rs`. BDAT (CHUNKING) to local users is checked like
+//! DATA, on a raw socket (smtplib cannot send BDAT).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
@@ -342,7 +343,8 @@ fn untrusted_client_delivers_to_a_local_user() {
 
 /// Test 2: from an untrusted client, an unknown local user gets `550 5.1.1 <addr>: Recipient
 /// address rejected: User unknown` and a remote recipient `554 5.7.1`; the session goes on and
-/// a later good RCPT (any case) is delivered.
+/// a later good RCPT (any case) is delivered; `postmaster@` and the bare `<Postmaster>` reach
+/// the user the aliases name.
 #[test]
 fn unknown_local_user_550_remote_554_then_a_good_recipient() {
     let l = Local::start(&["--trust", "10.0.0.0/8"]);
@@ -366,15 +368,24 @@ fn unknown_local_user_550_remote_554_then_a_good_recipient() {
     c.expect("DATA", "354");
     c.send(b"Subject: two\r\n\r\nbody\r\n.\r\n");
     c.expect_reply("250 2.0.0");
+    // The bare <postmaster> (RFC 5321 §4.5.1) from the untrusted client: the local domain's.
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<Postmaster>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Subject: bare\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
     c.expect("QUIT", "221");
     let bob = l.messages("bob");
     assert_eq!(bob.len(), 1, "{}", l.log());
     assert_eq!(bob[0].delivered_to, ["bob@example.test"]);
     assert_eq!(bob[0].original_to, ["Bob@example.test"]);
-    let alice = l.messages("alice");
-    assert_eq!(alice.len(), 1, "postmaster is alice");
+    let mut alice = l.messages("alice");
+    assert_eq!(alice.len(), 2, "postmaster is alice");
+    alice.sort_by_key(|c| c.text().contains("Subject: bare"));
     assert_eq!(alice[0].delivered_to, ["alice@example.test"]);
     assert_eq!(alice[0].original_to, ["postmaster@example.test"]);
+    assert_eq!(alice[1].delivered_to, ["alice@example.test"]);
+    assert_eq!(alice[1].original_to, ["postmaster"]);
     assert!(!l.mailboxes().join("nobody").exists());
     assert!(l.s.new_files().is_empty());
 }
@@ -550,26 +561,34 @@ fn recipient_delimiter_and_case_reach_the_user() {
     assert_eq!(copies[0].original_to, ["alice-news@example.test"]);
 }
 
-/// Test 5: `--mailbox-quota`: a user at or over quota gets `452 4.2.2` at RCPT, and the other
-/// recipients of the same message still get their copy; a user under quota still receives a
-/// message that takes her over it, and is then refused.
+/// Test 5: `--mailbox-quota 5000` (grace 10 %: a message may take a user under quota to
+/// 5,500 octets, no further). A user at quota gets `452 4.2.2` at RCPT and the other recipients
+/// of the same message still get their copy. A `SIZE=` declared on MAIL that would take a user
+/// past the grace refuses that recipient only, at RCPT; one with room gets the message. Without `SIZE=`, the real size refuses
+/// the whole message (`452 4.2.2 Mailbox full: <alice@...>`) at the end of DATA and of BDAT,
+/// alone or with a recipient who has room: nobody gets it, nothing is queued or left in `tmp/`.
+/// A message within the grace is delivered and puts the user over quota; the next is refused
+/// at RCPT.
 #[test]
 fn user_over_quota_gets_452_others_still_receive() {
     if !have("python3") {
         return;
     }
-    // bob already holds 6,000 octets (the size is read from the file name, as Dovecot does).
+    // bob already holds 6,000 octets, alice 3,000 (the size is read from the file name, as
+    // Dovecot does).
     let l = Local::start_with(
         USERS,
         ALIASES,
         &["--trust", "10.0.0.0/8", "--mailbox-quota", "5000"],
         |m| {
-            let cur = m.join("bob/cur");
-            std::fs::create_dir_all(&cur).expect("mkdir");
-            std::fs::create_dir_all(m.join("bob/new")).expect("mkdir");
-            std::fs::create_dir_all(m.join("bob/tmp")).expect("mkdir");
-            std::fs::write(cur.join("1700000000.M1P1.old,S=6000:2,S"), vec![b'x'; 6000])
-                .expect("write");
+            for (user, size) in [("bob", 6000), ("alice", 3000)] {
+                let cur = m.join(user).join("cur");
+                std::fs::create_dir_all(&cur).expect("mkdir");
+                std::fs::create_dir_all(m.join(user).join("new")).expect("mkdir");
+                std::fs::create_dir_all(m.join(user).join("tmp")).expect("mkdir");
+                let name = format!("1700000000.M1P1.old,S={size}:2,S");
+                std::fs::write(cur.join(name), vec![b'x'; size]).expect("write");
+            }
         },
     );
     let msg = message("quota");
@@ -591,15 +610,75 @@ fn user_over_quota_gets_452_others_still_receive() {
     assert!(r.rcpt("alice@example.test").starts_with("250"), "{}", r.out);
     assert!(r.rcpt("carol@example.test").starts_with("250"), "{}", r.out);
     assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
-    assert_eq!(l.messages("alice").len(), 1);
+    assert_eq!(l.new_of("alice").len(), 1);
     assert_eq!(l.messages("carol").len(), 1);
     assert_eq!(l.messages("bob").len(), 1, "only the old message");
     assert!(l.new_of("bob").is_empty());
 
-    // alice is under quota: a 6 KB message is taken and puts her over; the next is refused.
-    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(6000));
+    // SIZE=2500 on MAIL: alice (about 3,400 octets) cannot take it, carol (about 400) can,
+    // and gets it.
+    let mut c = Client::greeted(l.s.addr);
+    c.expect("EHLO client.test", "250");
+    c.expect("MAIL FROM:<s@far.test> SIZE=2500", "250 2.1.0");
+    c.expect(
+        "RCPT TO:<alice@example.test>",
+        "452 4.2.2 <alice@example.test>: Recipient address rejected: Mailbox full",
+    );
+    c.expect("RCPT TO:<carol@example.test>", "250 2.1.5");
+    c.expect("DATA", "354");
+    c.send(b"Subject: declared\r\n\r\nbody\r\n.\r\n");
+    c.expect_reply("250 2.0.0");
+    assert_eq!(l.new_of("alice").len(), 1);
+    assert_eq!(l.messages("carol").len(), 2);
+
+    // No SIZE=: accepted at RCPT; the end of DATA refuses the whole message for alice's sake,
+    // alone or with carol (who has room), and so does the end of BDAT.
+    let full = "452 4.2.2 Mailbox full: <alice@example.test>";
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(2500));
     let r = send(&l, "s@far.test", &["alice@example.test"], &big);
-    assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
+    assert!(r.rcpt("alice@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.data().starts_with(full), "{}\n{}", r.out, l.log());
+    let r = send(
+        &l,
+        "s@far.test",
+        &["alice@example.test", "carol@example.test"],
+        &big,
+    );
+    assert!(r.rcpt("carol@example.test").starts_with("250"), "{}", r.out);
+    assert!(r.data().starts_with(full), "{}\n{}", r.out, l.log());
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<alice@example.test>", "250 2.1.5");
+    c.expect("RCPT TO:<carol@example.test>", "250 2.1.5");
+    let mut wire = format!("BDAT {} LAST\r\n", big.len()).into_bytes();
+    wire.extend_from_slice(big.as_bytes());
+    c.send(&wire);
+    c.expect_reply(full);
+    // The session goes on.
+    c.expect("NOOP", "250 2.0.0");
+    assert_eq!(l.new_of("alice").len(), 1, "{}", l.log());
+    assert_eq!(l.messages("carol").len(), 2, "{}", l.log());
+    assert!(l.s.new_files().is_empty(), "nothing queued");
+    assert!(list(&l.s.maildir.join("tmp")).is_empty());
+    for u in ["alice", "carol"] {
+        assert!(list(&l.mailboxes().join(u).join("tmp")).is_empty(), "{u}");
+    }
+    let refused = "rejected: mailbox full: a message of 2518 octets would exceed the quota of alice@example.test";
+    wait_for("three refusals logged", Duration::from_secs(10), || {
+        l.log().matches(refused).count() == 3
+    });
+
+    // Within the grace: alice takes a 1,819-octet message that brings her past 5,000 (not
+    // past 5,500 by the count the check uses); then she is over quota and refused at RCPT,
+    // and carol still receives.
+    let fill = format!("Subject: fill\r\n\r\n{}\r\n", "y".repeat(1800));
+    let r = send(&l, "s@far.test", &["alice@example.test"], &fill);
+    assert!(r.data().starts_with("250 2.0.0"), "{}\n{}", r.out, l.log());
+    let used: u64 = ["new", "cur"]
+        .iter()
+        .flat_map(|d| list(&l.mailboxes().join("alice").join(d)))
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum();
+    assert!(used > 5000, "alice holds {used} octets");
     let r = send(
         &l,
         "s@far.test",
@@ -612,8 +691,61 @@ fn user_over_quota_gets_452_others_still_receive() {
         r.out
     );
     assert!(r.data().starts_with("250 2.0.0"), "{}", r.out);
-    assert_eq!(l.messages("alice").len(), 2);
-    assert_eq!(l.messages("carol").len(), 2);
+    assert_eq!(l.new_of("alice").len(), 2);
+    assert_eq!(l.messages("carol").len(), 3);
+}
+
+/// BDAT (CHUNKING) delivers to local users exactly as DATA does: a raw socket sends
+/// `BDAT n` and `BDAT n LAST` to alice (with a tag, in capitals) and to the alias `sales`
+/// (carol and a remote address) from an untrusted client; each user's copy has
+/// `Return-Path`, its own `Delivered-To` and `X-Original-To`, the `Received:` header, then the
+/// octets sent (a line starting with a dot kept as is: BDAT is not dot-stuffed), names no
+/// other recipient, and is logged; the queue file lists only the forwarded address.
+#[test]
+fn bdat_message_reaches_local_users_like_data() {
+    if !have("python3") {
+        return;
+    }
+    let l = Local::start(&["--trust", "10.0.0.0/8"]);
+    let msg = message("by bdat");
+    let (a, b) = msg.split_at(msg.len() / 2);
+    let mut c = Client::greeted(l.s.addr);
+    let ehlo = c.expect("EHLO client.test", "250");
+    assert!(ehlo.texts().contains(&"CHUNKING"), "{:?}", ehlo.lines);
+    c.expect("MAIL FROM:<s@far.test>", "250 2.1.0");
+    c.expect("RCPT TO:<Alice+chunks@Example.Test>", "250 2.1.5");
+    c.expect("RCPT TO:<sales@example.test>", "250 2.1.5");
+    let mut wire = format!("BDAT {}\r\n{a}", a.len()).into_bytes();
+    wire.extend_from_slice(format!("BDAT {} LAST\r\n{b}", b.len()).as_bytes());
+    c.send(&wire);
+    c.expect_reply(&format!("250 2.0.0 Ok: {} octets", a.len()));
+    let done = c.expect_reply("250 2.0.0 Ok: queued as ");
+    let copies = [
+        ("alice", "alice@example.test", "Alice+chunks@Example.Test"),
+        ("carol", "carol@example.test", "sales@example.test"),
+    ];
+    for (user, to, orig) in copies {
+        let got = l.messages(user);
+        assert_eq!(got.len(), 1, "{user}: {}", l.log());
+        let id = check_copy(&got[0], "s@far.test", to, orig, &msg);
+        assert_eq!(done.queue_id().as_deref(), Some(id.as_str()));
+        let text = got[0].text();
+        for other in ["Alice+chunks", "alice@", "sales@", "carol@", "partner@"] {
+            if !orig.starts_with(other) && !to.starts_with(other) {
+                assert!(
+                    !text.contains(other),
+                    "{user}'s copy names {other}:\n{text}"
+                );
+            }
+        }
+        let line = local_log_line(to, orig);
+        wait_for(&line, Duration::from_secs(10), || l.log().contains(&line));
+    }
+    let queued = stored(&l.s);
+    assert_eq!(queued.len(), 1, "{}", l.log());
+    assert_eq!(queued[0].rcpts, ["<partner@far.test>"]);
+    assert_eq!(String::from_utf8_lossy(&queued[0].body), msg);
+    assert!(list(&l.s.maildir.join("tmp")).is_empty());
 }
 
 /// Test 1's loop rule: a message that already carries `Delivered-To: alice@example.test` is

@@ -1,7 +1,8 @@
 //! Local recipients: the session's view of who is here and who is over quota, apart from any
 //! file. [`LocalPolicy`] holds the checked [`Directory`] (users, aliases, local domains,
 //! delimiter) and a [`QuotaView`] (a memory look-up the server keeps current); the session
-//! asks [`LocalPolicy::decide`] on every RCPT.
+//! asks [`LocalPolicy::decide`] on every RCPT (with the `SIZE=` the client declared on MAIL)
+//! and [`LocalPolicy::over_quota`] at the end of the message (with its real size).
 //!
 //! Reload (SIGHUP, the operator issue) builds a new `LocalPolicy` and hands new sessions an
 //! `Arc` of it; sessions under way keep the one they started with.
@@ -11,13 +12,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use maildir_core::directory::{DeliveryPlan, Directory, LocalDelivery, LocalRecipient, Route};
+use maildir_core::directory::{
+    DeliveryPlan, Directory, LocalCopy, LocalDelivery, LocalRecipient, Route,
+};
 use maildir_core::{ForwardPath, ReversePath};
 
 /// How full the users' Maildirs are, as the server last counted: a look-up, no I/O.
 pub trait QuotaView: Send + Sync + fmt::Debug {
-    /// True when `user` holds its quota or more (`452 4.2.2`).
-    fn over_quota(&self, user: &str) -> bool;
+    /// True when `user` may take a message of `size` octets: it holds less than its quota,
+    /// and the message takes it no further than the quota and its grace. `size` 0 asks "is
+    /// `user` under quota?" (a RCPT without `SIZE=`).
+    fn fits(&self, user: &str, size: u64) -> bool;
 }
 
 /// The local-delivery policy every session of a server shares.
@@ -41,19 +46,21 @@ pub enum Decision {
     Remote,
     /// One of our domains, nobody there: `550 5.1.1`.
     Unknown,
-    /// One of the users it reaches is at or over quota: `452 4.2.2`.
+    /// One of the users it reaches is at or over quota, or would be taken past it by the
+    /// declared size: `452 4.2.2`. (An alias is refused whole: one reply per RCPT.)
     OverQuota,
 }
 
 impl LocalPolicy {
-    /// Routes `to`, then checks the quota of every user it reaches.
-    pub fn decide(&self, to: &ForwardPath) -> Decision {
+    /// Routes `to`, then checks the quota of every user it reaches for a message of `size`
+    /// octets (the `SIZE=` declared on MAIL, 0 without one).
+    pub fn decide(&self, to: &ForwardPath, size: u64) -> Decision {
         match self.directory.resolve(to) {
             Route::Local(r) => {
                 let full = self
                     .quota
                     .as_ref()
-                    .is_some_and(|q| r.users.iter().any(|u| q.over_quota(&u.name)));
+                    .is_some_and(|q| r.users.iter().any(|u| !q.fits(&u.name, size)));
                 if full {
                     Decision::OverQuota
                 } else {
@@ -62,6 +69,19 @@ impl LocalPolicy {
             }
             Route::Remote => Decision::Remote,
             Route::Unknown => Decision::Unknown,
+        }
+    }
+
+    /// The copies of `local` whose user cannot take a message of `size` octets (the end of
+    /// DATA or BDAT: the real size, whatever was declared).
+    pub fn over_quota<'a>(&self, local: &'a LocalDelivery, size: u64) -> Vec<&'a LocalCopy> {
+        match &self.quota {
+            Some(q) => local
+                .copies
+                .iter()
+                .filter(|c| !q.fits(&c.user, size))
+                .collect(),
+            None => Vec::new(),
         }
     }
 }
@@ -102,12 +122,13 @@ mod tests {
     use maildir_core::aliases::Aliases;
     use maildir_core::users::Users;
 
+    /// `self.0` is full; everyone else has room for 1,000 octets.
     #[derive(Debug)]
     struct Full(&'static str);
 
     impl QuotaView for Full {
-        fn over_quota(&self, user: &str) -> bool {
-            user == self.0
+        fn fits(&self, user: &str, size: u64) -> bool {
+            user != self.0 && size <= 1000
         }
     }
 
@@ -130,18 +151,54 @@ mod tests {
     fn local_remote_unknown_and_quota() {
         let p = policy(None);
         assert!(
-            matches!(p.decide(&fp("<Alice+x@Example.Test>")), Decision::Local(r) if r.users[0].name == "alice")
+            matches!(p.decide(&fp("<Alice+x@Example.Test>"), 0), Decision::Local(r) if r.users[0].name == "alice")
         );
-        assert_eq!(p.decide(&fp("<x@far.test>")), Decision::Remote);
-        assert_eq!(p.decide(&fp("<nobody@example.test>")), Decision::Unknown);
-        assert!(matches!(p.decide(&fp("<postmaster>")), Decision::Local(_)));
-        let p = policy(Some(Arc::new(Full("bob"))));
-        assert_eq!(p.decide(&fp("<bob@example.test>")), Decision::OverQuota);
-        assert_eq!(p.decide(&fp("<team@example.test>")), Decision::OverQuota);
+        assert_eq!(p.decide(&fp("<x@far.test>"), 0), Decision::Remote);
+        assert_eq!(p.decide(&fp("<nobody@example.test>"), 0), Decision::Unknown);
         assert!(matches!(
-            p.decide(&fp("<alice@example.test>")),
+            p.decide(&fp("<postmaster>"), 0),
             Decision::Local(_)
         ));
+        let p = policy(Some(Arc::new(Full("bob"))));
+        assert_eq!(p.decide(&fp("<bob@example.test>"), 0), Decision::OverQuota);
+        assert_eq!(p.decide(&fp("<team@example.test>"), 0), Decision::OverQuota);
+        assert!(matches!(
+            p.decide(&fp("<alice@example.test>"), 0),
+            Decision::Local(_)
+        ));
+        // The declared size counts: alice has room for 1,000 octets.
+        assert!(matches!(
+            p.decide(&fp("<alice@example.test>"), 1000),
+            Decision::Local(_)
+        ));
+        assert_eq!(
+            p.decide(&fp("<alice@example.test>"), 1001),
+            Decision::OverQuota
+        );
+        assert_eq!(p.decide(&fp("<x@far.test>"), 5000), Decision::Remote);
+    }
+
+    #[test]
+    fn over_quota_names_the_copies_that_do_not_fit() {
+        let p = policy(Some(Arc::new(Full("bob"))));
+        let locals: Vec<LocalRecipient> = ["<alice@example.test>", "<team@example.test>"]
+            .iter()
+            .map(|a| match p.directory.resolve(&fp(a)) {
+                Route::Local(r) => r,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let sender = ReversePath::Null;
+        let (_, l) = plan(&sender, &locals, &[]);
+        let users = |size| -> Vec<String> {
+            p.over_quota(&l, size)
+                .iter()
+                .map(|c| c.user.clone())
+                .collect()
+        };
+        assert_eq!(users(10), ["bob"]);
+        assert_eq!(users(1001), ["alice", "bob"]);
+        assert!(policy(None).over_quota(&l, u64::MAX).is_empty());
     }
 
     #[test]

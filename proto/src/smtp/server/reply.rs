@@ -276,6 +276,17 @@ pub fn mailbox_full(rcpt: &str) -> Reply {
     )
 }
 
+/// `452 4.2.2 Mailbox full: <addr>, ...` after DATA or BDAT LAST: the message would take
+/// these local users past their quota; nothing is delivered, the client retries later.
+pub fn message_mailbox_full(addresses: &[String]) -> Reply {
+    let list: Vec<String> = addresses.iter().map(|a| format!("<{a}>")).collect();
+    Reply::new(
+        452,
+        Status(4, 2, 2),
+        format!("Mailbox full: {}; try again later", list.join(", ")),
+    )
+}
+
 /// `250 2.0.0 Ok: queued as <id>`.
 pub fn queued(id: &str) -> Reply {
     Reply::new(250, Status(2, 0, 0), format!("Ok: queued as {id}"))

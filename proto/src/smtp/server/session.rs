@@ -208,6 +208,16 @@ pub enum TxFailure {
         /// The envelope sender.
         from: ReversePath,
     },
+    /// A local user's copy would take it past its quota (and grace): the whole message is
+    /// refused with `452 4.2.2`, the client retries later.
+    MailboxFull {
+        /// Queue file id (discarded).
+        id: String,
+        /// The `Delivered-To:` address of each user concerned.
+        addresses: Vec<String>,
+        /// Octets received.
+        size: u64,
+    },
     /// Writing or committing the queue file failed.
     Store {
         /// Queue file id.
@@ -986,7 +996,7 @@ impl Session {
         }
         // Our own domains, from any client: a user or alias, nobody, or a full mailbox.
         if let Some(policy) = &self.config.local {
-            match policy.decide(&to) {
+            match policy.decide(&to, txn.params.size.unwrap_or(0)) {
                 Decision::Local(r) => return Ok((to, Some(r))),
                 Decision::Unknown => {
                     let r = reply::unknown_user(&to.to_string());
@@ -1206,6 +1216,33 @@ impl Session {
                 }));
             self.actions.push_back(Action::Abort);
             self.error(reply::DELIVERED_TO_LOOP);
+            self.deadline = Some(now + self.config.timeout);
+            self.after_transaction();
+            return;
+        }
+        // The real size against each user's quota (SIZE= was checked at RCPT, if declared):
+        // no copy goes past it silently. One reply for the message, so the message waits
+        // (452) when any of its copies does not fit.
+        let full: Vec<String> = match (&self.config.local, &local) {
+            (Some(p), Some(l)) => p
+                .over_quota(l, size)
+                .iter()
+                .map(|c| c.delivered_to.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !full.is_empty() {
+            self.counts.refused += 1;
+            let r = reply::message_mailbox_full(&full);
+            self.events
+                .push_back(Event::TxFailed(TxFailure::MailboxFull {
+                    id,
+                    addresses: full,
+                    size,
+                }));
+            self.actions.push_back(Action::Abort);
+            // Not the client's error: it retries later.
+            self.reply(&r);
             self.deadline = Some(now + self.config.timeout);
             self.after_transaction();
             return;
@@ -2136,12 +2173,13 @@ mod local_tests {
     use maildir_core::directory::{Directory, LocalCopy};
     use maildir_core::users::Users;
 
+    /// `self.0` is full; everyone else has room for 100 octets.
     #[derive(Debug)]
     struct Full(&'static str);
 
     impl QuotaView for Full {
-        fn over_quota(&self, user: &str) -> bool {
-            user == self.0
+        fn fits(&self, user: &str, size: u64) -> bool {
+            user != self.0 && size <= 100
         }
     }
 
@@ -2373,5 +2411,64 @@ mod local_tests {
         assert!(commits[0].0.starts_with(
             b"Return-Path: <s@far.test>\r\nX-Original-To: <partner@far.test>\r\nReceived: "
         ));
+    }
+
+    /// The quota against the size: at RCPT the `SIZE=` declared on MAIL refuses only that
+    /// recipient (452 4.2.2, the others accepted); at the end of DATA or BDAT LAST the real
+    /// size refuses the whole message with 452 4.2.2 naming the users concerned (nothing
+    /// committed, spool aborted) when any copy would not fit, whether or not every recipient
+    /// is concerned; a message that fits is committed. The same for any split.
+    #[test]
+    fn quota_against_declared_and_real_size_any_split() {
+        let big = "x".repeat(120);
+        let input = format!(
+            "EHLO c\r\n\
+             MAIL FROM:<s@far.test> SIZE=101\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<y@far.test>\r\nRCPT TO:<carol@example.test>\r\nRSET\r\n\
+             MAIL FROM:<s@far.test> SIZE=100\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n{big}\r\n.\r\n\
+             MAIL FROM:<s@far.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<y@far.test>\r\nBDAT 122 LAST\r\n{big}\r\n\
+             MAIL FROM:<s@far.test>\r\nRCPT TO:<Team@example.test>\r\nDATA\r\nsmall\r\n.\r\n"
+        );
+        let mut whole = None;
+        for step in [input.len(), 1, 7] {
+            let mut s = session(true, "");
+            let got = drive(&mut s, input.as_bytes(), step);
+            let (replies, commits) = &got;
+            let lines: Vec<&str> = replies
+                .lines()
+                .skip_while(|l| !l.starts_with("250 "))
+                .skip(1)
+                .collect();
+            let want = [
+                "250 2.1.0",
+                "452 4.2.2 <alice@example.test>: Recipient address rejected: Mailbox full",
+                "250 2.1.5",
+                "452 4.2.2 <carol@example.test>",
+                "250 2.0.0",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354 ",
+                "452 4.2.2 Mailbox full: <alice@example.test>; try again later",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.1.5",
+                "452 4.2.2 Mailbox full: <alice@example.test>",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354 ",
+                "250 2.0.0 Ok: queued as ID1",
+            ];
+            assert_eq!(lines.len(), want.len(), "{replies}");
+            for (l, w) in lines.iter().zip(want) {
+                assert!(l.starts_with(w), "{l:?} is not {w:?}:\n{replies}");
+            }
+            assert_eq!(commits.len(), 1, "only the small message: {replies}");
+            let local = commits[0].1.as_ref().expect("local");
+            assert_eq!(local.copies.len(), 2, "team: alice and bob");
+            assert_eq!(s.counts().refused, 2);
+            match &whole {
+                None => whole = Some(got),
+                Some(w) => assert_eq!(&got, w, "step {step}"),
+            }
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! Owns: the byte transformation only, chunk by chunk, so a body of any size streams through a
 //! small buffer. Must not: read files, touch sockets, or hold the message whole.
 
+use crate::smtp::line_ends::Crlf;
+
 /// Longest line sent, excluding CRLF (RFC 5321 §4.5.3.1.6: 1000 including CRLF).
 pub const MAX_LINE: usize = 998;
 
@@ -109,61 +111,23 @@ impl BodyEncoder {
     }
 }
 
-/// Streaming encoder from stored message bytes to BDAT chunk data: CRLF line ends only.
+/// Streaming encoder from stored message bytes to BDAT chunk data: the line ends of [`Crlf`]
+/// only.
 #[derive(Debug, Default, Clone)]
 pub struct ChunkEncoder {
-    /// A CR was seen and its LF (if any) has not arrived yet.
-    pending_cr: bool,
-    /// Octets were sent on the current line (a final CRLF is then due).
-    line_open: bool,
+    crlf: Crlf,
 }
 
 impl ChunkEncoder {
     /// Encodes one piece of the stored message, appending to `out`.
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + 8);
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
-            if self.pending_cr {
-                self.pending_cr = false;
-                out.extend_from_slice(b"\r\n");
-                if b == b'\n' {
-                    i += 1;
-                    continue;
-                }
-            }
-            match b {
-                b'\r' => {
-                    self.pending_cr = true;
-                    self.line_open = false;
-                    i += 1;
-                }
-                b'\n' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.line_open = false;
-                    i += 1;
-                }
-                _ => {
-                    let end = input[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .map_or(input.len(), |p| i + p);
-                    out.extend_from_slice(&input[i..end]);
-                    self.line_open = true;
-                    i = end;
-                }
-            }
-        }
+        self.crlf.feed(input, |b| out.extend_from_slice(b));
     }
 
     /// Ends the message: the CRLF of a last line that lacked one.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.pending_cr || self.line_open {
-            out.extend_from_slice(b"\r\n");
-        }
-        self.pending_cr = false;
-        self.line_open = false;
+        self.crlf.finish(|b| out.extend_from_slice(b));
     }
 }
 

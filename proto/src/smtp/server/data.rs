@@ -16,6 +16,8 @@
 //! It also owns [`HopCounter`], which counts the `Received:` fields of the header section in
 //! the decoded content as it streams (loop detection, RFC 5321 §6.3), without holding it.
 
+use crate::smtp::line_ends::Crlf;
+
 /// Where the decoder is within the current line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -186,14 +188,11 @@ enum Step {
     End,
 }
 
-/// Streaming line-end normaliser for BDAT chunk data, with the same size accounting as
-/// [`DataDecoder`]: content past `limit` is counted but not emitted.
+/// BDAT chunk data: the line ends of [`Crlf`], with the same size accounting as
+/// [`DataDecoder`] (content past `limit` is counted but not emitted).
 #[derive(Debug, Clone)]
 pub struct ChunkDecoder {
-    /// The last octet fed was a CR whose line end is not yet written.
-    cr: bool,
-    /// The last octet emitted ended a line (or nothing was emitted yet).
-    at_line_start: bool,
+    crlf: Crlf,
     size: u64,
     limit: u64,
 }
@@ -202,8 +201,7 @@ impl ChunkDecoder {
     /// A decoder at the start of a message that stops storing after `limit` octets.
     pub fn new(limit: u64) -> ChunkDecoder {
         ChunkDecoder {
-            cr: false,
-            at_line_start: true,
+            crlf: Crlf::default(),
             size: 0,
             limit,
         }
@@ -221,47 +219,23 @@ impl ChunkDecoder {
 
     /// Normalises all of `input` (chunk data), appending content to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        let mut i = 0;
-        while i < input.len() {
-            if self.cr {
-                // CR LF, or a bare CR: either way one line end.
-                self.cr = false;
-                self.emit(b"\r\n", out);
-                if input[i] == b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
-            if run > 0 {
-                self.emit(&input[i..i + run], out);
-                i += run;
-                continue;
-            }
-            if input[i] == b'\r' {
-                self.cr = true;
-            } else {
-                self.emit(b"\r\n", out);
-            }
-            i += 1;
-        }
+        let ChunkDecoder { crlf, size, limit } = self;
+        crlf.feed(input, |b| keep(b, size, *limit, out));
     }
 
     /// The end of the message (after `BDAT ... LAST`): a pending CR, or a last line without a
     /// line end, gets CR LF.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.cr || !self.at_line_start {
-            self.cr = false;
-            self.emit(b"\r\n", out);
-        }
+        let ChunkDecoder { crlf, size, limit } = self;
+        crlf.finish(|b| keep(b, size, *limit, out));
     }
+}
 
-    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        self.size += bytes.len() as u64;
-        self.at_line_start = bytes.ends_with(b"\r\n");
-        if self.size <= self.limit {
-            out.extend_from_slice(bytes);
-        }
+/// Counts `bytes` into `size` and keeps them while the size is within `limit`.
+fn keep(bytes: &[u8], size: &mut u64, limit: u64, out: &mut Vec<u8>) {
+    *size += bytes.len() as u64;
+    if *size <= limit {
+        out.extend_from_slice(bytes);
     }
 }
 

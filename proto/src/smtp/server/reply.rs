@@ -203,7 +203,8 @@ pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool) 
     write_multiline(out, 250, &lines);
 }
 
-/// A message that already carries `Delivered-To:` for one of its local recipients: a loop.
+/// `554 5.4.6 Error: mail loop: message already delivered to a recipient (Delivered-To)`: the
+/// message already carries `Delivered-To:` for one of its local recipients, a loop.
 pub const DELIVERED_TO_LOOP: Reply = Reply::fixed(
     554,
     Status(5, 4, 6),

@@ -2,10 +2,13 @@
 //!
 //! Layout:
 //! - [`smtp::server`]: what smtpd speaks: [`smtp::server::command`] (command-line parser),
-//!   [`smtp::server::reply`] (the reply catalogue), [`smtp::server::data`] (DATA decoding),
+//!   [`smtp::server::reply`] (the reply catalogue), [`smtp::server::data`] (DATA and BDAT
+//!   decoding), [`smtp::server::policy`] (local recipients: directory and quota look-ups),
 //!   [`smtp::server::session`] (the server state machine).
 //! - [`smtp::client`]: what smtp-relay speaks: [`smtp::client::reply`] (reply parser),
-//!   [`smtp::client::body`] (DATA encoding), [`smtp::client::session`] (the client state machine).
+//!   [`smtp::client::body`] (DATA and BDAT encoding), [`smtp::client::session`] (the client
+//!   state machine).
+//! - [`smtp::line_ends`]: the CR LF normaliser both sides use for BDAT.
 //!
 //! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
 //! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,

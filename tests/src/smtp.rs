@@ -673,10 +673,11 @@ pub fn refused_start(args: &[&str], limit: Duration) -> (std::process::ExitStatu
     )
 }
 
-/// [`refused_start`] within 5 s, non-zero, with exactly one line on stderr, which is returned.
+/// [`refused_start`] within 5 s, exit status 1, with exactly one line on stderr, which is
+/// returned.
 pub fn startup_failure(args: &[&str]) -> String {
     let (status, err) = refused_start(args, Duration::from_secs(5));
-    assert!(!status.success(), "smtpd {args:?} exited 0; stderr: {err}");
+    assert_eq!(status.code(), Some(1), "smtpd {args:?}; stderr: {err}");
     assert_eq!(
         err.trim_end().lines().count(),
         1,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use integration_tests::relay::{Dns, Sink, relay, run_args, without_envelope};
-use integration_tests::smtp::{Client, Stored, parse_stored, server_log, start, stored};
+use integration_tests::smtp::{self, Client, Stored, parse_stored, server_log, start, stored};
 use integration_tests::{Smtpd, bin, have, list, python, wait_for};
 
 const USERS: &str = "# users of example.test\nalice:*::::\nbob:*::::\ncarol:::::\n";
@@ -1022,22 +1022,20 @@ fn refuses(users: &str, aliases: &str, file: &str, want: &str) {
     std::fs::write(&a, aliases).expect("write aliases");
     let path = if file == "users" { &u } else { &a };
     let want = want.replace("FILE", &path.to_string_lossy());
-    let out = Command::new(bin("smtpd"))
-        .arg("--maildir")
-        .arg(dir.path().join("Maildir"))
-        .args(["--listen", "127.0.0.1:0", "--local-domain", "example.test"])
-        .arg("--mailboxes")
-        .arg(&m)
-        .arg("--users")
-        .arg(&u)
-        .arg("--aliases")
-        .arg(&a)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run smtpd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let err = smtp::startup_failure(&[
+        "--maildir",
+        &dir.path().join("Maildir").to_string_lossy(),
+        "--listen",
+        "127.0.0.1:0",
+        "--local-domain",
+        "example.test",
+        "--mailboxes",
+        &m.to_string_lossy(),
+        "--users",
+        &u.to_string_lossy(),
+        "--aliases",
+        &a.to_string_lossy(),
+    ]);
     assert!(err.starts_with("smtpd: "), "{err}");
     assert!(err.contains(&want), "{err:?} does not contain {want:?}");
     assert!(!m.exists(), "nothing created before the files are good");

@@ -23,7 +23,7 @@ use proto::smtp::server::session::StoreError;
 
 use crate::store::store_error;
 
-/// Most messages made durable in one flush.
+/// Most messages made durable in one flush, by default (`Config::max_batch`).
 pub const MAX_BATCH: usize = 512;
 
 /// Whose a job is: the connection, and the local copies it writes (for the log and the usage
@@ -58,16 +58,18 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the threads (`sync_threads` flushing in parallel, at least one). Results arrive
+    /// Starts the threads (`sync_threads` flushing in parallel, at least one; at most
+    /// `max_batch` messages per batch). Results arrive
     /// on `done`, and `waker` is woken after each batch. `mailboxes` counts what local copies
     /// add to their users' usage.
     pub fn spawn(
         sync_threads: usize,
+        max_batch: usize,
         mailboxes: Option<Arc<Mailboxes>>,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Committer> {
-        let inner = GroupCommit::spawn(sync_threads, MAX_BATCH, move |results| {
+        let inner = GroupCommit::spawn(sync_threads, max_batch, move |results| {
             report(results, mailboxes.as_deref(), &done, &waker)
         })?;
         Ok(Committer { inner })

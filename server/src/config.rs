@@ -251,6 +251,7 @@ impl Args {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
             tls,
             sync_threads: maildir_core::commit::SYNC_THREADS,
+            max_batch: crate::commit::MAX_BATCH,
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
@@ -309,6 +310,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Threads flushing queue files in parallel in the group commit.
     pub sync_threads: usize,
+    /// Most messages the group commit makes durable in one batch (one fsync per `new/`).
+    pub max_batch: usize,
     /// Threads running TLS handshakes (one per core, at most 4).
     pub handshake_threads: usize,
     /// Unprocessed input kept per connection before reading stops.
@@ -336,6 +339,7 @@ impl Config {
             ("max_errors", s.max_errors as usize),
             ("output_limit", s.output_limit),
             ("sync_threads", self.sync_threads),
+            ("max_batch", self.max_batch),
             ("handshake_threads", self.handshake_threads),
             ("inbuf_max", self.inbuf_max),
         ] {
@@ -386,6 +390,7 @@ impl Config {
             shutdown_timeout: self.shutdown_timeout,
             tls,
             sync_threads: self.sync_threads,
+            max_batch: self.max_batch,
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
@@ -506,6 +511,7 @@ mod tests {
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(c.sync_threads, 16);
+        assert_eq!(c.max_batch, 512);
         assert!((1..=4).contains(&c.handshake_threads));
         assert_eq!(c.inbuf_max, 64 * 1024);
         assert_eq!(c.linger, Duration::from_secs(5));
@@ -551,6 +557,9 @@ mod tests {
         let mut c = good.clone();
         c.sync_threads = 0;
         assert!(c.check().unwrap_err().contains("sync_threads"));
+        let mut c = good.clone();
+        c.max_batch = 0;
+        assert!(c.check().unwrap_err().contains("max_batch"));
         let mut c = good.clone();
         c.session.output_limit = 0;
         assert!(c.check().is_err());

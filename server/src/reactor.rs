@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Threads flushing queue files in parallel in the group commit.
     pub sync_threads: usize,
+    /// Most messages the group commit makes durable in one batch.
+    pub max_batch: usize,
     /// Threads running TLS handshakes.
     pub handshake_threads: usize,
     /// Unprocessed input kept per connection before reading stops (pipelined commands).
@@ -168,6 +170,7 @@ impl Server {
             config.mailboxes.clone(),
             config.durability,
             config.sync_threads,
+            config.max_batch,
             done_tx,
             waker.clone(),
         )?;

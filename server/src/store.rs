@@ -89,18 +89,21 @@ pub struct Store {
 impl Store {
     /// Opens the store: the queue Maildir and, for local delivery, the users' Maildirs. With
     /// [`Durability::Fsync`] the group-commit threads start (`sync_threads` flushing in
-    /// parallel); their results arrive on `done`, and `waker` is woken after each batch.
+    /// parallel, at most `max_batch` messages per batch); their results arrive on `done`, and
+    /// `waker` is woken after each batch.
     pub fn new(
         maildir: Maildir,
         mailboxes: Option<Arc<Mailboxes>>,
         durability: Durability,
         sync_threads: usize,
+        max_batch: usize,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Store> {
         let committer = match durability {
             Durability::Fsync => Some(Committer::spawn(
                 sync_threads,
+                max_batch,
                 mailboxes.clone(),
                 done,
                 waker,
@@ -318,6 +321,7 @@ pub fn io_store_error(e: &std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::MAX_BATCH;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -350,7 +354,7 @@ mod tests {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let store = Store::new(md, None, durability, 2, tx, waker).expect("store");
+        let store = Store::new(md, None, durability, 2, MAX_BATCH, tx, waker).expect("store");
         (store, rx)
     }
 

@@ -19,8 +19,8 @@
 //! send it, what a refusal means under the policy, discarding anything the server sent after
 //! `220` before the handshake, and the reset afterwards (a new EHLO whose extensions replace the
 //! old ones). The handshake itself is the driver's.
-//! Inputs: server bytes (`handle_input`), body bytes (`push_body` / `end_body`),
-//! `handle_tls_started`, `now`.
+//! Inputs: server bytes (`handle_input`), message bytes (`push_body` / `end_body` for DATA,
+//! `push_chunk` for BDAT), `handle_tls_started`, `handle_timeout`, `handle_eof`, `now`.
 //!
 //! CHUNKING (RFC 3030): when the server offers CHUNKING and PIPELINING (and the driver did not
 //! turn it off, `with_chunking(false)`), a transaction is MAIL + RCPTs + the message as BDAT

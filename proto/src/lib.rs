@@ -13,9 +13,10 @@
 //! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
 //! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,
 //! envelope, date format) and memchr (byte search) only, so the machines cannot import mio,
-//! rustls, the log or the binaries' code; `std::fs`, `std::net` sockets, the console, threads
-//! and `Instant::now()`/`SystemTime::now()` are refused by clippy (`proto/clippy.toml`, run with
-//! `-D warnings` in CI; only tests may read the clock). Time comes in as a `now` argument.
+//! rustls, the log or the binaries' code; `std::fs`, `std::net` and Unix sockets, processes,
+//! environment variables, the console, threads and `Instant::now()`/`SystemTime::now()` are
+//! refused by clippy (`proto/clippy.toml`, run with `-D warnings` in CI; only tests may read
+//! the clock). Time comes in as a `now` argument.
 
 //! # One vocabulary for every session
 //!

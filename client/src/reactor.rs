@@ -561,6 +561,14 @@ impl<'a> Reactor<'a> {
                 }
                 if !pumped {
                     handle_actions(c, &mut ctx);
+                    // Everything was written and the socket still has room. Readiness is
+                    // edge-triggered, so no writable event will resume a body that paused on
+                    // a full output buffer, or output the actions just made: go on now.
+                    let more = !c.session.poll_output().is_empty()
+                        || (c.body.is_some() && c.session.wants_body().is_some());
+                    if more && c.closed.is_open() {
+                        continue;
+                    }
                     break;
                 }
             }

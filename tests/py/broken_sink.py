@@ -18,6 +18,8 @@ Modes:
   421-greeting        "421 4.3.2 ..." as the greeting, then closes
   421-after-mail      normal until MAIL FROM, answered with 421, then closes
   451-mid-data        after 354, answers the first chunk of data with 451 and closes
+  bursty-data         a correct sink that reads message data in bursts: pauses 0.2 s (the
+                      client's writes block), then takes everything queued in one recv
   stall-mid-data      after 354, stops reading (the client's writes fill the socket buffers)
   close-after-first   accepts the first message (250 after the dot), then closes at once
   421-after-first     accepts the first message, answers the next MAIL FROM with 421 and closes
@@ -60,8 +62,8 @@ def main():
                 why = f"error {e}"
             log("close", conn, why)
 
-        def recv(self, s, conn):
-            chunk = s.recv(65536)
+        def recv(self, s, conn, size=65536):
+            chunk = s.recv(size)
             if chunk:
                 log("read", conn, base64.b64encode(chunk).decode())
             return chunk
@@ -94,7 +96,11 @@ def main():
             in_data = False
             accepted = 0
             while True:
-                chunk = self.recv(s, conn)
+                if in_data and mode == "bursty-data":
+                    time.sleep(0.2)
+                    chunk = self.recv(s, conn, 64 << 20)
+                else:
+                    chunk = self.recv(s, conn)
                 if not chunk:
                     return "client closed"
                 if in_data and mode == "close-mid-data":

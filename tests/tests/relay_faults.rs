@@ -554,6 +554,26 @@ fn broken_host_does_not_affect_others() {
     }
 }
 
+/// A server that reads message data in bursts (pauses until the relay's writes block, then
+/// takes everything queued at once): when the socket drains completely while the relay holds a
+/// full output buffer, the relay must go on writing the body at once. Readiness is
+/// edge-triggered: a relay that stopped there (the body waiting for a writable event that
+/// never comes) timed out mid-message, a stall seen once in CI.
+#[test]
+fn bursty_reader_gets_the_whole_message() {
+    let ip = "127.0.22.12";
+    let sink = BrokenSink::start(&[ip], "bursty-data");
+    let (_d, md) = temp_maildir();
+    let _q = queue_two(&md, 16 << 20);
+    let host = format!("{ip}:{}", sink.port);
+    let (out, err) = ok(&relay(md.root(), &relay_args(&host, "10")));
+    assert!(
+        out.contains("3 delivered, 0 deferred, 0 bounced"),
+        "{out}\n{err}"
+    );
+    assert!(list(md.new_dir()).is_empty());
+}
+
 /// The server stops reading in the middle of an 8 MiB message: the relay's writes block, and
 /// `--timeout` must still end the attempt (RFC 5321 §4.5.3.2.5, data block timeout).
 #[test]

@@ -8,6 +8,8 @@ set -euo pipefail
 N=${1:-5000}
 RUNS=${2:-3}
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh # free_port, queue_messages
 cargo build -q --release -p smtp-relay -p smtpd
 RELAY=target/release/smtp-relay
 for t in dnsmasq python3 openssl; do command -v $t >/dev/null || { echo "need $t (scripts/install-peers.sh)"; exit 1; }; done
@@ -18,7 +20,6 @@ trap cleanup EXIT
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=mx.test \
   -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 DNSPORT=$(free_port); PORT=$(free_port)
 MX=(--mx-host=one.test,mx.one.test,10 --host-record=mx.one.test,127.0.9.1)
 LISTEN=()
@@ -32,29 +33,12 @@ RUST_LOG=warn target/release/smtpd --maildir "$WORK/sink/Maildir" "${LISTEN[@]}"
   --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" & PIDS+=($!)
 sleep 0.5 # tools start; not synchronisation of results
 
-queue() { # DIR MODE(one|ten)
-  python3 - "$1" "$2" "$N" <<'PY'
-import os, sys
-root, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-for d in ("tmp", "new", "cur"): os.makedirs(os.path.join(root, d), exist_ok=True)
-line = b"x" * 70 + b"\r\n"
-for i in range(n):
-    dom = "one.test" if mode == "one" else "d%d.test" % (i % 10 + 1)
-    head = (f"Return-Path: <bench@src.test>\r\nX-Original-To: <u{i}@{dom}>\r\n"
-            f"Received: from bench by relay.test with ESMTP id B{i}; Tue, 24 Nov 2026 04:07:30 +0000\r\n"
-            f"From: <bench@src.test>\r\nTo: <u{i}@{dom}>\r\nSubject: bench {i}\r\n\r\n").encode()
-    body = line * ((4096 - len(head)) // len(line))
-    name = f"1795490000.M{i:06d}P1Q{i}.bench"
-    with open(os.path.join(root, "tmp", name), "wb") as f: f.write(head + body)
-    os.rename(os.path.join(root, "tmp", name), os.path.join(root, "new", name))
-PY
-}
 
 for mode in one ten; do
   for tls in none may; do
     for r in $(seq 1 "$RUNS"); do
       MD="$WORK/$mode-$tls-$r/Maildir"   # a fresh directory each run (PEERS.md: ext4 after deletes)
-      queue "$MD" "$mode"
+      queue_messages "$MD" "$N" "$mode"
       sync
       OUT=$(RUST_LOG=warn "$RELAY" --maildir "$MD" --once --dns 127.0.0.1:"$DNSPORT" --port "$PORT" \
             --helo relay.test --tls "$tls")

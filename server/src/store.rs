@@ -291,27 +291,24 @@ fn prepare_local(
 /// Logs a local delivery failure and classifies it for the reply.
 fn local_error(id: &str, e: &LocalError) -> StoreError {
     log::error!("{id}: local delivery failed: {e}");
-    if e.is_storage_full() {
-        StoreError::Full
-    } else {
-        StoreError::Failed
-    }
+    full_or_failed(e.is_storage_full())
 }
 
 /// Classifies a Maildir failure for the reply: full disk or quota is `452 4.3.1`, anything
 /// else `451 4.3.0`.
 pub fn store_error(e: &MaildirError) -> StoreError {
-    if e.is_storage_full() {
-        StoreError::Full
-    } else {
-        StoreError::Failed
-    }
+    full_or_failed(e.is_storage_full())
 }
 
 /// The store error for a failed write to a queue file: out of space or over quota is
 /// temporary and answered `452 4.3.1`, anything else `451 4.3.0`.
 pub fn io_store_error(e: &std::io::Error) -> StoreError {
-    if maildir_core::maildir::storage_full(e) {
+    full_or_failed(maildir_core::maildir::storage_full(e))
+}
+
+/// Out of space or over quota is [`StoreError::Full`], anything else [`StoreError::Failed`].
+fn full_or_failed(full: bool) -> StoreError {
+    if full {
         StoreError::Full
     } else {
         StoreError::Failed

@@ -1,16 +1,19 @@
 //! A raw-socket SMTP client for the smtpd tests, the parser of what smtpd stores in `new/`, and
-//! a starter that keeps the server's log in a file beside its Maildir, and the check that smtpd
-//! refuses to start with one line on stderr.
+//! a starter that keeps the server's log in a file beside its Maildir, the check that smtpd
+//! refuses to start with one line on stderr, and a Python smtplib load (`tests/py/smtp_load.py`)
+//! for the kill-under-load tests.
 //!
 //! The client records a transcript (`C:` sent, `S:` received) and every failed expectation
 //! panics with it, so a failing test shows the whole dialogue.
 
 use crate::{Smtpd, bin, wait_for};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a reply may take before a test gives up, unless told otherwise.
@@ -697,4 +700,73 @@ pub fn only_one(s: &Smtpd) -> Stored {
         server_log(s)
     );
     all.into_iter().next().expect("one")
+}
+
+/// A running Python smtplib load (`tests/py/smtp_load.py`); its output lines (`ACK i reply`,
+/// `NAK ...`, `ERR ...`, `DONE`) are collected as they come. Killed when dropped.
+pub struct Load {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `threads` sessions to 127.0.0.1:`port` send `total` messages between them, message `i`
+    /// from `load<i>@<domain>` to every one of `rcpts` (`%d` in one becomes `i`).
+    pub fn start(port: &str, total: usize, threads: usize, domain: &str, rcpts: &[&str]) -> Load {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/smtp_load.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([
+                "127.0.0.1",
+                port,
+                &total.to_string(),
+                &threads.to_string(),
+                domain,
+            ])
+            .args(rcpts)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 load");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(l);
+            }
+        });
+        Load {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Messages acknowledged so far.
+    pub fn acks(&self) -> usize {
+        let l = self.lines.lock().expect("lock");
+        l.iter().filter(|l| l.starts_with("ACK ")).count()
+    }
+
+    /// Waits for the load to end; returns its output lines.
+    pub fn finish(mut self) -> Vec<String> {
+        let mut done = false;
+        wait_for("the python load to end", Duration::from_secs(60), || {
+            done = self.child.try_wait().expect("try_wait").is_some();
+            done
+        });
+        if let Some(r) = self.reader.take() {
+            r.join().expect("reader thread");
+        }
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -7,14 +7,14 @@
 //! DATA, on a raw socket (smtplib cannot send BDAT).
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use integration_tests::relay::{Dns, Sink, relay, run_args, without_envelope};
-use integration_tests::smtp::{self, Client, Stored, parse_stored, server_log, start, stored};
+use integration_tests::smtp::{
+    self, Client, Load, Stored, parse_stored, server_log, start, stored,
+};
 use integration_tests::{Smtpd, bin, have, list, python, wait_for};
 
 const USERS: &str = "# users of example.test\nalice:*::::\nbob:*::::\ncarol:::::\n";
@@ -784,68 +784,6 @@ fn delivered_to_loop_is_refused_554_5_4_6() {
 
 // ---- test 7: SIGKILL under load --------------------------------------------------------
 
-/// Threads of smtplib sessions; message `i` goes to alice, bob, team (alice again, and bob)
-/// and `r{i}@far.test`. Prints `ACK i <reply>` for every 250 after DATA.
-const PY_LOAD: &str = r#"
-import smtplib, sys, threading
-host, port, total, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-lock = threading.Lock()
-nxt = [0]
-
-def body(i):
-    lines = ["Subject: load %d" % i, "Message-ID: <load-%d@far.test>" % i, ""]
-    for k in range(10 + (i * 37) % 150):
-        lines.append("message %d line %d %s" % (i, k, "abcdefghij" * 5))
-        if k % 10 == 3:
-            lines.append(".dot line %d" % k)
-    lines.append("END %d" % i)
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-def take():
-    with lock:
-        i = nxt[0]
-        if i >= total:
-            return None
-        nxt[0] += 1
-        return i
-
-def out(s):
-    with lock:
-        sys.stdout.write(s + "\n")
-        sys.stdout.flush()
-
-def worker():
-    try:
-        s = smtplib.SMTP(host, port, local_hostname="load.test", timeout=30)
-        s.ehlo()
-        while True:
-            i = take()
-            if i is None:
-                break
-            code, resp = s.mail("load%d@far.test" % i)
-            if code != 250:
-                out("NAK %d mail %d" % (i, code)); return
-            for r in ("alice@example.test", "bob@example.test", "team@example.test", "r%d@far.test" % i):
-                code, resp = s.rcpt(r)
-                if code != 250:
-                    out("NAK %d rcpt %d" % (i, code)); return
-            code, resp = s.data(body(i))
-            if code == 250:
-                out("ACK %d %s" % (i, resp.decode()))
-            else:
-                out("NAK %d data %d %s" % (i, code, resp.decode())); return
-        s.quit()
-    except Exception as e:
-        out("ERR %s %s" % (type(e).__name__, e))
-
-ts = [threading.Thread(target=worker) for _ in range(nthreads)]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
-out("DONE")
-"#;
-
 fn load_body(i: usize) -> Vec<u8> {
     let mut lines = vec![
         format!("Subject: load {i}"),
@@ -906,41 +844,26 @@ fn sigkill_during_local_load_loses_nothing_acknowledged() {
     const TOTAL: usize = 2000;
     const STOP_AFTER: usize = 150;
     let l = Local::start(&[]);
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(PY_LOAD)
-        .args(["127.0.0.1", &l.port(), &TOTAL.to_string(), "8"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn python3 load");
-    let stdout = child.stdout.take().expect("stdout");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = Arc::clone(&lines);
-    let reader = std::thread::spawn(move || {
-        for x in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().expect("lock").push(x);
-        }
-    });
-    let acks = || {
-        lines
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|x| x.starts_with("ACK "))
-            .count()
-    };
+    // Message i goes to alice, bob, team (alice again, and bob) and r{i}@far.test.
+    let load = Load::start(
+        &l.port(),
+        TOTAL,
+        8,
+        "far.test",
+        &[
+            "alice@example.test",
+            "bob@example.test",
+            "team@example.test",
+            "r%d@far.test",
+        ],
+    );
     wait_for(
         &format!("{STOP_AFTER} messages acknowledged"),
         Duration::from_secs(120),
-        || acks() >= STOP_AFTER,
+        || load.acks() >= STOP_AFTER,
     );
     l.s.signal(libc::SIGKILL);
-    wait_for("the load to end", Duration::from_secs(60), || {
-        child.try_wait().expect("try_wait").is_some()
-    });
-    reader.join().expect("reader");
-    let lines = lines.lock().expect("lock").clone();
+    let lines = load.finish();
     let acked: Vec<(usize, String)> = lines
         .iter()
         .filter_map(|x| {

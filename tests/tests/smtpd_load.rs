@@ -2,12 +2,10 @@
 //! pipelining, curl, Postfix's smtp-source, and a Python smtplib load that records every queue
 //! id acknowledged with 250 while the server is killed (SIGKILL) or stopped (SIGTERM).
 
-use integration_tests::smtp::{Stored, parse_stored, server_log, start, stored, wait_exit};
+use integration_tests::smtp::{Load, Stored, parse_stored, server_log, start, stored, wait_exit};
 use integration_tests::{Smtpd, have, wait_for};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn port(s: &Smtpd) -> String {
@@ -152,65 +150,6 @@ fn smtp_source_20_sessions_2000_messages_all_stored() {
 
 // ---- item 10: kill or stop the server under load; nothing acknowledged is lost -----------
 
-const PY_LOAD: &str = r#"
-import smtplib, sys, threading
-host, port, total, nthreads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-lock = threading.Lock()
-nxt = [0]
-
-def body(i):
-    lines = ["Subject: load %d" % i, "Message-ID: <load-%d@example.org>" % i, ""]
-    for k in range(10 + (i * 37) % 150):
-        lines.append("message %d line %d %s" % (i, k, "abcdefghij" * 5))
-        if k % 10 == 3:
-            lines.append(".dot line %d" % k)
-    lines.append("END %d" % i)
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-def take():
-    with lock:
-        i = nxt[0]
-        if i >= total:
-            return None
-        nxt[0] += 1
-        return i
-
-def out(s):
-    with lock:
-        sys.stdout.write(s + "\n")
-        sys.stdout.flush()
-
-def worker():
-    try:
-        s = smtplib.SMTP(host, port, local_hostname="load.test", timeout=30)
-        s.ehlo()
-        while True:
-            i = take()
-            if i is None:
-                break
-            code, resp = s.mail("load%d@example.org" % i)
-            if code != 250:
-                out("NAK %d mail %d" % (i, code)); return
-            code, resp = s.rcpt("rcpt%d@example.com" % i)
-            if code != 250:
-                out("NAK %d rcpt %d" % (i, code)); return
-            code, resp = s.data(body(i))
-            if code == 250:
-                out("ACK %d %s" % (i, resp.decode()))
-            else:
-                out("NAK %d data %d %s" % (i, code, resp.decode())); return
-        s.quit()
-    except Exception as e:
-        out("ERR %s %s" % (type(e).__name__, e))
-
-ts = [threading.Thread(target=worker) for _ in range(nthreads)]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
-out("DONE")
-"#;
-
 /// The message the Python load sends as number `i`, as it must be stored (unstuffed).
 fn load_body(i: usize) -> Vec<u8> {
     let mut lines = vec![
@@ -226,69 +165,6 @@ fn load_body(i: usize) -> Vec<u8> {
     }
     lines.push(format!("END {i}"));
     (lines.join("\r\n") + "\r\n").into_bytes()
-}
-
-/// A running Python load; its output lines are collected as they come.
-struct Load {
-    child: std::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(s: &Smtpd, total: usize, threads: usize) -> Load {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(PY_LOAD)
-            .args([
-                "127.0.0.1",
-                &port(s),
-                &total.to_string(),
-                &threads.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn python3 load");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        let reader = std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().expect("lock").push(l);
-            }
-        });
-        Load {
-            child,
-            lines,
-            reader: Some(reader),
-        }
-    }
-
-    fn acks(&self) -> usize {
-        let l = self.lines.lock().expect("lock");
-        l.iter().filter(|l| l.starts_with("ACK ")).count()
-    }
-
-    /// Waits for the load to end; returns its output lines.
-    fn finish(mut self) -> Vec<String> {
-        let mut done = false;
-        wait_for("the python load to end", Duration::from_secs(60), || {
-            done = self.child.try_wait().expect("try_wait").is_some();
-            done
-        });
-        if let Some(r) = self.reader.take() {
-            r.join().expect("reader thread");
-        }
-        self.lines.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Every file in `new/` is complete; every acknowledged queue id is there with its message.
@@ -350,7 +226,13 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
         return;
     }
     let s = start(&[]);
-    let load = Load::start(&s, LOAD_TOTAL, LOAD_THREADS);
+    let load = Load::start(
+        &port(&s),
+        LOAD_TOTAL,
+        LOAD_THREADS,
+        "example.org",
+        &["rcpt%d@example.com"],
+    );
     wait_for(
         &format!("{STOP_AFTER} messages acknowledged"),
         Duration::from_secs(60),
@@ -373,7 +255,13 @@ fn sigterm_during_load_exits_0_and_loses_nothing() {
         return;
     }
     let mut s = start(&[]);
-    let load = Load::start(&s, LOAD_TOTAL, LOAD_THREADS);
+    let load = Load::start(
+        &port(&s),
+        LOAD_TOTAL,
+        LOAD_THREADS,
+        "example.org",
+        &["rcpt%d@example.com"],
+    );
     wait_for(
         &format!("{STOP_AFTER} messages acknowledged"),
         Duration::from_secs(60),

@@ -165,6 +165,17 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// TOML configuration file: every option is a key of the same name (`max-size = 1048576`,
+    /// `local-domain = ["example.org"]`; `[tls] cert = ...` is --tls-cert); the command line
+    /// overrides it. SIGHUP re-reads it (and every file it names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file, command line, and the users, aliases and certificate
+    /// files they name), print it as TOML and exit (0 valid, 1 not): the settings given, like
+    /// `postconf -n`, or with `=all` every option with its default.
+    #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "set", value_enum)]
+    pub check_config: Option<config_file::Show>,
 }
 
 impl Args {

@@ -396,13 +396,13 @@ fn settings(cmd: &Command, m: &ArgMatches, file_lines: &HashMap<String, usize>) 
                 .flatten()
                 .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
-            let origin = match m.value_source(id) {
-                None => Origin::Unset,
-                Some(ValueSource::DefaultValue) => Origin::Default,
-                Some(_) => match file_lines.get(id) {
-                    Some(&line) => Origin::File { line },
-                    None => Origin::CommandLine,
-                },
+            // A key of the file counts as set there even when its value is the default (a
+            // flag set to false); one the command line overrides is not in `file_lines`.
+            let origin = match (file_lines.get(id), m.value_source(id)) {
+                (Some(&line), _) => Origin::File { line },
+                (None, None) => Origin::Unset,
+                (None, Some(ValueSource::DefaultValue)) => Origin::Default,
+                (None, Some(_)) => Origin::CommandLine,
             };
             Setting {
                 key: a.get_long().unwrap_or_default().to_owned(),

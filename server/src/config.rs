@@ -176,6 +176,10 @@ pub struct Args {
     #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
           default_missing_value = "set", value_enum)]
     pub check_config: Option<config_file::Show>,
+    /// Most detailed log records written: off, error, warn, info, debug, trace [default: as
+    /// RUST_LOG says, else info]. A reload applies a new value.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Args {
@@ -266,6 +270,7 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            log_level: self.log_level,
         };
         config.check()?;
         Ok(config)
@@ -329,6 +334,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// `--log-level`; None: as `RUST_LOG` says.
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Config {

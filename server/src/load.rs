@@ -102,6 +102,13 @@ pub fn local_policy(
     })
 }
 
+/// Puts `--log-level` in force: records more detailed than `level` are no longer written.
+/// It can lower the level `RUST_LOG` set, not raise it (the logging thread's filter is fixed at
+/// start); `maildir_core::logging` needs a settable filter for that.
+pub fn apply_log_level(level: log::LevelFilter) {
+    log::set_max_level(level);
+}
+
 /// What `--check-config` prints: a header naming the file, then the settings as TOML.
 pub fn render(loaded: &Loaded, show: config_file::Show) -> String {
     let file = loaded.file.as_ref().map_or_else(

@@ -60,6 +60,10 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         tls,
         ..
     } = smtpd::load::complete(loaded)?;
+    let start_level = log::max_level();
+    if let Some(level) = config.log_level {
+        smtpd::load::apply_log_level(level);
+    }
     let open_files = raise_open_files_limit();
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
@@ -107,6 +111,7 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         config,
         mailboxes,
         spool_is_copy,
+        start_level,
     });
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }

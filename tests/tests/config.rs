@@ -420,6 +420,20 @@ fn sighup_reloads_for_new_sessions_and_a_broken_file_changes_nothing() {
     assert_eq!(count("ERROR"), errors + 2, "{}", log());
     assert_eq!(smtplib_size(server.addr), "20000");
     assert_eq!(count("configuration reloaded"), 1);
+
+    // The log level: with `log-level = "warn"`, sessions are no longer logged (info).
+    std::fs::write(&users, "alice:*::::\nbob:*::::\n").expect("users");
+    std::fs::write(&file, format!("{}log-level = \"warn\"\n", config("30000"))).expect("config");
+    server.signal(libc::SIGHUP);
+    wait_for("the reload", LIMIT, || count("configuration reloaded") == 2);
+    let sessions = count("disconnect from");
+    assert!(sessions >= 6, "{}", log());
+    assert_eq!(smtplib_size(server.addr), "30000");
+    // A line at error level after the session's close, which would have been logged first.
+    std::fs::write(&file, config("\"big\"")).expect("config");
+    server.signal(libc::SIGHUP);
+    wait_for("the third refusal", LIMIT, || count("reload refused") == 3);
+    assert_eq!(count("disconnect from"), sessions, "{}", log());
 }
 
 /// A reload that changes the listeners says a restart is needed, and applies the rest.

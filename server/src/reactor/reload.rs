@@ -7,7 +7,7 @@
 //! What a reload changes: the session settings (`--max-size`, `--max-recipients`, `--timeout`,
 //! `--hostname`, `--max-hops`, `--postmaster`, local domains, users, aliases, delimiter,
 //! quota), the trusted networks, `--max-connections`, `--max-per-ip`, `--shutdown-timeout`,
-//! and the certificate and key (STARTTLS and implicit TLS handshakes started afterwards use
+//! `--log-level`, and the certificate and key (STARTTLS and implicit TLS handshakes started afterwards use
 //! the new ones). What needs a restart, with a warning and the old value kept: the listeners
 //! (`--listen`, `--tls-listen`), `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
 //! that turns local delivery on (none at start) is refused: the group commit was started
@@ -41,6 +41,8 @@ pub struct ReloadSource {
     pub mailboxes: Option<Arc<Mailboxes>>,
     /// The queue and the mailboxes share a file system (see `LocalPolicy::spool_is_copy`).
     pub spool_is_copy: bool,
+    /// The log level at start (from `RUST_LOG`), restored when `--log-level` goes away.
+    pub start_level: log::LevelFilter,
 }
 
 impl Server {
@@ -59,11 +61,12 @@ impl Server {
     /// returned as well).
     pub fn reload(&mut self) -> Result<Vec<String>, String> {
         match self.try_reload() {
-            Ok((warnings, summary)) => {
+            Ok((warnings, summary, level)) => {
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
                 log::info!("configuration reloaded: {summary}");
+                crate::load::apply_log_level(level);
                 Ok(warnings)
             }
             Err(e) => {
@@ -73,8 +76,9 @@ impl Server {
         }
     }
 
-    /// The work of [`Server::reload`], without its log lines: (warnings, summary).
-    fn try_reload(&mut self) -> Result<(Vec<String>, String), String> {
+    /// The work of [`Server::reload`], without its log lines: (warnings, summary, the log
+    /// level to put in force).
+    fn try_reload(&mut self) -> Result<(Vec<String>, String, log::LevelFilter), String> {
         let Some(source) = &self.reload else {
             return Err("this server was not given its command line".into());
         };
@@ -154,6 +158,8 @@ impl Server {
         c.max_per_ip = config.max_per_ip;
         c.shutdown_timeout = config.shutdown_timeout;
         c.tls = loaded.tls;
+        // After the summary line below is written, at the old level.
+        let level = config.log_level.unwrap_or(source.start_level);
         summary.insert(0, format!("max-size {}", config.session.max_size));
         if let Some(file) = &loaded.file {
             summary.insert(0, file.display().to_string());
@@ -169,6 +175,6 @@ impl Server {
             }
             source.config = config;
         }
-        Ok((warnings, summary.join(", ")))
+        Ok((warnings, summary.join(", "), level))
     }
 }

@@ -1,7 +1,8 @@
 //! smtpd's settings: the command line ([`Args`]), checked and completed by [`Args::validate`]
 //! into one [`Config`] that holds every setting, the knobs without an option included (error
 //! limit, thread counts, buffer limits, linger), and the trusted networks (CIDR) that may
-//! relay. A configuration file would be one more source merged into the same [`Config`].
+//! relay. A `--config` TOML file gives the same options (its keys are these options' long
+//! names, merged in by `config_file` before clap parses, see [`crate::load`]).
 //!
 //! Owns: defaults, validation, and the assembly of the reactor's and sessions' settings.
 //! Must not: bind sockets, open the Maildir or read the certificate (`main` does, then hands

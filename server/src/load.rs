@@ -124,3 +124,65 @@ pub fn render(loaded: &Loaded, show: config_file::Show) -> String {
         config_file::render(&loaded.settings, show)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("smtpd")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// Another program reads smtpd's queue Maildir from its configuration file.
+    #[test]
+    fn from_file_gives_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("smtpd.toml");
+        std::fs::write(&file, "maildir = \"/srv/queue\"\nmax-size = 1000\n").unwrap();
+        let c = from_file(&file).unwrap();
+        assert_eq!(c.maildir, PathBuf::from("/srv/queue"));
+        assert_eq!(c.session.max_size, 1000);
+        std::fs::write(&file, "max-size = 1000\n").unwrap();
+        assert!(from_file(&file).unwrap_err().contains("--maildir"));
+        std::fs::write(&file, "maildir = \"q\"\n[tls]\ncert = 1\nkey = 2\n").unwrap();
+        let c = from_file(&file).unwrap();
+        assert!(c.session.starttls, "certificate files are not read here");
+    }
+
+    /// Start, check and reload refuse the same things, each in one line.
+    #[test]
+    fn complete_reads_the_files_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("smtpd.toml");
+        let users = dir.path().join("users");
+        std::fs::write(
+            &file,
+            format!(
+                "maildir = \"q\"\nlocal-domain = [\"example.test\"]\nmailboxes = \"m\"\nusers = \"{}\"\n",
+                users.display()
+            ),
+        )
+        .unwrap();
+        let config = file.to_str().unwrap();
+        let e = from_argv(&argv(&["--config", config])).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::write(&users, "alice:*::::\npostmaster:*::::\n").unwrap();
+        let l = from_argv(&argv(&["--config", config])).unwrap();
+        assert_eq!(l.directory.map(|d| d.users().len()), Some(2));
+        assert_eq!(l.file.as_deref(), Some(file.as_path()));
+        let e = from_argv(&argv(&[
+            "--config",
+            config,
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("TLS certificate c"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+}

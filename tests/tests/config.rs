@@ -544,3 +544,86 @@ fn relay_reloads_between_passes() {
     });
     assert_eq!(first.messages().len(), 1, "{}", relay.log());
 }
+
+/// The certificate's SHA-256 fingerprint as a new STARTTLS session sees it (Python's `ssl`),
+/// or "no starttls".
+fn starttls_fingerprint(addr: std::net::SocketAddr) -> String {
+    python(
+        r#"
+import hashlib, smtplib, ssl, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="client.test", timeout=30)
+s.ehlo()
+if not s.has_extn("starttls"):
+    print("no starttls")
+else:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.starttls(context=ctx)
+    print(hashlib.sha256(s.sock.getpeercert(binary_form=True)).hexdigest())
+s.quit()
+"#,
+        &[&addr.ip().to_string(), &addr.port().to_string()],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// The SHA-256 fingerprint of a PEM certificate (Python's `ssl`).
+fn pem_fingerprint(cert: &Path) -> String {
+    python(
+        r#"
+import hashlib, ssl, sys
+der = ssl.PEM_cert_to_DER_cert(open(sys.argv[1]).read())
+print(hashlib.sha256(der).hexdigest())
+"#,
+        &[s(cert)],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// A reload turns STARTTLS on (the server started without a certificate), then replaces the
+/// certificate; it replaces the trusted networks too.
+#[test]
+fn sighup_reloads_certificates_and_trusted_networks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let (a_crt, a_key) =
+        integration_tests::certs::self_signed(d, "a", "a.config.test", "prime256v1");
+    let (b_crt, b_key) =
+        integration_tests::certs::self_signed(d, "b", "b.config.test", "prime256v1");
+    let file = d.join("smtpd.toml");
+    std::fs::write(&file, "max-size = 5000\n").expect("config");
+    let server = smtp::start(&["--config", s(&file)]);
+    let count = |what: &str| server_log(&server).matches(what).count();
+    assert_eq!(starttls_fingerprint(server.addr), "no starttls");
+    // Loopback relays by default.
+    let relayed = || smtplib_send(server.addr, "someone@far.test");
+    assert_eq!(relayed(), "250");
+
+    let tls = |crt: &Path, key: &Path, trust: &str| {
+        format!(
+            "max-size = 5000\ntrust = [\"{trust}\"]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            s(crt),
+            s(key)
+        )
+    };
+    std::fs::write(&file, tls(&a_crt, &a_key, "127.0.0.0/8")).expect("config");
+    server.signal(libc::SIGHUP);
+    wait_for("the reload", LIMIT, || count("configuration reloaded") == 1);
+    assert_eq!(starttls_fingerprint(server.addr), pem_fingerprint(&a_crt));
+
+    std::fs::write(&file, tls(&b_crt, &b_key, "10.0.0.0/8")).expect("config");
+    server.signal(libc::SIGHUP);
+    wait_for("the reload", LIMIT, || count("configuration reloaded") == 2);
+    assert_eq!(starttls_fingerprint(server.addr), pem_fingerprint(&b_crt));
+    assert_eq!(relayed(), "554", "loopback is no longer trusted");
+
+    // A key that does not fit the certificate: refused, the certificate in force stays.
+    std::fs::write(&file, tls(&a_crt, &b_key, "127.0.0.0/8")).expect("config");
+    server.signal(libc::SIGHUP);
+    wait_for("the refusal", LIMIT, || count("reload refused") == 1);
+    assert_eq!(starttls_fingerprint(server.addr), pem_fingerprint(&b_crt));
+    assert_eq!(relayed(), "554");
+}

@@ -59,13 +59,20 @@ impl Server {
     /// per setting that only a restart can change (returned too, for the control socket); on
     /// failure exactly one error line, and the configuration in force stays (the error is
     /// returned as well).
+    ///
+    /// It runs on the reactor thread (reading the files, counting the quota usage of every
+    /// user), which the other connections wait for: the line says how long it took.
     pub fn reload(&mut self) -> Result<Vec<String>, String> {
+        let started = std::time::Instant::now();
         match self.try_reload() {
             Ok((warnings, summary, level)) => {
                 for w in &warnings {
                     log::warn!("reload: {w}");
                 }
-                log::info!("configuration reloaded: {summary}");
+                log::info!(
+                    "configuration reloaded in {:.1} ms: {summary}",
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
                 crate::load::apply_log_level(level);
                 Ok(warnings)
             }

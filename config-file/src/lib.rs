@@ -247,7 +247,13 @@ fn file_tokens(
             return Err(format!("{at}: already given on line {first}"));
         }
         let Some(arg) = setting_args(cmd).find(|a| a.get_long() == Some(key.as_str())) else {
-            return Err(format!("{at}: unknown key (no option --{key})"));
+            let dashed = key.replace('_', "-");
+            let hint = if setting_args(cmd).any(|a| a.get_long() == Some(dashed.as_str())) {
+                format!("; did you mean '{dashed}'?")
+            } else {
+                String::new()
+            };
+            return Err(format!("{at}: unknown key (no option --{key}){hint}"));
         };
         let values = values_of(arg, value.get_ref()).map_err(|e| format!("{at}: {e}"))?;
         let tokens = match arg.get_action() {

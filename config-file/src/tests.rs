@@ -192,6 +192,10 @@ fn errors_name_the_file_the_line_and_the_key() {
             ":2: key 'config': unknown key",
         ),
         (
+            "maildir = \"m\"\nmax_size = 1\n",
+            ":2: key 'max_size': unknown key (no option --max_size); did you mean 'max-size'?",
+        ),
+        (
             "maildir = \"m\"\n[tls]\nca = \"x\"\n",
             ":3: key 'tls-ca': unknown key",
         ),

@@ -115,11 +115,15 @@ def main():
                     return "451 mid-data"
                 buf += chunk
                 out = []
+                # Lines are taken by position and the rest kept once per read: slicing the
+                # buffer per line is quadratic, and a burst of megabytes then takes longer
+                # than the client's timeout on a loaded machine.
+                pos = 0
                 while True:
-                    i = buf.find(b"\n")
+                    i = buf.find(b"\n", pos)
                     if i < 0:
                         break
-                    line, buf = buf[: i + 1], buf[i + 1 :]
+                    line, pos = buf[pos : i + 1], i + 1
                     if in_data:
                         if line == b".\r\n":
                             in_data = False
@@ -174,6 +178,7 @@ def main():
                         return "quit"
                     else:
                         out.append(b"502 5.5.2 what\r\n")
+                buf = buf[pos:]
                 if out:
                     s.sendall(b"".join(out))
 

@@ -20,8 +20,10 @@ use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Mailbox};
 
 use crate::accounts::AccountFiles;
+use crate::auth::settings::{LoginArgs, LoginSettings};
 
 use crate::reactor::ServerConfig;
+use proto::smtp::server::auth::AuthSettings;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
@@ -165,12 +167,16 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// Logins: SMTP AUTH, submission, lockout, LDAP.
+    #[command(flatten)]
+    pub login: LoginArgs,
 }
 
 impl Args {
     /// Checks the arguments and fills in defaults.
     pub fn validate(self) -> Result<Config, String> {
         let maildir = self.maildir.ok_or("--maildir is required")?;
+        let login = self.login.validate(self.users.is_some())?;
         let local = match (&self.mailboxes, &self.users) {
             _ if self.local_domain.is_empty() => {
                 for (given, name) in [
@@ -239,6 +245,11 @@ impl Args {
                 postmaster: self.postmaster,
                 output_limit: OUTPUT_LIMIT,
                 local: None,
+                auth: AuthSettings {
+                    enabled: self.users.is_some() || login.ldap.is_some(),
+                    allow_plaintext: login.allow_plaintext,
+                    received_user: login.received_auth_user,
+                },
             },
             trusted,
             max_connections: self.max_connections,
@@ -255,6 +266,7 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            login,
         };
         config.check()?;
         Ok(config)
@@ -318,6 +330,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// Logins: lockout, failure delay, submission listeners, LDAP.
+    pub login: LoginSettings,
 }
 
 impl Config {
@@ -394,6 +408,8 @@ impl Config {
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
+            submission_listen: self.login.submission_listen.clone(),
+            auth: None,
         }
     }
 }

@@ -14,8 +14,10 @@ use ldap3::{LdapConn, LdapConnSettings, Scope, SearchEntry};
 
 use super::ldap_escape::{self, dn_value, filter_value};
 
-/// Result code of a bind with a wrong password (RFC 4511 `invalidCredentials`).
-const INVALID_CREDENTIALS: u32 = 49;
+/// Bind result codes (RFC 4511) that mean "no such login", not "ask again later":
+/// `noSuchObject`, `invalidDNSyntax` (a user name that makes no DN) and
+/// `invalidCredentials`.
+const NO_SUCH_LOGIN: [u32; 3] = [32, 34, 49];
 
 /// How the user's DN is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +88,7 @@ fn bind(ldap: &mut LdapConn, timeout: Duration, dn: &str, password: &str) -> Res
         .map_err(|e| format!("bind: {e}"))?;
     match r.rc {
         0 => Ok(true),
-        INVALID_CREDENTIALS => Ok(false),
+        rc if NO_SUCH_LOGIN.contains(&rc) => Ok(false),
         rc => Err(format!("bind: result {rc} {}", r.text)),
     }
 }

@@ -58,6 +58,9 @@ pub struct Authenticator {
     /// For answers made without a thread (banned address, pool gone).
     loopback: Sender<Answer>,
     threads: Vec<JoinHandle<()>>,
+    /// Answers due now (successes, temporary failures).
+    ready: VecDeque<Answer>,
+    /// Failures held for the delay, in due order (the delay is the same for all).
     held: VecDeque<(Instant, Answer)>,
     failure_delay: Duration,
     bans: Bans,
@@ -125,6 +128,7 @@ impl Authenticator {
             answers,
             loopback: answer_tx,
             threads,
+            ready: VecDeque::new(),
             held: VecDeque::new(),
             failure_delay: config.failure_delay,
             bans,
@@ -216,27 +220,34 @@ impl Authenticator {
                     a.login
                 ),
             }
-            let due = if a.verdict == Verdict::Bad {
-                now + self.failure_delay
+            if a.verdict == Verdict::Bad {
+                self.held.push_back((now + self.failure_delay, a));
             } else {
-                now
-            };
-            self.held.push_back((due, a));
+                self.ready.push_back(a);
+            }
         }
     }
 
     /// The next answer whose time has come (failures once their delay is over).
     pub fn poll_answer(&mut self, now: Instant) -> Option<Answer> {
-        // Successes are due at once but may sit behind held failures: serve the first due.
-        let i = self.held.iter().position(|(due, _)| *due <= now)?;
-        let (_, a) = self.held.remove(i)?;
+        let a = match self.ready.pop_front() {
+            Some(a) => a,
+            None if self.held.front().is_some_and(|(due, _)| *due <= now) => {
+                self.held.pop_front()?.1
+            }
+            None => return None,
+        };
         self.in_flight = self.in_flight.saturating_sub(1);
         Some(a)
     }
 
-    /// When the first held answer is due.
+    /// When the first held answer is due (answers due now are taken by
+    /// [`Authenticator::poll_answer`] in the same turn as [`Authenticator::collect`]).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.held.iter().map(|(due, _)| *due).min()
+        match self.ready.front() {
+            Some(_) => Some(Instant::now()),
+            None => self.held.front().map(|(due, _)| *due),
+        }
     }
 
     /// True while `ip` is banned: a new connection from it is refused.

@@ -160,6 +160,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
             enabled: flags & 8 != 0,
             allow_plaintext: true,
             received_user: flags & 16 != 0,
+            external_users: false,
         },
     });
     let now = Instant::now();

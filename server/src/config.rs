@@ -249,6 +249,7 @@ impl Args {
                     enabled: self.users.is_some() || login.ldap.is_some(),
                     allow_plaintext: login.allow_plaintext,
                     received_user: login.received_auth_user,
+                    external_users: login.ldap.is_some(),
                 },
             },
             trusted,

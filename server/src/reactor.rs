@@ -599,6 +599,13 @@ impl Server {
                     };
                     logins::submit(&mut self.auth, conn, conn_ref, user, password, now);
                 }
+                Action::LookupUser { name } => {
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    logins::lookup(&self.auth, conn, conn_ref, name, now);
+                }
             }
         }
         any

@@ -2,7 +2,7 @@
 //! STARTTLS (relay, local delivery, wrong password, a sender the user does not own), `curl
 //! smtp://` with `--user`, the lockout (clients bound to 127.0.0.2 / 127.0.0.3, expiry,
 //! restart), LDAP against a real OpenLDAP `slapd` (bind-DN and search-then-bind, filter
-//! injection, slapd stopped), and 100 concurrent argon2 logins beside a client sending NOOPs.
+//! injection, mail to a user only LDAP knows, slapd stopped), and 100 concurrent argon2 logins beside a client sending NOOPs.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -409,6 +409,20 @@ fn ldap_logins_with_slapd() {
             "235 2.7.0",
         );
         assert_eq!(s.new_files().len(), 1, "{}", server_log(&s));
+        // Mail for a user LDAP knows and the users file does not: delivered to
+        // <mailboxes>/dave, from any client; nobody else is invented.
+        let before = list(&acc.mailbox("dave")).len();
+        let mut m = client_from([127, 0, 0, 1], &s);
+        m.expect("MAIL FROM:<x@remote.test>", "250");
+        m.expect("RCPT TO:<nobody@example.test>", "550 5.1.1");
+        m.expect("RCPT TO:<*)(uid=*@example.test>", "5");
+        m.expect("RSET", "250");
+        m.send_mail(
+            "x@remote.test",
+            &["Dave+tag@example.test"],
+            b"Subject: d\r\n\r\nx\r\n",
+        );
+        assert_eq!(list(&acc.mailbox("dave")).len(), before + 1);
     }
     // The directory goes away mid-run: a temporary failure, not a crash and not a success.
     let mut extra = vec!["--ldap-url", &ldap.url, "--auth-failure-delay", "0"];
@@ -423,6 +437,9 @@ fn ldap_logins_with_slapd() {
         "454 4.7.0 Temporary authentication failure",
     );
     c.expect("NOOP", "250");
+    c.expect("MAIL FROM:<x@remote.test>", "250");
+    c.expect("RCPT TO:<dave@example.test>", "451 4.3.0");
+    c.expect("RCPT TO:<bob@example.test>", "250");
     let mut d = client_from([127, 0, 0, 1], &s);
     d.expect("NOOP", "250");
     // The log is written by a thread of its own: wait for the line.

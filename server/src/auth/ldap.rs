@@ -81,6 +81,54 @@ pub fn verify(config: &LdapConfig, user: &str, password: &[u8]) -> Result<bool, 
     result
 }
 
+/// True when the directory has user `user` (the entry the bind DN names, or the one entry the
+/// search finds), for mail to a user the users file does not list. `Err` when it could not be
+/// asked.
+pub fn user_exists(config: &LdapConfig, user: &str) -> Result<bool, String> {
+    let settings = LdapConnSettings::new().set_conn_timeout(config.timeout);
+    let mut ldap = LdapConn::with_settings(settings, &config.url)
+        .map_err(|e| format!("cannot connect to {}: {e}", config.url))?;
+    let (base, scope, filter, search_bind) = match &config.lookup {
+        Lookup::BindDn(template) => (
+            ldap_escape::fill(template, user, dn_value),
+            Scope::Base,
+            "(objectClass=*)".to_owned(),
+            None,
+        ),
+        Lookup::Search {
+            base,
+            filter,
+            search_bind,
+        } => (
+            base.clone(),
+            Scope::Subtree,
+            ldap_escape::fill(filter, user, filter_value),
+            search_bind.as_ref(),
+        ),
+    };
+    let result = (|| {
+        if let Some((dn, pw)) = search_bind
+            && !bind(&mut ldap, config.timeout, dn, pw)?
+        {
+            return Err(format!("the search DN {dn:?} was refused"));
+        }
+        let r = ldap
+            .with_timeout(config.timeout)
+            .search(&base, scope, &filter, vec!["1.1"])
+            .map_err(|e| format!("search {filter} under {base}: {e}"))?;
+        match r.1.rc {
+            0 => Ok(r.0.len() == 1),
+            rc if NO_SUCH_LOGIN.contains(&rc) => Ok(false),
+            rc => Err(format!(
+                "search {filter} under {base}: result {rc} {}",
+                r.1.text
+            )),
+        }
+    })();
+    let _ = ldap.unbind();
+    result
+}
+
 fn bind(ldap: &mut LdapConn, timeout: Duration, dn: &str, password: &str) -> Result<bool, String> {
     let r = ldap
         .with_timeout(timeout)

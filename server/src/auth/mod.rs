@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use net::ConnRef;
 
 pub use bans::{Ban, BanPolicy, Bans};
-pub use pool::{AuthConfig, Authenticator, LoginService};
+pub use pool::{AuthConfig, Authenticator, LoginService, LookupAnswer, LookupRequest};
 pub use verify::Backend;
 
 /// Which protocol a login is for (both count toward the same lockout).

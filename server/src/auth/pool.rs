@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
+use net::ConnRef;
 
 use super::ban_file::{self, Saver};
 use super::bans::{BanPolicy, Bans};
@@ -43,6 +44,31 @@ pub struct AuthConfig {
     pub bans_file: PathBuf,
 }
 
+/// Does a user exist in the external directory (LDAP)? Asked for a local recipient the users
+/// file does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupRequest {
+    /// Whose RCPT it is.
+    pub conn: ConnRef,
+    /// The user name.
+    pub name: String,
+}
+
+/// The answer to a [`LookupRequest`]: found, not found, or the directory could not be asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupAnswer {
+    /// Whose RCPT it is.
+    pub conn: ConnRef,
+    /// `Ok(true)` found, `Ok(false)` nobody, `Err` why it could not be asked.
+    pub found: Result<bool, String>,
+}
+
+/// Work for the pool threads.
+enum Job {
+    Login(Request),
+    Lookup(LookupRequest),
+}
+
 /// What the reactor needs to start the logins: the pool's settings and the password source.
 pub struct LoginService {
     /// Threads, failure delay, lockout, bans file.
@@ -53,8 +79,9 @@ pub struct LoginService {
 
 /// The reactor's handle on the login checks.
 pub struct Authenticator {
-    tx: Option<Sender<Request>>,
+    tx: Option<Sender<Job>>,
     answers: Receiver<Answer>,
+    lookups: Receiver<LookupAnswer>,
     /// For answers made without a thread (banned address, pool gone).
     loopback: Sender<Answer>,
     threads: Vec<JoinHandle<()>>,
@@ -90,29 +117,45 @@ impl Authenticator {
         }
         let saver = Saver::spawn(config.bans_file.clone())
             .map_err(|e| format!("cannot start the bans file thread: {e}"))?;
-        let (tx, rx) = unbounded::<Request>();
+        let (tx, rx) = unbounded::<Job>();
         let (answer_tx, answers) = unbounded::<Answer>();
+        let (lookup_tx, lookups) = unbounded::<LookupAnswer>();
         let mut threads = Vec::new();
         for i in 0..config.threads.max(1) {
             let rx = rx.clone();
             let done = answer_tx.clone();
+            let looked_up = lookup_tx.clone();
             let waker = waker.clone();
             let backend = backend.clone();
             let t = std::thread::Builder::new()
                 .name(format!("auth-{i}"))
                 .spawn(move || {
-                    for mut req in rx.iter() {
-                        let verdict = backend.verify(&req.user, &req.password);
-                        req.password.fill(0);
-                        let answer = Answer {
-                            conn: req.conn,
-                            service: req.service,
-                            login: req.user,
-                            ip: req.ip,
-                            verdict,
-                            banned: false,
+                    for job in rx.iter() {
+                        let sent = match job {
+                            Job::Login(mut req) => {
+                                let verdict = backend.verify(&req.user, &req.password);
+                                req.password.fill(0);
+                                let answer = Answer {
+                                    conn: req.conn,
+                                    service: req.service,
+                                    login: req.user,
+                                    ip: req.ip,
+                                    verdict,
+                                    banned: false,
+                                };
+                                done.send(answer).is_ok()
+                            }
+                            Job::Lookup(l) => {
+                                let found = backend.user_exists(&l.name);
+                                looked_up
+                                    .send(LookupAnswer {
+                                        conn: l.conn,
+                                        found,
+                                    })
+                                    .is_ok()
+                            }
                         };
-                        if done.send(answer).is_err() {
+                        if !sent {
                             return;
                         }
                         if let Err(e) = waker.wake() {
@@ -126,6 +169,7 @@ impl Authenticator {
         Ok(Authenticator {
             tx: Some(tx),
             answers,
+            lookups,
             loopback: answer_tx,
             threads,
             ready: VecDeque::new(),
@@ -157,9 +201,12 @@ impl Authenticator {
             return;
         }
         let req = match &self.tx {
-            Some(tx) => match tx.send(req) {
+            Some(tx) => match tx.send(Job::Login(req)) {
                 Ok(()) => return,
-                Err(e) => e.0,
+                Err(e) => match e.0 {
+                    Job::Login(r) => r,
+                    Job::Lookup(_) => return,
+                },
             },
             None => req,
         };
@@ -172,6 +219,19 @@ impl Authenticator {
             verdict: Verdict::TempFail("login threads are gone".into()),
             banned: false,
         });
+    }
+
+    /// Queues a user look-up in the external directory. `false` if the threads are gone (the
+    /// caller answers it as a temporary failure).
+    pub fn submit_lookup(&self, req: LookupRequest) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Job::Lookup(req)).is_ok())
+    }
+
+    /// The next user look-up answered (no delay: a look-up is no login).
+    pub fn poll_lookup(&mut self) -> Option<LookupAnswer> {
+        self.lookups.try_recv().ok()
     }
 
     /// Takes the threads' answers (call after a Waker event): counts failures, applies and
@@ -283,7 +343,6 @@ mod tests {
     use maildir_core::aliases::Aliases;
     use maildir_core::directory::Directory;
     use maildir_core::users::Users;
-    use net::ConnRef;
 
     struct Dir(PathBuf);
     impl Drop for Dir {

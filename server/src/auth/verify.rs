@@ -95,6 +95,15 @@ impl Backend {
         }
     }
 
+    /// True when `name` (a user name, lower case) is a user of the external directory (LDAP);
+    /// always false with the users file (the directory answers for it). On a pool thread.
+    pub fn user_exists(&self, name: &str) -> Result<bool, String> {
+        match &self.source {
+            Source::Users(_) => Ok(false),
+            Source::Ldap { config, .. } => ldap::user_exists(config, name),
+        }
+    }
+
     /// Spends the time a real check would (the dummy hash is made once, on first use).
     fn waste(&self, password: &[u8]) {
         let dummy = self

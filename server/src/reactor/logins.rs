@@ -15,10 +15,10 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Token, Waker};
 use net::ConnRef;
 use proto::sasl::Secret;
-use proto::smtp::server::auth::AuthOutcome;
+use proto::smtp::server::auth::{AuthOutcome, UserLookup};
 
 use super::{Conn, FIRST_LISTENER, LISTEN_BACKLOG, Server, ServerConfig};
-use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
+use crate::auth::{Answer, Authenticator, LookupRequest, Request, Service, Verdict};
 
 /// Binds the submission listeners after the others; returns their indices in `listeners`.
 pub(super) fn listen_submission(
@@ -80,6 +80,25 @@ pub(super) fn submit(
     auth.submit(req, now, SystemTime::now());
 }
 
+/// Hands a session's recipient look-up (a user perhaps known to LDAP only) to the pool.
+pub(super) fn lookup(
+    auth: &Option<Authenticator>,
+    conn: &mut Conn,
+    conn_ref: ConnRef,
+    name: String,
+    now: Instant,
+) {
+    let queued = auth.as_ref().is_some_and(|a| {
+        a.submit_lookup(LookupRequest {
+            conn: conn_ref,
+            name,
+        })
+    });
+    if !queued {
+        conn.session.handle_user_lookup(UserLookup::TempFail, now);
+    }
+}
+
 /// The session's view of an answer.
 fn outcome(answer: Answer) -> AuthOutcome {
     match answer.verdict {
@@ -100,6 +119,27 @@ impl Server {
         let mut due = Vec::new();
         while let Some(a) = auth.poll_answer(now) {
             due.push(a);
+        }
+        let mut looked_up = Vec::new();
+        while let Some(l) = auth.poll_lookup() {
+            looked_up.push(l);
+        }
+        for l in looked_up {
+            let ConnRef { key, generation } = l.conn;
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.generation == generation
+            {
+                let found = match l.found {
+                    Ok(true) => UserLookup::Found,
+                    Ok(false) => UserLookup::Missing,
+                    Err(e) => {
+                        log::warn!("LDAP look-up for a recipient failed: {e}");
+                        UserLookup::TempFail
+                    }
+                };
+                conn.session.handle_user_lookup(found, now);
+                self.drive(key, now);
+            }
         }
         for answer in due {
             let ConnRef { key, generation } = answer.conn;

@@ -19,6 +19,20 @@ pub struct AuthSettings {
     pub allow_plaintext: bool,
     /// Name the user in the `Received:` header (`--received-auth-user`).
     pub received_user: bool,
+    /// Users may exist beyond the users file (LDAP): a local recipient the users file does
+    /// not know is looked up by the driver (`Action::LookupUser`) before it is refused.
+    pub external_users: bool,
+}
+
+/// The driver's answer to `Action::LookupUser`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserLookup {
+    /// The user exists: its Maildir is `<mailboxes>/<name>`.
+    Found,
+    /// Nobody by that name: `550 5.1.1`.
+    Missing,
+    /// The directory could not be asked: `451 4.3.0`, the client retries.
+    TempFail,
 }
 
 /// The driver's answer to `Action::Authenticate`.

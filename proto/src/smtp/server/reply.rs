@@ -245,6 +245,16 @@ pub const AUTH_MECHANISM: Reply =
 /// `530 5.7.0` MAIL before AUTH on a submission listener (RFC 6409, RFC 4954 §6).
 pub const AUTH_REQUIRED: Reply = Reply::fixed(530, Status(5, 7, 0), "Authentication required");
 
+/// `451 4.3.0 <rcpt>: Temporary lookup failure`: the user directory (LDAP) could not be asked
+/// whether a local recipient exists.
+pub fn lookup_failed(rcpt: &str) -> Reply {
+    Reply::new(
+        451,
+        Status(4, 3, 0),
+        format!("{rcpt}: Temporary lookup failure"),
+    )
+}
+
 /// `334 <challenge>`: the next step of a SASL exchange (no enhanced code, RFC 4954 §4).
 pub fn challenge(text: &'static str) -> Reply {
     Reply {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient, copy_header};
 use maildir_core::{Envelope, ForwardPath, Mailbox, RcptParams, ReversePath};
 
-use super::auth::{self, AuthOutcome, AuthSettings, Exchange, Step};
+use super::auth::{self, AuthOutcome, AuthSettings, Exchange, Step, UserLookup};
 use super::command::{self, Command, MailParams};
 use super::data::{ChunkDecoder, DataDecoder, HopCounter};
 use super::policy::{self, Decision, LocalPolicy};
@@ -89,6 +89,12 @@ pub enum Action {
     /// Send the pending `220`, then start the TLS handshake; answer with
     /// [`Session::handle_tls_started`].
     StartTls,
+    /// Does user `name` exist in the external user directory (LDAP)? A local recipient the
+    /// users file does not know waits for it; answer with [`Session::handle_user_lookup`].
+    LookupUser {
+        /// The user name (lower case, tag removed).
+        name: String,
+    },
     /// Verify this login (SMTP AUTH) off the session's thread; answer with
     /// [`Session::handle_auth`].
     Authenticate {
@@ -444,6 +450,9 @@ pub struct Session {
     auth_user: Option<String>,
     /// A submission listener's session (RFC 6409): MAIL needs AUTH first.
     submission: bool,
+    /// A RCPT waiting for `Action::LookupUser`'s answer: the recipient, its parameters, the
+    /// user name and the domain.
+    rcpt_lookup: Option<(ForwardPath, RcptParams, String, String)>,
 }
 
 impl Session {
@@ -483,7 +492,82 @@ impl Session {
             tls_info: None,
             auth_user: None,
             submission: false,
+            rcpt_lookup: None,
         }
+    }
+
+    /// Answer to `Action::LookupUser`: the recipient waiting for it is accepted as that
+    /// user's (quota permitting), or refused.
+    pub fn handle_user_lookup(&mut self, found: UserLookup, now: Instant) {
+        let Some((to, params, name, domain)) = self.rcpt_lookup.take() else {
+            return;
+        };
+        if !matches!(self.state, State::Mail(_)) {
+            return; // The transaction ended meanwhile.
+        }
+        self.deadline = Some(now + self.config.timeout);
+        let size = match &self.state {
+            State::Mail(txn) => txn.params.size.unwrap_or(0),
+            _ => 0,
+        };
+        let result = match found {
+            UserLookup::Found => {
+                let fits = self
+                    .config
+                    .local
+                    .as_ref()
+                    .and_then(|p| p.quota.as_ref())
+                    .is_none_or(|q| q.fits(&name, size));
+                if fits {
+                    let original = match &to {
+                        ForwardPath::Mailbox(m) => m.to_string(),
+                        ForwardPath::Postmaster => "postmaster".to_owned(),
+                    };
+                    let address = format!("{name}@{domain}");
+                    let r = LocalRecipient {
+                        original,
+                        users: vec![maildir_core::directory::LocalUser { name, address }],
+                        forward: Vec::new(),
+                    };
+                    Ok((to, Some(r)))
+                } else {
+                    let r = reply::mailbox_full(&to.to_string());
+                    Err((RcptRefusal::MailboxFull(to), r, false))
+                }
+            }
+            UserLookup::Missing => {
+                let r = reply::unknown_user(&to.to_string());
+                Err((RcptRefusal::UnknownUser(to), r, true))
+            }
+            UserLookup::TempFail => {
+                let r = reply::lookup_failed(&to.to_string());
+                Err((RcptRefusal::UnknownUser(to), r, false))
+            }
+        };
+        self.rcpt_result(result, params);
+    }
+
+    /// The user an unknown local recipient would be in the external directory, with the
+    /// domain: the local part in lower case without its tag; `None` when it cannot be a user
+    /// name (or there is no external directory).
+    fn external_user(&self, to: &ForwardPath) -> Option<(String, String)> {
+        let policy = self.config.local.as_ref()?;
+        let ForwardPath::Mailbox(m) = to else {
+            return None;
+        };
+        if !self.config.auth.external_users || !policy.directory.is_local_domain(m.domain()) {
+            return None;
+        }
+        let key = maildir_core::directory::lookup_key(m.local_part());
+        let name = match policy.directory.delimiter() {
+            Some(d) => key.split(d).next().unwrap_or_default().to_owned(),
+            None => key,
+        };
+        let bad = name.is_empty()
+            || name.starts_with('.')
+            || name.chars().any(|c| c.is_control() || c == '/');
+        let domain = m.domain().normalized().trim_end_matches('.').to_lowercase();
+        (!bad).then_some((name, domain))
     }
 
     /// Makes this a submission session (RFC 6409, port 587 style): MAIL before AUTH gets
@@ -898,6 +982,7 @@ impl Session {
             State::Committing { .. } | State::Begin(..) | State::Authenticating | State::Closed => {
                 None
             }
+            _ if self.rcpt_lookup.is_some() => None,
             _ => self.deadline,
         }
     }
@@ -911,7 +996,8 @@ impl Session {
                 | State::StartingTls
                 | State::Authenticating
                 | State::Closed
-        ) && self.out.len() - self.out_pos < self.config.output_limit
+        ) && self.rcpt_lookup.is_none()
+            && self.out.len() - self.out_pos < self.config.output_limit
     }
 
     /// True once the session has ended (QUIT, 421, end of input).
@@ -1130,7 +1216,25 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
-        match self.check_rcpt(to) {
+        let result = self.check_rcpt(to);
+        if let Err((RcptRefusal::UnknownUser(to), ..)) = &result
+            && let Some((name, domain)) = self.external_user(to)
+        {
+            // Perhaps a user of the external directory: ask the driver first.
+            self.actions
+                .push_back(Action::LookupUser { name: name.clone() });
+            self.rcpt_lookup = Some((to.clone(), params, name, domain));
+            return;
+        }
+        self.rcpt_result(result, params);
+    }
+
+    fn rcpt_result(
+        &mut self,
+        result: Result<Accepted, (RcptRefusal, Reply, bool)>,
+        params: RcptParams,
+    ) {
+        match result {
             Ok((to, local)) => {
                 if let State::Mail(txn) = &mut self.state {
                     match local {
@@ -1472,6 +1576,7 @@ impl Session {
     }
 
     fn abort_transaction(&mut self) {
+        self.rcpt_lookup = None;
         if matches!(self.state, State::Data { .. } | State::Bdat(_)) {
             self.body.clear();
             self.actions.push_back(Action::Abort);
@@ -1615,6 +1720,14 @@ mod tests {
                         Action::StartTls => s.handle_tls_started(now),
                         Action::Authenticate { user, password } => {
                             s.handle_auth(check_login(&user, &password.0), now);
+                        }
+                        Action::LookupUser { name } => {
+                            let found = match name.as_str() {
+                                "dave" => UserLookup::Found,
+                                "down" => UserLookup::TempFail,
+                                _ => UserLookup::Missing,
+                            };
+                            s.handle_user_lookup(found, now);
                         }
                     }
                 }
@@ -2458,7 +2571,9 @@ mod local_tests {
                         }
                         Action::Abort => current = None,
                         Action::StartTls => s.handle_tls_started(now),
-                        Action::Authenticate { .. } => unreachable!("no AUTH in these tests"),
+                        Action::Authenticate { .. } | Action::LookupUser { .. } => {
+                            unreachable!("no AUTH or external users in these tests")
+                        }
                     }
                 }
                 out.extend_from_slice(s.poll_output());

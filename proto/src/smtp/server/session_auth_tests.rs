@@ -22,6 +22,7 @@ impl Default for Setup {
                 enabled: true,
                 allow_plaintext: false,
                 received_user: false,
+                external_users: false,
             },
             tls: false,
             submission: false,
@@ -241,6 +242,7 @@ fn offered_only_over_tls_loopback_or_when_allowed() {
                 enabled: true,
                 allow_plaintext: true,
                 received_user: false,
+                external_users: false,
             },
             ..Setup::default()
         },
@@ -291,6 +293,7 @@ fn submission_needs_auth_and_received_names_the_user_when_asked() {
             enabled: true,
             allow_plaintext: false,
             received_user: true,
+            external_users: false,
         },
     };
     let input = format!(
@@ -345,5 +348,40 @@ fn sasl_lines_may_exceed_the_command_limit() {
     assert_eq!(
         lines(&out)[1..],
         ["500 5.5.2 Error: line too long", "250 2.0.0 Ok"]
+    );
+}
+
+/// With an external user directory (LDAP), a local recipient the users file does not know is
+/// looked up before it is refused; pipelined commands wait for the answer.
+#[test]
+fn unknown_local_recipient_is_looked_up_in_the_external_directory_any_split() {
+    let setup = Setup {
+        peer: "192.0.2.1:1234",
+        auth: AuthSettings {
+            enabled: true,
+            allow_plaintext: false,
+            received_user: false,
+            external_users: true,
+        },
+        ..Setup::default()
+    };
+    let input = b"EHLO c.test\r\nMAIL FROM:<x@remote.test>\r\n\
+        RCPT TO:<Dave+list@example.test>\r\nRCPT TO:<nobody@example.test>\r\n\
+        RCPT TO:<down@example.test>\r\nRCPT TO:<bob@example.test>\r\n\
+        RCPT TO:<dave@remote.test>\r\nDATA\r\nhi\r\n.\r\n";
+    let out = check_splits(&setup, input);
+    assert_eq!(
+        lines(&out),
+        [
+            "250 DSN",
+            "250 2.1.0 Ok",
+            "250 2.1.5 Ok",
+            "550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown",
+            "451 4.3.0 <down@example.test>: Temporary lookup failure",
+            "250 2.1.5 Ok",
+            "554 5.7.1 <dave@remote.test>: Relay access denied",
+            "354 End data with <CR><LF>.<CR><LF>",
+            "250 2.0.0 Ok: queued as ID1",
+        ]
     );
 }

@@ -4,12 +4,15 @@
 //! Inputs: [`Session::handle_input`] (bytes from the client), [`Session::handle_begun`] and
 //! [`Session::handle_stored`] (answers to the `Begin` and `Commit` actions),
 //! [`Session::handle_tls_started`] and [`Session::handle_tls_established`],
+//! [`Session::handle_auth`] (answer to `Authenticate`, SMTP AUTH) and
+//! [`Session::handle_user_lookup`] (answer to `LookupUser`, a recipient in LDAP),
 //! [`Session::handle_timeout`], [`Session::handle_eof`], [`Session::begin_shutdown`].
 //! Outputs: [`Session::poll_output`] (replies to send, in order), [`Session::poll_action`]
-//! (queue-file work for the caller), [`Session::poll_timeout`] and [`Session::wants_read`] (the
-//! session, not the reactor, decides when more input is welcome), [`Session::is_closed`] (the
-//! caller closes the connection once the output is sent: there is no close action). It never
-//! touches a socket, a file, the clock or the log.
+//! (queue-file work, STARTTLS, a login or a user look-up to do for the session),
+//! [`Session::poll_timeout`] and [`Session::wants_read`] (the session, not the reactor, decides
+//! when more input is welcome), [`Session::is_closed`] (the caller closes the connection once
+//! the output is sent: there is no close action). It never touches a socket, a file, the clock
+//! or the log. AUTH's SASL exchange is in [`super::auth`].
 //! Reports: [`Session::poll_event`] (typed [`Event`]s: connect, transaction begin, recipient
 //! accepted or refused, commit or failure, TLS, timeout, close) and [`Session::counts`]; the
 //! caller turns them into log lines and counters.

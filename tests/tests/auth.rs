@@ -257,6 +257,33 @@ fn curl_sends_with_auth() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(s.new_files().len(), 1);
+    // Implicit TLS (smtps://, --tls-listen) offers AUTH too.
+    let tls = format!("127.0.0.1:{}", integration_tests::free_port("127.0.0.1"));
+    let s = acc.start(&["--tls-listen", &tls, "--trust", "192.0.2.0/24"]);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--insecure",
+            "--url",
+            &format!("smtps://{tls}/client.test"),
+        ])
+        .args([
+            "--mail-from",
+            "alice@example.test",
+            "--mail-rcpt",
+            "far@remote.test",
+        ])
+        .args(["--user", &format!("alice:{PASSWORD}"), "--upload-file"])
+        .arg(&msg)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.new_files().len(), 1);
+    assert!(read(&s.new_files()[0]).contains(" with ESMTPSA id "));
 }
 
 /// Issue 13 test 4: three wrong passwords from 127.0.0.2 ban it: that session is closed, the
@@ -335,6 +362,37 @@ fn ban_survives_a_restart() {
     n.expect_reply("421 4.7.0 ");
     let mut ok = client_from([127, 0, 0, 5], &s2);
     ok.expect(&format!("AUTH PLAIN {}", plain("alice", PASSWORD)), "235");
+}
+
+/// A failed login is answered no sooner than `--auth-failure-delay` after AUTH, for a wrong
+/// password, an unknown user and an account that cannot log in alike (no user enumeration by
+/// timing); `--max-auth-failures 0` never bans.
+#[test]
+fn failures_wait_the_failure_delay() {
+    let acc = Accounts::new();
+    let s = acc.start(&["--auth-failure-delay", "400", "--max-auth-failures", "0"]);
+    let mut c = client_from([127, 0, 0, 1], &s);
+    for (user, password) in [
+        ("alice", "wrong"),
+        ("nobody", "x"),
+        ("bob", ""),
+        ("alice", ""),
+    ] {
+        let t = Instant::now();
+        c.expect(
+            &format!("AUTH PLAIN {}", plain(user, password)),
+            "535 5.7.8",
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(400),
+            "{user}: answered after {took:?}"
+        );
+    }
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", PASSWORD)),
+        "235 2.7.0",
+    );
 }
 
 /// `--ban-exempt` keeps an address from being banned.

@@ -120,6 +120,24 @@ impl Server {
         while let Some(a) = auth.poll_answer(now) {
             due.push(a);
         }
+        for answer in due {
+            let ConnRef { key, generation } = answer.conn;
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.generation == generation => match answer.service {
+                    Service::Smtp => {
+                        conn.session.handle_auth(outcome(answer), now);
+                        self.drive(key, now);
+                    }
+                    Service::Pop3 => {
+                        log::error!("a POP3 login answer for an SMTP session: dropped");
+                    }
+                },
+                _ => {} // The client left before its answer came.
+            }
+        }
+        let Some(auth) = &mut self.auth else {
+            return;
+        };
         let mut looked_up = Vec::new();
         while let Some(l) = auth.poll_lookup() {
             looked_up.push(l);
@@ -139,21 +157,6 @@ impl Server {
                 };
                 conn.session.handle_user_lookup(found, now);
                 self.drive(key, now);
-            }
-        }
-        for answer in due {
-            let ConnRef { key, generation } = answer.conn;
-            match self.conns.get_mut(key) {
-                Some(conn) if conn.generation == generation => match answer.service {
-                    Service::Smtp => {
-                        conn.session.handle_auth(outcome(answer), now);
-                        self.drive(key, now);
-                    }
-                    Service::Pop3 => {
-                        log::error!("a POP3 login answer for an SMTP session: dropped");
-                    }
-                },
-                _ => {} // The client left before its answer came.
             }
         }
     }

@@ -1,8 +1,7 @@
 //! The reactor: one mio `Poll` serving every listener and connection on one thread.
 //!
 //! It moves bytes between sockets and each connection's [`Session`], hands the session's
-//! queue-file actions to [`crate::store`] and its logins to [`crate::auth`] (glue in
-//! `reactor/logins.rs`; a banned address is refused at accept), keeps idle deadlines in a heap, applies connection
+//! queue-file actions to [`crate::store`], keeps idle deadlines in a heap, applies connection
 //! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught and ignored). It holds no
 //! protocol logic, no queue-file logic, and never waits on the disk flush (that is
 //! [`crate::commit`]'s thread). It drains each session's events into [`crate::stats`] (counters
@@ -13,6 +12,10 @@
 //! after the other events, so one client streaming without pause (or a burst of connections)
 //! cannot keep the thread from the other connections, accepts, timers, signals or commit
 //! completions.
+//!
+//! Logins: a session's `Authenticate` and `LookupUser` actions go to [`crate::auth`]'s pool,
+//! answers come back through the Waker (glue in `reactor/logins.rs`); a banned address is
+//! refused at accept.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -92,7 +92,7 @@ impl Slapd {
              dc: example\n\ndn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people\n"
         );
         for (uid, password) in people {
-            let hash = run(Command::new("slappasswd").args(["-s", password]));
+            let hash = run(Command::new("/usr/sbin/slappasswd").args(["-s", password]));
             ldif.push_str(&format!(
                 "\ndn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\n\
                  sn: {uid}\nuserPassword: {}\n",

@@ -413,7 +413,7 @@ fn exempt_address_is_never_banned() {
 /// the server goes on.
 #[test]
 fn ldap_logins_with_slapd() {
-    if !have("/usr/sbin/slapd") || !have("ldapadd") || !have("slappasswd") {
+    if !have("/usr/sbin/slapd") || !have("ldapadd") || !have("/usr/sbin/slappasswd") {
         return;
     }
     let acc = Accounts::new();

@@ -743,6 +743,10 @@ impl Session {
                 }
                 None if rest.len() >= self.line_limit(rest) => {
                     // No line end within the limit: drop what we have and the rest of the line.
+                    // An AUTH exchange it was part of is over.
+                    if matches!(self.state, State::Auth(_)) {
+                        self.state = State::Idle;
+                    }
                     self.discarding = true;
                     pos = input.len();
                 }

@@ -349,6 +349,19 @@ fn sasl_lines_may_exceed_the_command_limit() {
         lines(&out)[1..],
         ["500 5.5.2 Error: line too long", "250 2.0.0 Ok"]
     );
+    // An overlong response ends the exchange: the next line is a command again.
+    let too_long = format!(
+        "EHLO c.test\r\nAUTH PLAIN\r\n{}\r\nNOOP\r\n",
+        "A".repeat(13_000)
+    );
+    for cuts in [vec![], vec![20, 30, 12_400, 13_020]] {
+        let out = drive_session(session(&Setup::default()), too_long.as_bytes(), &cuts);
+        assert_eq!(
+            lines(&out)[1..],
+            ["334 ", "500 5.5.2 Error: line too long", "250 2.0.0 Ok"],
+            "{cuts:?}"
+        );
+    }
 }
 
 /// With an external user directory (LDAP), a local recipient the users file does not know is

@@ -2,8 +2,9 @@
 # Installs the real peers the tests and benchmarks talk to: swaks, Postfix (for smtp-source and
 # smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
 # (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
-# delivery tests as a plain process with a generated config, never as a system service), and the
-# Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
+# delivery tests as a plain process with a generated config, never as a system service), OpenLDAP's
+# slapd and ldap-utils (the LDAP login tests start slapd as a plain process with a generated
+# config), and the Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
 set -euo pipefail
 
 need=()
@@ -16,6 +17,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-core dovecot-imapd)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -30,6 +33,9 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
   echo "postfix postfix/mailname string localhost" | $sudo debconf-set-selections
+  # OpenLDAP's slapd as a tool: no default database, no service (the LDAP tests run it as a
+  # plain process with a generated config).
+  echo "slapd slapd/no_configuration boolean true" | $sudo debconf-set-selections
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   [ "$created_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d

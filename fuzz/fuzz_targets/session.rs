@@ -1,7 +1,7 @@
 //! The smtpd session state machine fed an arbitrary byte stream, acting like the reactor.
 //!
-//! Input layout: byte 0 = flags (trusted, small size limit, slow reader), byte 1 = seed of the
-//! split points and of the store outcomes; the rest is what the client sends.
+//! Input layout: byte 0 = flags (trusted, small size limit, slow reader, AUTH offered), byte 1 =
+//! seed of the split points and of the store outcomes; the rest is what the client sends.
 //!
 //! Invariants checked (beyond "no panic"):
 //! - every reply line is `ddd` + space/hyphen + text + CRLF, a multi-line reply keeps its code,
@@ -15,12 +15,15 @@
 //! - store failures are answered `452 4.3.1` (full) / `451 4.3.0` (write error), `250 ...
 //!   queued as` only after a successful commit;
 //! - the outcome (replies, stored messages) does not depend on how the input is split;
-//! - pending output stays bounded.
+//! - pending output stays bounded;
+//! - with AUTH offered, a login is answered `235 2.7.0` (password `right`), `454 4.7.0` (user
+//!   `temp`) or `535 5.7.8`, right after the verification the session asked for.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use maildir_core::envelope::EnvelopeReader;
+use proto::smtp::server::auth::{AuthOutcome, AuthSettings};
 use proto::smtp::server::data::DataDecoder;
 use proto::smtp::server::session::{Action, OUTPUT_LIMIT, Session, SessionConfig, StoreError};
 use std::net::SocketAddr;
@@ -153,6 +156,12 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         postmaster: None,
         output_limit: OUTPUT_LIMIT,
         local: None,
+        auth: AuthSettings {
+            enabled: flags & 8 != 0,
+            allow_plaintext: true,
+            received_user: flags & 16 != 0,
+            external_users: false,
+        },
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
@@ -311,6 +320,21 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
                         );
                     }
                     Action::Abort => current = None,
+                    Action::Authenticate { user, password } => {
+                        let (outcome, want): (_, &[u8]) = match (user.as_str(), &password.0[..]) {
+                            ("temp", _) => (AuthOutcome::TempFail, b"454 4.7.0 "),
+                            (u, b"right") => (AuthOutcome::Ok(u.to_owned()), b"235 2.7.0 "),
+                            _ => (AuthOutcome::Bad, b"535 5.7.8 "),
+                        };
+                        let before = s.poll_output().len();
+                        s.handle_auth(outcome, now);
+                        let after = &s.poll_output()[before..];
+                        assert!(
+                            after.starts_with(want),
+                            "after AUTH: {:?}",
+                            String::from_utf8_lossy(after)
+                        );
+                    }
                     #[allow(unreachable_patterns)]
                     other => panic!("unexpected action {other:?} (STARTTLS is not offered)"),
                 }

@@ -226,6 +226,11 @@ impl Directory {
         &self.aliases
     }
 
+    /// The recipient delimiter (`alice+tag@` is alice), if tags are on.
+    pub fn delimiter(&self) -> Option<char> {
+        self.delimiter
+    }
+
     /// The local domains, lower case.
     pub fn domains(&self) -> &[String] {
         &self.domains

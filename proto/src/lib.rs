@@ -9,11 +9,13 @@
 //!   [`smtp::client::body`] (DATA and BDAT encoding), [`smtp::client::session`] (the client
 //!   state machine).
 //! - [`smtp::line_ends`]: the CR LF normaliser both sides use for BDAT.
+//! - [`sasl`]: SASL `PLAIN` and `LOGIN` messages (SMTP AUTH, POP3 AUTH) and the [`sasl::Secret`]
+//!   password type.
 //!
 //! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
 //! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,
-//! envelope, date format) and memchr (byte search) only, so the machines cannot import mio,
-//! rustls, the log or the binaries' code; `std::fs`, `std::net` and Unix sockets, processes,
+//! envelope, date format), memchr (byte search) and base64 (SASL) only, so the machines cannot
+//! import mio, rustls, the log or the binaries' code; `std::fs`, `std::net` and Unix sockets, processes,
 //! environment variables, the console, threads and `Instant::now()`/`SystemTime::now()` are
 //! refused by clippy (`proto/clippy.toml`, run with `-D warnings` in CI; only tests may read
 //! the clock). Time comes in as a `now` argument.
@@ -42,4 +44,5 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod sasl;
 pub mod smtp;

@@ -21,8 +21,10 @@ use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Mailbox};
 
 use crate::accounts::AccountFiles;
+use crate::auth::settings::{LoginArgs, LoginSettings};
 
 use crate::reactor::ServerConfig;
+use proto::smtp::server::auth::AuthSettings;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
@@ -181,12 +183,16 @@ pub struct Args {
     /// RUST_LOG says, else info]. A reload applies a new value.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<log::LevelFilter>,
+    /// Logins: SMTP AUTH, submission, lockout, LDAP.
+    #[command(flatten)]
+    pub login: LoginArgs,
 }
 
 impl Args {
     /// Checks the arguments and fills in defaults.
     pub fn validate(self) -> Result<Config, String> {
         let maildir = self.maildir.ok_or("--maildir is required")?;
+        let login = self.login.validate(self.users.is_some())?;
         let local = match (&self.mailboxes, &self.users) {
             _ if self.local_domain.is_empty() => {
                 for (given, name) in [
@@ -255,6 +261,12 @@ impl Args {
                 postmaster: self.postmaster,
                 output_limit: OUTPUT_LIMIT,
                 local: None,
+                auth: AuthSettings {
+                    enabled: self.users.is_some() || login.ldap.is_some(),
+                    allow_plaintext: login.allow_plaintext,
+                    received_user: login.received_auth_user,
+                    external_users: login.ldap.is_some(),
+                },
             },
             trusted,
             max_connections: self.max_connections,
@@ -272,6 +284,7 @@ impl Args {
             inbuf_max: INBUF_MAX,
             linger: LINGER,
             log_level: self.log_level,
+            login,
         };
         config.check()?;
         Ok(config)
@@ -337,6 +350,8 @@ pub struct Config {
     pub linger: Duration,
     /// `--log-level`; None: as `RUST_LOG` says.
     pub log_level: Option<log::LevelFilter>,
+    /// Logins: lockout, failure delay, submission listeners, LDAP.
+    pub login: LoginSettings,
 }
 
 impl Config {
@@ -413,6 +428,8 @@ impl Config {
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
+            submission_listen: self.login.submission_listen.clone(),
+            auth: crate::auth::settings::login_service(self),
         }
     }
 }

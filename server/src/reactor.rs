@@ -13,6 +13,10 @@
 //! after the other events, so one client streaming without pause (or a burst of connections)
 //! cannot keep the thread from the other connections, accepts, timers, signals or commit
 //! completions.
+//!
+//! Logins: a session's `Authenticate` and `LookupUser` actions go to [`crate::auth`]'s pool,
+//! answers come back through the Waker (glue in `reactor/logins.rs`); a banned address is
+//! refused at accept.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -87,7 +91,14 @@ pub struct ServerConfig {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// Submission listeners (RFC 6409): MAIL needs AUTH first.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Logins (SMTP AUTH, POP3): the pool's settings and the password source; `None`: no
+    /// logins.
+    pub auth: Option<crate::auth::LoginService>,
 }
+
+mod logins;
 
 struct Conn {
     transport: Transport,
@@ -146,6 +157,10 @@ pub struct Server {
     waker: Arc<Waker>,
     /// Where the handshake threads send their results (kept for threads a reload starts).
     handshake_tx: Sender<handshake::Done>,
+    /// Login checks and bans (when there are accounts).
+    auth: Option<crate::auth::Authenticator>,
+    /// Indices in `listeners` of the submission listeners.
+    submission_listeners: Vec<usize>,
 }
 
 impl Server {
@@ -155,7 +170,7 @@ impl Server {
         plain: &[SocketAddr],
         implicit_tls: &[SocketAddr],
         maildir: Maildir,
-        config: ServerConfig,
+        mut config: ServerConfig,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -171,6 +186,9 @@ impl Server {
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
         }
+        let submission_listeners =
+            logins::listen_submission(&poll, &mut listeners, &config.submission_listen)?;
+        let auth = logins::start(&mut config, &waker)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -216,6 +234,8 @@ impl Server {
             reload: None,
             waker,
             handshake_tx,
+            auth,
+            submission_listeners,
         })
     }
 
@@ -288,6 +308,8 @@ impl Server {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let login = self.auth.as_ref().and_then(|a| a.next_deadline());
+        let timer = timer.into_iter().chain(login).min();
         next_wakeup(
             timer,
             self.accept_paused_until,
@@ -333,7 +355,8 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     accepted += 1;
-                    self.admit(stream, peer, tls, now);
+                    let submission = self.submission_listeners.contains(&index);
+                    self.admit(stream, peer, tls, submission, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -348,12 +371,25 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
+    fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        tls: bool,
+        submission: bool,
+        now: Instant,
+    ) {
         // This connection may have arrived after the poll returned: its clock starts now.
         let now = now.max(Instant::now());
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
-        let refusal = if self.conns.len() >= self.config.max_connections {
+        let banned = self
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.is_banned(peer.ip(), SystemTime::now()));
+        let refusal = if banned {
+            Some((Refusal::Banned, reply::banned(host)))
+        } else if self.conns.len() >= self.config.max_connections {
             Some((
                 Refusal::TooManyConnections,
                 reply::too_many_connections(host),
@@ -379,6 +415,9 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let mut transport = Transport::plain(stream);
         let mut session = Session::new(self.config.session.clone(), peer, trusted, now);
+        if submission {
+            session.set_submission();
+        }
         if tls {
             let Some(config) = &self.config.tls else {
                 return;
@@ -570,6 +609,20 @@ impl Server {
                 }
                 Action::Abort => conn.queue_file.abort(),
                 Action::StartTls => conn.starting_tls = true,
+                Action::Authenticate { user, password } => {
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    logins::submit(&mut self.auth, conn, conn_ref, user, password, now);
+                }
+                Action::LookupUser { name } => {
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    logins::lookup(&self.auth, conn, conn_ref, name, now);
+                }
             }
         }
         any
@@ -628,6 +681,7 @@ impl Server {
         while let Ok(done) = self.handshake_rx.try_recv() {
             self.handshake_done(done, now);
         }
+        self.login_answers(now);
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();
             if let Some(n) = done.batch {

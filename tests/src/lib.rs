@@ -165,6 +165,7 @@ pub fn python(script: &str, args: &[&str]) -> String {
 }
 pub mod certs;
 pub mod dovecot;
+pub mod ldap;
 pub mod proxy;
 pub mod relay;
 pub mod smtp;

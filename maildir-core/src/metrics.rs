@@ -57,26 +57,27 @@ pub struct Histogram {
     buckets: Box<[AtomicU64]>,
     /// Sum of the observations, in units.
     sum: AtomicU64,
-    /// The size of a unit in the exported base unit (1e-6 for microseconds → seconds).
-    scale: f64,
+    /// Units per exported unit (1e6 for microseconds → seconds): a division, so that bounds
+    /// such as 25 ms come out as `0.025`, not `0.024999999999999998`.
+    per_unit: f64,
 }
 
 impl Histogram {
-    /// A histogram over `bounds` (ascending, in units); `scale` converts a unit into the unit
-    /// exported (seconds for durations).
-    pub fn new(bounds: &'static [u64], scale: f64) -> Histogram {
+    /// A histogram over `bounds` (ascending, in units); there are `per_unit` units in the unit
+    /// exported (1e6 microseconds in a second; 1 for plain counts).
+    pub fn new(bounds: &'static [u64], per_unit: f64) -> Histogram {
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "bounds ascend");
         Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            scale,
+            per_unit,
         }
     }
 
     /// A histogram of durations with bounds in microseconds, exported in seconds.
     pub fn micros(bounds: &'static [u64]) -> Histogram {
-        Histogram::new(bounds, 1e-6)
+        Histogram::new(bounds, 1e6)
     }
 
     /// Records one observation of `v` units.
@@ -104,12 +105,12 @@ impl Histogram {
             let bound = self
                 .bounds
                 .get(i)
-                .map_or(f64::INFINITY, |&u| u as f64 * self.scale);
+                .map_or(f64::INFINITY, |&u| u as f64 / self.per_unit);
             buckets.push((bound, n));
         }
         HistogramSnapshot {
             count,
-            sum: self.sum.load(Ordering::Relaxed) as f64 * self.scale,
+            sum: self.sum.load(Ordering::Relaxed) as f64 / self.per_unit,
             buckets,
         }
     }
@@ -170,12 +171,15 @@ mod tests {
 
     #[test]
     fn durations_are_exported_in_seconds() {
-        static BOUNDS: [u64; 2] = [1_000, 1_000_000];
+        static BOUNDS: [u64; 3] = [1_000, 25_000, 1_000_000];
         let h = Histogram::micros(&BOUNDS);
         h.observe_duration(Duration::from_millis(1));
         h.observe_duration(Duration::from_millis(3));
         let s = h.snapshot();
-        assert_eq!(s.buckets, vec![(0.001, 1), (1.0, 1), (f64::INFINITY, 0)]);
+        assert_eq!(
+            s.buckets,
+            vec![(0.001, 1), (0.025, 1), (1.0, 0), (f64::INFINITY, 0)]
+        );
         assert!((s.sum - 0.004).abs() < 1e-12);
         assert_eq!(s.mean().map(|m| (m * 1e6).round()), Some(2000.0));
         assert_eq!(Histogram::micros(&BOUNDS).snapshot().mean(), None);

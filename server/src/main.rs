@@ -83,6 +83,11 @@ fn run(args: Args) -> Result<(), String> {
         config.server_config(max_connections, tls, mailboxes),
     )
     .map_err(|e| e.to_string())?;
+    if let Some(addr) = config.metrics {
+        let exporter = smtpd::metrics::serve(addr, std::sync::Arc::clone(server.stats()))
+            .map_err(|e| e.to_string())?;
+        log::info!("metrics on http://{}/metrics", exporter.local_addr());
+    }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!(
         "listening on {}, Maildir {}",

@@ -3,7 +3,7 @@
 # smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
 # (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
 # delivery tests as a plain process with a generated config, never as a system service), and the
-# Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
+# Python packages used by tests (aiosmtpd, prometheus-client). Idempotent and non-interactive.
 set -euo pipefail
 
 need=()
@@ -36,3 +36,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q 'aiosmtpd==1.4.6'
+# The Prometheus text parser the metrics tests check /metrics with (tests/py/scrape.py).
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q 'prometheus-client==0.23.1'

@@ -75,6 +75,10 @@ pub struct Args {
     /// offered together with PIPELINING).
     #[arg(long)]
     pub no_chunking: bool,
+    /// With --interval: serve Prometheus metrics on http://ADDR:PORT/metrics
+    /// (unauthenticated: bind it to loopback or a management network).
+    #[arg(long, value_name = "ADDR:PORT", requires = "interval")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The TLS security level (Postfix's `smtp_tls_security_level`).
@@ -142,6 +146,8 @@ pub struct Config {
     pub tls_ca: Option<PathBuf>,
     /// BDAT to servers that offer CHUNKING and PIPELINING (false: `--no-chunking`, always DATA).
     pub chunking: bool,
+    /// Where to serve Prometheus metrics (`--metrics`, with `--interval`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -223,6 +229,7 @@ impl Args {
             implicit_tls,
             tls_ca: self.tls_ca,
             chunking: !self.no_chunking,
+            metrics: self.metrics,
         })
     }
 }

@@ -142,6 +142,14 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             Some(w)
         }
     };
+    let _metrics = match cfg.metrics {
+        Some(addr) => {
+            let e = crate::metrics::serve(addr).map_err(|e| e.to_string())?;
+            log::info!("metrics on http://{}/metrics", e.local_addr());
+            Some(e)
+        }
+        None => None,
+    };
     let waker = Arc::new(
         Waker::new(reactor.registry(), WAKE).map_err(|e| format!("cannot make a waker: {e}"))?,
     );
@@ -436,6 +444,7 @@ impl Loop<'_> {
                 return;
             }
         };
+        crate::metrics::relay().recorded(&sum);
         let mut counts = format!(
             "{} of {} messages tried, {} not due, {} file(s) in new/ not queued messages",
             p.tried, p.total, p.waiting, p.not_queued
@@ -478,6 +487,7 @@ fn scan(
     let now = SystemTime::now();
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
     let read = started.elapsed();
+    crate::metrics::relay().scanned(msgs.len(), msgs.iter().map(|m| m.arrival).min());
     for b in &bad {
         log::warn!("{}: skipped: {}", b.name, b.error);
     }

@@ -58,7 +58,9 @@ run() { # NAME [--metrics]
     wait "$scraper" 2>/dev/null || true
     scrapes=$(wc -l <"$work/$name.scrapes")
     # The counters must have seen every message.
-    curl -sf "http://127.0.0.1:$mp/metrics" | grep -q "^smtpd_messages_accepted_total $M\$" ||
+    local text
+    text=$(curl -sf "http://127.0.0.1:$mp/metrics")
+    grep -q "^smtpd_messages_accepted_total $M\$" <<<"$text" ||
       { echo "metrics do not show $M accepted" >&2; exit 1; }
   fi
   kill "$pid"

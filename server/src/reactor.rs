@@ -792,9 +792,8 @@ fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
 /// Counts and logs what the session reported since the last call.
 fn report(conn: &mut Conn, stats: &Stats) {
     let peer = conn.session.peer();
-    let now = Instant::now();
     while let Some(event) = conn.session.poll_event() {
-        stats.record_timed(&event, &mut conn.tx_timer, now);
+        stats.record_timed(&event, &mut conn.tx_timer, Instant::now);
         stats::log_event(peer, &event);
     }
 }

@@ -256,15 +256,16 @@ impl Stats {
         }
     }
 
-    /// Counts one session event and times its transaction: `tx` is the session's, `now` when
-    /// the event was drained (the same reactor turn that made it).
-    pub fn record_timed(&self, event: &Event, tx: &mut TxTimer, now: Instant) {
+    /// Counts one session event and times its transaction: `tx` is the session's, `now`
+    /// gives the time the event was drained (the same reactor turn that made it), asked only
+    /// for the events that begin or end a transaction.
+    pub fn record_timed(&self, event: &Event, tx: &mut TxTimer, now: impl FnOnce() -> Instant) {
         match event {
-            Event::TxBegin => tx.0 = Some(now),
+            Event::TxBegin => tx.0 = Some(now()),
             Event::TxCommitted { .. } | Event::TxFailed(_) => {
                 if let Some(began) = tx.0.take() {
                     self.tx_duration
-                        .observe_duration(now.saturating_duration_since(began));
+                        .observe_duration(now().saturating_duration_since(began));
                 }
             }
             _ => {}
@@ -679,10 +680,10 @@ mod tests {
             rcpts: 2,
             size,
         };
-        s.record_timed(&Event::TxBegin, &mut tx, t0);
-        s.record_timed(&committed(100), &mut tx, t0 + Duration::from_millis(20));
+        s.record_timed(&Event::TxBegin, &mut tx, || t0);
+        s.record_timed(&committed(100), &mut tx, || t0 + Duration::from_millis(20));
         // A commit without a MAIL timed before it (cannot happen) is counted, not timed.
-        s.record_timed(&committed(50), &mut tx, t0 + Duration::from_millis(30));
+        s.record_timed(&committed(50), &mut tx, || t0 + Duration::from_millis(30));
         let snap = s.snapshot(t0);
         assert_eq!(
             (

@@ -267,3 +267,58 @@ fn relay_metrics_after_one_interval_run() {
     assert!(took > 0.0 && took < 30.0, "{took}");
     assert_eq!(sink.messages().len(), 3);
 }
+
+/// Local delivery: one message to an alias of two users and to a third user makes 3 durable
+/// copies, counted once each; a recipient of a local domain that names nobody is refused with
+/// its reason.
+#[test]
+fn smtpd_metrics_count_local_deliveries() {
+    if !have_prometheus_client() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let users = dir.path().join("users");
+    let aliases = dir.path().join("aliases");
+    let mailboxes = dir.path().join("mailboxes");
+    std::fs::write(&users, "alice:*::::\nbob:*::::\ncarol:*::::\n").expect("write users");
+    std::fs::write(&aliases, "postmaster: alice\nteam: alice, bob\n").expect("write aliases");
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let (u, a, m) = (
+        users.to_string_lossy().into_owned(),
+        aliases.to_string_lossy().into_owned(),
+        mailboxes.to_string_lossy().into_owned(),
+    );
+    let s = smtp::start(&[
+        "--local-domain",
+        "example.test",
+        "--mailboxes",
+        &m,
+        "--users",
+        &u,
+        "--aliases",
+        &a,
+        "--metrics",
+        &metrics,
+    ]);
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with smtplib.SMTP(host, int(port), timeout=20) as s:
+    refused = s.sendmail("me@src.test", ["team@example.test", "carol@example.test", "nobody@example.test"],
+                         b"Subject: hello\r\n\r\nhi\r\n")
+    assert list(refused) == ["nobody@example.test"], refused
+"#;
+    python(script, &[&s.addr.to_string()]);
+    let m = scrape(&metrics);
+    let log = server_log(&s);
+    assert_eq!(m.get("smtpd_messages_accepted_total", ""), 1.0, "{log}");
+    assert_eq!(m.get("smtpd_local_deliveries_total", ""), 3.0, "{log}");
+    assert_eq!(
+        m.get("smtpd_recipients_refused_total", "reason=unknown_user"),
+        1.0
+    );
+    for user in ["alice", "bob", "carol"] {
+        let new = mailboxes.join(user).join("new");
+        assert_eq!(integration_tests::list(&new).len(), 1, "{user}");
+    }
+}

@@ -77,7 +77,7 @@ pub struct Args {
     pub no_chunking: bool,
     /// With --interval: serve Prometheus metrics on http://ADDR:PORT/metrics
     /// (unauthenticated: bind it to loopback or a management network).
-    #[arg(long, value_name = "ADDR:PORT", requires = "interval")]
+    #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 }
 
@@ -164,6 +164,9 @@ impl Args {
             Some(s) => Some(Duration::from_secs(s)),
             None => None,
         };
+        if self.metrics.is_some() && interval.is_none() {
+            return Err("--metrics needs --interval (a run that exits cannot be scraped)".into());
+        }
         if self.port == Some(0) {
             return Err("--port must be between 1 and 65535".into());
         }
@@ -313,6 +316,11 @@ mod tests {
             3
         );
         assert!(parse(&["--once", "--interval", "5"]).is_err());
+        // Metrics are served by a process that keeps running.
+        assert!(parse(&["--once", "--metrics", "127.0.0.1:9100"]).is_err());
+        assert!(parse(&["--metrics", "127.0.0.1:9100"]).is_err());
+        let m = parse(&["--interval", "5", "--metrics", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(m.metrics, Some("127.0.0.1:9100".parse().unwrap()));
         // Delay warnings: 4 h by default, seconds as given, 0 turns them off.
         assert_eq!(c.delay_warning, Some(Duration::from_secs(4 * 3600)));
         let d = |v: &str| parse(&["--delay-warning", v]).map(|c| c.delay_warning);

@@ -322,3 +322,29 @@ with smtplib.SMTP(host, int(port), timeout=20) as s:
         assert_eq!(integration_tests::list(&new).len(), 1, "{user}");
     }
 }
+
+/// A metrics address that cannot be bound is one line on stderr and exit 1 (like any other
+/// listener); smtp-relay refuses `--metrics` without `--interval` (a run that exits has nothing
+/// to be scraped for).
+#[test]
+fn metrics_address_problems_are_refused() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address").to_string();
+    let err = smtp::startup_failure(&[
+        "--maildir",
+        "Maildir",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port("127.0.0.1")),
+        "--metrics",
+        &addr,
+    ]);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for metrics")),
+        "{err}"
+    );
+    let (_d, md) = temp_maildir();
+    let out = integration_tests::relay::relay(md.root(), &["--once", "--metrics", &addr]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--interval"), "{err}");
+}

@@ -118,6 +118,15 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             )));
         }
     };
+    // Once per process (a reload keeps it), once the lock is ours.
+    let _metrics = match cfg.metrics {
+        Some(addr) => {
+            let e = crate::metrics::serve(addr).map_err(|e| e.to_string())?;
+            log::info!("metrics on http://{}/metrics", e.local_addr());
+            Some(e)
+        }
+        None => None,
+    };
     // Before anything slow, so a stop signal at any moment is seen.
     let signals =
         watch::StopSignals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -141,14 +150,6 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
                 .map_err(|e| format!("cannot poll inotify: {e}"))?;
             Some(w)
         }
-    };
-    let _metrics = match cfg.metrics {
-        Some(addr) => {
-            let e = crate::metrics::serve(addr).map_err(|e| e.to_string())?;
-            log::info!("metrics on http://{}/metrics", e.local_addr());
-            Some(e)
-        }
-        None => None,
     };
     let waker = Arc::new(
         Waker::new(reactor.registry(), WAKE).map_err(|e| format!("cannot make a waker: {e}"))?,

@@ -26,6 +26,10 @@ const DNS_LATENCY_US: [u64; 11] = [
     1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000, 10_000_000,
 ];
 
+/// Most MX host names given a series of their own; connections to further hosts are counted
+/// under `mx="other"` (a queue for many domains must not grow the exposition without bound).
+const MAX_MX_SERIES: usize = 1000;
+
 /// The relay's figures since the start.
 #[derive(Debug)]
 pub struct RelayMetrics {
@@ -99,6 +103,11 @@ impl RelayMetrics {
     /// A connection to MX host `host` was made (`ok`) or failed.
     pub fn connection(&self, host: &str, ok: bool) {
         let mut mx = self.mx.lock().unwrap_or_else(PoisonError::into_inner);
+        let host = if mx.len() < MAX_MX_SERIES || mx.contains_key(host) {
+            host
+        } else {
+            "other"
+        };
         let e = mx.entry(host.to_owned()).or_default();
         if ok {
             e.0 += 1;
@@ -257,5 +266,17 @@ mod tests {
         let mx = m.mx.lock().expect("not poisoned").clone();
         assert_eq!(mx["mx1.test"], (1, 1));
         assert_eq!(mx["mx2.test"], (1, 0));
+        for i in 0..2 * MAX_MX_SERIES {
+            m.connection(&format!("mx{i}.many.test"), true);
+        }
+        m.connection("mx1.test", true);
+        let mx = m.mx.lock().expect("not poisoned").clone();
+        assert_eq!(mx.len(), MAX_MX_SERIES + 1, "bounded, plus other");
+        assert_eq!(
+            mx["mx1.test"],
+            (2, 1),
+            "a host already named keeps its series"
+        );
+        assert!(mx["other"].0 >= MAX_MX_SERIES as u64);
     }
 }

@@ -2,7 +2,8 @@
 //! answered in the Prometheus text exposition format (version 0.0.4), by prometheus-client's
 //! encoder, from a thread of its own. HTTP is tiny_http's (request parsing, keep-alive,
 //! errors): a few hundred lines of well-tried code rather than a hand-written parser facing
-//! the network. No authentication and no TLS: bind it to loopback or a management network.
+//! the network. No authentication and no TLS, and tiny_http gives each open connection a
+//! worker thread with no read timeout: bind it to loopback or a management network.
 //!
 //! Owns: the listening socket and thread, the routes (`/metrics`, 404 elsewhere, 405 for
 //! methods other than GET and HEAD), and small helpers ([`counter`], [`gauge`],

@@ -24,7 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One run: sets RATE (msg/s) and SCRAPES.
+# One run: sets RATE (msg/s), CPU (smtpd's CPU time per message, all its threads, in µs: far
+# less sensitive than msg/s to what else runs on the machine) and SCRAPES.
 run() { # NAME [--metrics]
   local name=$1 metrics=${2:-} p mp dir pid scraper="" t0 t1 scrapes=0
   p=$(free_port)
@@ -63,34 +64,46 @@ run() { # NAME [--metrics]
     grep -q "^smtpd_messages_accepted_total $M\$" <<<"$text" ||
       { echo "metrics do not show $M accepted" >&2; exit 1; }
   fi
+  # utime + stime (fields 14 and 15 of /proc/PID/stat, after the command name's parenthesis).
+  local ticks hz
+  ticks=$(sed 's/.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')
+  hz=$(getconf CLK_TCK)
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   stored=$(find "$dir/new" -type f | wc -l)
   [ "$stored" -eq "$M" ] || { echo "$name: $stored of $M stored" >&2; exit 1; }
   rm -rf "$dir"
   RATE=$(python3 -c "print(f'{$M/($t1-$t0):.0f}')")
+  CPU=$(python3 -c "print(f'{$ticks/$hz/$M*1e6:.1f}')")
   SCRAPES=$scrapes
 }
 
 echo "smtpd --no-fsync intake, $S sessions, $M x 4 KiB per run, $R rounds; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| round | off: msg/s | on (scraped every 1 s): msg/s | scrapes |"
-echo "|---|---|---|---|"
+echo "| round | off: msg/s | off: CPU µs/msg | on (scraped every 1 s): msg/s | on: CPU µs/msg | scrapes |"
+echo "|---|---|---|---|---|---|"
 offs=()
 ons=()
+offc=()
+onc=()
 for r in $(seq "$R"); do
   run "off-$r" >/dev/null
   off=$RATE
+  offcpu=$CPU
   run "on-$r" --metrics >/dev/null
   offs+=("$off")
   ons+=("$RATE")
-  echo "| $r | $off | $RATE | $SCRAPES |"
+  offc+=("$offcpu")
+  onc+=("$CPU")
+  echo "| $r | $off | $offcpu | $RATE | $CPU | $SCRAPES |"
 done
-python3 - "${offs[*]}" "${ons[*]}" <<'PY'
+python3 - "${offs[*]}" "${ons[*]}" "${offc[*]}" "${onc[*]}" <<'PY'
 import statistics, sys
-off = [float(x) for x in sys.argv[1].split()]
-on = [float(x) for x in sys.argv[2].split()]
+off, on, offc, onc = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 mo, mn = statistics.mean(off), statistics.mean(on)
-print(f"| mean | {mo:,.0f} | {mn:,.0f} | on/off {mn / mo:.3f} ({(mn / mo - 1) * 100:+.1f} %) |")
+co, cn = statistics.median(offc), statistics.median(onc)
+print(f"| mean / median | {mo:,.0f} | {co:.1f} | {mn:,.0f} | {cn:.1f} | |")
+print(f"msg/s on/off {mn / mo:.3f} ({(mn / mo - 1) * 100:+.1f} %); "
+      f"CPU per message on/off {cn / co:.3f} ({(cn / co - 1) * 100:+.1f} %)")
 PY
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -19,9 +19,14 @@ use crate::stats::{MessageRefusal, RCPT_REFUSALS, Stats};
 
 /// Serves `stats` on `addr` (`GET /metrics`) from a thread of its own.
 pub fn serve(addr: SocketAddr, stats: Arc<Stats>) -> std::io::Result<Exporter> {
+    Exporter::spawn(addr, registry(stats))
+}
+
+/// A registry whose one collector reads `stats` on each encoding.
+pub fn registry(stats: Arc<Stats>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StatsCollector(stats)));
-    Exporter::spawn(addr, registry)
+    registry
 }
 
 /// Reads [`Stats`] on each scrape.
@@ -212,10 +217,8 @@ mod tests {
         stats.accepted.add(3);
         stats.messages_refused[MessageRefusal::Size as usize].inc();
         stats.commit_batch(2);
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(StatsCollector(stats)));
         let mut text = String::new();
-        encode(&mut text, &registry).expect("encodes");
+        encode(&mut text, &registry(stats)).expect("encodes");
         for line in [
             "smtpd_messages_accepted_total 3",
             "smtpd_messages_refused_total{reason=\"size\"} 1",

@@ -4,7 +4,8 @@
 # (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
 # delivery tests as a plain process with a generated config, never as a system service), OpenLDAP's
 # slapd and ldap-utils (the LDAP login tests start slapd as a plain process with a generated
-# config), and the Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
+# config), and the Python packages used by tests (aiosmtpd, prometheus-client). Idempotent and
+# non-interactive.
 set -euo pipefail
 
 need=()
@@ -42,3 +43,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q 'aiosmtpd==1.4.6'
+# The Prometheus text parser the metrics tests check /metrics with (tests/py/scrape.py).
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q 'prometheus-client==0.23.1'

@@ -86,6 +86,10 @@ pub struct Args {
     #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
           default_missing_value = "set", value_enum)]
     pub check_config: Option<config_file::Show>,
+    /// With --interval: serve Prometheus metrics on http://ADDR:PORT/metrics
+    /// (unauthenticated: bind it to loopback or a management network).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The command line (program name first) with its `--config` file, validated: what a reload
@@ -162,6 +166,8 @@ pub struct Config {
     pub tls_ca: Option<PathBuf>,
     /// BDAT to servers that offer CHUNKING and PIPELINING (false: `--no-chunking`, always DATA).
     pub chunking: bool,
+    /// Where to serve Prometheus metrics (`--metrics`, with `--interval`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -178,6 +184,9 @@ impl Args {
             Some(s) => Some(Duration::from_secs(s)),
             None => None,
         };
+        if self.metrics.is_some() && interval.is_none() {
+            return Err("--metrics needs --interval (a run that exits cannot be scraped)".into());
+        }
         if self.port == Some(0) {
             return Err("--port must be between 1 and 65535".into());
         }
@@ -243,6 +252,7 @@ impl Args {
             implicit_tls,
             tls_ca: self.tls_ca,
             chunking: !self.no_chunking,
+            metrics: self.metrics,
         })
     }
 }
@@ -326,6 +336,11 @@ mod tests {
             3
         );
         assert!(parse(&["--once", "--interval", "5"]).is_err());
+        // Metrics are served by a process that keeps running.
+        assert!(parse(&["--once", "--metrics", "127.0.0.1:9100"]).is_err());
+        assert!(parse(&["--metrics", "127.0.0.1:9100"]).is_err());
+        let m = parse(&["--interval", "5", "--metrics", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(m.metrics, Some("127.0.0.1:9100".parse().unwrap()));
         // Delay warnings: 4 h by default, seconds as given, 0 turns them off.
         assert_eq!(c.delay_warning, Some(Duration::from_secs(4 * 3600)));
         let d = |v: &str| parse(&["--delay-warning", v]).map(|c| c.delay_warning);

@@ -17,6 +17,7 @@
 //!   trust word; the byte transport itself (plain TCP or TLS driven sans-io) is
 //!   `net::Transport`, shared with smtpd.
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
+//! - [`metrics`]: the Prometheus figures (`--metrics`) and their exporter.
 //! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,
 //!   summarise), the interval timer, stopping; [`watch`]: the signal pipe and inotify.
 //!
@@ -26,6 +27,7 @@
 
 mod config;
 mod dsn;
+mod metrics;
 mod mx;
 mod plan;
 mod queue;

@@ -446,6 +446,7 @@ impl<'a> Reactor<'a> {
             Ok(s) => s,
             Err(e) => {
                 self.stats.failed_connects += 1;
+                crate::metrics::relay().connection(&target.host, false);
                 self.fail_over(
                     &keys,
                     &target,
@@ -508,6 +509,7 @@ impl<'a> Reactor<'a> {
                     Ok(_) => {
                         c.connected = true;
                         self.stats.connections += 1;
+                        crate::metrics::relay().connection(&c.target.host, true);
                         c.session.output_written(0, now);
                         if c.mode == StartTls::Implicit {
                             begin_tls(c, self.tls, self.cfg.tls);
@@ -609,6 +611,7 @@ impl<'a> Reactor<'a> {
         self.active.remove(&c.target.addr);
         if !c.connected {
             self.stats.failed_connects += 1;
+            crate::metrics::relay().connection(&c.target.host, false);
         }
         let error = c.closed.error();
         let unfinished: Vec<usize> = c

@@ -134,6 +134,15 @@ pub fn run(cfg: &Config, reload: &dyn Fn() -> Result<Config, String>) -> Result<
             )));
         }
     };
+    // Once per process (a reload keeps it), once the lock is ours.
+    let _metrics = match cfg.metrics {
+        Some(addr) => {
+            let e = crate::metrics::serve(addr).map_err(|e| e.to_string())?;
+            log::info!("metrics on http://{}/metrics", e.local_addr());
+            Some(e)
+        }
+        None => None,
+    };
     // Before anything slow, so a stop signal at any moment is seen.
     let signals = watch::SignalPipe::install(&[SIGTERM, SIGINT])
         .map_err(|e| format!("cannot handle signals: {e}"))?;
@@ -512,6 +521,7 @@ impl Loop<'_> {
                 return;
             }
         };
+        crate::metrics::relay().recorded(&sum);
         let mut counts = format!(
             "{} of {} messages tried, {} not due, {} file(s) in new/ not queued messages",
             p.tried, p.total, p.waiting, p.not_queued
@@ -554,6 +564,7 @@ fn scan(
     let now = SystemTime::now();
     let (msgs, bad) = queue::scan(md, states).map_err(|e| e.to_string())?;
     let read = started.elapsed();
+    crate::metrics::relay().scanned(msgs.len(), msgs.iter().map(|m| m.arrival).min());
     for b in &bad {
         log::warn!("{}: skipped: {}", b.name, b.error);
     }

@@ -6,6 +6,8 @@
 //!   `rustls::Connection` (server or client), non-blocking.
 //! - [`handshake`]: the thread pool that runs TLS handshakes off a reactor thread.
 //! - [`listen`]: a non-blocking listening socket with a deep backlog.
+//! - [`exporter`]: the `/metrics` HTTP endpoint (Prometheus text format) on a thread of its
+//!   own.
 //! - [`io`]: "would block" and "interrupted", and a retry on the latter.
 //! - [`ConnRef`]: a connection named across threads (slab key and generation).
 //!
@@ -13,6 +15,7 @@
 //! policy (which configuration, which certificate is acceptable, what a failure means), or
 //! touch the Maildir.
 
+pub mod exporter;
 pub mod handshake;
 pub mod io;
 pub mod transport;

@@ -186,6 +186,10 @@ pub struct Args {
     /// Logins: SMTP AUTH, submission, lockout, LDAP.
     #[command(flatten)]
     pub login: LoginArgs,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (unauthenticated: bind it to
+    /// loopback or a management network).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -285,6 +289,7 @@ impl Args {
             linger: LINGER,
             log_level: self.log_level,
             login,
+            metrics: self.metrics,
         };
         config.check()?;
         Ok(config)
@@ -352,6 +357,8 @@ pub struct Config {
     pub log_level: Option<log::LevelFilter>,
     /// Logins: lockout, failure delay, submission listeners, LDAP.
     pub login: LoginSettings,
+    /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {

@@ -17,6 +17,8 @@
 //!   waits on fsync (a message becomes durable there, before its `250`).
 //! - [`stats`]: the server's counters and the per-connection log lines, from the sessions'
 //!   typed events and counts.
+//! - [`metrics`]: the Prometheus endpoint (`--metrics`): the counters of `stats` under their
+//!   exported names, read by the exporter's thread.
 //! - [`tls`]: the server side of TLS: loading the certificate and key for STARTTLS and
 //!   implicit TLS, starting it on a transport, and what the session records of it
 //!   (`proto::smtp::server::session::TlsInfo`).
@@ -38,6 +40,7 @@ pub mod auth;
 pub mod commit;
 pub mod config;
 pub mod load;
+pub mod metrics;
 pub mod password;
 pub mod quota;
 pub mod reactor;

@@ -99,6 +99,11 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         config.server_config(max_connections, tls, mailboxes.clone()),
     )
     .map_err(|e| e.to_string())?;
+    if let Some(addr) = config.metrics {
+        let exporter = smtpd::metrics::serve(addr, std::sync::Arc::clone(server.stats()))
+            .map_err(|e| e.to_string())?;
+        log::info!("metrics on http://{}/metrics", exporter.local_addr());
+    }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!(
         "listening on {}, Maildir {}",

@@ -38,7 +38,7 @@ use slab::Slab;
 
 use crate::commit::Done;
 use crate::config::Cidr;
-use crate::stats::{self, Refusal, Stats};
+use crate::stats::{self, Refusal, Stats, TxTimer};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
 use proto::smtp::server::reply;
@@ -123,6 +123,8 @@ struct Conn {
     tls_reported: bool,
     /// On the ready list (its turn ended with input possibly left to read).
     ready: bool,
+    /// When its transaction in progress began (transaction duration histogram).
+    tx_timer: TxTimer,
 }
 
 /// The server: listeners, connections, timers and the group-commit thread.
@@ -149,8 +151,9 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// The shutdown deadline passed and every session was closed.
     forced: bool,
-    /// Counters, fed from the sessions' events and the group commit's results.
-    stats: Stats,
+    /// Counters, fed from the sessions' events and the group commit's results; shared with
+    /// the threads that read them (metrics exporter).
+    stats: Arc<Stats>,
     /// How to reload the configuration ([`Server::reload`]); none: reloading is refused.
     reload: Option<ReloadSource>,
     /// Wakes the poll: given to the handshake threads a reload may start.
@@ -230,7 +233,7 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             forced: false,
-            stats: Stats::default(),
+            stats: Arc::new(Stats::new()),
             reload: None,
             waker,
             handshake_tx,
@@ -239,8 +242,8 @@ impl Server {
         })
     }
 
-    /// The server's counters so far.
-    pub fn stats(&self) -> &Stats {
+    /// The server's counters so far (clone the `Arc` to read them from another thread).
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
@@ -452,6 +455,7 @@ impl Server {
             starting_tls: false,
             tls_reported: false,
             ready: false,
+            tx_timer: TxTimer::default(),
         });
         self.drive(key, now);
     }
@@ -478,7 +482,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            report(conn, &mut self.stats);
+            report(conn, &self.stats);
             let room = read_room(conn.inbuf.len(), self.config.inbuf_max);
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
@@ -534,7 +538,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            report(conn, &mut self.stats);
+            report(conn, &self.stats);
             let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
@@ -688,6 +692,9 @@ impl Server {
                 self.stats.commit_batch(n);
             }
             self.stats.commit_latency(done.latency);
+            if done.result.is_ok() {
+                self.stats.local_delivered(done.local_copies);
+            }
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {
@@ -796,7 +803,7 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
-        report(&mut conn, &mut self.stats);
+        report(&mut conn, &self.stats);
         self.stats.connection_closed(conn.session.counts());
         log::info!(
             "disconnect from [{}] {}",
@@ -850,10 +857,10 @@ fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
 }
 
 /// Counts and logs what the session reported since the last call.
-fn report(conn: &mut Conn, stats: &mut Stats) {
+fn report(conn: &mut Conn, stats: &Stats) {
     let peer = conn.session.peer();
     while let Some(event) = conn.session.poll_event() {
-        stats.record(&event);
+        stats.record_timed(&event, &mut conn.tx_timer, Instant::now);
         stats::log_event(peer, &event);
     }
 }

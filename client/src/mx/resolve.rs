@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -131,7 +131,7 @@ async fn resolve_inner(
                 host: host.clone(),
                 addr: SocketAddr::new(ip, port),
             }]),
-            Err(_) => match host_targets(&res, host, port).await {
+            Err(_) => match timed(host_targets(&res, host, port)).await {
                 // A smarthost that does not resolve is a configuration or DNS problem, not a
                 // verdict on the recipients: defer (as Postfix does), never bounce the queue.
                 Resolution::Permanent { text, .. } => {
@@ -152,7 +152,11 @@ async fn resolve_inner(
         let port = cfg.port;
         let me = me.clone();
         set.spawn(async move {
+            let began = Instant::now();
             let r = resolve_domain(&res, &d, port, seed, &me).await;
+            crate::metrics::relay()
+                .dns_latency
+                .observe_duration(began.elapsed());
             (d, r)
         });
     }
@@ -162,6 +166,16 @@ async fn resolve_inner(
         out.insert(d, r);
     }
     Ok(out)
+}
+
+/// Awaits a look-up, its time added to the DNS latency histogram.
+async fn timed(lookup: impl std::future::Future<Output = Resolution>) -> Resolution {
+    let began = Instant::now();
+    let r = lookup.await;
+    crate::metrics::relay()
+        .dns_latency
+        .observe_duration(began.elapsed());
+    r
 }
 
 /// What "this host" is, for MX lists that name it.

@@ -9,7 +9,7 @@
 //! quota), the trusted networks, `--max-connections`, `--max-per-ip`, `--shutdown-timeout`,
 //! `--log-level`, and the certificate and key (STARTTLS and implicit TLS handshakes started afterwards use
 //! the new ones). What needs a restart, with a warning and the old value kept: the listeners
-//! (`--listen`, `--tls-listen`), `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
+//! (`--listen`, `--tls-listen`, `--submission-listen`), `--metrics`, `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
 //! that turns local delivery on (none at start) is refused: the group commit was started
 //! without the users' Maildirs.
 //!
@@ -93,18 +93,16 @@ impl Server {
         let mut config = loaded.config;
         let old = &source.config;
         let mut warnings = Vec::new();
-        let listeners = |c: &Config| -> BTreeSet<(SocketAddr, bool)> {
-            let plain = c.listen.iter().map(|a| (*a, false));
-            plain
-                .chain(c.tls_listen.iter().map(|a| (*a, true)))
-                .collect()
-        };
         if listeners(&config) != listeners(old) {
             warnings.push(
-                "the listeners (--listen, --tls-listen) changed: that needs a restart; \
-                 still listening as before"
+                "the listeners (--listen, --tls-listen, --submission-listen) changed: that \
+                 needs a restart; still listening as before"
                     .to_owned(),
             );
+        }
+        if config.metrics != old.metrics {
+            warnings
+                .push("--metrics changed: that needs a restart; still serving as before".into());
         }
         if config.maildir != old.maildir {
             warnings.push(format!(
@@ -175,6 +173,8 @@ impl Server {
             // What cannot change stays as it is in force.
             config.listen = source.config.listen.clone();
             config.tls_listen = source.config.tls_listen.clone();
+            config.login.submission_listen = source.config.login.submission_listen.clone();
+            config.metrics = source.config.metrics;
             config.maildir = source.config.maildir.clone();
             config.durability = source.config.durability;
             if let (Some(new), Some(old)) = (&mut config.local, &source.config.local) {
@@ -184,4 +184,12 @@ impl Server {
         }
         Ok((warnings, summary.join(", "), level))
     }
+}
+
+/// Every listening address with what it serves: a change to this set needs a restart.
+fn listeners(c: &Config) -> BTreeSet<(SocketAddr, &'static str)> {
+    let plain = c.listen.iter().map(|a| (*a, "smtp"));
+    let tls = c.tls_listen.iter().map(|a| (*a, "smtps"));
+    let submission = c.login.submission_listen.iter().map(|a| (*a, "submission"));
+    plain.chain(tls).chain(submission).collect()
 }

@@ -16,6 +16,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-core dovecot-imapd)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+# sendmail's callers (issue 17): git send-email and bsd-mailx.
+command -v git >/dev/null 2>&1 || need+=(git)
+{ git send-email -h 2>&1 || true; } | grep -q sendmail-cmd || need+=(git-email)
+command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -21,6 +21,8 @@
 //! - [`accounts`]: reading the users and aliases files into the recipient directory (local
 //!   delivery); the one place they are read, so a reload calls it again.
 //! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
+//! - [`sendmail`]: the `sendmail` program: a message on stdin queued through the same
+//!   session and queue-file writer as smtpd, without a network or a running smtpd.
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
 //!
@@ -35,6 +37,7 @@ pub mod config;
 pub mod password;
 pub mod quota;
 pub mod reactor;
+pub mod sendmail;
 pub mod stats;
 pub mod store;
 pub mod tls;

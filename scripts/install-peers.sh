@@ -20,6 +20,8 @@ perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl
 command -v git >/dev/null 2>&1 || need+=(git)
 { git send-email -h 2>&1 || true; } | grep -q sendmail-cmd || need+=(git-email)
 command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
+# systemd-analyze verify on the units (the package only; no systemd is started).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -165,6 +165,13 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// Started as root: after binding the listeners and reading the key, serve as this user
+    /// (its primary group unless --group) [default: stay as started, with a warning as root].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// With --user: serve with this group instead of the user's primary group.
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
 }
 
 impl Args {
@@ -255,6 +262,10 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            run_as: self.user.map(|user| crate::privileges::RunAs {
+                user,
+                group: self.group,
+            }),
         };
         config.check()?;
         Ok(config)
@@ -318,6 +329,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// `--user`/`--group`: who to serve as once the listeners are bound.
+    pub run_as: Option<crate::privileges::RunAs>,
 }
 
 impl Config {

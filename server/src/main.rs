@@ -1,5 +1,6 @@
 //! smtpd: parse and validate the command line ([`smtpd::config`]), load the accounts
-//! ([`smtpd::accounts`]), open the Maildirs, load the certificate, bind, run the reactor.
+//! ([`smtpd::accounts`]), bind (or take systemd's sockets), load the certificate, drop root
+//! (`--user`), open the Maildirs, run the reactor (telling systemd it is ready).
 //! Settings are assembled in `config`, not here. `smtpd hash-password` is the one subcommand.
 
 use std::process::ExitCode;
@@ -39,6 +40,21 @@ fn run(args: Args) -> Result<(), String> {
         None => None,
     };
     let open_files = raise_open_files_limit();
+    // Bound (or taken from systemd) and the key read before root is given up (--user).
+    let mut listeners = smtpd::systemd::listeners()?;
+    if listeners.is_empty() {
+        listeners = smtpd::reactor::bind_listeners(&config.listen, &config.tls_listen)
+            .map_err(|e| e.to_string())?;
+    } else if listeners.iter().any(|(_, tls)| *tls) && config.tls.is_none() {
+        return Err("an inherited smtps/submissions socket needs --tls-cert and --tls-key".into());
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(smtpd::tls::load(&files.cert, &files.key)?),
+        None => None,
+    };
+    if let Some(run_as) = &config.run_as {
+        smtpd::privileges::drop_to(run_as)?;
+    }
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
     if let (Some(local), Some(directory)) = (&config.local, directory) {
@@ -69,16 +85,11 @@ fn run(args: Args) -> Result<(), String> {
         mailboxes = Some(m);
     }
     let max_connections = config.max_connections(open_files);
-    let tls = match &config.tls {
-        Some(files) => Some(smtpd::tls::load(&files.cert, &files.key)?),
-        None => None,
-    };
     if config.durability == Durability::NoFsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
     }
-    let server = Server::bind(
-        &config.listen,
-        &config.tls_listen,
+    let server = Server::with_listeners(
+        listeners,
         maildir,
         config.server_config(max_connections, tls, mailboxes),
     )
@@ -89,6 +100,10 @@ fn run(args: Args) -> Result<(), String> {
         addrs.join(" "),
         config.maildir.display()
     );
+    if config.run_as.is_none() && smtpd::privileges::is_root() {
+        log::warn!("serving as root: give --user (and --group) to drop privileges");
+    }
+    smtpd::systemd::ready(&format!("listening on {}", addrs.join(" ")));
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 

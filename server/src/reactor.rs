@@ -138,6 +138,22 @@ pub struct Server {
     stats: Stats,
 }
 
+/// Binds every listen address (`plain`, and `implicit_tls` which needs a certificate), each
+/// with "implicit TLS".
+pub fn bind_listeners(
+    plain: &[SocketAddr],
+    implicit_tls: &[SocketAddr],
+) -> io::Result<Vec<(TcpListener, bool)>> {
+    let all = plain.iter().map(|a| (a, false));
+    let mut listeners = Vec::new();
+    for (addr, tls) in all.chain(implicit_tls.iter().map(|a| (a, true))) {
+        let l = net::listen(*addr, LISTEN_BACKLOG)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push((l, tls));
+    }
+    Ok(listeners)
+}
+
 impl Server {
     /// Binds every listen address (`plain`, and `implicit_tls` which needs `config.tls`) and
     /// starts the group-commit thread.
@@ -147,16 +163,21 @@ impl Server {
         maildir: Maildir,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        Server::with_listeners(bind_listeners(plain, implicit_tls)?, maildir, config)
+    }
+
+    /// Serves on listeners already bound (by [`bind_listeners`] before dropping privileges, or
+    /// handed over by systemd: `crate::systemd::listeners`), each with "implicit TLS", and
+    /// starts the group-commit thread.
+    pub fn with_listeners(
+        bound: Vec<(TcpListener, bool)>,
+        maildir: Maildir,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
-        let all = plain.iter().map(|a| (a, false));
-        for (i, (addr, tls)) in all
-            .chain(implicit_tls.iter().map(|a| (a, true)))
-            .enumerate()
-        {
-            let mut l = net::listen(*addr, LISTEN_BACKLOG)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        for (i, (mut l, tls)) in bound.into_iter().enumerate() {
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
@@ -689,6 +710,7 @@ impl Server {
             self.config.shutdown_timeout
         );
         self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        crate::systemd::stopping();
         for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -154,6 +154,95 @@ fn apply(args: &mut Args, c: char, value: String) -> Result<(), String> {
     Ok(())
 }
 
+/// The command line described for the manual page and shell completions (`docgen`): the
+/// options [`parse`] understands, documented; parsing itself is [`parse`] (getopt-style
+/// grouping, which clap does not do).
+pub fn command() -> clap::Command {
+    use clap::{Arg, ArgAction};
+    let flag = |name: &'static str, short: char, help: &'static str| {
+        Arg::new(name)
+            .short(short)
+            .action(ArgAction::SetTrue)
+            .help(help)
+    };
+    let value = |name: &'static str, short: char, v: &'static str, help: &'static str| {
+        Arg::new(name).short(short).value_name(v).help(help)
+    };
+    clap::Command::new("sendmail")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_version_flag(true)
+        .about("Queue a message for delivery (Postfix-compatible sendmail interface of smtpd)")
+        .long_about(
+            "Reads a message on standard input and queues it durably in smtpd's queue Maildir, \
+             with no network connection and no smtpd running; smtp-relay sends it on. The queue \
+             is the `maildir` key of the configuration file (-C, default /etc/smtpd/smtpd.toml), \
+             or the SMTPD_MAILDIR environment variable. Exit status from sysexits.h: 0 queued, \
+             64 usage, 65 bad message or sender, 67 recipient refused, 69 smtp-relay missing, \
+             73 queue file cannot be created, 74 input error, 75 temporary failure, \
+             78 no queue configured.",
+        )
+        .arg(flag(
+            "extract",
+            't',
+            "Recipients (also) from the To, Cc and Bcc headers; Bcc is removed",
+        ))
+        .arg(flag(
+            "ignore-dots",
+            'i',
+            "A line with only a dot does not end the message (also -oi)",
+        ))
+        .arg(value(
+            "sender",
+            'f',
+            "SENDER",
+            "Envelope sender (also -r); <> for none [default: login@hostname]",
+        ))
+        .arg(value(
+            "full-name",
+            'F',
+            "NAME",
+            "Full name for the From: header added when missing",
+        ))
+        .arg(value(
+            "config",
+            'C',
+            "FILE",
+            "smtpd configuration file naming the queue",
+        ))
+        .arg(value(
+            "mode",
+            'b',
+            "MODE",
+            "m: queue a message (default); s: SMTP on stdin/stdout; p: list the queue; i: no-op",
+        ))
+        .arg(flag(
+            "queue-run",
+            'q',
+            "Run the queue once (smtp-relay --now)",
+        ))
+        .arg(value(
+            "notify",
+            'N',
+            "DSN",
+            "DSN notification: never, or success,failure,delay",
+        ))
+        .arg(value("ret", 'R', "RET", "DSN return: full or hdrs"))
+        .arg(value("envid", 'V', "ENVID", "DSN envelope ID"))
+        .arg(flag("verbose", 'v', "Print the queue ID on stderr"))
+        .arg(value(
+            "option",
+            'o',
+            "OPT",
+            "-oi as -i; other -o options (-odi, -oem, ...) are ignored",
+        ))
+        .arg(
+            Arg::new("recipients")
+                .value_name("RECIPIENT")
+                .num_args(0..)
+                .help("Recipient addresses (a bare name gets @hostname)"),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +310,11 @@ mod tests {
         assert_eq!(a.notify.as_deref(), Some("success,failure"));
         assert_eq!(a.ret.as_deref(), Some("hdrs"));
         assert_eq!(a.envid.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn the_documented_command_is_consistent() {
+        command().debug_assert();
     }
 
     #[test]

@@ -9,7 +9,8 @@ profile=${PROFILE:-release}
 dir=$profile
 [ "$profile" = dev ] && dir=debug
 command -v cargo-deb >/dev/null 2>&1 || { echo "package.sh: cargo-deb is required (scripts/install-peers.sh)" >&2; exit 1; }
-cargo build --locked --profile "$profile" --workspace --bins
+# SKIP_BUILD=1: the binaries are built already (the package test runs inside cargo test).
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --locked --profile "$profile" --workspace --bins
 rm -rf target/docgen
 "target/$dir/docgen" target/docgen
 gzip -9n target/docgen/man/*.8

@@ -22,6 +22,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 # systemd-analyze verify on the units (the package only; no systemd is started).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The package test: dpkg -i runs postinst, which needs adduser.
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -42,3 +44,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q 'aiosmtpd==1.4.6'
+
+# cargo-deb builds the Debian package (scripts/package.sh, tests/tests/package.rs); pinned, and
+# kept in ~/.cargo/bin once built (a few minutes the first time).
+CARGO_DEB_VERSION=3.6.3
+if command -v cargo >/dev/null 2>&1 &&
+   [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  CARGO_INCREMENTAL=0 cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+fi

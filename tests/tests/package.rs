@@ -197,7 +197,10 @@ print(r.returncode)
         modes.contains(&"640 nobody smtpd-drop".to_owned()),
         "{modes:?}"
     );
-    assert!(modes.contains(&"600 smtpd smtpd-drop".to_owned()), "{modes:?}");
+    assert!(
+        modes.contains(&"600 smtpd smtpd-drop".to_owned()),
+        "{modes:?}"
+    );
 
     // smtp-relay as smtpd (with its groups) reads both and sends them on.
     let sink = Sink::start(&["127.0.0.1"], &[]);

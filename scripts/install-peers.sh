@@ -22,6 +22,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 # systemd-analyze verify on the units (the package only; no systemd is started).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# smtp-relay's progress bar is checked on a real terminal.
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 # The package test: dpkg -i runs postinst, which needs adduser.
 command -v adduser >/dev/null 2>&1 || need+=(adduser)
 

@@ -16,6 +16,7 @@
 //!   trust word; the byte transport itself (plain TCP or TLS driven sans-io) is
 //!   `net::Transport`, shared with smtpd.
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
+//! - [`progress`]: the progress bar of a `--once` run on a terminal (nothing otherwise).
 //! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,
 //!   summarise), the interval timer, stopping; [`watch`]: the signal pipe and inotify.
 //!
@@ -27,6 +28,7 @@ mod config;
 mod dsn;
 mod mx;
 mod plan;
+mod progress;
 mod queue;
 mod reactor;
 mod record;

@@ -248,7 +248,31 @@ fn run(rx: Receiver<Msg>, writer: Arc<env_logger::Logger>, shared: Arc<Shared>) 
     }
 }
 
+/// What runs around each line the logging thread writes (see [`set_write_around`]).
+pub type WriteAround = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+static AROUND: OnceLock<WriteAround> = OnceLock::new();
+
+/// Makes the logging thread write every line inside `around`: a terminal progress bar hides
+/// itself while a line is written (indicatif's `ProgressBar::suspend`), so lines and bar do not
+/// overwrite each other. Set once per process; false if it was already set.
+pub fn set_write_around(around: WriteAround) -> bool {
+    AROUND.set(around).is_ok()
+}
+
+/// Runs `f` inside the registered [`WriteAround`], if any.
+fn around(f: &mut dyn FnMut()) {
+    match AROUND.get() {
+        Some(a) => a(f),
+        None => f(),
+    }
+}
+
 fn emit(writer: &env_logger::Logger, r: &OwnedRecord) {
+    around(&mut || emit_now(writer, r));
+}
+
+fn emit_now(writer: &env_logger::Logger, r: &OwnedRecord) {
     writer.log(
         &Record::builder()
             .level(r.level)
@@ -262,13 +286,15 @@ fn emit(writer: &env_logger::Logger, r: &OwnedRecord) {
 }
 
 fn write(writer: &env_logger::Logger, level: Level, target: &str, text: &str) {
-    writer.log(
-        &Record::builder()
-            .level(level)
-            .target(target)
-            .args(format_args!("{text}"))
-            .build(),
-    );
+    around(&mut || {
+        writer.log(
+            &Record::builder()
+                .level(level)
+                .target(target)
+                .args(format_args!("{text}"))
+                .build(),
+        )
+    });
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q 'aiosmtpd==1.4.6'
+# scripts/bench.sh's plot (scripts/bench_plot.py) and its test.
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q 'matplotlib==3.11.2'
 
 # cargo-deb builds the Debian package (scripts/package.sh, tests/tests/package.rs); pinned, and
 # kept in ~/.cargo/bin once built (a few minutes the first time).

@@ -1,7 +1,8 @@
 //! smtpd's settings: the command line ([`Args`]), checked and completed by [`Args::validate`]
 //! into one [`Config`] that holds every setting, the knobs without an option included (error
 //! limit, thread counts, buffer limits, linger), and the trusted networks (CIDR) that may
-//! relay. A configuration file would be one more source merged into the same [`Config`].
+//! relay. A `--config` TOML file gives the same options (its keys are these options' long
+//! names, merged in by `config_file` before clap parses, see [`crate::load`]).
 //!
 //! Owns: defaults, validation, and the assembly of the reactor's and sessions' settings.
 //! Must not: bind sockets, open the Maildir or read the certificate (`main` does, then hands
@@ -172,6 +173,21 @@ pub struct Args {
     /// With --user: serve with this group instead of the user's primary group.
     #[arg(long, value_name = "NAME", requires = "user")]
     pub group: Option<String>,
+    /// TOML configuration file: every option is a key of the same name (`max-size = 1048576`,
+    /// `local-domain = ["example.org"]`; `[tls] cert = ...` is --tls-cert); the command line
+    /// overrides it. SIGHUP re-reads it (and every file it names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file, command line, and the users, aliases and certificate
+    /// files they name), print it as TOML and exit (0 valid, 1 not): the settings given, like
+    /// `postconf -n`, or with `=all` every option with its default.
+    #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "set", value_enum)]
+    pub check_config: Option<config_file::Show>,
+    /// Most detailed log records written: off, error, warn, info, debug, trace [default: as
+    /// RUST_LOG says, else info]. A reload applies a new value.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Args {
@@ -266,6 +282,7 @@ impl Args {
                 user,
                 group: self.group,
             }),
+            log_level: self.log_level,
         };
         config.check()?;
         Ok(config)
@@ -331,6 +348,8 @@ pub struct Config {
     pub linger: Duration,
     /// `--user`/`--group`: who to serve as once the listeners are bound.
     pub run_as: Option<crate::privileges::RunAs>,
+    /// `--log-level`; None: as `RUST_LOG` says.
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Config {

@@ -1,26 +1,47 @@
-//! smtpd: parse and validate the command line ([`smtpd::config`]), load the accounts
-//! ([`smtpd::accounts`]), bind (or take systemd's sockets), load the certificate, drop root
-//! (`--user`), open the Maildirs, run the reactor (telling systemd it is ready).
+//! smtpd: parse and validate the command line and its `--config` file, load the accounts and
+//! the certificate ([`smtpd::load`]), bind (or take systemd's sockets), drop root (`--user`),
+//! open the Maildirs, run the reactor (which reloads on SIGHUP from the same command line),
+//! telling systemd it is ready. `--check-config` stops after loading.
 //! Settings are assembled in `config`, not here. `smtpd hash-password` is the one subcommand.
 
 use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use clap::Parser;
+use std::ffi::OsString;
+
 use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
-use proto::smtp::server::policy::{LocalPolicy, QuotaView};
 use smtpd::config::{Args, Cmd};
-use smtpd::reactor::Server;
+use smtpd::reactor::{ReloadSource, Server};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.command == Some(Cmd::HashPassword) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let loaded = match smtpd::load::args(&argv) {
+        Ok(l) => l,
+        Err(config_file::Error::Cli(e)) => e.exit(),
+        Err(config_file::Error::File(e)) => {
+            eprintln!("smtpd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if loaded.args.command == Some(Cmd::HashPassword) {
         return smtpd::password::hash_password_command();
     }
+    if let Some(show) = loaded.args.check_config {
+        return match smtpd::load::complete(loaded) {
+            Ok(l) => {
+                print!("{}", smtpd::load::render(&l, show));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let log = maildir_core::logging::init("info");
-    let code = match run(args) {
+    let code = match run(loaded, argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line on stderr, not also through the logger.
@@ -32,13 +53,18 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(args: Args) -> Result<(), String> {
-    let mut config = args.validate()?;
+fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), String> {
     // Every file is read before anything is created: a bad one is one line and exit 1.
-    let directory = match &config.local {
-        Some(local) => Some(smtpd::accounts::load(&local.accounts)?),
-        None => None,
-    };
+    let smtpd::load::Loaded {
+        mut config,
+        directory,
+        tls,
+        ..
+    } = smtpd::load::complete(loaded)?;
+    let start_level = log::max_level();
+    if let Some(level) = config.log_level {
+        smtpd::load::apply_log_level(level);
+    }
     let open_files = raise_open_files_limit();
     // Bound (or taken from systemd) and the key read before root is given up (--user).
     let mut listeners = smtpd::systemd::listeners()?;
@@ -48,28 +74,17 @@ fn run(args: Args) -> Result<(), String> {
     } else if listeners.iter().any(|(_, tls)| *tls) && config.tls.is_none() {
         return Err("an inherited smtps/submissions socket needs --tls-cert and --tls-key".into());
     }
-    let tls = match &config.tls {
-        Some(files) => Some(smtpd::tls::load(&files.cert, &files.key)?),
-        None => None,
-    };
     if let Some(run_as) = &config.run_as {
         smtpd::privileges::drop_to(run_as)?;
     }
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
+    let mut spool_is_copy = false;
     if let (Some(local), Some(directory)) = (&config.local, directory) {
         let m = Arc::new(Mailboxes::open(&local.mailboxes).map_err(|e| e.to_string())?);
-        let quota = match local.quota {
-            Some(limit) => {
-                let users = directory.users().iter().map(|u| u.name.as_str());
-                let q = smtpd::quota::Quota::start(Arc::clone(&m), limit, users)?;
-                Some(q as Arc<dyn QuotaView>)
-            }
-            None => None,
-        };
         // A message for local users only is spooled as the first user's copy and renamed
         // into that Maildir, which needs one file system for the queue and the mailboxes.
-        let spool_is_copy = same_device(maildir.root(), m.root());
+        spool_is_copy = same_device(maildir.root(), m.root());
         log::info!(
             "local delivery for {} to {} ({} users, {} aliases)",
             directory.domains().join(" "),
@@ -77,21 +92,22 @@ fn run(args: Args) -> Result<(), String> {
             directory.users().len(),
             directory.aliases().len()
         );
-        config.session.local = Some(LocalPolicy {
-            directory: Arc::new(directory),
-            quota,
+        config.session.local = Some(smtpd::load::local_policy(
+            local,
+            directory,
+            &m,
             spool_is_copy,
-        });
+        )?);
         mailboxes = Some(m);
     }
     let max_connections = config.max_connections(open_files);
     if config.durability == Durability::NoFsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
     }
-    let server = Server::with_listeners(
+    let mut server = Server::with_listeners(
         listeners,
         maildir,
-        config.server_config(max_connections, tls, mailboxes),
+        config.server_config(max_connections, tls, mailboxes.clone()),
     )
     .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
@@ -100,7 +116,16 @@ fn run(args: Args) -> Result<(), String> {
         addrs.join(" "),
         config.maildir.display()
     );
-    if config.run_as.is_none() && smtpd::privileges::is_root() {
+    let as_root = config.run_as.is_none() && smtpd::privileges::is_root();
+    server.set_reload(ReloadSource {
+        argv,
+        open_files,
+        config,
+        mailboxes,
+        spool_is_copy,
+        start_level,
+    });
+    if as_root {
         log::warn!("serving as root: give --user (and --group) to drop privileges");
     }
     smtpd::systemd::ready(&format!("listening on {}", addrs.join(" ")));

@@ -21,36 +21,39 @@ pub const DEFAULT_CONFIG: &str = "/etc/smtpd/smtpd.toml";
 pub const MAILDIR_ENV: &str = "SMTPD_MAILDIR";
 
 /// The queue Maildir: `env` (the value of [`MAILDIR_ENV`]) when set and not empty, else the
-/// `maildir` key of `config` (or [`DEFAULT_CONFIG`]). The error is the message for `EX_CONFIG`.
+/// `maildir` of smtpd's configuration file `config` (or [`DEFAULT_CONFIG`]), read with smtpd's
+/// own loader (`config_file`, every key checked as smtpd checks it). The error is the message
+/// for `EX_CONFIG`.
 pub fn locate(env: Option<&str>, config: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(dir) = env.filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
     let path = config.unwrap_or(Path::new(DEFAULT_CONFIG));
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.is_none() => {
-            return Err(format!(
-                "no queue configured: {DEFAULT_CONFIG} does not exist and {MAILDIR_ENV} is not set"
-            ));
-        }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    maildir_from_config(&text).map_err(|e| format!("{}: {e}", path.display()))
+    if config.is_none() && !path.exists() {
+        return Err(format!(
+            "no queue configured: {DEFAULT_CONFIG} does not exist and {MAILDIR_ENV} is not set"
+        ));
+    }
+    maildir_from_config(path)
 }
 
-/// The `maildir` key of smtpd's TOML configuration.
-pub fn maildir_from_config(text: &str) -> Result<PathBuf, String> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("not valid TOML: {}", e.message()))?;
-    match table.get("maildir") {
-        Some(toml::Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
-        Some(_) => Err("maildir must be a non-empty string".to_owned()),
-        None => Err(format!(
-            "no maildir key: no queue configured (set it, or {MAILDIR_ENV})"
-        )),
-    }
+/// The `maildir` setting of smtpd's configuration file at `path`.
+pub fn maildir_from_config(path: &Path) -> Result<PathBuf, String> {
+    let loaded = config_file::parse_file::<crate::config::Args>("smtpd", path).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("--maildir") {
+            format!(
+                "{}: no maildir key: no queue configured (set it, or {MAILDIR_ENV})",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })?;
+    loaded
+        .args
+        .maildir
+        .ok_or_else(|| format!("{}: no maildir key: no queue configured", path.display()))
 }
 
 /// Running setgid (effective group not the real one).
@@ -94,25 +97,22 @@ mod tests {
 
     #[test]
     fn config_key() {
+        let dir = std::env::temp_dir().join(format!("sendmail-queue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("smtpd.toml");
+        let write = |t: &str| std::fs::write(&f, t).expect("write");
+        write("maildir = \"/var/spool/smtpd\"\nhostname = \"x.test\"\n");
         assert_eq!(
-            maildir_from_config("maildir = \"/var/spool/smtpd\"\nhostname = \"x\"\n"),
+            maildir_from_config(&f),
             Ok(PathBuf::from("/var/spool/smtpd"))
         );
-        assert!(
-            maildir_from_config("hostname = \"x\"\n")
-                .unwrap_err()
-                .contains("no maildir key")
-        );
-        assert!(
-            maildir_from_config("maildir = 3\n")
-                .unwrap_err()
-                .contains("non-empty string")
-        );
-        assert!(
-            maildir_from_config("maildir = \n")
-                .unwrap_err()
-                .contains("not valid TOML")
-        );
+        write("hostname = \"x.test\"\n");
+        let e = maildir_from_config(&f).unwrap_err();
+        assert!(e.contains("no maildir key"), "{e}");
+        write("maildir = \"/q\"\nmax-size = \"big\"\n");
+        let e = maildir_from_config(&f).unwrap_err();
+        assert!(e.contains("max-size"), "smtpd's own checks apply: {e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -67,6 +67,8 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
     }
     let open_files = raise_open_files_limit();
     // Bound (or taken from systemd) and the key read before root is given up (--user).
+    let signals =
+        smtpd::reactor::stop_signals().map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut listeners = smtpd::systemd::listeners()?;
     if listeners.is_empty() {
         listeners = smtpd::reactor::bind_listeners(&config.listen, &config.tls_listen)
@@ -106,6 +108,7 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
     }
     let mut server = Server::with_listeners(
         listeners,
+        signals,
         maildir,
         config.server_config(max_connections, tls, mailboxes.clone()),
     )

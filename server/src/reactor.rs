@@ -148,6 +148,12 @@ pub struct Server {
     handshake_tx: Sender<handshake::Done>,
 }
 
+/// SIGTERM, SIGINT and SIGHUP caught from now on (kept until the reactor reads them): made
+/// before binding, so a signal sent as soon as the port answers is neither fatal nor lost.
+pub fn stop_signals() -> io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
 /// Binds every listen address (`plain`, and `implicit_tls` which needs a certificate), each
 /// with "implicit TLS".
 pub fn bind_listeners(
@@ -173,14 +179,21 @@ impl Server {
         maildir: Maildir,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        Server::with_listeners(bind_listeners(plain, implicit_tls)?, maildir, config)
+        let signals = stop_signals()?;
+        Server::with_listeners(
+            bind_listeners(plain, implicit_tls)?,
+            signals,
+            maildir,
+            config,
+        )
     }
 
     /// Serves on listeners already bound (by [`bind_listeners`] before dropping privileges, or
-    /// handed over by systemd: `crate::systemd::listeners`), each with "implicit TLS", and
-    /// starts the group-commit thread.
+    /// handed over by systemd: `crate::systemd::listeners`), each with "implicit TLS", with the
+    /// signals caught since [`stop_signals`], and starts the group-commit thread.
     pub fn with_listeners(
         bound: Vec<(TcpListener, bool)>,
+        mut signals: Signals,
         maildir: Maildir,
         config: ServerConfig,
     ) -> io::Result<Server> {
@@ -192,7 +205,6 @@ impl Server {
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
         }
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();

@@ -405,10 +405,17 @@ fn exit_codes() {
 }
 
 /// `-bp` is `smtp-relay --list` on the same queue; `-odi -oem -v` are accepted (`-v` reports
-/// the queue ID).
+/// the queue ID); `-q` is one smtp-relay run (here on an empty queue: its summary line).
 #[test]
 fn bp_lists_the_queue_through_smtp_relay() {
     let (_d, md) = temp_maildir();
+    let o = sendmail(md.root(), &["-q"], b"");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("smtp-relay: 0 delivered, 0 deferred, 0 bounced"),
+        "{}",
+        text(&o.stdout)
+    );
     let o = sendmail(
         md.root(),
         &["-odi", "-oem", "-v", "-f", "ann@src.test", "zed@one.test"],

@@ -175,9 +175,20 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
 /// the systemd journal ([`stderr_is_journal`]).
 pub const LOG_FORMAT_ENV: &str = "SMTPD_LOG_FORMAT";
 
+static CHOSEN: OnceLock<bool> = OnceLock::new();
+
+/// Chooses the format before [`init`] (a program's `--log-format`): `true` for the journal's,
+/// `false` for env_logger's. Overrides the environment.
+pub fn choose_journal_format(journal: bool) {
+    let _ = CHOSEN.set(journal);
+}
+
 /// True when log lines are written for the journal: `<N>target: message` with the syslog
 /// priority N (journald reads it, and stamps the time itself).
 pub fn journal_format() -> bool {
+    if let Some(&chosen) = CHOSEN.get() {
+        return chosen;
+    }
     match std::env::var(LOG_FORMAT_ENV).as_deref() {
         Ok("journal") => true,
         Ok("plain") => false,

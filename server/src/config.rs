@@ -188,6 +188,11 @@ pub struct Args {
     /// RUST_LOG says, else info]. A reload applies a new value.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<log::LevelFilter>,
+    /// Log line format: journal (`<N>target: message`, syslog priority, no timestamp: journald
+    /// adds its own), plain (env_logger's, with a timestamp) [default: journal when stderr is
+    /// the journal (JOURNAL_STREAM), else SMTPD_LOG_FORMAT, else plain]. Needs a restart.
+    #[arg(long, value_name = "FORMAT", value_parser = ["journal", "plain"])]
+    pub log_format: Option<String>,
 }
 
 impl Args {

@@ -40,6 +40,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(format) = &loaded.args.log_format {
+        maildir_core::logging::choose_journal_format(format == "journal");
+    }
     let log = maildir_core::logging::init("info");
     let code = match run(loaded, argv) {
         Ok(()) => ExitCode::SUCCESS,

@@ -155,11 +155,17 @@ fn an_unknown_socket_name_is_refused() {
 }
 
 /// With stderr the journal (`JOURNAL_STREAM` naming it), log lines carry a syslog priority and
-/// no timestamp of ours; `SMTPD_LOG_FORMAT=plain` brings the timestamp back.
+/// no timestamp of ours; `SMTPD_LOG_FORMAT=plain` brings the timestamp back; `--log-format`
+/// overrides both.
 #[test]
 fn journal_log_format() {
     use std::os::unix::fs::MetadataExt;
-    for (format, journal) in [(None, true), (Some("plain"), false)] {
+    for (format, option, journal) in [
+        (None, None, true),
+        (Some("plain"), None, false),
+        (Some("plain"), Some("journal"), true),
+        (None, Some("plain"), false),
+    ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let log_path = dir.path().join("stderr");
         let log = std::fs::File::create(&log_path).expect("log");
@@ -176,6 +182,9 @@ fn journal_log_format() {
             .stderr(log);
         if let Some(f) = format {
             cmd.env("SMTPD_LOG_FORMAT", f);
+        }
+        if let Some(o) = option {
+            cmd.args(["--log-format", o]);
         }
         let mut child = cmd.spawn().expect("spawn smtpd");
         wait_for("the listening line", Duration::from_secs(10), || {

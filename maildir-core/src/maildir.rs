@@ -637,6 +637,32 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// `open_existing` creates and cleans nothing and refuses a Maildir without `tmp/` or
+    /// `new/`; `with_file_mode` sets the files' mode whatever the umask.
+    #[test]
+    fn open_existing_and_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Maildir");
+        let e = Maildir::open_existing(&root).unwrap_err();
+        assert!(e.to_string().contains("tmp"), "{e}");
+        assert!(!root.exists(), "nothing created");
+        Maildir::open(&root).unwrap();
+        let stale = root.join("tmp").join("stale");
+        fs::write(&stale, b"x").unwrap();
+        let md = Maildir::open_existing(&root).unwrap().with_file_mode(0o640);
+        assert!(stale.exists(), "tmp/ is not cleaned");
+        let d = md.deliver().unwrap();
+        let mode = fs::metadata(d.tmp_path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        let done = d.commit(Durability::Fsync).unwrap();
+        let mode = fs::metadata(&done.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        fs::remove_file(&done.path).unwrap();
+        fs::remove_dir(root.join("new")).unwrap();
+        assert!(Maildir::open_existing(&root).is_err());
+    }
+
     #[test]
     fn deliver_commit_and_scan() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One-command side-by-side benchmark (issue 5). Builds release, installs the peers, and prints
-# one markdown report on stdout, also written to bench-results/bench-<date>.md (gitignored).
+# one markdown report on stdout, also written to bench-results/bench-<date>.md (gitignored),
+# with a plot beside it, bench-<date>.svg (scripts/bench_plot.py: throughput against sessions
+# per server, and the transaction latency histogram).
 #
 #  1. Intake: Postfix smtp-source, 4 KiB messages, 1 / 20 / 200 sessions, a new connection per
 #     message (and -d, connection reuse, for the servers fast enough for it to matter), against
@@ -236,7 +238,7 @@ log "smtp-stress: 200 connections, ${STRESS_SECS}s (load $(loadavg))"
 # smtp-stress sends some messages to the bare <postmaster> and expects 250 (RFC 5321 4.5.1).
 p=$(port); "$SMTPD" --maildir "$WORK/stress" --listen 127.0.0.1:$p --postmaster postmaster@bench.test 2>>"$WORK/smtpd-stress.log" &
 pid=$!; PIDS+=($pid); wait_port $p
-STRESS_OUT=$("$STRESS" --connections 200 --duration "$STRESS_SECS" --error-rate 0 --maildir "$WORK/stress" 127.0.0.1:$p 2>>"$WORK/stress.err" || echo "exit status $?")
+STRESS_OUT=$("$STRESS" --connections 200 --duration "$STRESS_SECS" --error-rate 0 --maildir "$WORK/stress" --latencies "$WORK/latencies.txt" 127.0.0.1:$p 2>>"$WORK/stress.err" || echo "exit status $?")
 stop $pid
 echo "$STRESS_OUT" >"$WORK/stress.out"
 
@@ -330,5 +332,19 @@ new connection per message unless -d (one connection per session). Postfix: deli
   echo
   echo "Total time $(($(date +%s) - T_START)) s. Command: scripts/bench.sh$([ $QUICK = 1 ] && echo ' --quick')."
 }
-report | tee "$OUT"
+# The plot beside the report (issue 17): throughput against sessions per server, and the
+# latency histogram (scripts/bench_plot.py, matplotlib).
+PLOT=${OUT%.md}.svg
+plot() {
+  local srv s d
+  for srv in durable nofsync sink pf aio; do
+    for s in "${SESSIONS[@]}"; do printf '%s\t%s\tnew\t%s\n' "$(name $srv)" "$s" "${R[$srv,$s]:-}"; done
+    for s in 20 200; do printf '%s\t%s\treuse\t%s\n' "$(name $srv)" "$s" "${R[$srv,$s-d]:-}"; done
+  done >"$WORK/intake.tsv"
+  touch "$WORK/latencies.txt"
+  python3 "$ROOT/scripts/bench_plot.py" --intake "$WORK/intake.tsv" --latencies "$WORK/latencies.txt" \
+    --out "$PLOT" --title "smtpd benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')$([ $QUICK = 1 ] && echo ', --quick')" >&2
+}
+plot || { echo "(plot failed)" >&2; PLOT=""; }
+{ report; [ -z "$PLOT" ] || { echo; echo "Plot: $(basename "$PLOT") (throughput against sessions, latency histogram)."; }; } | tee "$OUT"
 log "report written to $OUT; deleting $WORK"

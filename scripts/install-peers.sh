@@ -20,6 +20,16 @@ command -v dovecot >/dev/null 2>&1 || need+=(dovecot-core dovecot-imapd)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)
+# sendmail's callers (issue 17): git send-email and bsd-mailx.
+command -v git >/dev/null 2>&1 || need+=(git)
+{ git send-email -h 2>&1 || true; } | grep -q sendmail-cmd || need+=(git-email)
+command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
+# systemd-analyze verify on the units (the package only; no systemd is started).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# smtp-relay's progress bar is checked on a real terminal.
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# The package test: dpkg -i runs postinst, which needs adduser.
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -45,3 +55,13 @@ fi
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q 'aiosmtpd==1.4.6'
 # The Prometheus text parser the metrics tests check /metrics with (tests/py/scrape.py).
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q 'prometheus-client==0.23.1'
+# scripts/bench.sh's plot (scripts/bench_plot.py) and its test.
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q 'matplotlib==3.11.2'
+
+# cargo-deb builds the Debian package (scripts/package.sh, tests/tests/package.rs); pinned, and
+# kept in ~/.cargo/bin once built (a few minutes the first time).
+CARGO_DEB_VERSION=3.6.3
+if command -v cargo >/dev/null 2>&1 &&
+   [ "$(cargo deb --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DEB_VERSION" ]; then
+  CARGO_INCREMENTAL=0 cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+fi

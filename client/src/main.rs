@@ -18,6 +18,7 @@
 //!   `net::Transport`, shared with smtpd.
 //! - [`record`]: the recorder thread (state, DSNs, moving finished mail to `cur/`); [`dsn`]: RFC 3464.
 //! - [`metrics`]: the Prometheus figures (`--metrics`) and their exporter.
+//! - [`progress`]: the progress bar of a `--once` run on a terminal (nothing otherwise).
 //! - [`run`]: passes over the queue (scan and resolve on a thread, plan, hand to the reactor,
 //!   summarise), the interval timer, stopping; [`watch`]: the signal pipe and inotify.
 //!
@@ -30,6 +31,7 @@ mod dsn;
 mod metrics;
 mod mx;
 mod plan;
+mod progress;
 mod queue;
 mod reactor;
 mod record;

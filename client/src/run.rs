@@ -33,6 +33,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Config, TlsLevel};
 use crate::mx::Resolution;
+use crate::progress::Progress;
 use crate::queue::Message;
 use crate::reactor::{EXTERNAL, Reactor, Stats};
 use crate::record::{RecorderConfig, Summary};
@@ -240,6 +241,7 @@ fn serve(
         next_scan: None,
         scan_ended: None,
         failed: None,
+        progress: Progress::new(cfg.interval.is_none()),
     };
     lp.start_scan();
     let mut woken = Vec::new();
@@ -361,6 +363,8 @@ struct Loop<'a> {
     scan_ended: Option<(Instant, Duration)>,
     /// A scan failed (`--once`: the run fails).
     failed: Option<String>,
+    /// The progress bar of a `--once` run on a terminal (nothing otherwise).
+    progress: Progress,
 }
 
 impl Loop<'_> {
@@ -435,6 +439,7 @@ impl Loop<'_> {
             reporting_mta: self.cfg.helo.clone(),
             queue_lifetime: self.cfg.queue_lifetime,
             delay_warning: self.cfg.delay_warning,
+            progress: self.progress.clone(),
         };
         let (tx, recorder) = match record::spawn(self.md.clone(), self.states.clone(), rcfg) {
             Ok(r) => r,
@@ -446,6 +451,7 @@ impl Loop<'_> {
         let names: Vec<String> = due.iter().map(|m| m.name.clone()).collect();
         self.in_flight.extend(names.iter().cloned());
         let tried = due.len();
+        self.progress.add_messages(tried);
         let (tally, jobs) = plan::build(due, &s.dns, tx, SystemTime::now());
         let id = self.next_pass;
         self.next_pass += 1;
@@ -546,6 +552,9 @@ impl Loop<'_> {
             }
         );
         if self.cfg.interval.is_none() {
+            if self.passes.is_empty() {
+                self.progress.finish();
+            }
             println!("{line}");
         } else {
             log::info!("{line}");

@@ -130,7 +130,20 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
         return None;
     }
     let env = env_logger::Env::default().default_filter_or(default_filter);
-    let writer = Arc::new(env_logger::Builder::from_env(env).build());
+    let mut builder = env_logger::Builder::from_env(env);
+    if journal_format() {
+        builder.format(|buf, r| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}: {}",
+                syslog_priority(r.level()),
+                r.target(),
+                r.args()
+            )
+        });
+    }
+    let writer = Arc::new(builder.build());
     let max = writer.filter();
     let (tx, rx) = bounded(LOG_QUEUE);
     let shared = Arc::new(Shared {
@@ -155,6 +168,62 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
         shared,
         thread: Some(thread),
     })
+}
+
+/// The environment variable that chooses the log format: `journal` (syslog priority prefix,
+/// no timestamp) or `plain` (env_logger's, with a timestamp); unset: `journal` when stderr is
+/// the systemd journal ([`stderr_is_journal`]).
+pub const LOG_FORMAT_ENV: &str = "SMTPD_LOG_FORMAT";
+
+static CHOSEN: OnceLock<bool> = OnceLock::new();
+
+/// Chooses the format before [`init`] (a program's `--log-format`): `true` for the journal's,
+/// `false` for env_logger's. Overrides the environment.
+pub fn choose_journal_format(journal: bool) {
+    let _ = CHOSEN.set(journal);
+}
+
+/// True when log lines are written for the journal: `<N>target: message` with the syslog
+/// priority N (journald reads it, and stamps the time itself).
+pub fn journal_format() -> bool {
+    if let Some(&chosen) = CHOSEN.get() {
+        return chosen;
+    }
+    match std::env::var(LOG_FORMAT_ENV).as_deref() {
+        Ok("journal") => true,
+        Ok("plain") => false,
+        _ => stderr_is_journal(),
+    }
+}
+
+/// True when stderr is the journal's stream: `JOURNAL_STREAM` (`DEV:INODE`, set by systemd)
+/// names the file stderr is (a child whose stderr was redirected elsewhere is not fooled).
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat on fd 2 into a zeroed struct it fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// The syslog priority of a level (sd-daemon(3) prefixes).
+pub fn syslog_priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
 }
 
 fn run(rx: Receiver<Msg>, writer: Arc<env_logger::Logger>, shared: Arc<Shared>) {
@@ -190,7 +259,31 @@ fn run(rx: Receiver<Msg>, writer: Arc<env_logger::Logger>, shared: Arc<Shared>) 
     }
 }
 
+/// What runs around each line the logging thread writes (see [`set_write_around`]).
+pub type WriteAround = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+static AROUND: OnceLock<WriteAround> = OnceLock::new();
+
+/// Makes the logging thread write every line inside `around`: a terminal progress bar hides
+/// itself while a line is written (indicatif's `ProgressBar::suspend`), so lines and bar do not
+/// overwrite each other. Set once per process; false if it was already set.
+pub fn set_write_around(around: WriteAround) -> bool {
+    AROUND.set(around).is_ok()
+}
+
+/// Runs `f` inside the registered [`WriteAround`], if any.
+fn around(f: &mut dyn FnMut()) {
+    match AROUND.get() {
+        Some(a) => a(f),
+        None => f(),
+    }
+}
+
 fn emit(writer: &env_logger::Logger, r: &OwnedRecord) {
+    around(&mut || emit_now(writer, r));
+}
+
+fn emit_now(writer: &env_logger::Logger, r: &OwnedRecord) {
     writer.log(
         &Record::builder()
             .level(r.level)
@@ -204,13 +297,15 @@ fn emit(writer: &env_logger::Logger, r: &OwnedRecord) {
 }
 
 fn write(writer: &env_logger::Logger, level: Level, target: &str, text: &str) {
-    writer.log(
-        &Record::builder()
-            .level(level)
-            .target(target)
-            .args(format_args!("{text}"))
-            .build(),
-    );
+    around(&mut || {
+        writer.log(
+            &Record::builder()
+                .level(level)
+                .target(target)
+                .args(format_args!("{text}"))
+                .build(),
+        )
+    });
 }
 
 #[cfg(test)]

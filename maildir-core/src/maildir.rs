@@ -88,6 +88,9 @@ pub struct Maildir {
     tmp: PathBuf,
     new: PathBuf,
     cur: PathBuf,
+    /// Permissions of the files [`Maildir::deliver`] creates (0600 unless
+    /// [`Maildir::with_file_mode`] says otherwise).
+    file_mode: u32,
 }
 
 /// A message that reached `new/`.
@@ -120,6 +123,7 @@ impl Maildir {
             new: root.join("new"),
             cur: root.join("cur"),
             root,
+            file_mode: 0o600,
         };
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
@@ -141,6 +145,38 @@ impl Maildir {
         let _ = fs::remove_file(&probe);
         md.clean_tmp(SystemTime::now())?;
         Ok(md)
+    }
+
+    /// Opens a Maildir that must already exist, without creating, cleaning or listing
+    /// anything: for a writer that may only drop files into it (`sendmail`, run by any user,
+    /// whose group may write `tmp/` and `new/` but not list them).
+    pub fn open_existing(root: impl AsRef<Path>) -> Result<Maildir, MaildirError> {
+        let root = root.as_ref().to_path_buf();
+        let md = Maildir {
+            tmp: root.join("tmp"),
+            new: root.join("new"),
+            cur: root.join("cur"),
+            root,
+            file_mode: 0o600,
+        };
+        for dir in [&md.tmp, &md.new] {
+            let meta = fs::metadata(dir).map_err(|e| MaildirError::new("use", dir, e))?;
+            if !meta.is_dir() {
+                return Err(MaildirError::new(
+                    "use",
+                    dir,
+                    io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                ));
+            }
+        }
+        Ok(md)
+    }
+
+    /// The same Maildir, creating its files with permissions `mode` (set explicitly, whatever
+    /// the umask): `sendmail` makes its queue files readable by the mail system's group.
+    pub fn with_file_mode(mut self, mode: u32) -> Maildir {
+        self.file_mode = mode;
+        self
     }
 
     /// The root directory.
@@ -198,6 +234,13 @@ impl Maildir {
             .mode(0o600)
             .open(&tmp_path)
             .map_err(|e| MaildirError::new("create", &tmp_path, e))?;
+        if self.file_mode != 0o600 {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = file.set_permissions(fs::Permissions::from_mode(self.file_mode)) {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(MaildirError::new("set the mode of", &tmp_path, e));
+            }
+        }
         Ok(Delivery {
             file: Some(file),
             tmp_path,
@@ -593,6 +636,32 @@ fn name_time(name: &str) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// `open_existing` creates and cleans nothing and refuses a Maildir without `tmp/` or
+    /// `new/`; `with_file_mode` sets the files' mode whatever the umask.
+    #[test]
+    fn open_existing_and_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Maildir");
+        let e = Maildir::open_existing(&root).unwrap_err();
+        assert!(e.to_string().contains("tmp"), "{e}");
+        assert!(!root.exists(), "nothing created");
+        Maildir::open(&root).unwrap();
+        let stale = root.join("tmp").join("stale");
+        fs::write(&stale, b"x").unwrap();
+        let md = Maildir::open_existing(&root).unwrap().with_file_mode(0o640);
+        assert!(stale.exists(), "tmp/ is not cleaned");
+        let d = md.deliver().unwrap();
+        let mode = fs::metadata(d.tmp_path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        let done = d.commit(Durability::Fsync).unwrap();
+        let mode = fs::metadata(&done.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        fs::remove_file(&done.path).unwrap();
+        fs::remove_dir(root.join("new")).unwrap();
+        assert!(Maildir::open_existing(&root).is_err());
+    }
 
     #[test]
     fn deliver_commit_and_scan() {

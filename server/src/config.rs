@@ -168,6 +168,13 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// Started as root: after binding the listeners and reading the key, serve as this user
+    /// (its primary group unless --group) [default: stay as started, with a warning as root].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// With --user: serve with this group instead of the user's primary group.
+    #[arg(long, value_name = "NAME", requires = "user")]
+    pub group: Option<String>,
     /// TOML configuration file: every option is a key of the same name (`max-size = 1048576`,
     /// `local-domain = ["example.org"]`; `[tls] cert = ...` is --tls-cert); the command line
     /// overrides it. SIGHUP re-reads it (and every file it names).
@@ -190,6 +197,11 @@ pub struct Args {
     /// loopback or a management network).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+    /// Log line format: journal (`<N>target: message`, syslog priority, no timestamp: journald
+    /// adds its own), plain (env_logger's, with a timestamp) [default: journal when stderr is
+    /// the journal (JOURNAL_STREAM), else SMTPD_LOG_FORMAT, else plain]. Needs a restart.
+    #[arg(long, value_name = "FORMAT", value_parser = ["journal", "plain"])]
+    pub log_format: Option<String>,
 }
 
 impl Args {
@@ -287,6 +299,10 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            run_as: self.user.map(|user| crate::privileges::RunAs {
+                user,
+                group: self.group,
+            }),
             log_level: self.log_level,
             login,
             metrics: self.metrics,
@@ -353,6 +369,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// `--user`/`--group`: who to serve as once the listeners are bound.
+    pub run_as: Option<crate::privileges::RunAs>,
     /// `--log-level`; None: as `RUST_LOG` says.
     pub log_level: Option<log::LevelFilter>,
     /// Logins: lockout, failure delay, submission listeners, LDAP.

@@ -27,6 +27,10 @@
 //! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
 //! - [`auth`]: logins (SMTP AUTH, POP3): the pool that verifies them off the reactor
 //!   (users file or LDAP), the failure delay and the lockout (bans, kept in a file).
+//! - [`sendmail`]: the `sendmail` program: a message on stdin queued through the same
+//!   session and queue-file writer as smtpd, without a network or a running smtpd.
+//! - [`systemd`]: socket activation (`LISTEN_FDS`) and readiness (`READY=1`, `STOPPING=1`).
+//! - [`privileges`]: `--user`/`--group`: root given up after binding, before serving.
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
 //!
@@ -42,8 +46,11 @@ pub mod config;
 pub mod load;
 pub mod metrics;
 pub mod password;
+pub mod privileges;
 pub mod quota;
 pub mod reactor;
+pub mod sendmail;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! smtpd: parse and validate the command line and its `--config` file, load the accounts and
-//! the certificate ([`smtpd::load`]), open the Maildirs, bind, run the reactor (which reloads
-//! on SIGHUP from the same command line). `--check-config` stops after loading.
+//! the certificate ([`smtpd::load`]), bind (or take systemd's sockets), drop root (`--user`),
+//! open the Maildirs, run the reactor (which reloads on SIGHUP from the same command line),
+//! telling systemd it is ready. `--check-config` stops after loading.
 //! Settings are assembled in `config`, not here. `smtpd hash-password` is the one subcommand.
 
 use std::process::ExitCode;
@@ -39,6 +40,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(format) = &loaded.args.log_format {
+        maildir_core::logging::choose_journal_format(format == "journal");
+    }
     let log = maildir_core::logging::init("info");
     let code = match run(loaded, argv) {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +69,19 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         smtpd::load::apply_log_level(level);
     }
     let open_files = raise_open_files_limit();
+    // Bound (or taken from systemd) and the key read before root is given up (--user).
+    let signals =
+        smtpd::reactor::stop_signals().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut listeners = smtpd::systemd::listeners()?;
+    if listeners.is_empty() {
+        listeners = smtpd::reactor::bind_listeners(&config.listen, &config.tls_listen)
+            .map_err(|e| e.to_string())?;
+    } else if listeners.iter().any(|(_, tls)| *tls) && config.tls.is_none() {
+        return Err("an inherited smtps/submissions socket needs --tls-cert and --tls-key".into());
+    }
+    if let Some(run_as) = &config.run_as {
+        smtpd::privileges::drop_to(run_as)?;
+    }
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
     let mut spool_is_copy = false;
@@ -92,9 +109,9 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
     if config.durability == Durability::NoFsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
     }
-    let mut server = Server::bind(
-        &config.listen,
-        &config.tls_listen,
+    let mut server = Server::with_listeners(
+        listeners,
+        signals,
         maildir,
         config.server_config(max_connections, tls, mailboxes.clone()),
     )
@@ -110,6 +127,7 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         addrs.join(" "),
         config.maildir.display()
     );
+    let as_root = config.run_as.is_none() && smtpd::privileges::is_root();
     server.set_reload(ReloadSource {
         argv,
         open_files,
@@ -118,6 +136,10 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         spool_is_copy,
         start_level,
     });
+    if as_root {
+        log::warn!("serving as root: give --user (and --group) to drop privileges");
+    }
+    smtpd::systemd::ready(&format!("listening on {}", addrs.join(" ")));
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 

@@ -166,6 +166,28 @@ pub struct Server {
     submission_listeners: Vec<usize>,
 }
 
+/// SIGTERM, SIGINT and SIGHUP caught from now on (kept until the reactor reads them): made
+/// before binding, so a signal sent as soon as the port answers is neither fatal nor lost.
+pub fn stop_signals() -> io::Result<Signals> {
+    Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
+/// Binds every listen address (`plain`, and `implicit_tls` which needs a certificate), each
+/// with "implicit TLS".
+pub fn bind_listeners(
+    plain: &[SocketAddr],
+    implicit_tls: &[SocketAddr],
+) -> io::Result<Vec<(TcpListener, bool)>> {
+    let all = plain.iter().map(|a| (a, false));
+    let mut listeners = Vec::new();
+    for (addr, tls) in all.chain(implicit_tls.iter().map(|a| (a, true))) {
+        let l = net::listen(*addr, LISTEN_BACKLOG)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listeners.push((l, tls));
+    }
+    Ok(listeners)
+}
+
 impl Server {
     /// Binds every listen address (`plain`, and `implicit_tls` which needs `config.tls`) and
     /// starts the group-commit thread.
@@ -173,18 +195,30 @@ impl Server {
         plain: &[SocketAddr],
         implicit_tls: &[SocketAddr],
         maildir: Maildir,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        let signals = stop_signals()?;
+        Server::with_listeners(
+            bind_listeners(plain, implicit_tls)?,
+            signals,
+            maildir,
+            config,
+        )
+    }
+
+    /// Serves on listeners already bound (by [`bind_listeners`] before dropping privileges, or
+    /// handed over by systemd: `crate::systemd::listeners`), each with "implicit TLS", with the
+    /// signals caught since [`stop_signals`], and starts the group-commit thread.
+    pub fn with_listeners(
+        bound: Vec<(TcpListener, bool)>,
+        mut signals: Signals,
+        maildir: Maildir,
         mut config: ServerConfig,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
-        let all = plain.iter().map(|a| (a, false));
-        for (i, (addr, tls)) in all
-            .chain(implicit_tls.iter().map(|a| (a, true)))
-            .enumerate()
-        {
-            let mut l = net::listen(*addr, LISTEN_BACKLOG)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        for (i, (mut l, tls)) in bound.into_iter().enumerate() {
             poll.registry()
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
@@ -192,7 +226,6 @@ impl Server {
         let submission_listeners =
             logins::listen_submission(&poll, &mut listeners, &config.submission_listen)?;
         let auth = logins::start(&mut config, &waker)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
@@ -763,6 +796,7 @@ impl Server {
             self.config.shutdown_timeout
         );
         self.shutdown_deadline = Some(now + self.config.shutdown_timeout);
+        crate::systemd::stopping();
         for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }

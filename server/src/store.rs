@@ -60,6 +60,34 @@ impl QueueFile {
         self.failed = None;
     }
 
+    /// Creates the file in `maildir`'s `tmp/` (`Action::Begin` without a [`Store`]: `sendmail`,
+    /// one message per process); returns its queue ID.
+    pub fn begin_in(&mut self, maildir: &Maildir) -> Result<String, StoreError> {
+        match maildir.deliver() {
+            Ok(d) => {
+                let id = d.id().to_owned();
+                self.delivery = Some(d);
+                self.failed = None;
+                Ok(id)
+            }
+            Err(e) => {
+                log::error!("{e}");
+                Err(store_error(&e))
+            }
+        }
+    }
+
+    /// Commits the finished file at once, durably (fsync the file, rename into `new/`, fsync
+    /// `new/`), on the calling thread: `sendmail`'s `Action::Commit`, with no group commit to
+    /// share the flush with.
+    pub fn commit_now(&mut self) -> Result<(), StoreError> {
+        let delivery = self.finish()?;
+        delivery.commit(Durability::Fsync).map(|_| ()).map_err(|e| {
+            log::error!("{e}");
+            store_error(&e)
+        })
+    }
+
     /// The finished file, or why it cannot be committed.
     fn finish(&mut self) -> Result<Delivery, StoreError> {
         match (self.delivery.take(), self.failed.take()) {
@@ -120,18 +148,7 @@ impl Store {
 
     /// Creates a queue file in `tmp/` (`Action::Begin`); returns its queue ID.
     pub fn begin(&self, file: &mut QueueFile) -> Result<String, StoreError> {
-        match self.maildir.deliver() {
-            Ok(d) => {
-                let id = d.id().to_owned();
-                file.delivery = Some(d);
-                file.failed = None;
-                Ok(id)
-            }
-            Err(e) => {
-                log::error!("{e}");
-                Err(store_error(&e))
-            }
-        }
+        file.begin_in(&self.maildir)
     }
 
     /// Commits the finished file (`Action::Commit`) for connection `conn`: as a queue file, or,

@@ -493,7 +493,7 @@ fn a_listener_change_is_a_warning() {
         log2().contains("configuration reloaded")
     });
     assert!(
-        log2().contains("listeners (--listen, --tls-listen) changed"),
+        log2().contains("listeners (--listen, --tls-listen, --submission-listen) changed"),
         "{}",
         log2()
     );

@@ -98,6 +98,8 @@ pub struct RecorderConfig {
     pub queue_lifetime: Duration,
     /// A delay warning DSN once a message is this old; `None`: never.
     pub delay_warning: Option<Duration>,
+    /// The terminal's progress bar (nothing when not shown).
+    pub progress: crate::progress::Progress,
 }
 
 /// Most messages handled in one durable batch.
@@ -145,7 +147,14 @@ fn run(md: Maildir, states: StateDir, cfg: RecorderConfig, rx: Receiver<Work>) -
         }
         record_progress(&states, progress, &mut recorded);
         if !finished.is_empty() {
+            let (n, before) = (finished.len(), sum);
             apply::apply(&md, &states, &cfg, finished, &mut recorded, &mut sum);
+            cfg.progress.recorded(
+                n,
+                sum.delivered - before.delivered,
+                sum.deferred - before.deferred,
+                sum.bounced - before.bounced,
+            );
         }
     }
     sum

@@ -52,6 +52,10 @@ pub struct Args {
     /// The server.
     #[arg(value_name = "HOST:PORT")]
     pub target: String,
+    /// Write every delivered transaction's latency (MAIL to the reply after the dot), in
+    /// microseconds, one per line, to FILE (scripts/bench.sh plots their histogram).
+    #[arg(long, value_name = "FILE")]
+    pub latencies: Option<PathBuf>,
 }
 
 fn parse_seed(s: &str) -> Result<u64, String> {

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
+    let latencies = args.latencies.clone();
     let cfg = match args.into_config(clock_seed) {
         Ok(c) => c,
         Err(e) => {
@@ -73,6 +74,18 @@ fn main() -> ExitCode {
         }
     };
     printer.finish();
+    if let Some(path) = &latencies {
+        let text: String = stats
+            .transactions
+            .samples()
+            .iter()
+            .map(|us| format!("{us}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("smtp-stress: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     println!("{}", report::summary(&cfg, &stats, elapsed));
     let mut ok = stats.mismatches == 0;
     if let (Some(dir), Some(before)) = (&cfg.maildir, before) {

@@ -30,6 +30,11 @@ impl Series {
         self.0.push(d.as_micros().min(u128::from(u64::MAX)) as u64);
     }
 
+    /// The samples, in the order taken.
+    pub fn samples(&self) -> &[u64] {
+        &self.0
+    }
+
     /// Percentiles (nearest rank), `None` when empty.
     pub fn summary(&self) -> Option<Summary> {
         if self.0.is_empty() {

@@ -9,10 +9,13 @@
 //!   [`smtp::client::body`] (DATA and BDAT encoding), [`smtp::client::session`] (the client
 //!   state machine).
 //! - [`smtp::line_ends`]: the CR LF normaliser both sides use for BDAT.
+//! - [`pop3`]: what smtpd's POP3 listeners speak: [`pop3::command`], [`pop3::reply`],
+//!   [`pop3::multiline`] (dot-stuffed RETR/TOP from the message file, chunk by chunk) and
+//!   [`pop3::session`].
 //!
 //! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
 //! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,
-//! envelope, date format) and memchr (byte search) only, so the machines cannot import mio,
+//! envelope, date format), memchr (byte search) and base64 (SASL) only, so the machines cannot import mio,
 //! rustls, the log or the binaries' code; `std::fs`, `std::net` and Unix sockets, processes,
 //! environment variables, the console, threads and `Instant::now()`/`SystemTime::now()` are
 //! refused by clippy (`proto/clippy.toml`, run with `-D warnings` in CI; only tests may read
@@ -42,4 +45,5 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod pop3;
 pub mod smtp;

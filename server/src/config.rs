@@ -21,7 +21,9 @@ use maildir_core::{Durability, Mailbox};
 
 use crate::accounts::AccountFiles;
 
+use crate::pop3::Pop3Settings;
 use crate::reactor::ServerConfig;
+use proto::pop3::session::Pop3Config;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
@@ -165,6 +167,17 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// Address for POP3 (port 110 style; STLS offered when a certificate is configured); may
+    /// be given several times. Needs --local-domain: users read their Maildirs.
+    #[arg(long = "pop3-listen", value_name = "ADDR:PORT")]
+    pub pop3_listen: Vec<SocketAddr>,
+    /// Address for POP3 over implicit TLS (port 995 style); may be given several times.
+    #[arg(long = "pop3s-listen", value_name = "ADDR:PORT", requires = "tls_cert")]
+    pub pop3s_listen: Vec<SocketAddr>,
+    /// Seconds a POP3 session may wait for a command (or for the client to read) before it
+    /// is closed (RFC 1939 autologout, 1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub pop3_timeout: u64,
 }
 
 impl Args {
@@ -223,6 +236,24 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
+        let pop3 = if self.pop3_listen.is_empty() && self.pop3s_listen.is_empty() {
+            None
+        } else if local.is_none() {
+            return Err("--pop3-listen and --pop3s-listen need --local-domain".into());
+        } else {
+            Some(Pop3Settings {
+                listen: self.pop3_listen,
+                tls_listen: self.pop3s_listen,
+                session: Arc::new(Pop3Config {
+                    hostname: hostname.clone(),
+                    timeout: Duration::from_secs(self.pop3_timeout),
+                    max_errors: MAX_ERRORS,
+                    stls: tls.is_some(),
+                    allow_plaintext_auth: false,
+                    output_limit: proto::pop3::session::OUTPUT_LIMIT,
+                }),
+            })
+        };
         let config = Config {
             maildir,
             local,
@@ -255,6 +286,7 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            pop3,
         };
         config.check()?;
         Ok(config)
@@ -318,6 +350,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// POP3 listeners and session settings, when `--pop3-listen`/`--pop3s-listen` are given.
+    pub pop3: Option<Pop3Settings>,
 }
 
 impl Config {
@@ -394,6 +428,7 @@ impl Config {
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
+            pop3: self.pop3.clone(),
         }
     }
 }

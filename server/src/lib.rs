@@ -23,6 +23,8 @@
 //! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
+//! - [`pop3`]: POP3 listeners and connections on the same reactor (`proto::pop3` sessions,
+//!   `maildir_core::maildrop`), with their password checks off the reactor thread.
 //!
 //! Invariants: `250` after DATA is sent only once the message is durable in `new/`. Every
 //! public item is documented (`missing_docs`).
@@ -33,6 +35,7 @@ pub mod accounts;
 pub mod commit;
 pub mod config;
 pub mod password;
+pub mod pop3;
 pub mod quota;
 pub mod reactor;
 pub mod stats;

@@ -153,6 +153,7 @@ fn drive(input: &[u8], flags: u8, seed: u8, split: bool) -> Outcome {
         postmaster: None,
         output_limit: OUTPUT_LIMIT,
         local: None,
+        auth: Default::default(),
     });
     let now = Instant::now();
     let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();

@@ -12,6 +12,8 @@
 //! - [`pop3`]: what smtpd's POP3 listeners speak: [`pop3::command`], [`pop3::reply`],
 //!   [`pop3::multiline`] (dot-stuffed RETR/TOP from the message file, chunk by chunk) and
 //!   [`pop3::session`].
+//! - [`sasl`]: SASL `PLAIN` and `LOGIN` messages (SMTP AUTH, POP3 AUTH) and the [`sasl::Secret`]
+//!   password type.
 //!
 //! Owns: protocol state, parsing, reply text and typed reports (events, counts). Must not: touch
 //! a socket, a file, the clock or the log. This crate depends on std, maildir-core (addresses,
@@ -46,4 +48,5 @@
 #![forbid(unsafe_code)]
 
 pub mod pop3;
+pub mod sasl;
 pub mod smtp;

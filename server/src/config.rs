@@ -20,10 +20,12 @@ use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Mailbox};
 
 use crate::accounts::AccountFiles;
+use crate::auth::settings::{LoginArgs, LoginSettings};
 
 use crate::pop3::Pop3Settings;
 use crate::reactor::ServerConfig;
 use proto::pop3::session::Pop3Config;
+use proto::smtp::server::auth::AuthSettings;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
@@ -178,12 +180,16 @@ pub struct Args {
     /// is closed (RFC 1939 autologout, 1 to 86400).
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     pub pop3_timeout: u64,
+    /// Logins: SMTP AUTH, submission, lockout, LDAP.
+    #[command(flatten)]
+    pub login: LoginArgs,
 }
 
 impl Args {
     /// Checks the arguments and fills in defaults.
     pub fn validate(self) -> Result<Config, String> {
         let maildir = self.maildir.ok_or("--maildir is required")?;
+        let login = self.login.validate(self.users.is_some())?;
         let local = match (&self.mailboxes, &self.users) {
             _ if self.local_domain.is_empty() => {
                 for (given, name) in [
@@ -270,6 +276,11 @@ impl Args {
                 postmaster: self.postmaster,
                 output_limit: OUTPUT_LIMIT,
                 local: None,
+                auth: AuthSettings {
+                    enabled: self.users.is_some() || login.ldap.is_some(),
+                    allow_plaintext: login.allow_plaintext,
+                    received_user: login.received_auth_user,
+                },
             },
             trusted,
             max_connections: self.max_connections,
@@ -287,6 +298,7 @@ impl Args {
             inbuf_max: INBUF_MAX,
             linger: LINGER,
             pop3,
+            login,
         };
         config.check()?;
         Ok(config)
@@ -352,6 +364,8 @@ pub struct Config {
     pub linger: Duration,
     /// POP3 listeners and session settings, when `--pop3-listen`/`--pop3s-listen` are given.
     pub pop3: Option<Pop3Settings>,
+    /// Logins: lockout, failure delay, submission listeners, LDAP.
+    pub login: LoginSettings,
 }
 
 impl Config {
@@ -429,6 +443,8 @@ impl Config {
             inbuf_max: self.inbuf_max,
             linger: self.linger,
             pop3: self.pop3.clone(),
+            submission_listen: self.login.submission_listen.clone(),
+            auth: None,
         }
     }
 }

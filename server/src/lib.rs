@@ -21,6 +21,8 @@
 //! - [`accounts`]: reading the users and aliases files into the recipient directory (local
 //!   delivery); the one place they are read, so a reload calls it again.
 //! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
+//! - [`auth`]: logins (SMTP AUTH, POP3): the pool that verifies them off the reactor
+//!   (users file or LDAP), the failure delay and the lockout (bans, kept in a file).
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
 //! - [`pop3`]: POP3 listeners and connections on the same reactor (`proto::pop3` sessions,
@@ -32,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod accounts;
+pub mod auth;
 pub mod commit;
 pub mod config;
 pub mod password;

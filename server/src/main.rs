@@ -76,13 +76,10 @@ fn run(args: Args) -> Result<(), String> {
     if config.durability == Durability::NoFsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
     }
-    let server = Server::bind(
-        &config.listen,
-        &config.tls_listen,
-        maildir,
-        config.server_config(max_connections, tls, mailboxes),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut server_config = config.server_config(max_connections, tls, mailboxes);
+    server_config.auth = smtpd::auth::settings::login_service(&config);
+    let server = Server::bind(&config.listen, &config.tls_listen, maildir, server_config)
+        .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     log::info!(
         "listening on {}, Maildir {}",

@@ -85,7 +85,14 @@ pub struct ServerConfig {
     pub linger: Duration,
     /// POP3 listeners and settings ([`crate::pop3`]); `None`: no POP3.
     pub pop3: Option<crate::pop3::Pop3Settings>,
+    /// Submission listeners (RFC 6409): MAIL needs AUTH first.
+    pub submission_listen: Vec<SocketAddr>,
+    /// Logins (SMTP AUTH, POP3): the pool's settings and the password source; `None`: no
+    /// logins.
+    pub auth: Option<crate::auth::LoginService>,
 }
+
+mod logins;
 
 struct Conn {
     transport: Transport,
@@ -140,6 +147,10 @@ pub struct Server {
     stats: Stats,
     /// POP3 listeners and connections ([`crate::pop3`]).
     pop3: crate::pop3::Pop3,
+    /// Login checks and bans (when there are accounts).
+    auth: Option<crate::auth::Authenticator>,
+    /// Indices in `listeners` of the submission listeners.
+    submission_listeners: Vec<usize>,
 }
 
 impl Server {
@@ -149,7 +160,7 @@ impl Server {
         plain: &[SocketAddr],
         implicit_tls: &[SocketAddr],
         maildir: Maildir,
-        config: ServerConfig,
+        mut config: ServerConfig,
     ) -> io::Result<Server> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -165,6 +176,9 @@ impl Server {
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
         }
+        let submission_listeners =
+            logins::listen_submission(&poll, &mut listeners, &config.submission_listen)?;
+        let auth = logins::start(&mut config, &waker)?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -215,6 +229,8 @@ impl Server {
             forced: false,
             stats: Stats::default(),
             pop3,
+            auth,
+            submission_listeners,
         })
     }
 
@@ -299,6 +315,8 @@ impl Server {
     fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let timer = [timer, self.pop3.next_wakeup()].into_iter().flatten().min();
+        let login = self.auth.as_ref().and_then(|a| a.next_deadline());
+        let timer = timer.into_iter().chain(login).min();
         next_wakeup(
             timer,
             self.accept_paused_until,
@@ -344,7 +362,8 @@ impl Server {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     accepted += 1;
-                    self.admit(stream, peer, tls, now);
+                    let submission = self.submission_listeners.contains(&index);
+                    self.admit(stream, peer, tls, submission, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -359,12 +378,25 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, tls: bool, now: Instant) {
+    fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        tls: bool,
+        submission: bool,
+        now: Instant,
+    ) {
         // This connection may have arrived after the poll returned: its clock starts now.
         let now = now.max(Instant::now());
         let host = &self.config.session.hostname;
         let trusted = self.config.trusted.iter().any(|n| n.contains(peer.ip()));
-        let refusal = if self.conns.len() + self.pop3.len() >= self.config.max_connections {
+        let banned = self
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.is_banned(peer.ip(), SystemTime::now()));
+        let refusal = if banned {
+            Some((Refusal::Banned, reply::banned(host)))
+        } else if self.conns.len() + self.pop3.len() >= self.config.max_connections {
             Some((
                 Refusal::TooManyConnections,
                 reply::too_many_connections(host),
@@ -390,6 +422,9 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let mut transport = Transport::plain(stream);
         let mut session = Session::new(self.config.session.clone(), peer, trusted, now);
+        if submission {
+            session.set_submission();
+        }
         if tls {
             let Some(config) = &self.config.tls else {
                 return;
@@ -581,6 +616,13 @@ impl Server {
                 }
                 Action::Abort => conn.queue_file.abort(),
                 Action::StartTls => conn.starting_tls = true,
+                Action::Authenticate { user, password } => {
+                    let conn_ref = ConnRef {
+                        key,
+                        generation: conn.generation,
+                    };
+                    logins::submit(&mut self.auth, conn, conn_ref, user, password, now);
+                }
             }
         }
         any
@@ -644,6 +686,7 @@ impl Server {
             self.handshake_done(done, now);
         }
         self.with_pop3(|p, ctx| p.completions(now, ctx));
+        self.login_answers(now);
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();
             if let Some(n) = done.batch {

@@ -18,6 +18,8 @@ pub enum Refusal {
     TooManyConnections,
     /// `--max-per-ip` reached for an untrusted address (`421 4.7.0`).
     TooManyFromAddress,
+    /// The address is banned after failed logins (`421 4.7.0`).
+    Banned,
 }
 
 /// Counters for the whole server, updated by the reactor.
@@ -29,6 +31,12 @@ pub struct Stats {
     pub refused_too_many: u64,
     /// Connections refused at once because of `--max-per-ip`.
     pub refused_per_ip: u64,
+    /// Connections refused at once because their address is banned (failed logins).
+    pub refused_banned: u64,
+    /// Successful logins (SMTP AUTH).
+    pub auth_ok: u64,
+    /// Refused logins (SMTP AUTH: wrong credentials, banned, or not checked).
+    pub auth_refused: u64,
     /// Sessions whose connection is still open.
     pub active: u64,
     /// Messages stored (`250 ... queued as`).
@@ -71,6 +79,8 @@ impl Stats {
             Event::RcptRefused(_) => self.rcpts_refused += 1,
             Event::Timeout { .. } => self.timeouts += 1,
             Event::TlsEstablished(_) => self.tls_handshakes += 1,
+            Event::Authenticated { .. } => self.auth_ok += 1,
+            Event::AuthRefused(_) => self.auth_refused += 1,
             Event::Transition { .. }
             | Event::TxBegin
             | Event::DiscardedAfterStartTls(_)
@@ -86,6 +96,7 @@ impl Stats {
         match why {
             Refusal::TooManyConnections => self.refused_too_many += 1,
             Refusal::TooManyFromAddress => self.refused_per_ip += 1,
+            Refusal::Banned => self.refused_banned += 1,
         }
     }
 
@@ -195,6 +206,12 @@ pub fn log_event(peer: SocketAddr, event: &Event) {
         }
         Event::LostConnection { state } => {
             log::info!(target: SESSION, "lost connection after {state} from [{ip}]");
+        }
+        Event::Authenticated { user } => {
+            log::info!(target: SESSION, "[{ip}] AUTH ok: user={user}");
+        }
+        Event::AuthRefused(outcome) => {
+            log::info!(target: SESSION, "[{ip}] AUTH refused: {outcome:?}");
         }
         Event::TxBegin | Event::RcptAccepted | Event::RcptRefused(_) | Event::Closed => {}
     }

@@ -65,6 +65,13 @@ pub enum Command {
     Help,
     /// `STARTTLS` (RFC 3207).
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954), the mechanism as given.
+    Auth {
+        /// The SASL mechanism name, as given.
+        mechanism: String,
+        /// The initial response (base64, or `=` for an empty one), if given.
+        initial: Option<String>,
+    },
     /// An HTTP verb or proxy request: not a mail client; the session ends.
     Forbidden,
 }
@@ -85,6 +92,7 @@ const COMMANDS: &[(&str, Parser)] = &[
     ("VRFY", parse_vrfy),
     ("HELP", |_| Ok(Command::Help)),
     ("STARTTLS", |a| no_args(a, Command::StartTls, "STARTTLS")),
+    ("AUTH", parse_auth),
     ("GET", |_| Ok(Command::Forbidden)),
     ("POST", |_| Ok(Command::Forbidden)),
     ("CONNECT", |_| Ok(Command::Forbidden)),
@@ -164,6 +172,21 @@ fn parse_bdat(args: &str) -> Result<Command, Reply> {
         return Err(reply::syntax(usage));
     }
     Ok(Command::Bdat { size, last })
+}
+
+/// `AUTH mechanism [initial-response]`.
+fn parse_auth(args: &str) -> Result<Command, Reply> {
+    let usage = "AUTH mechanism [initial-response]";
+    let mut words = args.split([' ', '\t']).filter(|s| !s.is_empty());
+    let mechanism = words.next().ok_or_else(|| reply::syntax(usage))?;
+    let initial = words.next().map(str::to_owned);
+    if words.next().is_some() {
+        return Err(reply::syntax(usage));
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_owned(),
+        initial,
+    })
 }
 
 fn parse_vrfy(args: &str) -> Result<Command, Reply> {
@@ -249,6 +272,9 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
                 }
             }
             ("RET" | "ENVID", None) => return Err(reply::bad_parameter(key)),
+            // RFC 4954 §5: the identity a relaying server vouches for; we trust no other
+            // server's word for it, so it is accepted and ignored.
+            ("AUTH", Some(_)) => {}
             _ => return Err(reply::unsupported_option(param)),
         }
     }

@@ -13,9 +13,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use maildir_core::directory::{
-    DeliveryPlan, Directory, LocalCopy, LocalDelivery, LocalRecipient, Route,
+    DeliveryPlan, Directory, LocalCopy, LocalDelivery, LocalRecipient, Route, lookup_key,
 };
-use maildir_core::{ForwardPath, ReversePath};
+use maildir_core::{ForwardPath, Mailbox, ReversePath};
 
 /// How full the users' Maildirs are, as the server last counted: a look-up, no I/O.
 pub trait QuotaView: Send + Sync + fmt::Debug {
@@ -69,6 +69,18 @@ impl LocalPolicy {
             }
             Route::Remote => Decision::Remote,
             Route::Unknown => Decision::Unknown,
+        }
+    }
+
+    /// True when `sender` is one of `user`'s addresses, so that a client logged in as `user`
+    /// may send from it: `user@<local domain>` (with a tag: `user+tag@`), or an alias whose
+    /// expansion reaches `user`. A user known only to LDAP owns `user@<local domain>`.
+    pub fn owns(&self, user: &str, sender: &Mailbox) -> bool {
+        let d = &self.directory;
+        match d.resolve(&ForwardPath::Mailbox(sender.clone())) {
+            Route::Local(r) => r.users.iter().any(|u| u.name == user),
+            Route::Unknown => lookup_key(sender.local_part()) == user,
+            Route::Remote => false,
         }
     }
 

@@ -192,12 +192,15 @@ pub fn helo(host: &str) -> Reply {
 }
 
 /// Appends the multi-line `250` to EHLO: `250-<host>`, then the extensions (STARTTLS only when
-/// `starttls`), no enhanced codes.
-pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool) {
+/// `starttls`, `AUTH PLAIN LOGIN` only when `auth`), no enhanced codes.
+pub fn write_ehlo(out: &mut Vec<u8>, host: &str, max_size: u64, starttls: bool, auth: bool) {
     let size = format!("SIZE {max_size}");
     let mut lines = vec![host, "PIPELINING", &size, "8BITMIME"];
     if starttls {
         lines.push("STARTTLS");
+    }
+    if auth {
+        lines.push("AUTH PLAIN LOGIN");
     }
     lines.extend(["ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"]);
     write_multiline(out, 250, &lines);
@@ -210,6 +213,66 @@ pub const DELIVERED_TO_LOOP: Reply = Reply::fixed(
     Status(5, 4, 6),
     "Error: mail loop: message already delivered to a recipient (Delivered-To)",
 );
+
+/// `235 2.7.0 Authentication successful` (RFC 4954).
+pub const AUTH_OK: Reply = Reply::fixed(235, Status(2, 7, 0), "Authentication successful");
+/// `535 5.7.8` Wrong user name or password (RFC 4954 §6).
+pub const AUTH_FAILED: Reply = Reply::fixed(535, Status(5, 7, 8), "Error: authentication failed");
+/// `538 5.7.11` AUTH on a connection that must first be encrypted (RFC 4954 §6).
+pub const AUTH_NEEDS_TLS: Reply = Reply::fixed(
+    538,
+    Status(5, 7, 11),
+    "Encryption required for requested authentication mechanism",
+);
+/// `454 4.7.0` The password could not be checked now (LDAP down): try later (RFC 4954 §6).
+pub const AUTH_TEMP_FAILURE: Reply =
+    Reply::fixed(454, Status(4, 7, 0), "Temporary authentication failure");
+/// `501 5.7.0` The client cancelled the exchange with `*` (RFC 4954 §4).
+pub const AUTH_CANCELLED: Reply = Reply::fixed(501, Status(5, 7, 0), "Authentication aborted");
+/// `501 5.5.2` A SASL response that is not base64 or not the mechanism's format.
+pub const AUTH_BAD_RESPONSE: Reply =
+    Reply::fixed(501, Status(5, 5, 2), "Error: cannot decode response");
+/// `503 5.5.1` AUTH after a successful AUTH (RFC 4954 §4).
+pub const AUTH_ALREADY: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: already authenticated");
+/// `503 5.5.1` AUTH on a server without accounts.
+pub const AUTH_NOT_ENABLED: Reply =
+    Reply::fixed(503, Status(5, 5, 1), "Error: authentication not enabled");
+/// `503 5.5.1` AUTH before EHLO (HELO offers no extensions).
+pub const AUTH_NEEDS_EHLO: Reply = Reply::fixed(503, Status(5, 5, 1), "Error: send EHLO first");
+/// `504 5.5.4` A SASL mechanism that is not offered.
+pub const AUTH_MECHANISM: Reply =
+    Reply::fixed(504, Status(5, 5, 4), "Unrecognized authentication type");
+/// `530 5.7.0` MAIL before AUTH on a submission listener (RFC 6409, RFC 4954 §6).
+pub const AUTH_REQUIRED: Reply = Reply::fixed(530, Status(5, 7, 0), "Authentication required");
+
+/// `334 <challenge>`: the next step of a SASL exchange (no enhanced code, RFC 4954 §4).
+pub fn challenge(text: &'static str) -> Reply {
+    Reply {
+        code: 334,
+        status: None,
+        text: Cow::Borrowed(text),
+    }
+}
+
+/// `553 5.7.1 <sender>: Sender address rejected: not owned by user <user>`: an authenticated
+/// client's MAIL FROM is not one of its addresses (Postfix's `reject_sender_login_mismatch`).
+pub fn sender_not_owned(sender: &str, user: &str) -> Reply {
+    Reply::new(
+        553,
+        Status(5, 7, 1),
+        format!("{sender}: Sender address rejected: not owned by user {user}"),
+    )
+}
+
+/// `421 4.7.0 <host> Error: too many failed logins from your address`: a banned client
+/// address, at connect or after the failure that banned it; the connection is closed.
+pub fn banned(host: &str) -> Reply {
+    Reply::new(
+        421,
+        Status(4, 7, 0),
+        format!("{host} Error: too many failed logins from your address"),
+    )
+}
 
 /// `501 5.5.4 Syntax: <usage>`.
 pub fn syntax(usage: &'static str) -> Reply {
@@ -359,8 +422,8 @@ mod tests {
         let mut out = Vec::new();
         greeting("mx.test").write_to(&mut out);
         helo("mx.test").write_to(&mut out);
-        write_ehlo(&mut out, "mx.test", 1000, true);
-        write_ehlo(&mut out, "mx.test", 1000, false);
+        write_ehlo(&mut out, "mx.test", 1000, true, false);
+        write_ehlo(&mut out, "mx.test", 1000, false, false);
         NOT_SMTP.write_to(&mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),

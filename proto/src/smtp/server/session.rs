@@ -22,10 +22,12 @@ use std::time::{Duration, Instant, SystemTime};
 use maildir_core::directory::{DeliveredTo, LocalDelivery, LocalRecipient, copy_header};
 use maildir_core::{Envelope, ForwardPath, Mailbox, RcptParams, ReversePath};
 
+use super::auth::{self, AuthOutcome, AuthSettings, Exchange, Step};
 use super::command::{self, Command, MailParams};
 use super::data::{ChunkDecoder, DataDecoder, HopCounter};
 use super::policy::{self, Decision, LocalPolicy};
 use super::reply::{self, Reply};
+use crate::sasl::{self, Secret};
 
 /// What the session records of a TLS connection (for the trace header and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct SessionConfig {
     pub output_limit: usize,
     /// Local delivery (users, aliases, quota); `None`: every recipient is relayed.
     pub local: Option<LocalPolicy>,
+    /// SMTP AUTH: whether and where it is offered.
+    pub auth: AuthSettings,
 }
 
 /// Work the caller must do on the session's behalf.
@@ -85,6 +89,14 @@ pub enum Action {
     /// Send the pending `220`, then start the TLS handshake; answer with
     /// [`Session::handle_tls_started`].
     StartTls,
+    /// Verify this login (SMTP AUTH) off the session's thread; answer with
+    /// [`Session::handle_auth`].
+    Authenticate {
+        /// The user name as the client gave it.
+        user: String,
+        /// The password as the client gave it.
+        password: Secret,
+    },
 }
 
 /// Why storing a message failed.
@@ -143,6 +155,14 @@ pub enum Event {
         /// The state the session was in.
         state: &'static str,
     },
+    /// AUTH succeeded: the client is logged in as `user`.
+    Authenticated {
+        /// The canonical user name.
+        user: String,
+    },
+    /// AUTH was refused after verification (wrong credentials, banned address, or the check
+    /// could not be made).
+    AuthRefused(AuthOutcome),
     /// The client went away in the middle of state `state` (not reported when idle).
     LostConnection {
         /// The state the session was in.
@@ -328,6 +348,10 @@ enum State {
     },
     /// STARTTLS accepted; waiting for the transport to switch to TLS.
     StartingTls,
+    /// AUTH under way: waiting for the client's next SASL line.
+    Auth(Exchange),
+    /// AUTH credentials handed to the driver; waiting for [`Session::handle_auth`].
+    Authenticating,
     /// QUIT, 421 or end of input: nothing more is read.
     Closed,
 }
@@ -342,6 +366,8 @@ impl State {
             State::Bdat(_) => "bdat",
             State::Committing { .. } => "committing",
             State::StartingTls => "starttls",
+            State::Auth(_) => "auth",
+            State::Authenticating => "authenticating",
             State::Closed => "closed",
         }
     }
@@ -414,6 +440,10 @@ pub struct Session {
     tls: bool,
     /// Protocol and cipher, once the handshake finished.
     tls_info: Option<TlsInfo>,
+    /// The user the client logged in as (SMTP AUTH).
+    auth_user: Option<String>,
+    /// A submission listener's session (RFC 6409): MAIL needs AUTH first.
+    submission: bool,
 }
 
 impl Session {
@@ -451,6 +481,76 @@ impl Session {
             recent_errors: 0,
             tls: false,
             tls_info: None,
+            auth_user: None,
+            submission: false,
+        }
+    }
+
+    /// Makes this a submission session (RFC 6409, port 587 style): MAIL before AUTH gets
+    /// `530 5.7.0`.
+    pub fn set_submission(&mut self) {
+        self.submission = true;
+    }
+
+    /// The user the client logged in as, if it did.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// Answer to `Action::Authenticate`.
+    pub fn handle_auth(&mut self, outcome: AuthOutcome, now: Instant) {
+        if !matches!(self.state, State::Authenticating) {
+            return; // The session ended meanwhile.
+        }
+        self.state = State::Idle;
+        self.deadline = Some(now + self.config.timeout);
+        match outcome {
+            AuthOutcome::Ok(user) => {
+                self.reply(&reply::AUTH_OK);
+                self.events
+                    .push_back(Event::Authenticated { user: user.clone() });
+                self.auth_user = Some(user);
+            }
+            AuthOutcome::Bad => {
+                self.events.push_back(Event::AuthRefused(AuthOutcome::Bad));
+                self.error(reply::AUTH_FAILED);
+            }
+            AuthOutcome::Banned => {
+                self.events
+                    .push_back(Event::AuthRefused(AuthOutcome::Banned));
+                self.counts.errors += 1;
+                self.reply(&reply::AUTH_FAILED);
+                let r = reply::banned(&self.config.hostname);
+                self.reply(&r);
+                self.close();
+            }
+            AuthOutcome::TempFail => {
+                self.events
+                    .push_back(Event::AuthRefused(AuthOutcome::TempFail));
+                self.reply(&reply::AUTH_TEMP_FAILURE);
+            }
+        }
+        self.after_transaction();
+    }
+
+    /// True when AUTH is offered on this connection: there are accounts, and it is encrypted,
+    /// or from loopback, or plaintext logins are allowed.
+    fn auth_offered(&self) -> bool {
+        let a = &self.config.auth;
+        a.enabled && (self.tls || a.allow_plaintext || self.peer.ip().to_canonical().is_loopback())
+    }
+
+    /// The longest line accepted now: SASL lines (and AUTH with an initial response) may be
+    /// longer than commands (RFC 4954 §4).
+    fn line_limit(&self, line: &[u8]) -> usize {
+        let auth = matches!(self.state, State::Auth(_))
+            || line
+                .get(..5)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"AUTH "));
+        if auth {
+            sasl::MAX_LINE
+        } else {
+            MAX_COMMAND_LINE
         }
     }
 
@@ -533,8 +633,14 @@ impl Session {
                     pos += i + 1;
                     self.deadline = Some(now + self.config.timeout);
                     let line = rest[..i].strip_suffix(b"\r").unwrap_or(&rest[..i]);
-                    if line.len() + 2 > MAX_COMMAND_LINE {
+                    if line.len() + 2 > self.line_limit(line) {
+                        if matches!(self.state, State::Auth(_)) {
+                            self.state = State::Idle;
+                        }
                         self.error(reply::LINE_TOO_LONG);
+                    } else if let State::Auth(exchange) = &self.state {
+                        let exchange = exchange.clone();
+                        self.sasl_line(exchange, line);
                     } else {
                         self.command(line, now);
                     }
@@ -548,7 +654,7 @@ impl Session {
                         pos = input.len();
                     }
                 }
-                None if rest.len() >= MAX_COMMAND_LINE => {
+                None if rest.len() >= self.line_limit(rest) => {
                     // No line end within the limit: drop what we have and the rest of the line.
                     self.discarding = true;
                     pos = input.len();
@@ -683,6 +789,7 @@ impl Session {
     /// listener). After STARTTLS the session starts over, as RFC 3207 requires: a new EHLO.
     pub fn handle_tls_started(&mut self, now: Instant) {
         self.tls = true;
+        self.auth_user = None;
         if matches!(self.state, State::StartingTls) {
             self.state = State::Idle;
             self.helo = None;
@@ -788,7 +895,9 @@ impl Session {
     /// closed session (the reactor bounds its linger) have none.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Committing { .. } | State::Begin(..) | State::Closed => None,
+            State::Committing { .. } | State::Begin(..) | State::Authenticating | State::Closed => {
+                None
+            }
             _ => self.deadline,
         }
     }
@@ -797,7 +906,11 @@ impl Session {
     pub fn wants_read(&self) -> bool {
         !matches!(
             self.state,
-            State::Begin(..) | State::Committing { .. } | State::StartingTls | State::Closed
+            State::Begin(..)
+                | State::Committing { .. }
+                | State::StartingTls
+                | State::Authenticating
+                | State::Closed
         ) && self.out.len() - self.out_pos < self.config.output_limit
     }
 
@@ -869,6 +982,10 @@ impl Session {
                 self.counts.other += 1;
                 self.starttls();
             }
+            Command::Auth { mechanism, initial } => {
+                self.counts.other += 1;
+                self.auth(&mechanism, initial.as_deref());
+            }
             Command::Quit => {
                 self.counts.quit += 1;
                 self.abort_transaction();
@@ -901,7 +1018,8 @@ impl Session {
         let host = &self.config.hostname;
         if esmtp {
             let starttls = self.config.starttls && !self.tls;
-            reply::write_ehlo(&mut self.out, host, self.config.max_size, starttls);
+            let auth = self.auth_offered() && self.auth_user.is_none();
+            reply::write_ehlo(&mut self.out, host, self.config.max_size, starttls, auth);
         } else {
             reply::helo(host).write_to(&mut self.out);
         }
@@ -924,6 +1042,57 @@ impl Session {
         self.actions.push_back(Action::StartTls);
     }
 
+    /// `AUTH mechanism [initial-response]` (RFC 4954).
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) {
+        if !self.config.auth.enabled {
+            return self.error(reply::AUTH_NOT_ENABLED);
+        }
+        if !self.auth_offered() {
+            return self.error(reply::AUTH_NEEDS_TLS);
+        }
+        if !matches!(self.helo, Some((_, true))) {
+            return self.error(reply::AUTH_NEEDS_EHLO);
+        }
+        if self.auth_user.is_some() {
+            return self.error(reply::AUTH_ALREADY);
+        }
+        if !matches!(self.state, State::Idle) {
+            return self.error(reply::TRANSACTION_IN_PROGRESS);
+        }
+        self.auth_step(auth::start(mechanism, initial));
+    }
+
+    /// A line of the client's in a SASL exchange.
+    fn sasl_line(&mut self, exchange: Exchange, line: &[u8]) {
+        self.state = State::Idle;
+        let step = match std::str::from_utf8(line) {
+            Ok(l) => auth::respond(exchange, l),
+            Err(_) => Step::Fail(reply::AUTH_BAD_RESPONSE),
+        };
+        self.auth_step(step);
+    }
+
+    fn auth_step(&mut self, step: Step) {
+        match step {
+            Step::Challenge(text, exchange) => {
+                self.reply(&reply::challenge(text));
+                self.state = State::Auth(exchange);
+            }
+            Step::Verify(c) => {
+                self.state = State::Authenticating;
+                self.actions.push_back(Action::Authenticate {
+                    user: c.user,
+                    password: c.password,
+                });
+            }
+            Step::Fail(r) => {
+                self.state = State::Idle;
+                self.error(r);
+                self.after_transaction();
+            }
+        }
+    }
+
     fn mail(&mut self, from: ReversePath, params: MailParams) {
         if self.helo.is_none() {
             return self.error(reply::NEED_HELO);
@@ -936,6 +1105,16 @@ impl Session {
         }
         if from.is_utf8() && !params.smtputf8 {
             return self.error(reply::NEED_SMTPUTF8);
+        }
+        if self.submission && self.auth_user.is_none() {
+            return self.error(reply::AUTH_REQUIRED);
+        }
+        if let (Some(user), ReversePath::Mailbox(m)) = (&self.auth_user, &from) {
+            let owned = self.config.local.as_ref().is_some_and(|p| p.owns(user, m));
+            if !owned {
+                let r = reply::sender_not_owned(&from.to_string(), user);
+                return self.error(r);
+            }
         }
         self.state = State::Mail(Transaction {
             from,
@@ -1019,7 +1198,7 @@ impl Session {
             }
             (to, _) => (to, false),
         };
-        if !self.trusted && !postmaster {
+        if !self.trusted && !postmaster && self.auth_user.is_none() {
             let r = reply::relay_denied(&to.to_string());
             return Err((RcptRefusal::RelayDenied(to), r, true));
         }
@@ -1258,13 +1437,24 @@ impl Session {
             (true, false) => "ESMTP",
             (false, _) => "SMTP",
         };
-        let s = if self.tls { "S" } else { "" };
+        let s = match (self.tls, self.auth_user.is_some()) {
+            (true, true) => "SA",
+            (true, false) => "S",
+            (false, true) => "A",
+            (false, false) => "",
+        };
+        let auth = match &self.auth_user {
+            Some(u) if self.config.auth.received_user => {
+                format!("\t(Authenticated sender: {u})\r\n")
+            }
+            _ => String::new(),
+        };
         let using = match &self.tls_info {
             Some(t) => format!("\t(using {} with cipher {})\r\n", t.version, t.cipher),
             None => String::new(),
         };
         let header = format!(
-            "Received: from {helo} (unknown [{}])\r\n{using}\tby {} with {proto}{s} id {id};\r\n\t{}\r\n",
+            "Received: from {helo} (unknown [{}])\r\n{using}{auth}\tby {} with {proto}{s} id {id};\r\n\t{}\r\n",
             self.peer.ip(),
             self.config.hostname,
             maildir_core::date::rfc5322(wall)
@@ -1287,6 +1477,7 @@ impl Session {
             self.actions.push_back(Action::Abort);
         }
         if !matches!(self.state, State::Committing { .. }) {
+            // An AUTH exchange ends too (its answer, if one is due, finds the session idle).
             self.state = State::Idle;
         }
     }
@@ -1349,25 +1540,45 @@ mod tests {
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
             local: None,
+            auth: Default::default(),
         })
     }
 
     /// What a driven session produced: reply bytes and stored messages.
     #[derive(Debug, PartialEq, Eq)]
-    struct Outcome {
-        replies: String,
-        stored: Vec<Vec<u8>>,
-        closed: bool,
+    pub(super) struct Outcome {
+        pub(super) replies: String,
+        pub(super) stored: Vec<Vec<u8>>,
+        pub(super) closed: bool,
         /// Every event but `DiscardedAfterStartTls` (whose count depends on the split).
-        events: Vec<Event>,
-        counts: Counts,
+        pub(super) events: Vec<Event>,
+        pub(super) counts: Counts,
     }
 
     /// Feeds `input` in pieces cut at `cuts`, acting like the reactor (store always succeeds).
     fn drive(input: &[u8], cuts: &[usize], trusted: bool) -> Outcome {
-        let now = Instant::now();
         let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
-        let mut s = Session::new(config(), peer, trusted, now);
+        drive_session(
+            Session::new(config(), peer, trusted, Instant::now()),
+            input,
+            cuts,
+        )
+    }
+
+    /// The test driver's password check: `right` logs in as the (lower-cased) user, the user
+    /// `banned` is banned, `temp` cannot be checked, anything else is wrong.
+    fn check_login(user: &str, password: &[u8]) -> AuthOutcome {
+        match (user, password) {
+            ("banned", _) => AuthOutcome::Banned,
+            ("temp", _) => AuthOutcome::TempFail,
+            (u, b"right") => AuthOutcome::Ok(u.to_lowercase()),
+            _ => AuthOutcome::Bad,
+        }
+    }
+
+    /// [`drive`] for a session made by the test.
+    pub(super) fn drive_session(mut s: Session, input: &[u8], cuts: &[usize]) -> Outcome {
+        let now = Instant::now();
         let mut pending: Vec<u8> = Vec::new();
         let mut out = Vec::new();
         let mut stored = Vec::new();
@@ -1402,6 +1613,9 @@ mod tests {
                         }
                         Action::Abort => current = None,
                         Action::StartTls => s.handle_tls_started(now),
+                        Action::Authenticate { user, password } => {
+                            s.handle_auth(check_login(&user, &password.0), now);
+                        }
                     }
                 }
                 out.extend_from_slice(s.poll_output());
@@ -2086,6 +2300,7 @@ mod starttls_tests {
             postmaster: None,
             output_limit: OUTPUT_LIMIT,
             local: None,
+            auth: Default::default(),
         });
         Session::new(config, "192.0.2.1:1".parse().unwrap(), true, Instant::now())
     }
@@ -2208,6 +2423,7 @@ mod local_tests {
                 quota: Some(Arc::new(Full(full))),
                 spool_is_copy,
             }),
+            auth: Default::default(),
         });
         let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
         Session::new(config, peer, trusted, Instant::now())
@@ -2242,6 +2458,7 @@ mod local_tests {
                         }
                         Action::Abort => current = None,
                         Action::StartTls => s.handle_tls_started(now),
+                        Action::Authenticate { .. } => unreachable!("no AUTH in these tests"),
                     }
                 }
                 out.extend_from_slice(s.poll_output());
@@ -2472,3 +2689,8 @@ mod local_tests {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests read the clock to drive the session
+#[path = "session_auth_tests.rs"]
+mod auth_tests;

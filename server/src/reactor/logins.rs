@@ -1,0 +1,120 @@
+//! The reactor's side of logins: starting the [`Authenticator`], binding the submission
+//! listeners, handing a session's `Authenticate` action to the pool, and giving each answer
+//! back to its session when it is due (failures after the failure delay), closing the
+//! session of a banned address.
+//!
+//! Owns: the glue between sessions and [`crate::auth`]. Must not: verify anything itself,
+//! or wait: answers come through the Waker and the reactor's wake-up deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use mio::net::TcpListener;
+use mio::{Interest, Poll, Token, Waker};
+use net::ConnRef;
+use proto::sasl::Secret;
+use proto::smtp::server::auth::AuthOutcome;
+
+use super::{Conn, FIRST_LISTENER, LISTEN_BACKLOG, Server, ServerConfig};
+use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
+
+/// Binds the submission listeners after the others; returns their indices in `listeners`.
+pub(super) fn listen_submission(
+    poll: &Poll,
+    listeners: &mut Vec<(TcpListener, bool)>,
+    addrs: &[SocketAddr],
+) -> io::Result<Vec<usize>> {
+    let mut indices = Vec::new();
+    for addr in addrs {
+        let i = listeners.len();
+        let mut l = net::listen(*addr, LISTEN_BACKLOG)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        poll.registry()
+            .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
+        listeners.push((l, false));
+        indices.push(i);
+    }
+    Ok(indices)
+}
+
+/// Starts the login pool when there are accounts (loads the bans of the last run).
+pub(super) fn start(
+    config: &mut ServerConfig,
+    waker: &Arc<Waker>,
+) -> io::Result<Option<Authenticator>> {
+    let Some(service) = config.auth.take() else {
+        return Ok(None);
+    };
+    Authenticator::spawn(
+        service.pool,
+        service.backend,
+        waker.clone(),
+        SystemTime::now(),
+    )
+    .map(Some)
+    .map_err(io::Error::other)
+}
+
+/// Hands a session's login to the pool (or answers `454` at once without one).
+pub(super) fn submit(
+    auth: &mut Option<Authenticator>,
+    conn: &mut Conn,
+    conn_ref: ConnRef,
+    user: String,
+    password: Secret,
+    now: Instant,
+) {
+    let Some(auth) = auth else {
+        conn.session.handle_auth(AuthOutcome::TempFail, now);
+        return;
+    };
+    let req = Request {
+        conn: conn_ref,
+        service: Service::Smtp,
+        user,
+        password: password.take(),
+        ip: conn.session.peer().ip(),
+    };
+    auth.submit(req, now, SystemTime::now());
+}
+
+/// The session's view of an answer.
+fn outcome(answer: Answer) -> AuthOutcome {
+    match answer.verdict {
+        _ if answer.banned => AuthOutcome::Banned,
+        Verdict::Ok { user } => AuthOutcome::Ok(user),
+        Verdict::Bad => AuthOutcome::Bad,
+        Verdict::TempFail(_) => AuthOutcome::TempFail,
+    }
+}
+
+impl Server {
+    /// Takes the pool's answers that are due and gives each to its session.
+    pub(super) fn login_answers(&mut self, now: Instant) {
+        let Some(auth) = &mut self.auth else {
+            return;
+        };
+        auth.collect(now, SystemTime::now());
+        let mut due = Vec::new();
+        while let Some(a) = auth.poll_answer(now) {
+            due.push(a);
+        }
+        for answer in due {
+            let ConnRef { key, generation } = answer.conn;
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.generation == generation => match answer.service {
+                    Service::Smtp => {
+                        conn.session.handle_auth(outcome(answer), now);
+                        self.drive(key, now);
+                    }
+                    Service::Pop3 => {
+                        log::error!("a POP3 login answer for an SMTP session: dropped");
+                    }
+                },
+                _ => {} // The client left before its answer came.
+            }
+        }
+    }
+}

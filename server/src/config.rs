@@ -255,7 +255,7 @@ impl Args {
                     timeout: Duration::from_secs(self.pop3_timeout),
                     max_errors: MAX_ERRORS,
                     stls: tls.is_some(),
-                    allow_plaintext_auth: false,
+                    allow_plaintext_auth: login.allow_plaintext,
                     output_limit: proto::pop3::session::OUTPUT_LIMIT,
                 }),
             })

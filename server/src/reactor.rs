@@ -196,8 +196,6 @@ impl Server {
             poll.registry(),
             config.pop3.clone(),
             config.mailboxes.clone(),
-            config.session.local.as_ref().map(|l| l.directory.clone()),
-            waker.clone(),
         )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
@@ -685,7 +683,6 @@ impl Server {
             }
             self.handshake_done(done, now);
         }
-        self.with_pop3(|p, ctx| p.completions(now, ctx));
         self.login_answers(now);
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();
@@ -830,6 +827,7 @@ impl Server {
             max_per_ip: self.config.max_per_ip,
             other_conns: self.conns.len(),
             linger: self.config.linger,
+            auth: self.auth.as_mut(),
         };
         f(&mut self.pop3, &mut ctx);
     }

@@ -9,9 +9,11 @@ the user name: AUTH PLAIN with an initial response), then runs each COMMAND: `st
 without QUIT), `wait` (read until the server says something or closes).
 Prints one line per step, `NAME<TAB>RESULT`: the login as `login`, lists as `n size,n size`,
 RETR/TOP bodies as the hex of the lines joined with CR LF (poplib undoes the dot-stuffing),
-errors as `ERR <server text>`.
+errors as `ERR <server text>`. A refused connection (an `-ERR` greeting) prints
+`connect<TAB>ERR <greeting>`. With POP3_SOURCE=IP in the environment the client connects
+from that address (e.g. 127.0.0.2).
 """
-import base64, hashlib, poplib, ssl, sys
+import base64, hashlib, os, poplib, socket, ssl, sys
 
 host, port, mode, cafile, user, password = sys.argv[1:7]
 commands = sys.argv[7:]
@@ -27,12 +29,22 @@ def say(name, result):
     print("%s\t%s" % (name, result), flush=True)
 
 
-if mode == "ssl":
-    p = poplib.POP3_SSL(host, int(port), context=context(), timeout=60)
-else:
-    p = poplib.POP3(host, int(port), timeout=60)
-    if mode == "stls":
-        say("stls", p.stls(context=context()).decode())
+source = os.environ.get("POP3_SOURCE")
+if source:
+    def _create_socket(self, timeout):
+        return socket.create_connection((self.host, self.port), timeout, source_address=(source, 0))
+    poplib.POP3._create_socket = _create_socket
+
+try:
+    if mode == "ssl":
+        p = poplib.POP3_SSL(host, int(port), context=context(), timeout=60)
+    else:
+        p = poplib.POP3(host, int(port), timeout=60)
+except poplib.error_proto as e:
+    say("connect", "ERR " + e.args[0].decode(errors="replace"))
+    sys.exit(0)
+if mode == "stls":
+    say("stls", p.stls(context=context()).decode())
 try:
     if user.startswith("auth:"):
         token = base64.b64encode(b"\0" + user[5:].encode() + b"\0" + password.encode())

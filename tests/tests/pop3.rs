@@ -136,6 +136,18 @@ impl Pop {
 
     /// Runs `tests/py/pop3_client.py`; returns its `(step, result)` lines.
     fn client(&self, mode: &str, user: &str, steps: &[&str]) -> Vec<(String, String)> {
+        self.client_from("127.0.0.1", mode, user, PASSWORD, steps)
+    }
+
+    /// Like [`Pop::client`], from the address `source`, with `password`.
+    fn client_from(
+        &self,
+        source: &str,
+        mode: &str,
+        user: &str,
+        password: &str,
+        steps: &[&str],
+    ) -> Vec<(String, String)> {
         let port = match mode {
             "ssl" => self.pop3s.expect("a TLS listener"),
             _ => self.pop3,
@@ -152,11 +164,12 @@ impl Pop {
             mode.into(),
             ca,
             user.into(),
-            PASSWORD.into(),
+            password.into(),
         ];
         args.extend(steps.iter().map(|s| s.to_string()));
         let out = Command::new("python3")
             .args(&args)
+            .env("POP3_SOURCE", source)
             .output()
             .expect("run python3");
         assert!(
@@ -546,6 +559,10 @@ fn large_message_streams_without_being_held_in_memory() {
             .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
             .expect("VmHWM")
     };
+    // A login first: verifying an argon2 password takes 19 MiB for a moment (on a login
+    // thread), which is in the peak from then on; the RETR must add nothing near the message.
+    let steps = p.client("plain", "alice", &["quit"]);
+    assert_eq!(result(&steps, "login"), ["+OK Logged in."]);
     let before = hwm();
     let steps = p.client("plain", "alice", &["retrsha 1", "quit"]);
     assert_eq!(
@@ -562,4 +579,30 @@ fn large_message_streams_without_being_held_in_memory() {
         "peak memory grew by {grown} KiB for a {} KiB message",
         size / 1024
     );
+}
+
+/// Test 4, POP3 side: three wrong passwords from 127.0.0.2 ban it (the third answer says so
+/// and the session is closed); then even the right password from 127.0.0.2 is refused at the
+/// greeting with -ERR [AUTH], on the plain and the implicit TLS listener, while 127.0.0.3 logs
+/// in; the ban is in the log.
+#[test]
+fn banned_address_gets_err_auth() {
+    if !have("python3") || !have("openssl") {
+        return;
+    }
+    let p = Pop::start(true, &["--auth-failure-delay", "50", "--ban-time", "600"]);
+    let fail = "ERR -ERR [AUTH] Authentication failed.";
+    let banned = "ERR -ERR [AUTH] Too many failed logins from your address; try later.";
+    for want in [fail, fail, banned] {
+        let steps = p.client_from("127.0.0.2", "plain", "alice", "wrong", &["quit"]);
+        assert_eq!(result(&steps, "login"), [want], "{}", server_log(&p.s));
+    }
+    for mode in ["plain", "ssl"] {
+        let steps = p.client_from("127.0.0.2", mode, "alice", PASSWORD, &["quit"]);
+        assert_eq!(result(&steps, "connect"), [banned], "{mode}: {steps:?}");
+    }
+    let steps = p.client_from("127.0.0.3", "plain", "alice", PASSWORD, &["quit"]);
+    assert_eq!(result(&steps, "login"), ["+OK Logged in."]);
+    let log = server_log(&p.s);
+    assert!(log.contains("ban ip=127.0.0.2 failures=3"), "{log}");
 }

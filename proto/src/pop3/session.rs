@@ -289,6 +289,14 @@ impl Session {
         s
     }
 
+    /// The client's address is banned: `-ERR [AUTH]` instead of the greeting, then close.
+    pub fn refuse_banned(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.reply(reply::BANNED);
+        self.close();
+    }
+
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
@@ -862,7 +870,18 @@ impl Session {
             if self.out.capacity() > 4 * self.config.output_limit {
                 self.out.shrink_to(self.config.output_limit);
             }
+        } else if self.out_pos >= self.config.output_limit {
+            // A message streaming to a client that never quite catches up: without this the
+            // buffer would grow by everything sent (sent bytes are never reused otherwise).
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
         }
+    }
+
+    /// Octets the output buffer holds allocated (tests: it stays bounded).
+    #[cfg(test)]
+    pub(crate) fn out_capacity(&self) -> usize {
+        self.out.capacity()
     }
 
     /// The next action for the caller.

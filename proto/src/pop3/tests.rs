@@ -439,3 +439,53 @@ fn a_read_error_midway_closes_without_the_terminator() {
     assert!(String::from_utf8_lossy(s.poll_output()).ends_with("+OK 10 octets\r\nA: 1\r\n"));
     assert_eq!(s.poll_action(), None, "no Seen, no Update");
 }
+
+#[test]
+fn a_banned_address_gets_err_auth_instead_of_the_greeting() {
+    let now = Instant::now();
+    let mut s = Session::new(config(false), "192.0.2.7:1".parse().unwrap(), now);
+    s.refuse_banned();
+    assert!(s.is_closed());
+    assert!(!s.wants_read());
+    assert_eq!(s.poll_timeout(), None);
+    assert_eq!(
+        s.poll_output(),
+        b"-ERR [AUTH] Too many failed logins from your address; try later.\r\n"
+    );
+}
+
+/// A client that always lags a little behind a RETR: the output buffer stays bounded (sent
+/// bytes are dropped), it does not grow with the message.
+#[test]
+fn streaming_to_a_lagging_client_keeps_the_buffer_bounded() {
+    let now = Instant::now();
+    let mut s = Session::new(config(false), "127.0.0.1:1".parse().unwrap(), now);
+    s.handle_input(b"USER alice\r\nPASS secret\r\n", now);
+    s.poll_action();
+    s.handle_authenticated(AuthResult::Accepted("alice".into()), now);
+    s.poll_action();
+    s.handle_opened(
+        Ok(vec![MessageInfo {
+            size: 1 << 20,
+            uid: "u".into(),
+        }]),
+        now,
+    );
+    s.handle_input(b"RETR 1\r\n", now);
+    assert_eq!(s.poll_action(), Some(Action::Read { message: 0 }));
+    s.handle_read_started(Ok(()), now);
+    let n = s.poll_output().len();
+    s.output_written(n);
+    let chunk = [b'x'; 50];
+    let mut peak = 0;
+    for _ in 0..20_000 {
+        assert!(s.wants_message_data());
+        s.handle_message_data(&chunk, now);
+        // The client reads all but the last 10 octets each time.
+        let n = s.poll_output().len().saturating_sub(10);
+        s.output_written(n);
+        peak = peak.max(s.poll_output().len());
+    }
+    assert!(peak < 100, "{peak}");
+    assert!(s.out_capacity() <= 4 * 64 + 64, "{}", s.out_capacity());
+}

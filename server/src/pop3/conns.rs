@@ -1,6 +1,7 @@
 //! POP3 connections on smtpd's reactor thread: the POP3 listeners, the connections (each a
 //! `net::Transport` and a pure [`Session`]), their idle deadlines, and the work the sessions
-//! ask for: password checks (handed to [`super::login`]'s threads), the maildrop (listing,
+//! ask for: password checks (handed to the shared login pool, [`crate::auth::Authenticator`],
+//! as SMTP AUTH's are: one lockout for both), the maildrop (listing,
 //! RETR/TOP streamed from the open file a bounded amount per turn, seen flags, removal at QUIT)
 //! and STLS (through the reactor's TLS handshake pool).
 //!
@@ -9,6 +10,9 @@
 //! [`Pop3::event`], and calls in for completions, timers, the ready list and shutdown. POP3
 //! connections live in their own `Slab`, so the SMTP path is unchanged; the connection limits
 //! count both ([`Ctx::other_conns`]).
+//!
+//! A banned address gets `-ERR [AUTH]` instead of the greeting and is closed (after the TLS
+//! handshake on an implicit TLS listener, so that the client can read it).
 //!
 //! One session per maildrop (RFC 1939 §8 exclusive lock): the set of users with a session in
 //! TRANSACTION is kept here; a second login gets `-ERR [IN-USE]`, and the user is released when
@@ -23,13 +27,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, unbounded};
 use maildir_core::local::Mailboxes;
 use maildir_core::maildrop::Maildrop;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token, Waker};
+use mio::{Interest, Registry, Token};
 use net::handshake::{self, Handshakers};
 use net::{ConnRef, Transport};
 use proto::pop3::session::{
@@ -37,7 +40,7 @@ use proto::pop3::session::{
 };
 use slab::Slab;
 
-use super::login::{self, Logins};
+use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
 use crate::config::Cidr;
 use crate::tls;
 
@@ -55,8 +58,6 @@ const FILE_CHUNK: usize = 64 * 1024;
 const INBUF_MAX: usize = 16 * 1024;
 /// Connections one listener may accept per turn.
 const ACCEPT_BUDGET: usize = 64;
-/// Threads checking passwords (interim, see [`super::login`]).
-const LOGIN_THREADS: usize = 2;
 
 /// True when the reactor must pass an event with this token to [`Pop3::event`].
 pub fn owns_token(t: usize) -> bool {
@@ -99,6 +100,8 @@ pub struct Ctx<'a> {
     pub other_conns: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// The login pool and the bans (shared with SMTP AUTH); `None`: no logins.
+    pub auth: Option<&'a mut Authenticator>,
 }
 
 struct Conn {
@@ -130,26 +133,19 @@ pub struct Pop3 {
     accept_ready: Vec<usize>,
     locked: HashSet<String>,
     mailboxes: Option<Arc<Mailboxes>>,
-    logins: Option<Logins>,
-    login_rx: Receiver<login::Done>,
     next_generation: u64,
     scratch: Vec<u8>,
     shutting_down: bool,
 }
 
 impl Pop3 {
-    /// Binds the POP3 listeners and starts the password-check threads (none without
-    /// settings: POP3 is off).
+    /// Binds the POP3 listeners (none without settings: POP3 is off).
     pub fn bind(
         registry: &Registry,
         settings: Option<Pop3Settings>,
         mailboxes: Option<Arc<Mailboxes>>,
-        directory: Option<Arc<maildir_core::directory::Directory>>,
-        waker: Arc<Waker>,
     ) -> io::Result<Pop3> {
-        let (login_tx, login_rx) = unbounded();
         let mut listeners = Vec::new();
-        let mut logins = None;
         if let Some(s) = &settings {
             let all = s.listen.iter().map(|a| (a, false));
             for (i, (addr, tls)) in all
@@ -165,9 +161,6 @@ impl Pop3 {
                 registry.register(&mut l, Token(POP3_LISTENER + i), Interest::READABLE)?;
                 listeners.push((l, tls));
             }
-            if let Some(d) = directory {
-                logins = Some(Logins::spawn(LOGIN_THREADS, d, login_tx, waker)?);
-            }
         }
         Ok(Pop3 {
             settings,
@@ -178,8 +171,6 @@ impl Pop3 {
             accept_ready: Vec::new(),
             locked: HashSet::new(),
             mailboxes,
-            logins,
-            login_rx,
             next_generation: 0,
             scratch: vec![0; FILE_CHUNK],
             shutting_down: false,
@@ -223,17 +214,22 @@ impl Pop3 {
         }
     }
 
-    /// Answers from the password threads, and the turns left over from the last round.
-    pub fn completions(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
-        while let Ok(done) = self.login_rx.try_recv() {
-            let key = done.conn.key - POP3_CONN;
-            match self.conns.get_mut(key) {
-                Some(conn) if conn.generation == done.conn.generation => {
-                    conn.session.handle_authenticated(done.result, now);
-                    self.drive(key, now, ctx);
-                }
-                _ => {}
+    /// The login pool's answer for a POP3 session (when it is due: failures after the
+    /// failure delay). A banned address's session is closed after its `-ERR [AUTH]`.
+    pub fn login_answer(&mut self, answer: Answer, now: Instant, ctx: &mut Ctx<'_>) {
+        let key = answer.conn.key - POP3_CONN;
+        let result = match answer.verdict {
+            _ if answer.banned => AuthResult::Banned,
+            Verdict::Ok { user } => AuthResult::Accepted(user),
+            Verdict::Bad => AuthResult::Rejected,
+            Verdict::TempFail(_) => AuthResult::Unavailable,
+        };
+        match self.conns.get_mut(key) {
+            Some(conn) if conn.generation == answer.conn.generation => {
+                conn.session.handle_authenticated(result, now);
+                self.drive(key, now, ctx);
             }
+            _ => {} // The client left before its answer came.
         }
     }
 
@@ -319,6 +315,14 @@ impl Pop3 {
         let _ = stream.set_nodelay(true);
         let mut transport = Transport::plain(stream);
         let mut session = Session::new(settings.session.clone(), peer, now);
+        let banned = ctx
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.is_banned(peer.ip(), SystemTime::now()));
+        if banned {
+            log::warn!("pop3: refused connection from [{}]: banned", peer.ip());
+            session.refuse_banned();
+        }
         if tls {
             let Some(config) = ctx.tls else {
                 return;
@@ -380,7 +384,7 @@ impl Pop3 {
                 conn.inbuf.drain(..n);
                 progress |= n > 0;
             }
-            progress |= self.run_actions(key, now);
+            progress |= self.run_actions(key, now, ctx);
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -506,7 +510,7 @@ impl Pop3 {
     }
 
     /// Carries out the session's actions. Returns true if there were any.
-    fn run_actions(&mut self, key: usize, now: Instant) -> bool {
+    fn run_actions(&mut self, key: usize, now: Instant, ctx: &mut Ctx<'_>) -> bool {
         let mut any = false;
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
@@ -519,13 +523,21 @@ impl Pop3 {
                         key: POP3_CONN + key,
                         generation: conn.generation,
                     };
-                    let queued = self
-                        .logins
-                        .as_ref()
-                        .is_some_and(|l| l.submit(conn_ref, user, password));
-                    if !queued {
-                        conn.session
-                            .handle_authenticated(AuthResult::Unavailable, now);
+                    match ctx.auth.as_deref_mut() {
+                        Some(auth) => auth.submit(
+                            Request {
+                                conn: conn_ref,
+                                service: Service::Pop3,
+                                user,
+                                password,
+                                ip: conn.session.peer().ip(),
+                            },
+                            now,
+                            SystemTime::now(),
+                        ),
+                        None => conn
+                            .session
+                            .handle_authenticated(AuthResult::Unavailable, now),
                     }
                 }
                 Action::Open { user } => {

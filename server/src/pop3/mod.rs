@@ -3,12 +3,12 @@
 //!
 //! - [`conns`]: the POP3 listeners and connections the reactor drives (sessions, maildrop
 //!   work, RETR/TOP streaming, the one-session-per-maildrop lock, STLS, timers, shutdown).
-//! - [`login`]: password checks off the reactor thread (interim, until the shared auth pool).
+//!   Passwords are checked by the login pool SMTP AUTH uses ([`crate::auth`]), with the same
+//!   lockout.
 //!
 //! The protocol is `proto::pop3` (pure); the maildrop's files are
 //! `maildir_core::maildrop`. Must not: speak SMTP or deliver mail.
 
 pub mod conns;
-pub mod login;
 
 pub use conns::{Ctx, Pop3, Pop3Settings, owns_conn, owns_token};

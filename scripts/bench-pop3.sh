@@ -6,8 +6,9 @@
 #     pipelined (scripts/pop3_load.py, raw sockets, the same client for both); each RETR also
 #     marks the message seen (smtpd and Dovecot both rename it into cur/ with S). The first
 #     login's maildrop listing is reported apart. Fresh copies of the Maildir for each run.
-#   - login rate: LOGINS logins (USER/PASS/QUIT, a new connection each, CLIENTS at a time) of a
-#     user with an {ARGON2ID} password in the users file (the same file for both servers);
+#   - login rate: LOGINS logins (USER/PASS/QUIT, a new connection each, CLIENTS at a time, each
+#     client its own user u<i>: smtpd allows one session per maildrop) with {ARGON2ID}
+#     passwords in the users file (the same file for both servers);
 #     Dovecot's auth cache is off (its default), so both verify argon2 every time.
 # smtpd runs --release with --pop3-listen on the same users file; Dovecot runs as a plain
 # process with a generated configuration (no system service).
@@ -47,7 +48,10 @@ trap 'exit 130' INT TERM
 
 PASSWORD="bench password"
 HASH=$(printf '%s\n' "$PASSWORD" | "$SMTPD" hash-password)
-printf 'alice:%s::::\nbob:%s::::\n' "$HASH" "$HASH" >"$WORK/users"
+{
+  printf 'alice:%s::::\n' "$HASH"
+  for i in $(seq 0 $((CLIENTS - 1))); do printf 'u%d:%s::::\n' "$i" "$HASH"; done
+} >"$WORK/users"
 printf 'postmaster: alice\n' >"$WORK/aliases"
 
 # The master copy of alice's Maildir: MSGS messages of 4 KiB in new/, named and written like
@@ -68,7 +72,6 @@ for i in range(n):
     name = f"1795490000.M{i:06d}P1Q{i}.bench,S={len(data)}"
     with open(os.path.join(root, "new", name), "wb") as f: f.write(data)
 PY
-mkdir -p "$WORK/master/bob/new" "$WORK/master/bob/cur" "$WORK/master/bob/tmp"
 
 # Mail processes of Dovecot run as nobody when we are root (it refuses uid 0).
 if [ "$(id -u)" = 0 ]; then OWNER=65534:65534; LOGIN_USER=nobody; INTERNAL=root; else OWNER=$(id -u):$(id -g); LOGIN_USER=$(id -un); INTERNAL=$LOGIN_USER; fi
@@ -142,7 +145,7 @@ print("| %s | %d | %.2f | %.0f | %.1f |" % (name, n, login_s, n / retr_s, octets
 }
 
 login_run() { # NAME PORT -> a table row
-  local r; r=$(python3 scripts/pop3_load.py login "$2" bob "$PASSWORD" "$LOGINS" "$CLIENTS")
+  local r; r=$(python3 scripts/pop3_load.py login "$2" u "$PASSWORD" "$LOGINS" "$CLIENTS")
   set -- "$1" $r
   python3 -c 'import sys
 name, n, secs, fails = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])

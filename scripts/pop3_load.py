@@ -7,7 +7,8 @@ usage: pop3_load.py retr PORT USER PASSWORD WINDOW
     Prints `messages octets login_s retr_s`.
 usage: pop3_load.py login PORT USER PASSWORD TOTAL CLIENTS
     CLIENTS threads log in TOTAL times between them (USER, PASS, QUIT on a new connection
-    each). Prints `logins seconds failures`.
+    each), thread i as USER<i> (one maildrop per thread: smtpd allows one session per
+    maildrop). Prints `logins seconds failures`.
 """
 import socket, sys, threading, time
 
@@ -67,23 +68,25 @@ def logins(port, user, password, total, clients):
     left = [total]
     failures = [0]
 
-    def worker():
+    def worker(i):
         while True:
             with lock:
                 if left[0] == 0:
                     return
                 left[0] -= 1
             s, f = connect(port)
-            line = login(s, f, user, password)
+            line = login(s, f, "%s%d" % (user, i), password)
             if not line.startswith(b"+OK"):
                 with lock:
                     failures[0] += 1
+                    if failures[0] == 1:
+                        sys.stderr.write("login failed: %r\n" % line)
             s.sendall(b"QUIT\r\n")
             f.readline()
             s.close()
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:

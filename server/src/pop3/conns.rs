@@ -58,6 +58,8 @@ const FILE_CHUNK: usize = 64 * 1024;
 const INBUF_MAX: usize = 16 * 1024;
 /// Connections one listener may accept per turn.
 const ACCEPT_BUDGET: usize = 64;
+/// Pause after an accept failure such as "too many open files" (as SMTP's listeners do).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// True when the reactor must pass an event with this token to [`Pop3::event`].
 pub fn owns_token(t: usize) -> bool {
@@ -136,6 +138,8 @@ pub struct Pop3 {
     next_generation: u64,
     scratch: Vec<u8>,
     shutting_down: bool,
+    /// Accepting is paused after a failure until then.
+    accept_paused_until: Option<Instant>,
 }
 
 impl Pop3 {
@@ -174,6 +178,7 @@ impl Pop3 {
             next_generation: 0,
             scratch: vec![0; FILE_CHUNK],
             shutting_down: false,
+            accept_paused_until: None,
         })
     }
 
@@ -200,9 +205,13 @@ impl Pop3 {
         !self.ready.is_empty() || !self.accept_ready.is_empty()
     }
 
-    /// The earliest deadline of a POP3 connection.
+    /// The earliest deadline of a POP3 connection (or the end of an accept pause).
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        [timer, self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// A readiness event for a POP3 token.
@@ -253,7 +262,7 @@ impl Pop3 {
     }
 
     fn accept(&mut self, index: usize, now: Instant, ctx: &mut Ctx<'_>) {
-        if self.shutting_down {
+        if self.shutting_down || self.accept_paused_until.is_some() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
@@ -267,7 +276,10 @@ impl Pop3 {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
-                    log::warn!("pop3: accept failed: {e}");
+                    // EMFILE and friends: retry on a timer instead of spinning (readiness is
+                    // edge-triggered: without a retry the waiting connections would stay).
+                    log::warn!("pop3: accept failed: {e}; pausing for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -657,8 +669,15 @@ impl Pop3 {
         self.drive(key, now, ctx);
     }
 
-    /// Deadlines due: idle sessions time out, lingering ones are closed.
+    /// Deadlines due: idle sessions time out, lingering ones are closed, a paused accept
+    /// resumes.
     pub fn timers(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i, now, ctx);
+            }
+        }
         while let Some(Reverse((t, key, generation))) = self.timers.peek().copied() {
             if t > now {
                 break;

@@ -26,7 +26,7 @@
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
 //! - [`pop3`]: POP3 listeners and connections on the same reactor (`proto::pop3` sessions,
-//!   `maildir_core::maildrop`), with their password checks off the reactor thread.
+//!   `maildir_core::maildrop`); their logins go through [`auth`] like SMTP AUTH's.
 //!
 //! Invariants: `250` after DATA is sent only once the message is durable in `new/`. Every
 //! public item is documented (`missing_docs`).

@@ -11,7 +11,7 @@
 //! [`Session::poll_timeout`], [`Session::wants_read`], [`Session::wants_message_data`],
 //! [`Session::is_closed`].
 //!
-//! States ([`State`]): AUTHORIZATION (with the USER given, or waiting for an AUTH PLAIN
+//! States (`State`): AUTHORIZATION (with the USER given, or waiting for an AUTH PLAIN
 //! response, or waiting for the password check and the maildrop), TRANSACTION (the maildrop's
 //! listing and the deletion marks; streaming a message is a sub-state) and UPDATE (the caller
 //! removes the marked messages). Deletions happen only through the `Update` action after QUIT

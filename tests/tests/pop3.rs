@@ -606,3 +606,83 @@ fn banned_address_gets_err_auth() {
     let log = server_log(&p.s);
     assert!(log.contains("ban ip=127.0.0.2 failures=3"), "{log}");
 }
+
+/// A raw POP3 connection: lines read with a deadline.
+struct Raw {
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Raw {
+            stream: std::io::BufReader::new(s),
+        }
+    }
+
+    /// The next line ("" at the end of the stream).
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.stream.read_line(&mut l).expect("read a line");
+        l
+    }
+
+    fn cmd(&mut self, c: &str) -> String {
+        use std::io::Write;
+        self.stream
+            .get_mut()
+            .write_all(format!("{c}\r\n").as_bytes())
+            .expect("write");
+        self.line()
+    }
+}
+
+/// SIGTERM: a POP3 session waiting for a command gets -ERR [SYS/TEMP] and is closed without
+/// an update (its DELE is not carried out), and smtpd exits 0.
+#[test]
+fn stop_signal_closes_pop3_sessions_without_update() {
+    if !have("python3") {
+        return;
+    }
+    let mut p = Pop::start(false, &[]);
+    p.deliver("alice@example.test", &message(1));
+    let before = p.files("alice");
+    let mut c = Raw::connect(p.pop3);
+    assert!(c.line().starts_with("+OK "));
+    assert_eq!(c.cmd("USER alice"), "+OK\r\n");
+    assert_eq!(c.cmd(&format!("PASS {PASSWORD}")), "+OK Logged in.\r\n");
+    assert_eq!(c.cmd("DELE 1"), "+OK Marked to be deleted.\r\n");
+    p.s.signal(libc::SIGTERM);
+    assert_eq!(c.line(), "-ERR [SYS/TEMP] Server shutting down.\r\n");
+    assert_eq!(c.line(), "");
+    assert_eq!(
+        integration_tests::smtp::wait_exit(&mut p.s, Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        server_log(&p.s)
+    );
+    assert_eq!(p.files("alice"), before);
+}
+
+/// --max-connections counts SMTP and POP3 connections together.
+#[test]
+fn connection_limit_counts_both_protocols() {
+    let p = Pop::start(false, &["--max-connections", "2"]);
+    let mut smtp = Raw::connect(p.s.addr.port());
+    assert!(smtp.line().starts_with("220 "));
+    let mut first = Raw::connect(p.pop3);
+    assert!(first.line().starts_with("+OK "));
+    let mut second = Raw::connect(p.pop3);
+    assert_eq!(second.line(), "-ERR [SYS/TEMP] Too many connections.\r\n");
+    let mut third = Raw::connect(p.s.addr.port());
+    assert!(third.line().starts_with("421 4.3.2"));
+    assert_eq!(first.cmd("QUIT"), "+OK Logging out.\r\n");
+    wait_for("the POP3 connection to go", Duration::from_secs(10), || {
+        server_log(&p.s).contains("pop3: disconnect")
+    });
+    let mut again = Raw::connect(p.pop3);
+    assert!(again.line().starts_with("+OK "));
+}

@@ -196,6 +196,7 @@ impl Server {
             poll.registry(),
             config.pop3.clone(),
             config.mailboxes.clone(),
+            waker.clone(),
         )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
@@ -683,6 +684,7 @@ impl Server {
             }
             self.handshake_done(done, now);
         }
+        self.with_pop3(|p, ctx| p.completions(now, ctx));
         self.login_answers(now);
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();

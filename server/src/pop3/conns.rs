@@ -1,9 +1,9 @@
 //! POP3 connections on smtpd's reactor thread: the POP3 listeners, the connections (each a
 //! `net::Transport` and a pure [`Session`]), their idle deadlines, and the work the sessions
 //! ask for: password checks (handed to the shared login pool, [`crate::auth::Authenticator`],
-//! as SMTP AUTH's are: one lockout for both), the maildrop (listing,
-//! RETR/TOP streamed from the open file a bounded amount per turn, seen flags, removal at QUIT)
-//! and STLS (through the reactor's TLS handshake pool).
+//! as SMTP AUTH's are: one lockout for both), the maildrop (the listing at login and the
+//! removal at QUIT on [`super::maildrops`]'s thread; RETR/TOP streamed from the open file a
+//! bounded amount per turn and the seen flag here) and STLS (through the reactor's TLS handshake pool).
 //!
 //! The reactor ([`crate::reactor`]) owns the poll, the signals, the handshake threads and the
 //! SMTP connections; it passes every event whose token is POP3's ([`owns_token`]) to
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use maildir_core::local::Mailboxes;
 use maildir_core::maildrop::Maildrop;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry, Token, Waker};
 use net::handshake::{self, Handshakers};
 use net::{ConnRef, Transport};
 use proto::pop3::session::{
@@ -40,6 +40,7 @@ use proto::pop3::session::{
 };
 use slab::Slab;
 
+use super::maildrops::{self, Done, Job, Worker};
 use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
 use crate::config::Cidr;
 use crate::tls;
@@ -123,6 +124,9 @@ struct Conn {
     locked: Option<String>,
     /// The message file RETR/TOP is reading.
     message: Option<File>,
+    /// The removal at QUIT is under way: the lock stays until it is done, even if the
+    /// connection goes first.
+    updating: bool,
 }
 
 /// The POP3 side of the reactor.
@@ -140,16 +144,26 @@ pub struct Pop3 {
     shutting_down: bool,
     /// Accepting is paused after a failure until then.
     accept_paused_until: Option<Instant>,
+    /// The thread listing and cleaning maildrops (with POP3 on).
+    worker: Option<Worker>,
+    /// Answers made here because the thread was gone, applied after the actions.
+    done_here: Vec<Done>,
 }
 
 impl Pop3 {
-    /// Binds the POP3 listeners (none without settings: POP3 is off).
+    /// Binds the POP3 listeners and starts the maildrop thread (none without settings: POP3
+    /// is off).
     pub fn bind(
         registry: &Registry,
         settings: Option<Pop3Settings>,
         mailboxes: Option<Arc<Mailboxes>>,
+        waker: Arc<Waker>,
     ) -> io::Result<Pop3> {
         let mut listeners = Vec::new();
+        let worker = match &settings {
+            Some(_) => Some(Worker::spawn(waker)?),
+            None => None,
+        };
         if let Some(s) = &settings {
             let all = s.listen.iter().map(|a| (a, false));
             for (i, (addr, tls)) in all
@@ -179,6 +193,8 @@ impl Pop3 {
             scratch: vec![0; FILE_CHUNK],
             shutting_down: false,
             accept_paused_until: None,
+            worker,
+            done_here: Vec::new(),
         })
     }
 
@@ -221,6 +237,67 @@ impl Pop3 {
         } else {
             self.accept(token - POP3_LISTENER, now, ctx);
         }
+    }
+
+    /// Answers from the maildrop thread.
+    pub fn completions(&mut self, now: Instant, ctx: &mut Ctx<'_>) {
+        while let Some(done) = self.worker.as_ref().and_then(Worker::try_recv) {
+            if let Some(key) = self.apply(done, now) {
+                self.drive(key, now, ctx);
+            }
+        }
+    }
+
+    /// Gives a maildrop answer to its session; returns the connection to drive (none when it
+    /// is gone: a listing's lock went with it, a removal's lock goes now).
+    fn apply(&mut self, done: Done, now: Instant) -> Option<usize> {
+        let (conn_ref, user) = match &done {
+            Done::Listed { conn, user, .. } | Done::Removed { conn, user, .. } => (*conn, user),
+        };
+        let key = conn_ref.key - POP3_CONN;
+        let conn = match self.conns.get_mut(key) {
+            Some(c) if c.generation == conn_ref.generation => c,
+            _ => {
+                if matches!(done, Done::Removed { .. }) {
+                    self.locked.remove(user);
+                }
+                return None;
+            }
+        };
+        match done {
+            Done::Listed {
+                result: Ok(drop), ..
+            } => {
+                let list = drop
+                    .messages()
+                    .iter()
+                    .map(|e| MessageInfo {
+                        size: e.size,
+                        uid: e.uid.clone(),
+                    })
+                    .collect();
+                conn.maildrop = Some(*drop);
+                conn.session.handle_opened(Ok(list), now);
+            }
+            Done::Listed {
+                result: Err(e),
+                user,
+                ..
+            } => {
+                log::error!("pop3: cannot list the maildrop of {user}: {e}");
+                self.locked.remove(&user);
+                conn.locked = None;
+                conn.session.handle_opened(Err(OpenError::Failed), now);
+            }
+            Done::Removed { failures, .. } => {
+                for e in &failures {
+                    log::error!("pop3: cannot remove a deleted message: {e}");
+                }
+                conn.updating = false;
+                conn.session.handle_updated(failures.is_empty());
+            }
+        }
+        Some(key)
     }
 
     /// The login pool's answer for a POP3 session (when it is due: failures after the
@@ -375,6 +452,7 @@ impl Pop3 {
             maildrop: None,
             locked: None,
             message: None,
+            updating: false,
         });
         self.drive(key, now, ctx);
     }
@@ -397,6 +475,9 @@ impl Pop3 {
                 progress |= n > 0;
             }
             progress |= self.run_actions(key, now, ctx);
+            for done in std::mem::take(&mut self.done_here) {
+                self.apply(done, now);
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -552,36 +633,27 @@ impl Pop3 {
                             .handle_authenticated(AuthResult::Unavailable, now),
                     }
                 }
-                Action::Open { user } => {
-                    let result = if self.locked.contains(&user) {
-                        Err(OpenError::InUse)
-                    } else {
-                        match &self.mailboxes {
-                            None => Err(OpenError::Failed),
-                            Some(m) => match Maildrop::scan(&m.path(&user)) {
-                                Ok(drop) => {
-                                    let list = drop
-                                        .messages()
-                                        .iter()
-                                        .map(|e| MessageInfo {
-                                            size: e.size,
-                                            uid: e.uid.clone(),
-                                        })
-                                        .collect();
-                                    conn.maildrop = Some(drop);
-                                    self.locked.insert(user.clone());
-                                    conn.locked = Some(user);
-                                    Ok(list)
-                                }
-                                Err(e) => {
-                                    log::error!("pop3: cannot list the maildrop of {user}: {e}");
-                                    Err(OpenError::Failed)
-                                }
+                Action::Open { user } => match &self.mailboxes {
+                    _ if self.locked.contains(&user) => {
+                        conn.session.handle_opened(Err(OpenError::InUse), now)
+                    }
+                    None => conn.session.handle_opened(Err(OpenError::Failed), now),
+                    Some(m) => {
+                        // Locked from now: a second login while the listing is made is
+                        // [IN-USE] too.
+                        self.locked.insert(user.clone());
+                        conn.locked = Some(user.clone());
+                        let job = Job::List {
+                            conn: ConnRef {
+                                key: POP3_CONN + key,
+                                generation: conn.generation,
                             },
-                        }
-                    };
-                    conn.session.handle_opened(result, now);
-                }
+                            root: m.path(&user),
+                            user,
+                        };
+                        submit(&self.worker, job, &mut self.done_here);
+                    }
+                },
                 Action::Read { message } => {
                     let result = match conn.maildrop.as_mut().map(|d| d.open(message)) {
                         Some(Ok(file)) => {
@@ -602,17 +674,22 @@ impl Pop3 {
                         log::warn!("pop3: cannot mark a message seen: {e}");
                     }
                 }
-                Action::Update { deleted } => {
-                    let failures = conn
-                        .maildrop
-                        .as_mut()
-                        .map(|d| d.remove(&deleted))
-                        .unwrap_or_default();
-                    for e in &failures {
-                        log::error!("pop3: cannot remove a deleted message: {e}");
+                Action::Update { deleted } => match (conn.maildrop.take(), &conn.locked) {
+                    (Some(maildrop), Some(user)) => {
+                        conn.updating = true;
+                        let job = Job::Remove {
+                            conn: ConnRef {
+                                key: POP3_CONN + key,
+                                generation: conn.generation,
+                            },
+                            user: user.clone(),
+                            maildrop: Box::new(maildrop),
+                            deleted,
+                        };
+                        submit(&self.worker, job, &mut self.done_here);
                     }
-                    conn.session.handle_updated(failures.is_empty());
-                }
+                    _ => conn.session.handle_updated(false),
+                },
                 Action::StartTls => conn.starting_tls = true,
             }
         }
@@ -760,8 +837,11 @@ impl Pop3 {
                 ctx.per_ip.remove(&ip);
             }
         }
-        // The maildrop lock goes with the connection, however it ended.
-        if let Some(user) = conn.locked.take() {
+        // The maildrop lock goes with the connection, however it ended (after the removal at
+        // QUIT, if that is still under way: see `apply`).
+        if let Some(user) = conn.locked.take()
+            && !conn.updating
+        {
             self.locked.remove(&user);
         }
         report(&mut conn);
@@ -816,4 +896,18 @@ fn flush(conn: &mut Conn) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// Hands a job to the maildrop thread, or does it here when the thread is gone (the answer
+/// waits in `done_here`).
+fn submit(worker: &Option<Worker>, job: Job, done_here: &mut Vec<Done>) {
+    let job = match worker {
+        Some(w) => match w.submit(job) {
+            Ok(()) => return,
+            Err(job) => job,
+        },
+        None => job,
+    };
+    log::error!("pop3: the maildrop thread is gone");
+    done_here.push(maildrops::run(job));
 }

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(session reply address envelope)
+[ ${#targets[@]} -eq 0 ] && targets=(session reply address envelope pop3)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     if [ -n "${CI:-}" ]; then

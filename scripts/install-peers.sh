@@ -2,10 +2,10 @@
 # Installs the real peers the tests and benchmarks talk to: swaks, Postfix (for smtp-source and
 # smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
 # (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
-# delivery tests as a plain process with a generated config, never as a system service), OpenLDAP's
-# slapd and ldap-utils (the LDAP login tests start slapd as a plain process with a generated
-# config), and the Python packages used by tests (aiosmtpd, prometheus-client). Idempotent and
-# non-interactive.
+# delivery tests as a plain process with a generated config, never as a system service; its POP3
+# server for scripts/bench-pop3.sh), OpenLDAP's slapd and ldap-utils (the LDAP login tests start
+# slapd as a plain process with a generated config), and the Python packages used by tests
+# (aiosmtpd, prometheus-client). Idempotent and non-interactive.
 set -euo pipefail
 
 need=()
@@ -17,6 +17,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-core dovecot-imapd)
+[ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d) # scripts/bench-pop3.sh
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)

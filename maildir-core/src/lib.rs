@@ -9,6 +9,7 @@
 //! - [`users`], [`aliases`], [`directory`]: the users and aliases files and recipient routing
 //!   for local delivery (pure: the protocol session calls them).
 //! - [`local`]: local delivery into per-user Maildirs, and the quota count.
+//! - [`maildrop`]: a user's Maildir as POP3 sees it (listing, unique ids, seen, removal).
 //! - [`date`]: RFC 5322 date text for trace headers and reports.
 //! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
 //! - [`metrics`]: lock-free counters and histograms, read by other threads while a reactor
@@ -28,6 +29,7 @@ pub mod envelope;
 pub mod local;
 pub mod logging;
 pub mod maildir;
+pub mod maildrop;
 pub mod metrics;
 pub mod users;
 

@@ -625,7 +625,7 @@ pub fn system_hostname() -> Option<String> {
 }
 
 /// The (secs, usecs) of a name in our convention, for arrival order.
-fn name_time(name: &str) -> Option<(u64, u64)> {
+pub(crate) fn name_time(name: &str) -> Option<(u64, u64)> {
     let (secs, rest) = name.split_once('.')?;
     let rest = rest.strip_prefix('M')?;
     let end = rest.find(|c: char| !c.is_ascii_digit())?;

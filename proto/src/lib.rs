@@ -9,6 +9,9 @@
 //!   [`smtp::client::body`] (DATA and BDAT encoding), [`smtp::client::session`] (the client
 //!   state machine).
 //! - [`smtp::line_ends`]: the CR LF normaliser both sides use for BDAT.
+//! - [`pop3`]: what smtpd's POP3 listeners speak: [`pop3::command`], [`pop3::reply`],
+//!   [`pop3::multiline`] (dot-stuffed RETR/TOP from the message file, chunk by chunk) and
+//!   [`pop3::session`].
 //! - [`sasl`]: SASL `PLAIN` and `LOGIN` messages (SMTP AUTH, POP3 AUTH) and the [`sasl::Secret`]
 //!   password type.
 //!
@@ -44,5 +47,6 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod pop3;
 pub mod sasl;
 pub mod smtp;

@@ -23,7 +23,9 @@ use maildir_core::{Durability, Mailbox};
 use crate::accounts::AccountFiles;
 use crate::auth::settings::{LoginArgs, LoginSettings};
 
+use crate::pop3::Pop3Settings;
 use crate::reactor::ServerConfig;
+use proto::pop3::session::Pop3Config;
 use proto::smtp::server::auth::AuthSettings;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
 
@@ -190,6 +192,17 @@ pub struct Args {
     /// RUST_LOG says, else info]. A reload applies a new value.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<log::LevelFilter>,
+    /// Address for POP3 (port 110 style; STLS offered when a certificate is configured); may
+    /// be given several times. Needs --local-domain: users read their Maildirs.
+    #[arg(long = "pop3-listen", value_name = "ADDR:PORT")]
+    pub pop3_listen: Vec<SocketAddr>,
+    /// Address for POP3 over implicit TLS (port 995 style); may be given several times.
+    #[arg(long = "pop3s-listen", value_name = "ADDR:PORT", requires = "tls_cert")]
+    pub pop3s_listen: Vec<SocketAddr>,
+    /// Seconds a POP3 session may wait for a command (or for the client to read) before it
+    /// is closed (RFC 1939 autologout, 1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    pub pop3_timeout: u64,
     /// Logins: SMTP AUTH, submission, lockout, LDAP.
     #[command(flatten)]
     pub login: LoginArgs,
@@ -261,6 +274,24 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
+        let pop3 = if self.pop3_listen.is_empty() && self.pop3s_listen.is_empty() {
+            None
+        } else if local.is_none() {
+            return Err("--pop3-listen and --pop3s-listen need --local-domain".into());
+        } else {
+            Some(Pop3Settings {
+                listen: self.pop3_listen,
+                tls_listen: self.pop3s_listen,
+                session: Arc::new(Pop3Config {
+                    hostname: hostname.clone(),
+                    timeout: Duration::from_secs(self.pop3_timeout),
+                    max_errors: MAX_ERRORS,
+                    stls: tls.is_some(),
+                    allow_plaintext_auth: login.allow_plaintext,
+                    output_limit: proto::pop3::session::OUTPUT_LIMIT,
+                }),
+            })
+        };
         let config = Config {
             maildir,
             local,
@@ -304,6 +335,7 @@ impl Args {
                 group: self.group,
             }),
             log_level: self.log_level,
+            pop3,
             login,
             metrics: self.metrics,
         };
@@ -373,6 +405,8 @@ pub struct Config {
     pub run_as: Option<crate::privileges::RunAs>,
     /// `--log-level`; None: as `RUST_LOG` says.
     pub log_level: Option<log::LevelFilter>,
+    /// POP3 listeners and session settings, when `--pop3-listen`/`--pop3s-listen` are given.
+    pub pop3: Option<Pop3Settings>,
     /// Logins: lockout, failure delay, submission listeners, LDAP.
     pub login: LoginSettings,
     /// Where to serve Prometheus metrics (`--metrics`), if anywhere.
@@ -453,6 +487,7 @@ impl Config {
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
+            pop3: self.pop3.clone(),
             submission_listen: self.login.submission_listen.clone(),
             auth: crate::auth::settings::login_service(self),
         }

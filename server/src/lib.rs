@@ -33,6 +33,8 @@
 //! - [`privileges`]: `--user`/`--group`: root given up after binding, before serving.
 //! - [`quota`]: the mailbox quota look-up the sessions ask (`proto`'s `QuotaView`) over the
 //!   usage counts, and their periodic recount.
+//! - [`pop3`]: POP3 listeners and connections on the same reactor (`proto::pop3` sessions,
+//!   `maildir_core::maildrop`); their logins go through [`auth`] like SMTP AUTH's.
 //!
 //! Invariants: `250` after DATA is sent only once the message is durable in `new/`. Every
 //! public item is documented (`missing_docs`).
@@ -46,6 +48,7 @@ pub mod config;
 pub mod load;
 pub mod metrics;
 pub mod password;
+pub mod pop3;
 pub mod privileges;
 pub mod quota;
 pub mod reactor;

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// POP3 listeners and settings ([`crate::pop3`]); `None`: no POP3.
+    pub pop3: Option<crate::pop3::Pop3Settings>,
     /// Submission listeners (RFC 6409): MAIL needs AUTH first.
     pub submission_listen: Vec<SocketAddr>,
     /// Logins (SMTP AUTH, POP3): the pool's settings and the password source; `None`: no
@@ -160,6 +162,8 @@ pub struct Server {
     waker: Arc<Waker>,
     /// Where the handshake threads send their results (kept for threads a reload starts).
     handshake_tx: Sender<handshake::Done>,
+    /// POP3 listeners and connections ([`crate::pop3`]).
+    pop3: crate::pop3::Pop3,
     /// Login checks and bans (when there are accounts).
     auth: Option<crate::auth::Authenticator>,
     /// Indices in `listeners` of the submission listeners.
@@ -238,6 +242,12 @@ impl Server {
             done_tx,
             waker.clone(),
         )?;
+        let pop3 = crate::pop3::Pop3::bind(
+            poll.registry(),
+            config.pop3.clone(),
+            config.mailboxes.clone(),
+            waker.clone(),
+        )?;
         let (handshake_tx, handshake_rx) = unbounded();
         let handshakers = match &config.tls {
             Some(_) => Some(Handshakers::spawn(
@@ -270,6 +280,7 @@ impl Server {
             reload: None,
             waker,
             handshake_tx,
+            pop3,
             auth,
             submission_listeners,
         })
@@ -285,6 +296,7 @@ impl Server {
         self.listeners
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
+            .chain(self.pop3.local_addrs())
             .collect()
     }
 
@@ -292,7 +304,10 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.ready.is_empty() && self.accept_ready.is_empty() {
+            let timeout = if self.ready.is_empty()
+                && self.accept_ready.is_empty()
+                && !self.pop3.has_ready()
+            {
                 self.next_wakeup()
                     .map(|t| t.saturating_duration_since(Instant::now()))
             } else {
@@ -308,6 +323,9 @@ impl Server {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
+                    Token(t) if crate::pop3::owns_token(t) => {
+                        self.with_pop3(|p, ctx| p.event(t, now, ctx))
+                    }
                     WAKER => self.completions(now),
                     SIGNALS => self.signals(now),
                     Token(t) if t >= FIRST_CONN => self.drive(t - FIRST_CONN, now),
@@ -321,6 +339,10 @@ impl Server {
                 self.accept(index, now);
             }
             self.timers(now);
+            self.with_pop3(|p, ctx| {
+                p.serve_ready(now, ctx);
+                p.timers(now, ctx);
+            });
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -334,7 +356,7 @@ impl Server {
                     self.forced = true;
                     self.force_close_all(now);
                 }
-                if self.conns.is_empty() && self.store.in_flight() == 0 {
+                if self.conns.is_empty() && self.pop3.is_empty() && self.store.in_flight() == 0 {
                     log::info!("stopped");
                     return Ok(());
                 }
@@ -344,6 +366,7 @@ impl Server {
 
     fn next_wakeup(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let timer = [timer, self.pop3.next_wakeup()].into_iter().flatten().min();
         let login = self.auth.as_ref().and_then(|a| a.next_deadline());
         let timer = timer.into_iter().chain(login).min();
         next_wakeup(
@@ -425,7 +448,7 @@ impl Server {
             .is_some_and(|a| a.is_banned(peer.ip(), SystemTime::now()));
         let refusal = if banned {
             Some((Refusal::Banned, reply::banned(host)))
-        } else if self.conns.len() >= self.config.max_connections {
+        } else if self.conns.len() + self.pop3.len() >= self.config.max_connections {
             Some((
                 Refusal::TooManyConnections,
                 reply::too_many_connections(host),
@@ -716,8 +739,13 @@ impl Server {
 
     fn completions(&mut self, now: Instant) {
         while let Ok(done) = self.handshake_rx.try_recv() {
+            if crate::pop3::owns_conn(&done.conn) {
+                self.with_pop3(|p, ctx| p.handshake_done(done, now, ctx));
+                continue;
+            }
             self.handshake_done(done, now);
         }
+        self.with_pop3(|p, ctx| p.completions(now, ctx));
         self.login_answers(now);
         while let Ok(done) = self.done_rx.try_recv() {
             self.store.completed();
@@ -800,6 +828,7 @@ impl Server {
         for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        self.with_pop3(|p, ctx| p.begin_shutdown(now, ctx));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -810,6 +839,7 @@ impl Server {
     }
 
     fn force_close_all(&mut self, now: Instant) {
+        self.with_pop3(|p, ctx| p.force_close_all(now, ctx));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -850,6 +880,23 @@ impl Server {
         compact_timers(&mut self.timers, conns.len(), |key, generation| {
             conns.get(key).is_some_and(|c| c.generation == generation)
         });
+    }
+
+    /// Runs `f` on the POP3 side with what it borrows from the reactor.
+    fn with_pop3(&mut self, f: impl FnOnce(&mut crate::pop3::Pop3, &mut crate::pop3::Ctx<'_>)) {
+        let mut ctx = crate::pop3::Ctx {
+            registry: self.poll.registry(),
+            handshakers: self.handshakers.as_ref(),
+            tls: self.config.tls.as_ref(),
+            per_ip: &mut self.per_ip,
+            trusted: &self.config.trusted,
+            max_connections: self.config.max_connections,
+            max_per_ip: self.config.max_per_ip,
+            other_conns: self.conns.len(),
+            linger: self.config.linger,
+            auth: self.auth.as_mut(),
+        };
+        f(&mut self.pop3, &mut ctx);
     }
 }
 

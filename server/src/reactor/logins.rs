@@ -121,6 +121,10 @@ impl Server {
             due.push(a);
         }
         for answer in due {
+            if crate::pop3::owns_conn(&answer.conn) {
+                self.with_pop3(|p, ctx| p.login_answer(answer, now, ctx));
+                continue;
+            }
             let ConnRef { key, generation } = answer.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => match answer.service {

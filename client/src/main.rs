@@ -27,17 +27,16 @@ mod config;
 mod dsn;
 mod mx;
 mod plan;
-mod queue;
 mod reactor;
 mod record;
 mod run;
-mod state;
 mod tls;
 mod watch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use relay_queue::{queue, state};
 
 fn main() -> ExitCode {
     let cfg = match config::Args::parse().validate() {

@@ -100,14 +100,13 @@ struct Recorded {
 
 /// Runs as configured: `--list`, once, or every interval.
 pub fn run(cfg: &Config) -> Result<(), RunError> {
+    if cfg.list {
+        print!("{}", queue::list(&cfg.maildir, SystemTime::now())?);
+        return Ok(());
+    }
     let md = Maildir::open(&cfg.maildir)
         .map_err(|e| format!("cannot use Maildir {}: {e}", cfg.maildir.display()))?;
     let states = StateDir::open(md.root()).map_err(|e| e.to_string())?;
-    if cfg.list {
-        let (msgs, bad) = queue::scan(&md, &states).map_err(|e| e.to_string())?;
-        print!("{}", queue::render_list(&msgs, &bad, SystemTime::now()));
-        return Ok(());
-    }
     let _lock = match states.try_lock().map_err(|e| e.to_string())? {
         Some(l) => l,
         None => {

@@ -165,6 +165,12 @@ pub struct Args {
     /// data [default: no quota].
     #[arg(long, value_name = "BYTES")]
     pub mailbox_quota: Option<u64>,
+    /// Control socket for smtpctl (Unix socket, mode 0600) [default: MAILDIR/.smtpd/control].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_control")]
+    pub control: Option<PathBuf>,
+    /// No control socket.
+    #[arg(long)]
+    pub no_control: bool,
 }
 
 impl Args {
@@ -223,7 +229,13 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
+        let control = match (self.no_control, self.control) {
+            (true, _) => None,
+            (false, Some(path)) => Some(path),
+            (false, None) => Some(default_control(&maildir)),
+        };
         let config = Config {
+            control,
             maildir,
             local,
             listen: self.listen,
@@ -282,9 +294,16 @@ pub struct LocalConfig {
     pub quota: Option<u64>,
 }
 
+/// The control socket's path when `--control` is not given.
+pub fn default_control(maildir: &std::path::Path) -> PathBuf {
+    maildir.join(".smtpd").join("control")
+}
+
 /// Validated settings of smtpd.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The control socket (`--control`; None with `--no-control`).
+    pub control: Option<PathBuf>,
     /// The relay queue Maildir.
     pub maildir: PathBuf,
     /// Local delivery, when `--local-domain` is given.
@@ -394,6 +413,7 @@ impl Config {
             handshake_threads: self.handshake_threads,
             inbuf_max: self.inbuf_max,
             linger: self.linger,
+            control: self.control.clone(),
         }
     }
 }

@@ -12,11 +12,15 @@
 //! after the other events, so one client streaming without pause (or a burst of connections)
 //! cannot keep the thread from the other connections, accepts, timers, signals or commit
 //! completions.
+//!
+//! The control socket ([`crate::control`]) is served here too; its requests are carried out
+//! by [`operator`], and the trace hook sits where replies are written ([`crate::trace`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,11 +37,15 @@ use slab::Slab;
 
 use crate::commit::Done;
 use crate::config::Cidr;
+use crate::control::{self, Control};
 use crate::stats::{self, Refusal, Stats};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
+use crate::trace;
 use proto::smtp::server::reply;
 use proto::smtp::server::session::{Action, Session, SessionConfig};
+
+mod operator;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -83,6 +91,8 @@ pub struct ServerConfig {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// The control socket's path (None: no control socket).
+    pub control: Option<PathBuf>,
 }
 
 struct Conn {
@@ -108,6 +118,10 @@ struct Conn {
     tls_reported: bool,
     /// On the ready list (its turn ended with input possibly left to read).
     ready: bool,
+    /// When it connected (`show sessions`).
+    started: Instant,
+    /// What of its transcript the trace has published.
+    trace: trace::Cursor,
 }
 
 /// The server: listeners, connections, timers and the group-commit thread.
@@ -136,6 +150,12 @@ pub struct Server {
     forced: bool,
     /// Counters, fed from the sessions' events and the group commit's results.
     stats: Stats,
+    /// The control socket, if enabled.
+    control: Option<Control>,
+    /// `smtpctl pause smtp`: the listeners are deregistered.
+    paused: bool,
+    /// When the server started (uptime).
+    started: Instant,
 }
 
 impl Server {
@@ -161,6 +181,10 @@ impl Server {
                 .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
             listeners.push((l, tls));
         }
+        let control = match &config.control {
+            Some(path) => Some(Control::bind(path, poll.registry())?),
+            None => None,
+        };
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -203,6 +227,9 @@ impl Server {
             shutdown_deadline: None,
             forced: false,
             stats: Stats::default(),
+            control,
+            paused: false,
+            started: Instant::now(),
         })
     }
 
@@ -242,6 +269,7 @@ impl Server {
                     WAKER => self.completions(now),
                     SIGNALS => self.signals(now),
                     Token(t) if t >= FIRST_CONN => self.drive(t - FIRST_CONN, now),
+                    Token(t) if control::owns(t) => self.control_ready(t, now),
                     Token(t) => self.accept(t - FIRST_LISTENER, now),
                 }
             }
@@ -252,6 +280,9 @@ impl Server {
                 self.accept(index, now);
             }
             self.timers(now);
+            if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
+                control.flush_all(self.poll.registry());
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -301,7 +332,7 @@ impl Server {
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
-        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
+        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() || self.paused {
             return;
         }
         let mut accepted = 0;
@@ -366,6 +397,9 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let mut transport = Transport::plain(stream);
         let mut session = Session::new(self.config.session.clone(), peer, trusted, now);
+        if self.control.as_ref().is_some_and(|c| c.tracing()) {
+            session.set_transcript(true);
+        }
         if tls {
             let Some(config) = &self.config.tls else {
                 return;
@@ -400,6 +434,8 @@ impl Server {
             starting_tls: false,
             tls_reported: false,
             ready: false,
+            started: now,
+            trace: trace::Cursor::default(),
         });
         self.drive(key, now);
     }
@@ -483,6 +519,9 @@ impl Server {
                 return;
             };
             report(conn, &mut self.stats);
+            if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
+                trace::collect(&mut conn.session, &mut conn.trace, conn.generation, control);
+            }
             let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);
@@ -672,8 +711,9 @@ impl Server {
     fn signals(&mut self, now: Instant) {
         let received: Vec<i32> = self.signals.pending().collect();
         if received.contains(&SIGHUP) {
-            // logrotate sends it; reloading is not implemented yet, so it must not kill us.
-            log::info!("SIGHUP received: ignored (no configuration reload yet)");
+            // The same reload as `smtpctl reload`; logrotate sends it too, so a failed reload
+            // is one log line, never a stop.
+            let _ = self.reload_requested("SIGHUP");
         }
         if !received.iter().any(|&s| s == SIGTERM || s == SIGINT) {
             return;

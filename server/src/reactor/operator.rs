@@ -1,0 +1,181 @@
+//! The operator's requests carried out on the reactor: control-socket requests (`smtpctl`)
+//! and SIGHUP, which runs the same reload as `smtpctl reload`.
+//!
+//! Owns: answering `show stats` / `show sessions` from the reactor's state, turning the trace
+//! on for every session when the first subscriber arrives (and off after the last), pausing
+//! and resuming the listeners, the log level, and the one reload entry point.
+//! Must not: parse or write the control socket's bytes (`crate::control` does).
+//!
+//! `pause smtp` deregisters the listening sockets: the kernel still completes TCP handshakes
+//! into the listen backlog (up to its size), so new clients connect but get no greeting until
+//! `resume smtp`, which registers them again and accepts what waited; sessions in progress go
+//! on as usual.
+
+use std::time::Instant;
+
+use mio::{Interest, Token};
+
+use super::{FIRST_LISTENER, Server};
+use crate::control::wire::{Message, Request, SessionView, StatsView};
+use crate::trace;
+
+impl Server {
+    /// Readiness on a control-socket token.
+    pub(super) fn control_ready(&mut self, token: usize, now: Instant) {
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        let was_tracing = control.tracing();
+        let requests = control.ready(token, self.poll.registry());
+        for (key, request) in requests {
+            self.operator_request(key, request, now);
+        }
+        self.trace_switch(was_tracing);
+        if let Some(control) = self.control.as_mut() {
+            control.flush_all(self.poll.registry());
+        }
+    }
+
+    /// Turns the sessions' command transcripts on or off when tracing began or ended.
+    fn trace_switch(&mut self, was_tracing: bool) {
+        let tracing = self.control.as_ref().is_some_and(|c| c.tracing());
+        if tracing == was_tracing {
+            return;
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            conn.session.set_transcript(tracing);
+            conn.trace = trace::Cursor::skipping(&conn.session);
+        }
+    }
+
+    fn operator_request(&mut self, key: usize, request: Request, now: Instant) {
+        let answer = match request {
+            Request::ShowStats => Message::Stats(self.stats_view(now)),
+            Request::ShowSessions => Message::Sessions {
+                sessions: self.sessions_view(now),
+            },
+            Request::Trace(filter) => {
+                if let Some(control) = self.control.as_mut() {
+                    control.subscribe(key, filter);
+                }
+                return;
+            }
+            Request::Pause => self.pause(),
+            Request::Resume => self.resume(now),
+            Request::LogLevel(level) => {
+                maildir_core::logging::set_level(level);
+                log::warn!("log level set to {level} (smtpctl)");
+                Message::Ok {
+                    message: format!("log level {level}"),
+                }
+            }
+            Request::Reload => match self.reload_requested("smtpctl reload") {
+                Ok(message) => Message::Ok { message },
+                Err(message) => Message::Error { message },
+            },
+        };
+        if let Some(control) = self.control.as_mut() {
+            control.answer(key, &answer);
+        }
+    }
+
+    /// SIGHUP and `smtpctl reload`: the one way to reload.
+    pub(super) fn reload_requested(&mut self, why: &str) -> Result<String, String> {
+        // Configuration reload is built on branch i14-config (Server::reload); until it is
+        // merged there is nothing to reload, and saying so must not stop the server.
+        log::info!("{why}: ignored (no configuration reload yet)");
+        Err("reload is not implemented in this build".into())
+    }
+
+    fn pause(&mut self) -> Message {
+        if self.shutdown_deadline.is_some() {
+            return Message::Error {
+                message: "stopping: the listeners are already closed".into(),
+            };
+        }
+        if !self.paused {
+            self.paused = true;
+            for (l, _) in self.listeners.iter_mut() {
+                let _ = self.poll.registry().deregister(l);
+            }
+            log::warn!("smtp paused: new connections wait in the listen backlog (smtpctl)");
+        }
+        Message::Ok {
+            message: "smtp paused: new connections wait until resume".into(),
+        }
+    }
+
+    fn resume(&mut self, now: Instant) -> Message {
+        if self.shutdown_deadline.is_some() {
+            return Message::Error {
+                message: "stopping: the listeners are closed".into(),
+            };
+        }
+        if self.paused {
+            self.paused = false;
+            for (i, (l, _)) in self.listeners.iter_mut().enumerate() {
+                let token = Token(FIRST_LISTENER + i);
+                if let Err(e) = self.poll.registry().register(l, token, Interest::READABLE) {
+                    log::error!("cannot listen again: {e}");
+                }
+            }
+            log::warn!("smtp resumed (smtpctl)");
+            for i in 0..self.listeners.len() {
+                self.accept(i, now);
+            }
+        }
+        Message::Ok {
+            message: "smtp resumed".into(),
+        }
+    }
+
+    fn stats_view(&self, now: Instant) -> StatsView {
+        let s = &self.stats;
+        StatsView {
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            accepting: !self.paused && self.shutdown_deadline.is_none(),
+            connections: s.connections,
+            sessions_active: s.active,
+            refused_too_many_connections: s.refused_too_many,
+            refused_per_ip: s.refused_per_ip,
+            messages_accepted: s.accepted,
+            messages_refused: s.refused_messages,
+            recipients_accepted: s.rcpts_accepted,
+            recipients_refused: s.rcpts_refused,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            timeouts: s.timeouts,
+            tls_handshakes: s.tls_handshakes,
+            commit_batches: s.commit_batches,
+            commit_batch_mean: s.mean_batch().unwrap_or(0.0),
+            commit_latency_mean_ms: s
+                .mean_commit_latency()
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        }
+    }
+
+    fn sessions_view(&self, now: Instant) -> Vec<SessionView> {
+        let mut v: Vec<SessionView> = self
+            .conns
+            .iter()
+            .map(|(_, c)| {
+                let counts = c.session.counts();
+                SessionView {
+                    id: c.generation,
+                    client: c.session.peer(),
+                    state: c.session.state_name().to_owned(),
+                    age_secs: now.saturating_duration_since(c.started).as_secs(),
+                    bytes_in: counts.bytes_in,
+                    bytes_out: counts.bytes_out,
+                    tls: c
+                        .session
+                        .tls_info()
+                        .map(|t| format!("{} {}", t.version, t.cipher)),
+                    user: None,
+                }
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+}

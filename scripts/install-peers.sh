@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to: swaks, Postfix (for smtp-source and
 # smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
-# (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
+# (tests that dates are right on any day of the month), tmux (drives `smtpctl top` in a
+# terminal of fixed size), Dovecot's IMAP server (run by the local
 # delivery tests as a plain process with a generated config, never as a system service), and the
 # Python packages used by tests (aiosmtpd). Idempotent and non-interactive.
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-core dovecot-imapd)
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -14,7 +14,7 @@
 //! completions.
 //!
 //! The control socket ([`crate::control`]) is served here too; its requests are carried out
-//! by [`operator`], and the trace hook sits where replies are written ([`crate::trace`]).
+//! by `reactor::operator`, and the trace hook sits where replies are written ([`crate::trace`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

@@ -278,7 +278,7 @@ fn trace(args: &Args, client: Option<IpAddr>, out: &mut impl Write) -> io::Resul
                 Message::Dropped { count } => {
                     writeln!(out, "-- dropped {count} events (smtpctl read too slowly)")?
                 }
-                Message::Ok { .. } => {}
+                Message::Ok { message } => writeln!(out, "-- {message}")?,
                 Message::Error { message } => {
                     return Err(io::Error::other(format!("smtpd: {message}")));
                 }

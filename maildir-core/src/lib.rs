@@ -11,6 +11,8 @@
 //! - [`local`]: local delivery into per-user Maildirs, and the quota count.
 //! - [`date`]: RFC 5322 date text for trace headers and reports.
 //! - [`logging`]: the logging thread that keeps `log` calls off the reactors' path.
+//! - [`metrics`]: lock-free counters and histograms, read by other threads while a reactor
+//!   bumps them.
 //!
 //! Nothing here speaks SMTP or touches a socket; `users`, `aliases` and `directory` touch no
 //! file or clock either.
@@ -26,6 +28,7 @@ pub mod envelope;
 pub mod local;
 pub mod logging;
 pub mod maildir;
+pub mod metrics;
 pub mod users;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};

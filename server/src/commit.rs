@@ -50,6 +50,8 @@ pub struct Done {
     /// On the first result of each batch: how many messages the batch held (one fsync per
     /// `new/` directory).
     pub batch: Option<usize>,
+    /// Copies written into local users' Maildirs by this job (durable when `result` is Ok).
+    pub local_copies: usize,
 }
 
 /// Handle to the group-commit threads ([`maildir_core::commit::GroupCommit`]).
@@ -114,6 +116,7 @@ fn report(
             }
         };
         let done_one = Done {
+            local_copies: tag.copies.len(),
             conn: tag.conn,
             result,
             latency: tag.submitted.elapsed(),

@@ -38,7 +38,7 @@ use slab::Slab;
 use crate::commit::Done;
 use crate::config::Cidr;
 use crate::control::{self, Control};
-use crate::stats::{self, Refusal, Stats};
+use crate::stats::{self, Refusal, Stats, TxTimer};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
 use crate::trace;
@@ -122,6 +122,8 @@ struct Conn {
     started: Instant,
     /// What of its transcript the trace has published.
     trace: trace::Cursor,
+    /// When its transaction in progress began (transaction duration histogram).
+    tx_timer: TxTimer,
 }
 
 /// The server: listeners, connections, timers and the group-commit thread.
@@ -148,14 +150,13 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// The shutdown deadline passed and every session was closed.
     forced: bool,
-    /// Counters, fed from the sessions' events and the group commit's results.
-    stats: Stats,
+    /// Counters, fed from the sessions' events and the group commit's results; shared with
+    /// the threads that read them (metrics exporter).
+    stats: Arc<Stats>,
     /// The control socket, if enabled.
     control: Option<Control>,
     /// `smtpctl pause smtp`: the listeners are deregistered.
     paused: bool,
-    /// When the server started (uptime).
-    started: Instant,
 }
 
 impl Server {
@@ -226,15 +227,14 @@ impl Server {
             accept_paused_until: None,
             shutdown_deadline: None,
             forced: false,
-            stats: Stats::default(),
+            stats: Arc::new(Stats::new()),
             control,
             paused: false,
-            started: Instant::now(),
         })
     }
 
-    /// The server's counters so far.
-    pub fn stats(&self) -> &Stats {
+    /// The server's counters so far (clone the `Arc` to read them from another thread).
+    pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
@@ -436,6 +436,7 @@ impl Server {
             ready: false,
             started: now,
             trace: trace::Cursor::default(),
+            tx_timer: TxTimer::default(),
         });
         self.drive(key, now);
     }
@@ -462,7 +463,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            report(conn, &mut self.stats);
+            report(conn, &self.stats);
             let room = read_room(conn.inbuf.len(), self.config.inbuf_max);
             // A session closed while its TLS handshake is under way (a stop signal right after
             // STARTTLS or an implicit TLS accept) reads on until the handshake is done: its
@@ -518,7 +519,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            report(conn, &mut self.stats);
+            report(conn, &self.stats);
             if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
                 trace::collect(&mut conn.session, &mut conn.trace, conn.generation, control);
             }
@@ -660,6 +661,9 @@ impl Server {
                 self.stats.commit_batch(n);
             }
             self.stats.commit_latency(done.latency);
+            if done.result.is_ok() {
+                self.stats.local_delivered(done.local_copies);
+            }
             let ConnRef { key, generation } = done.conn;
             match self.conns.get_mut(key) {
                 Some(conn) if conn.generation == generation => {
@@ -769,7 +773,7 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
-        report(&mut conn, &mut self.stats);
+        report(&mut conn, &self.stats);
         self.stats.connection_closed(conn.session.counts());
         log::info!(
             "disconnect from [{}] {}",
@@ -823,10 +827,11 @@ fn read_room(unprocessed: usize, inbuf_max: usize) -> usize {
 }
 
 /// Counts and logs what the session reported since the last call.
-fn report(conn: &mut Conn, stats: &mut Stats) {
+fn report(conn: &mut Conn, stats: &Stats) {
     let peer = conn.session.peer();
+    let now = Instant::now();
     while let Some(event) = conn.session.poll_event() {
-        stats.record(&event);
+        stats.record_timed(&event, &mut conn.tx_timer, now);
         stats::log_event(peer, &event);
     }
 }

@@ -151,7 +151,7 @@ fn show_stats_after_ten_messages_says_ten_accepted() {
     assert_eq!(ids.len(), 10);
     let after = stats(&s);
     assert_eq!(after["messages_accepted"], 10, "{after}");
-    assert_eq!(after["recipients_accepted"], 10, "{after}");
+    assert_eq!(after["rcpts_accepted"], 10, "{after}");
     // One more than before (the start helper's probe is one too).
     let conns = |v: &serde_json::Value| v["connections"].as_u64().unwrap_or(0);
     assert_eq!(conns(&after), conns(&before) + 1, "{after}");

@@ -23,6 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::StatsSnapshot;
+
 /// Longest request line, LF included.
 pub const MAX_REQUEST: usize = 1024;
 
@@ -97,7 +99,7 @@ pub enum Message {
         message: String,
     },
     /// The counters.
-    Stats(StatsView),
+    Stats(Box<StatsView>),
     /// The sessions open now.
     Sessions {
         /// In the order they began.
@@ -124,44 +126,15 @@ impl Message {
     }
 }
 
-/// The counters since start (`show stats`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+/// The counters since start (`show stats`): the server's [`StatsSnapshot`] and whether it
+/// accepts connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatsView {
-    /// Seconds since smtpd started.
-    pub uptime_secs: u64,
-    /// Accepting new connections (false after `pause smtp`).
+    /// Accepting new connections (false after `pause smtp` and while stopping).
     pub accepting: bool,
-    /// Sessions begun.
-    pub connections: u64,
-    /// Sessions open now.
-    pub sessions_active: u64,
-    /// Connections refused at once: `--max-connections`.
-    pub refused_too_many_connections: u64,
-    /// Connections refused at once: `--max-per-ip`.
-    pub refused_per_ip: u64,
-    /// Messages stored.
-    pub messages_accepted: u64,
-    /// Messages refused after their data (size, hops, loops, quota, storage).
-    pub messages_refused: u64,
-    /// Recipients accepted.
-    pub recipients_accepted: u64,
-    /// Recipients refused.
-    pub recipients_refused: u64,
-    /// Octets received (sessions that ended).
-    pub bytes_in: u64,
-    /// Octets sent (sessions that ended).
-    pub bytes_out: u64,
-    /// Sessions ended by the idle timeout.
-    pub timeouts: u64,
-    /// TLS handshakes that finished.
-    pub tls_handshakes: u64,
-    /// Group-commit batches.
-    pub commit_batches: u64,
-    /// Mean messages per batch.
-    pub commit_batch_mean: f64,
-    /// Mean commit latency, milliseconds.
-    pub commit_latency_mean_ms: f64,
+    /// The counters.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
 }
 
 /// One open session (`show sessions`).
@@ -253,5 +226,20 @@ mod tests {
         assert_eq!(back, m);
         let d: Message = serde_json::from_str(r#"{"type":"dropped","count":3}"#).unwrap();
         assert_eq!(d, Message::Dropped { count: 3 });
+        let stats = crate::stats::Stats::new();
+        stats.commit_batch(2);
+        let m = Message::Stats(Box::new(StatsView {
+            accepting: true,
+            stats: stats.snapshot(std::time::Instant::now()),
+        }));
+        let line = m.to_line();
+        assert!(line.contains(r#""commit_batches":1"#), "{line}");
+        let mut back: Message = serde_json::from_str(&line).unwrap();
+        if let (Message::Stats(b), Message::Stats(a)) = (&mut back, &m) {
+            // Histogram buckets are not serialised (JSON has no infinity).
+            b.stats.commit_latency.buckets = a.stats.commit_latency.buckets.clone();
+            b.stats.tx_duration.buckets = a.stats.tx_duration.buckets.clone();
+        }
+        assert_eq!(back, m);
     }
 }

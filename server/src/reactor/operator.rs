@@ -50,7 +50,7 @@ impl Server {
 
     fn operator_request(&mut self, key: usize, request: Request, now: Instant) {
         let answer = match request {
-            Request::ShowStats => Message::Stats(self.stats_view(now)),
+            Request::ShowStats => Message::Stats(Box::new(self.stats_view(now))),
             Request::ShowSessions => Message::Sessions {
                 sessions: self.sessions_view(now),
             },
@@ -130,27 +130,9 @@ impl Server {
     }
 
     fn stats_view(&self, now: Instant) -> StatsView {
-        let s = &self.stats;
         StatsView {
-            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
             accepting: !self.paused && self.shutdown_deadline.is_none(),
-            connections: s.connections,
-            sessions_active: s.active,
-            refused_too_many_connections: s.refused_too_many,
-            refused_per_ip: s.refused_per_ip,
-            messages_accepted: s.accepted,
-            messages_refused: s.refused_messages,
-            recipients_accepted: s.rcpts_accepted,
-            recipients_refused: s.rcpts_refused,
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            timeouts: s.timeouts,
-            tls_handshakes: s.tls_handshakes,
-            commit_batches: s.commit_batches,
-            commit_batch_mean: s.mean_batch().unwrap_or(0.0),
-            commit_latency_mean_ms: s
-                .mean_commit_latency()
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            stats: self.stats.snapshot(now),
         }
     }
 

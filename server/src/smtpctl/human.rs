@@ -3,39 +3,72 @@
 //!
 //! Owns: layout only. Must not: talk to the socket.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::control::wire::{Direction, SessionView, StatsView, TraceEvent};
 
-/// `show stats` as aligned `name: value` lines.
-pub fn stats(s: &StatsView) -> String {
+/// A by-reason map as `total (reason n, reason n)`, zeros left out.
+fn by_reason(m: &BTreeMap<String, u64>) -> String {
+    let total: u64 = m.values().sum();
+    let parts: Vec<String> = m
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if parts.is_empty() {
+        total.to_string()
+    } else {
+        format!("{total} ({})", parts.join(", "))
+    }
+}
+
+/// Sum of a by-reason map.
+pub fn total(m: &BTreeMap<String, u64>) -> u64 {
+    m.values().sum()
+}
+
+/// `show stats` as aligned `name  value` lines.
+pub fn stats(v: &StatsView) -> String {
+    let s = &v.stats;
+    let ms = |h: &maildir_core::metrics::HistogramSnapshot| {
+        h.mean()
+            .map_or("-".to_owned(), |m| format!("{:.2} ms", m * 1000.0))
+    };
     let rows: Vec<(&str, String)> = vec![
         ("uptime", duration(s.uptime_secs)),
         (
             "accepting",
-            if s.accepting { "yes" } else { "no (paused)" }.into(),
+            if v.accepting { "yes" } else { "no (paused)" }.into(),
         ),
         ("connections", s.connections.to_string()),
+        ("connections refused", by_reason(&s.connections_refused)),
         ("sessions active", s.sessions_active.to_string()),
-        (
-            "refused: max connections",
-            s.refused_too_many_connections.to_string(),
-        ),
-        ("refused: max per ip", s.refused_per_ip.to_string()),
         ("messages accepted", s.messages_accepted.to_string()),
-        ("messages refused", s.messages_refused.to_string()),
-        ("recipients accepted", s.recipients_accepted.to_string()),
-        ("recipients refused", s.recipients_refused.to_string()),
+        (
+            "messages accepted bytes",
+            s.messages_accepted_bytes.to_string(),
+        ),
+        ("messages refused", by_reason(&s.messages_refused)),
+        ("recipients accepted", s.rcpts_accepted.to_string()),
+        ("recipients refused", by_reason(&s.rcpts_refused)),
+        ("local deliveries", s.local_deliveries.to_string()),
         ("bytes in", s.bytes_in.to_string()),
         ("bytes out", s.bytes_out.to_string()),
         ("timeouts", s.timeouts.to_string()),
         ("tls handshakes", s.tls_handshakes.to_string()),
+        ("auth successes", s.auth_successes.to_string()),
+        ("auth failures", s.auth_failures.to_string()),
+        ("bans active", s.bans_active.to_string()),
         ("commit batches", s.commit_batches.to_string()),
-        ("commit batch mean", format!("{:.2}", s.commit_batch_mean)),
         (
-            "commit latency mean",
-            format!("{:.2} ms", s.commit_latency_mean_ms),
+            "commit batch mean",
+            s.commit_batch_mean
+                .map_or("-".into(), |m| format!("{m:.2}")),
         ),
+        ("commit latency mean", ms(&s.commit_latency)),
+        ("transaction mean", ms(&s.tx_duration)),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
@@ -128,17 +161,15 @@ pub struct Delta {
 /// The change from `a` to `b` (a counter that went down, after a restart, counts from 0).
 pub fn delta(a: &StatsView, b: &StatsView) -> Delta {
     let d = |x: u64, y: u64| y.checked_sub(x).unwrap_or(y);
+    let (a, b) = (&a.stats, &b.stats);
     Delta {
         connections: d(a.connections, b.connections),
         sessions_active: b.sessions_active,
         messages_accepted: d(a.messages_accepted, b.messages_accepted),
-        messages_refused: d(a.messages_refused, b.messages_refused),
-        recipients_accepted: d(a.recipients_accepted, b.recipients_accepted),
-        recipients_refused: d(a.recipients_refused, b.recipients_refused),
-        connections_refused: d(
-            a.refused_too_many_connections + a.refused_per_ip,
-            b.refused_too_many_connections + b.refused_per_ip,
-        ),
+        messages_refused: d(total(&a.messages_refused), total(&b.messages_refused)),
+        recipients_accepted: d(a.rcpts_accepted, b.rcpts_accepted),
+        recipients_refused: d(total(&a.rcpts_refused), total(&b.rcpts_refused)),
+        connections_refused: d(total(&a.connections_refused), total(&b.connections_refused)),
         bytes_in: d(a.bytes_in, b.bytes_in),
         commit_batches: d(a.commit_batches, b.commit_batches),
         tls_handshakes: d(a.tls_handshakes, b.tls_handshakes),
@@ -186,18 +217,20 @@ mod tests {
         );
     }
 
+    fn view(accepted: u64, active: u64) -> StatsView {
+        let mut stats = crate::stats::Stats::new().snapshot(std::time::Instant::now());
+        stats.messages_accepted = accepted;
+        stats.sessions_active = active;
+        StatsView {
+            accepting: true,
+            stats,
+        }
+    }
+
     #[test]
     fn deltas_and_durations() {
-        let a = StatsView {
-            messages_accepted: 5,
-            sessions_active: 9,
-            ..StatsView::default()
-        };
-        let b = StatsView {
-            messages_accepted: 8,
-            sessions_active: 2,
-            ..StatsView::default()
-        };
+        let a = view(5, 9);
+        let b = view(8, 2);
         let d = delta(&a, &b);
         assert_eq!((d.messages_accepted, d.sessions_active), (3, 2));
         assert_eq!(

@@ -214,7 +214,7 @@ pub fn ask(path: &std::path::Path, request: &Request) -> io::Result<Message> {
 /// Fetches the counters.
 pub fn stats(path: &std::path::Path) -> io::Result<StatsView> {
     match ask(path, &Request::ShowStats)? {
-        Message::Stats(s) => Ok(s),
+        Message::Stats(s) => Ok(*s),
         other => Err(unexpected(&other)),
     }
 }

@@ -48,7 +48,7 @@ enum Feed {
 #[derive(Debug, Default)]
 pub struct Top {
     /// The latest counters.
-    pub stats: StatsView,
+    pub stats: Option<StatsView>,
     /// The latest sessions.
     pub sessions: Vec<SessionView>,
     /// Messages accepted per second, oldest first.
@@ -136,16 +136,17 @@ impl Top {
     pub fn counters(&mut self, stats: StatsView) {
         if let Some(last) = self.last_accepted {
             let n = stats
+                .stats
                 .messages_accepted
                 .checked_sub(last)
-                .unwrap_or(stats.messages_accepted);
+                .unwrap_or(stats.stats.messages_accepted);
             if self.rate.len() == HISTORY {
                 self.rate.pop_front();
             }
             self.rate.push_back(n);
         }
-        self.last_accepted = Some(stats.messages_accepted);
-        self.stats = stats;
+        self.last_accepted = Some(stats.stats.messages_accepted);
+        self.stats = Some(stats);
     }
 
     /// The stream lines to show (filtered), newest last.
@@ -157,12 +158,15 @@ impl Top {
 
     /// The header's counter lines.
     pub fn header(&self) -> Vec<String> {
-        let s = &self.stats;
+        let Some(v) = &self.stats else {
+            return vec!["waiting for smtpd's counters".into()];
+        };
+        let s = &v.stats;
         vec![
             format!(
                 "up {}  {}  connections {}  active {}  accepted {}  refused {}",
                 human::duration(s.uptime_secs),
-                if s.accepting {
+                if v.accepting {
                     "accepting"
                 } else {
                     "PAUSED (smtp)"
@@ -170,23 +174,27 @@ impl Top {
                 s.connections,
                 s.sessions_active,
                 s.messages_accepted,
-                s.messages_refused
+                human::total(&s.messages_refused)
             ),
             format!(
-                "rcpt ok {}  rcpt refused {}  bytes in {}  out {}  tls {}  timeouts {}",
-                s.recipients_accepted,
-                s.recipients_refused,
+                "rcpt ok {}  rcpt refused {}  local {}  bytes in {}  out {}  tls {}  timeouts {}",
+                s.rcpts_accepted,
+                human::total(&s.rcpts_refused),
+                s.local_deliveries,
                 s.bytes_in,
                 s.bytes_out,
                 s.tls_handshakes,
                 s.timeouts
             ),
             format!(
-                "commit batches {} (mean {:.2}, {:.2} ms)  conn refused {}",
+                "commit batches {} (mean {})  auth ok {} failed {}  bans {}  conn refused {}",
                 s.commit_batches,
-                s.commit_batch_mean,
-                s.commit_latency_mean_ms,
-                s.refused_too_many_connections + s.refused_per_ip
+                s.commit_batch_mean
+                    .map_or("-".into(), |m| format!("{m:.2}")),
+                s.auth_successes,
+                s.auth_failures,
+                s.bans_active,
+                human::total(&s.connections_refused)
             ),
         ]
     }
@@ -434,16 +442,26 @@ mod tests {
 
     #[test]
     fn sparkline_gets_accepted_messages_per_poll() {
+        let view = |accepted| {
+            let mut stats = crate::stats::Stats::new().snapshot(Instant::now());
+            stats.messages_accepted = accepted;
+            StatsView {
+                accepting: true,
+                stats,
+            }
+        };
         let mut top = Top::default();
         for accepted in [5, 5, 8, 20] {
-            top.counters(StatsView {
-                messages_accepted: accepted,
-                ..StatsView::default()
-            });
+            top.counters(view(accepted));
         }
         assert_eq!(top.rate.iter().copied().collect::<Vec<_>>(), [0, 3, 12]);
+        assert!(
+            top.header()[0].contains("accepted 20"),
+            "{:?}",
+            top.header()
+        );
         for _ in 0..100 {
-            top.counters(StatsView::default());
+            top.counters(view(0));
         }
         assert_eq!(top.rate.len(), HISTORY);
     }

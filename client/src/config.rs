@@ -1,4 +1,5 @@
-//! Command line → validated configuration.
+//! Command line (and its `--config` TOML file, through `config_file`) → validated
+//! configuration.
 //!
 //! Owns: the option names (they are the interface, see issue 4), defaults, and checks that need
 //! no I/O. Must not: open the Maildir, resolve names or start anything.
@@ -75,6 +76,25 @@ pub struct Args {
     /// offered together with PIPELINING).
     #[arg(long)]
     pub no_chunking: bool,
+    /// TOML configuration file: every option is a key of the same name (`port = 2525`,
+    /// `tls = "verify"`, `tls-ca = "ca.pem"`); the command line overrides it. With
+    /// --interval, SIGHUP re-reads it between passes.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file and command line), print it as TOML and exit (0 valid,
+    /// 1 not): the settings given, like `postconf -n`, or with `=all` every option.
+    #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "set", value_enum)]
+    pub check_config: Option<config_file::Show>,
+}
+
+/// The command line (program name first) with its `--config` file, validated: what a reload
+/// reads. Every error is one line.
+pub fn load(argv: &[std::ffi::OsString]) -> Result<Config, String> {
+    config_file::parse::<Args>(argv)
+        .map_err(|e| e.to_string())?
+        .args
+        .validate()
 }
 
 /// The TLS security level (Postfix's `smtp_tls_security_level`).

@@ -2,7 +2,8 @@
 //! mail over one pipelined connection.
 //!
 //! This file is thin: arguments, logging, run, exit code. Layout of the crate:
-//! - [`config`]: command line → validated settings.
+//! - [`config`]: command line and `--config` file → validated settings (`--check-config`
+//!   prints them).
 //! - [`queue`]: messages in `new/` with envelopes and state; `--list`.
 //! - [`state`]: durable per-message progress in `Maildir/.relay/`, the run lock.
 //! - [`mx`]: MX resolution with hickory on a DNS thread.
@@ -21,7 +22,7 @@
 //!
 //! Exit status: 0 done (even if some mail was deferred, and after SIGTERM/SIGINT, which close
 //! the sessions in progress and record their mail as deferred), 1 failure (unusable Maildir,
-//! ...), 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
+//! ..., a bad `--config` file or `--check-config` finding a fault), 2 bad arguments, 75 (EX_TEMPFAIL) another relay holds the lock.
 
 mod config;
 mod dsn;
@@ -33,21 +34,42 @@ mod run;
 mod tls;
 mod watch;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
 use relay_queue::{queue, state};
 
 fn main() -> ExitCode {
-    let cfg = match config::Args::parse().validate() {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let loaded = match config_file::parse::<config::Args>(&argv) {
+        Ok(l) => l,
+        Err(config_file::Error::Cli(e)) => e.exit(),
+        Err(config_file::Error::File(e)) => {
+            eprintln!("smtp-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let check = loaded.args.check_config;
+    // A bad command line is a usage error (2); a bad file, or a check, says 1.
+    let bad = if check.is_some() || loaded.file.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::from(2)
+    };
+    let (file, settings) = (loaded.file, loaded.settings);
+    let cfg = match loaded.args.validate() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("smtp-relay: {e}");
-            return ExitCode::from(2);
+            return bad;
         }
     };
+    if let Some(show) = check {
+        return check_config(&cfg, file, &settings, show);
+    }
     let _log = maildir_core::logging::init("info");
-    match run::run(&cfg) {
+    let reload = || config::load(&argv);
+    match run::run(&cfg, &reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(run::RunError::Locked(msg)) => {
             eprintln!("smtp-relay: {msg}");
@@ -58,4 +80,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: reads the files the settings name (the CA file), prints the settings.
+fn check_config(
+    cfg: &config::Config,
+    file: Option<std::path::PathBuf>,
+    settings: &[config_file::Setting],
+    show: config_file::Show,
+) -> ExitCode {
+    if cfg.tls != config::TlsLevel::None
+        && let Err(e) = tls::TlsContext::new(cfg.tls_ca.as_deref())
+    {
+        eprintln!("smtp-relay: {e}");
+        return ExitCode::FAILURE;
+    }
+    let file = file.map_or_else(
+        || "no --config file".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let what = match show {
+        config_file::Show::Set => "settings given",
+        config_file::Show::All => "every setting",
+    };
+    print!(
+        "# smtp-relay configuration ({file}): valid; {what}\n{}",
+        config_file::render(settings, show)
+    );
+    ExitCode::SUCCESS
 }

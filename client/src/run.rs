@@ -12,7 +12,9 @@
 //! and at least as long as reading the queue took after the previous one).
 //! A message stays "in flight" from its scan until its pass's recorder has finished, so a later
 //! scan never sends it twice. SIGTERM/SIGINT (both modes): the reactor closes every session at
-//! once (their messages deferred and recorded), waits for the recorders, exits 0.
+//! once (their messages deferred and recorded), waits for the recorders, exits 0. SIGHUP
+//! (`--interval`): no new pass starts; once those in progress are recorded, the configuration
+//! is read again and the run goes on with a new reactor (see [`run`]).
 //!
 //! Owns: the order of the steps, the in-flight set, the interval timer, the summary lines.
 //! Must not: speak SMTP, parse files or write state itself (queue, mx, plan, reactor and
@@ -27,6 +29,7 @@ use crossbeam_channel::Sender;
 use maildir_core::Maildir;
 use mio::unix::SourceFd;
 use mio::{Interest, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Config, TlsLevel};
 use crate::mx::Resolution;
@@ -59,6 +62,7 @@ const MIN_SCAN_GAP: Duration = Duration::from_secs(1);
 const SIGNAL: Token = Token(EXTERNAL);
 const NEW_MAIL: Token = Token(EXTERNAL + 1);
 const WAKE: Token = Token(EXTERNAL + 2);
+const RELOAD: Token = Token(EXTERNAL + 3);
 
 /// What a scan thread found.
 struct Scanned {
@@ -98,8 +102,20 @@ struct Recorded {
     summary: Result<Summary, String>,
 }
 
-/// Runs as configured: `--list`, once, or every interval.
-pub fn run(cfg: &Config) -> Result<(), RunError> {
+/// How [`serve`] ended.
+enum Ended {
+    /// Stopped by a signal, or (`--once`) the queue drained.
+    Done,
+    /// SIGHUP, and every pass in progress is over: reload, then serve again.
+    Reload,
+}
+
+/// Runs as configured: `--list`, once, or every interval. In `--interval` mode SIGHUP reloads
+/// the configuration with `reload` between passes: the passes in progress finish under the
+/// old settings, no new one starts, then the run goes on with the new settings (a refused
+/// configuration is one error line, and the old one stays; `--maildir` and `--interval`
+/// itself need a restart).
+pub fn run(cfg: &Config, reload: &dyn Fn() -> Result<Config, String>) -> Result<(), RunError> {
     if cfg.list {
         print!("{}", queue::list(&cfg.maildir, SystemTime::now())?);
         return Ok(());
@@ -118,8 +134,53 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         }
     };
     // Before anything slow, so a stop signal at any moment is seen.
-    let signals =
-        watch::StopSignals::install().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let signals = watch::SignalPipe::install(&[SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+    let hup = match cfg.interval {
+        Some(_) => Some(
+            watch::SignalPipe::install(&[SIGHUP])
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut current = cfg.clone();
+    loop {
+        match serve(&current, &md, &states, &signals, hup.as_ref())? {
+            Ended::Done => return Ok(()),
+            Ended::Reload => match reload() {
+                Ok(mut new) => {
+                    if new.maildir != current.maildir {
+                        log::warn!(
+                            "reload: --maildir changed: that needs a restart; still relaying from {}",
+                            current.maildir.display()
+                        );
+                        new.maildir = current.maildir.clone();
+                    }
+                    if new.interval.is_none() {
+                        log::warn!("reload: --interval removed: that needs a restart");
+                        new.interval = current.interval;
+                    }
+                    current = new;
+                    log::info!("configuration reloaded");
+                }
+                Err(e) => {
+                    log::error!("reload refused, the configuration in force stays: {e}")
+                }
+            },
+        }
+    }
+}
+
+/// Serves with one configuration: the reactor and the passes, until stopped, drained
+/// (`--once`), or asked to reload (SIGHUP on `hup`, once the passes in progress are over).
+fn serve(
+    cfg: &Config,
+    md: &Maildir,
+    states: &StateDir,
+    signals: &watch::SignalPipe,
+    hup: Option<&watch::SignalPipe>,
+) -> Result<Ended, RunError> {
+    let (md, states) = (md.clone(), states.clone());
     let tls = match cfg.tls {
         TlsLevel::None => None,
         _ => Some(TlsContext::new(cfg.tls_ca.as_deref())?),
@@ -130,6 +191,13 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
         .registry()
         .register(&mut SourceFd(&signals.fd()), SIGNAL, Interest::READABLE)
         .map_err(|e| format!("cannot poll the signal pipe: {e}"))?;
+    if let Some(hup) = hup {
+        reactor
+            .registry()
+            .register(&mut SourceFd(&hup.fd()), RELOAD, Interest::READABLE)
+            .map_err(|e| format!("cannot poll the SIGHUP pipe: {e}"))?;
+    }
+    let mut reload_wanted = false;
     let watch = match cfg.interval {
         None => None,
         Some(_) => {
@@ -180,6 +248,10 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             }
             break;
         }
+        if woken.contains(&RELOAD) && hup.is_some_and(|h| h.take()) {
+            log::info!("SIGHUP: reloading the configuration once the passes in progress are done");
+            reload_wanted = true;
+        }
         if woken.contains(&NEW_MAIL)
             && let Some(w) = &watch
         {
@@ -209,7 +281,11 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
             lp.next_scan = Some(Instant::now() + period);
             lp.rescan = true;
         }
+        if reload_wanted && lp.scanning.is_none() && reactor.is_idle() && lp.passes.is_empty() {
+            return Ok(Ended::Reload);
+        }
         if lp.rescan
+            && !reload_wanted
             && lp.scanning.is_none()
             && lp.earliest_scan().is_none_or(|t| Instant::now() >= t)
         {
@@ -247,7 +323,7 @@ pub fn run(cfg: &Config) -> Result<(), RunError> {
     if stopped {
         log::info!("stop signal: exiting");
     }
-    Ok(())
+    Ok(Ended::Done)
 }
 
 /// The state of the run loop beside the reactor.

@@ -1,5 +1,5 @@
-//! The relay's outside wake-ups as descriptors the reactor polls: stop signals (SIGTERM/SIGINT,
-//! through a self-pipe) and, in `--interval` mode, files appearing in `new/` (inotify).
+//! The relay's outside wake-ups as descriptors the reactor polls: stop signals (SIGTERM/SIGINT)
+//! and the reload signal (SIGHUP), each through a self-pipe, and, in `--interval` mode, files appearing in `new/` (inotify).
 //!
 //! Owns: the inotify descriptor, the signal self-pipe, and draining them. Must not: read or
 //! change queued messages, or decide what a wake-up leads to (run does).
@@ -9,22 +9,23 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-/// The read end of a self-pipe that SIGTERM and SIGINT write to. Installed once at start, so a
-/// signal at any moment (during a scan, a session, a pause) is seen by the next poll.
-pub struct StopSignals {
+/// The read end of a self-pipe that signals write to: SIGTERM and SIGINT (stop), SIGHUP
+/// (`--interval`: reload between passes). Installed once at start, so a signal at any moment
+/// (during a scan, a session, a pause) is seen by the next poll.
+pub struct SignalPipe {
     reader: UnixStream,
 }
 
-impl StopSignals {
-    /// Installs the handlers (replacing the default "terminate" disposition).
-    pub fn install() -> io::Result<StopSignals> {
+impl SignalPipe {
+    /// Installs the handlers for `signals` (replacing the default "terminate" disposition).
+    pub fn install(signals: &[i32]) -> io::Result<SignalPipe> {
         let (reader, writer) = UnixStream::pair()?;
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
-        let writer2 = writer.try_clone()?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, writer)?;
-        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, writer2)?;
-        Ok(StopSignals { reader })
+        for &sig in signals {
+            signal_hook::low_level::pipe::register(sig, writer.try_clone()?)?;
+        }
+        Ok(SignalPipe { reader })
     }
 
     /// The descriptor to poll for readability.

@@ -171,6 +171,21 @@ pub struct Args {
     /// No control socket.
     #[arg(long)]
     pub no_control: bool,
+    /// TOML configuration file: every option is a key of the same name (`max-size = 1048576`,
+    /// `local-domain = ["example.org"]`; `[tls] cert = ...` is --tls-cert); the command line
+    /// overrides it. SIGHUP re-reads it (and every file it names).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (file, command line, and the users, aliases and certificate
+    /// files they name), print it as TOML and exit (0 valid, 1 not): the settings given, like
+    /// `postconf -n`, or with `=all` every option with its default.
+    #[arg(long, value_name = "WHAT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "set", value_enum)]
+    pub check_config: Option<config_file::Show>,
+    /// Most detailed log records written: off, error, warn, info, debug, trace [default: as
+    /// RUST_LOG says, else info]. A reload applies a new value.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Args {
@@ -267,6 +282,7 @@ impl Args {
             handshake_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             inbuf_max: INBUF_MAX,
             linger: LINGER,
+            log_level: self.log_level,
         };
         config.check()?;
         Ok(config)
@@ -337,6 +353,8 @@ pub struct Config {
     pub inbuf_max: usize,
     /// How long a closed session may wait for its last reply to be read.
     pub linger: Duration,
+    /// `--log-level`; None: as `RUST_LOG` says.
+    pub log_level: Option<log::LevelFilter>,
 }
 
 impl Config {

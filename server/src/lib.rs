@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: command line → `validate()` → one [`config::Config`] holding every setting
 //!   (limits, thread counts, buffer sizes, trusted networks as CIDR).
+//! - [`load`]: the command line with its `--config` TOML file, validated, and every file it
+//!   names read (users, aliases, certificate): start-up, `--check-config` and reload agree.
 //! - The protocol itself (command parser, reply catalogue, DATA decoder, session) is the `proto`
 //!   crate (`proto::smtp::server`): pure, it cannot import mio, rustls, files or the clock.
 //! - [`reactor`]: the mio event loop: sockets (through `net::Transport`, plain TCP or TLS,
@@ -38,6 +40,7 @@ pub mod accounts;
 pub mod commit;
 pub mod config;
 pub mod control;
+pub mod load;
 pub mod password;
 pub mod quota;
 pub mod reactor;

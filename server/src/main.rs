@@ -1,25 +1,46 @@
-//! smtpd: parse and validate the command line ([`smtpd::config`]), load the accounts
-//! ([`smtpd::accounts`]), open the Maildirs, load the certificate, bind, run the reactor.
+//! smtpd: parse and validate the command line and its `--config` file, load the accounts and
+//! the certificate ([`smtpd::load`]), open the Maildirs, bind, run the reactor (which reloads
+//! on SIGHUP from the same command line). `--check-config` stops after loading.
 //! Settings are assembled in `config`, not here. `smtpd hash-password` is the one subcommand.
 
 use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use clap::Parser;
+use std::ffi::OsString;
+
 use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
-use proto::smtp::server::policy::{LocalPolicy, QuotaView};
 use smtpd::config::{Args, Cmd};
-use smtpd::reactor::Server;
+use smtpd::reactor::{ReloadSource, Server};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if args.command == Some(Cmd::HashPassword) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let loaded = match smtpd::load::args(&argv) {
+        Ok(l) => l,
+        Err(config_file::Error::Cli(e)) => e.exit(),
+        Err(config_file::Error::File(e)) => {
+            eprintln!("smtpd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if loaded.args.command == Some(Cmd::HashPassword) {
         return smtpd::password::hash_password_command();
     }
+    if let Some(show) = loaded.args.check_config {
+        return match smtpd::load::complete(loaded) {
+            Ok(l) => {
+                print!("{}", smtpd::load::render(&l, show));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("smtpd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let log = maildir_core::logging::init("info");
-    let code = match run(args) {
+    let code = match run(loaded, argv) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line on stderr, not also through the logger.
@@ -31,29 +52,27 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(args: Args) -> Result<(), String> {
-    let mut config = args.validate()?;
+fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), String> {
     // Every file is read before anything is created: a bad one is one line and exit 1.
-    let directory = match &config.local {
-        Some(local) => Some(smtpd::accounts::load(&local.accounts)?),
-        None => None,
-    };
+    let smtpd::load::Loaded {
+        mut config,
+        directory,
+        tls,
+        ..
+    } = smtpd::load::complete(loaded)?;
+    let start_level = log::max_level();
+    if let Some(level) = config.log_level {
+        smtpd::load::apply_log_level(level);
+    }
     let open_files = raise_open_files_limit();
     let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
     let mut mailboxes = None;
+    let mut spool_is_copy = false;
     if let (Some(local), Some(directory)) = (&config.local, directory) {
         let m = Arc::new(Mailboxes::open(&local.mailboxes).map_err(|e| e.to_string())?);
-        let quota = match local.quota {
-            Some(limit) => {
-                let users = directory.users().iter().map(|u| u.name.as_str());
-                let q = smtpd::quota::Quota::start(Arc::clone(&m), limit, users)?;
-                Some(q as Arc<dyn QuotaView>)
-            }
-            None => None,
-        };
         // A message for local users only is spooled as the first user's copy and renamed
         // into that Maildir, which needs one file system for the queue and the mailboxes.
-        let spool_is_copy = same_device(maildir.root(), m.root());
+        spool_is_copy = same_device(maildir.root(), m.root());
         log::info!(
             "local delivery for {} to {} ({} users, {} aliases)",
             directory.domains().join(" "),
@@ -61,26 +80,23 @@ fn run(args: Args) -> Result<(), String> {
             directory.users().len(),
             directory.aliases().len()
         );
-        config.session.local = Some(LocalPolicy {
-            directory: Arc::new(directory),
-            quota,
+        config.session.local = Some(smtpd::load::local_policy(
+            local,
+            directory,
+            &m,
             spool_is_copy,
-        });
+        )?);
         mailboxes = Some(m);
     }
     let max_connections = config.max_connections(open_files);
-    let tls = match &config.tls {
-        Some(files) => Some(smtpd::tls::load(&files.cert, &files.key)?),
-        None => None,
-    };
     if config.durability == Durability::NoFsync {
         log::warn!("--no-fsync: accepted mail is not flushed to disk before 250 (benchmarks only)");
     }
-    let server = Server::bind(
+    let mut server = Server::bind(
         &config.listen,
         &config.tls_listen,
         maildir,
-        config.server_config(max_connections, tls, mailboxes),
+        config.server_config(max_connections, tls, mailboxes.clone()),
     )
     .map_err(|e| e.to_string())?;
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
@@ -89,6 +105,14 @@ fn run(args: Args) -> Result<(), String> {
         addrs.join(" "),
         config.maildir.display()
     );
+    server.set_reload(ReloadSource {
+        argv,
+        open_files,
+        config,
+        mailboxes,
+        spool_is_copy,
+        start_level,
+    });
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 

@@ -34,7 +34,8 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// Counts the usage of every user in `users` now, and starts the recount thread.
+    /// Counts the usage of every user in `users` now, and starts the recount thread (which ends
+    /// when the returned quota is dropped).
     pub fn start<'a>(
         mailboxes: Arc<Mailboxes>,
         limit: u64,
@@ -44,22 +45,28 @@ impl Quota {
         for u in users {
             mailboxes.usage(u, now).map_err(|e| e.to_string())?;
         }
-        let m = Arc::clone(&mailboxes);
+        let quota = Arc::new(Quota { mailboxes, limit });
+        // The thread ends once the quota is gone (replaced by a reload, and the sessions that
+        // held it finished).
+        let weak = Arc::downgrade(&quota);
         std::thread::Builder::new()
             .name("quota-recount".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(USAGE_RECOUNT);
+                    let Some(q) = weak.upgrade() else {
+                        return;
+                    };
                     let now = SystemTime::now();
-                    for u in m.counted_users() {
-                        if let Err(e) = m.usage(&u, now) {
+                    for u in q.mailboxes.counted_users() {
+                        if let Err(e) = q.mailboxes.usage(&u, now) {
                             log::warn!("cannot count the usage of {u}: {e}");
                         }
                     }
                 }
             })
             .map_err(|e| format!("cannot start the quota thread: {e}"))?;
-        Ok(Arc::new(Quota { mailboxes, limit }))
+        Ok(quota)
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It moves bytes between sockets and each connection's [`Session`], hands the session's
 //! queue-file actions to [`crate::store`], keeps idle deadlines in a heap, applies connection
-//! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP is caught and ignored). It holds no
+//! limits, and stops cleanly on SIGTERM/SIGINT (SIGHUP reloads the configuration for new
+//! sessions, see [`Server::reload`]). It holds no
 //! protocol logic, no queue-file logic, and never waits on the disk flush (that is
 //! [`crate::commit`]'s thread). It drains each session's events into [`crate::stats`] (counters
 //! and log lines) after driving it, and once more when the connection goes.
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, unbounded};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Maildir};
 use mio::net::{TcpListener, TcpStream};
@@ -46,6 +47,8 @@ use proto::smtp::server::reply;
 use proto::smtp::server::session::{Action, Session, SessionConfig};
 
 mod operator;
+mod reload;
+pub use reload::ReloadSource;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -157,6 +160,12 @@ pub struct Server {
     control: Option<Control>,
     /// `smtpctl pause smtp`: the listeners are deregistered.
     paused: bool,
+    /// How to reload the configuration ([`Server::reload`]); none: reloading is refused.
+    reload: Option<ReloadSource>,
+    /// Wakes the poll: given to the handshake threads a reload may start.
+    waker: Arc<Waker>,
+    /// Where the handshake threads send their results (kept for threads a reload starts).
+    handshake_tx: Sender<handshake::Done>,
 }
 
 impl Server {
@@ -203,8 +212,8 @@ impl Server {
         let handshakers = match &config.tls {
             Some(_) => Some(Handshakers::spawn(
                 config.handshake_threads,
-                handshake_tx,
-                waker,
+                handshake_tx.clone(),
+                waker.clone(),
             )?),
             None => None,
         };
@@ -230,6 +239,9 @@ impl Server {
             stats: Arc::new(Stats::new()),
             control,
             paused: false,
+            reload: None,
+            waker,
+            handshake_tx,
         })
     }
 
@@ -715,9 +727,8 @@ impl Server {
     fn signals(&mut self, now: Instant) {
         let received: Vec<i32> = self.signals.pending().collect();
         if received.contains(&SIGHUP) {
-            // The same reload as `smtpctl reload`; logrotate sends it too, so a failed reload
-            // is one log line, never a stop.
-            let _ = self.reload_requested("SIGHUP");
+            // Logs its outcome; a refused configuration leaves the one in force.
+            let _ = self.reload();
         }
         if !received.iter().any(|&s| s == SIGTERM || s == SIGINT) {
             return;

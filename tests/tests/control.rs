@@ -412,3 +412,69 @@ fn top_shows_the_transaction_and_quits_cleanly() {
 fn quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
+
+/// `smtpctl reload` runs what SIGHUP runs: a new `max-size` in the file is in the next
+/// session's EHLO; a broken file is refused (exit 1, the error said) and the old one stays.
+#[test]
+fn reload_applies_a_new_file_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("smtpd.toml");
+    std::fs::write(&file, "max-size = 1000\n").expect("config file");
+    let path = file.to_str().expect("UTF-8 path");
+    let s = start(&["--config", path]);
+    let size = |s: &Smtpd| {
+        let mut c = Client::greeted(s.addr);
+        let r = c.expect("EHLO size.test", "250");
+        c.expect("QUIT", "221");
+        r.texts()
+            .iter()
+            .find_map(|t| t.strip_prefix("SIZE ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(size(&s), "1000");
+    std::fs::write(&file, "max-size = 2000\n").expect("config file");
+    assert!(smtpctl_ok(&s, &["reload"]).contains("reloaded"));
+    assert_eq!(size(&s), "2000");
+    std::fs::write(&file, "max-size = \"lots\"\n").expect("config file");
+    let out = smtpctl(&s, &["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reload refused"), "{err}");
+    assert_eq!(size(&s), "2000");
+}
+
+/// `smtpctl log level debug` raises the level at once (above the start's `info`): the session
+/// transitions, logged at debug, appear for the next message and not before.
+#[test]
+fn log_level_raises_and_lowers_the_log() {
+    let s = start(&["--no-fsync"]);
+    send(&s, "before@example.org", 1, "127.0.0.1");
+    wait_for("the first message's log line", REPLY_LIMIT, || {
+        full_log(&s).contains("from=<before@example.org>")
+    });
+    assert!(!full_log(&s).contains("idle -> mail"), "{}", full_log(&s));
+    assert!(smtpctl_ok(&s, &["log", "level", "debug"]).contains("DEBUG"));
+    send(&s, "after@example.org", 1, "127.0.0.1");
+    wait_for("a debug line", REPLY_LIMIT, || {
+        full_log(&s).contains("idle -> mail")
+    });
+    smtpctl_ok(&s, &["log", "level", "warn"]);
+    send(&s, "quiet@example.org", 1, "127.0.0.1");
+    // The logging thread writes in order: the warning of a second level change, made after
+    // the message, marks that the message's lines would be in by then; none is (info).
+    smtpctl_ok(&s, &["log", "level", "warn"]);
+    wait_for("the second level change", REPLY_LIMIT, || {
+        full_log(&s).matches("log level set to WARN").count() == 2
+    });
+    assert!(
+        !full_log(&s).contains("quiet@example.org"),
+        "{}",
+        full_log(&s)
+    );
+}
+
+/// smtpd's whole log so far (`server_log` keeps only the tail).
+fn full_log(s: &Smtpd) -> String {
+    let path = s.maildir.parent().expect("temp dir").join("smtpd.log");
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}

@@ -1,9 +1,9 @@
 //! The operator's requests carried out on the reactor: control-socket requests (`smtpctl`)
-//! and SIGHUP, which runs the same reload as `smtpctl reload`.
+//! (`reload` is the very call SIGHUP makes: [`Server::reload`]).
 //!
 //! Owns: answering `show stats` / `show sessions` from the reactor's state, turning the trace
 //! on for every session when the first subscriber arrives (and off after the last), pausing
-//! and resuming the listeners, the log level, and the one reload entry point.
+//! and resuming the listeners, the log level, and the answer to a reload.
 //! Must not: parse or write the control socket's bytes (`crate::control` does).
 //!
 //! `pause smtp` deregisters the listening sockets: the kernel still completes TCP handshakes
@@ -69,22 +69,25 @@ impl Server {
                     message: format!("log level {level}"),
                 }
             }
-            Request::Reload => match self.reload_requested("smtpctl reload") {
-                Ok(message) => Message::Ok { message },
-                Err(message) => Message::Error { message },
+            // The same call as SIGHUP (it logs its outcome itself).
+            Request::Reload => match self.reload() {
+                Ok(warnings) if warnings.is_empty() => Message::Ok {
+                    message: "configuration reloaded".into(),
+                },
+                Ok(warnings) => Message::Ok {
+                    message: format!(
+                        "configuration reloaded; needs a restart: {}",
+                        warnings.join("; ")
+                    ),
+                },
+                Err(e) => Message::Error {
+                    message: format!("reload refused, the configuration in force stays: {e}"),
+                },
             },
         };
         if let Some(control) = self.control.as_mut() {
             control.answer(key, &answer);
         }
-    }
-
-    /// SIGHUP and `smtpctl reload`: the one way to reload.
-    pub(super) fn reload_requested(&mut self, why: &str) -> Result<String, String> {
-        // Configuration reload is built on branch i14-config (Server::reload); until it is
-        // merged there is nothing to reload, and saying so must not stop the server.
-        log::info!("{why}: ignored (no configuration reload yet)");
-        Err("reload is not implemented in this build".into())
     }
 
     fn pause(&mut self) -> Message {

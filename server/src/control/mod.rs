@@ -344,3 +344,116 @@ impl Drop for Control {
         let _ = fs::remove_file(&self.path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+    use std::io::BufRead;
+    use std::time::Duration;
+
+    fn event(n: u64) -> TraceEvent {
+        TraceEvent {
+            time_ms: n,
+            session: 1,
+            client: "192.0.2.1:1000".parse().unwrap(),
+            dir: wire::Direction::Client,
+            line: format!("NOOP {n} {}", "x".repeat(200)),
+        }
+    }
+
+    /// Serves the poll until `control` has handed out a request.
+    fn next_request(poll: &mut Poll, control: &mut Control) -> (usize, Request) {
+        let mut events = Events::with_capacity(8);
+        for _ in 0..100 {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            for e in events.iter() {
+                if let Some(r) = control.ready(e.token().0, poll.registry()).pop() {
+                    return r;
+                }
+            }
+        }
+        panic!("no request");
+    }
+
+    /// A subscriber that does not read holds at most TRACE_BUFFER; what did not fit is
+    /// counted and announced in one `dropped` line before the next event it gets.
+    #[test]
+    fn a_subscriber_that_does_not_read_loses_events_and_is_told_how_many() {
+        let dir = std::env::temp_dir().join(format!("smtpd-control-{}", std::process::id()));
+        let path = dir.join("control");
+        let mut poll = Poll::new().unwrap();
+        let mut control = Control::bind(&path, poll.registry()).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        client.write_all(b"trace\n").unwrap();
+        let (key, request) = next_request(&mut poll, &mut control);
+        assert_eq!(request, Request::Trace(None));
+        control.subscribe(key, None);
+        assert!(control.tracing());
+        let total = 20_000;
+        for n in 0..total {
+            control.publish(event(n));
+            control.flush_all(poll.registry());
+        }
+        let buffered = control.clients.get(key).unwrap().out.len();
+        assert!(buffered <= TRACE_BUFFER, "{buffered}");
+
+        // The client reads everything there is, then one more event comes.
+        client.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            control.flush_all(poll.registry());
+            match client.read(&mut buf) {
+                Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ if control.clients.get(key).unwrap().out.is_empty() => break,
+                _ => {}
+            }
+        }
+        control.publish(event(total));
+        control.flush_all(poll.registry());
+        client.set_nonblocking(false).unwrap();
+        let mut reader = std::io::BufReader::new(&client);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let Ok(Message::Dropped { count }) = serde_json::from_str::<Message>(&line) else {
+            panic!("{line}");
+        };
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains(r#""time_ms":20000"#), "{line}");
+        let received = got
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(br#"{"type":"trace""#))
+            .count() as u64;
+        assert_eq!(
+            received + count,
+            total,
+            "every event was either sent or counted"
+        );
+        assert!(count > 0);
+
+        // Gone: the subscriber is forgotten, and the socket file removed with the server.
+        drop(reader);
+        drop(client);
+        let mut events = Events::with_capacity(8);
+        for _ in 0..100 {
+            if !control.tracing() {
+                break;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            for e in events.iter() {
+                control.ready(e.token().0, poll.registry());
+            }
+        }
+        assert!(!control.tracing());
+        drop(control);
+        assert!(!path.exists());
+        let _ = fs::remove_dir(&dir);
+    }
+}

@@ -478,3 +478,69 @@ fn full_log(s: &Smtpd) -> String {
     let path = s.maildir.parent().expect("temp dir").join("smtpd.log");
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
+
+/// `show queue` prints what `smtp-relay --list` prints (one code), without either running.
+#[test]
+fn show_queue_is_the_relay_listing() {
+    let s = start(&["--no-fsync"]);
+    send(&s, "queued@example.org", 2, "127.0.0.1");
+    let ours = smtpctl_ok(&s, &["show", "queue"]);
+    let relay = Command::new(bin("smtp-relay"))
+        .arg("--maildir")
+        .arg(&s.maildir)
+        .arg("--list")
+        .output()
+        .expect("run smtp-relay --list");
+    assert!(relay.status.success());
+    assert_eq!(ours, String::from_utf8_lossy(&relay.stdout));
+    assert!(ours.contains("from <queued@example.org>"), "{ours}");
+    assert!(
+        ours.contains("-- 2 messages, 2 recipients pending"),
+        "{ours}"
+    );
+}
+
+/// `monitor --json` prints one object a second with the deltas: a message sent shows up as
+/// `messages_accepted: 1` in one of them.
+#[test]
+fn monitor_shows_the_deltas() {
+    let s = start(&["--no-fsync"]);
+    let mut child = Command::new(bin("smtpctl"))
+        .arg("--maildir")
+        .arg(&s.maildir)
+        .args(["--json", "monitor"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn smtpctl monitor");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The first line means monitor has its baseline; the message comes after it.
+    let first = rx.recv_timeout(REPLY_LIMIT).expect("a first monitor line");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    assert_eq!(v["messages_accepted"], 0, "{first}");
+    send(&s, "monitor@example.org", 1, "127.0.0.1");
+    let end = Instant::now() + REPLY_LIMIT;
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no delta of 1 message; seen: {seen:?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        if v["messages_accepted"] == 1 {
+            break;
+        }
+        assert_eq!(v["messages_accepted"], 0, "{line}");
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -253,6 +253,7 @@ impl Control {
     pub fn publish(&mut self, event: TraceEvent) {
         let mut line: Option<String> = None;
         let ip = event.client.ip();
+        let message = Message::Trace(event);
         for (_, client) in self.clients.iter_mut() {
             let Kind::Trace {
                 client: filter,
@@ -264,7 +265,7 @@ impl Control {
             if filter.is_some_and(|f| f != ip) {
                 continue;
             }
-            let text = line.get_or_insert_with(|| Message::Trace(event.clone()).to_line());
+            let text = line.get_or_insert_with(|| message.to_line());
             if *dropped > 0 {
                 let note = Message::Dropped { count: *dropped }.to_line();
                 if client.out.len() + note.len() + text.len() > TRACE_BUFFER {

@@ -120,7 +120,14 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn run(args: &Args) -> io::Result<()> {
-    let out = &mut io::stdout().lock();
+    // Buffered: a busy trace is written in large pieces, flushed whenever the socket has
+    // nothing more for the moment.
+    let out = &mut io::BufWriter::new(io::stdout().lock());
+    command(args, out)?;
+    out.flush()
+}
+
+fn command(args: &Args, out: &mut impl Write) -> io::Result<()> {
     match &args.command {
         Cmd::Show { what: Show::Queue } => {
             let maildir = args.maildir.as_ref().ok_or_else(|| {
@@ -191,6 +198,11 @@ impl Connection {
             )
         })?;
         Ok(Some((line, message)))
+    }
+
+    /// True when answer octets already read wait in the buffer.
+    pub fn has_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
     }
 
     /// The read side, for a reader thread.
@@ -285,7 +297,9 @@ fn trace(args: &Args, client: Option<IpAddr>, out: &mut impl Write) -> io::Resul
                 other => return Err(unexpected(other)),
             }
         }
-        out.flush()?;
+        if !c.has_buffered() {
+            out.flush()?;
+        }
     }
     Err(io::Error::new(
         io::ErrorKind::UnexpectedEof,

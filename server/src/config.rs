@@ -244,12 +244,14 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
+        let control_is_default = !self.no_control && self.control.is_none();
         let control = match (self.no_control, self.control) {
             (true, _) => None,
             (false, Some(path)) => Some(path),
             (false, None) => Some(default_control(&maildir)),
         };
         let config = Config {
+            control_is_default,
             control,
             maildir,
             local,
@@ -320,6 +322,9 @@ pub fn default_control(maildir: &std::path::Path) -> PathBuf {
 pub struct Config {
     /// The control socket (`--control`; None with `--no-control`).
     pub control: Option<PathBuf>,
+    /// `control` is the default path: if it cannot be bound (a path too long for a Unix
+    /// socket, say) smtpd warns and runs without one; a path given is required.
+    pub control_is_default: bool,
     /// The relay queue Maildir.
     pub maildir: PathBuf,
     /// Local delivery, when `--local-domain` is given.
@@ -432,6 +437,7 @@ impl Config {
             inbuf_max: self.inbuf_max,
             linger: self.linger,
             control: self.control.clone(),
+            control_is_default: self.control_is_default,
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct ServerConfig {
     pub linger: Duration,
     /// The control socket's path (None: no control socket).
     pub control: Option<PathBuf>,
+    /// `control` was not given but defaulted: failing to bind it is a warning, not an error.
+    pub control_is_default: bool,
 }
 
 struct Conn {
@@ -192,7 +194,14 @@ impl Server {
             listeners.push((l, tls));
         }
         let control = match &config.control {
-            Some(path) => Some(Control::bind(path, poll.registry())?),
+            Some(path) => match Control::bind(path, poll.registry()) {
+                Ok(c) => Some(c),
+                Err(e) if config.control_is_default => {
+                    log::warn!("{e}; running without a control socket (give --control PATH)");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;

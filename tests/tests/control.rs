@@ -544,3 +544,52 @@ fn monitor_shows_the_deltas() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A default socket path that cannot be bound (too long for a Unix socket) is a warning and
+/// smtpd serves mail without one; the same path given with `--control` is an error, exit 1.
+#[test]
+fn an_unusable_socket_path_is_a_warning_by_default_and_an_error_when_given() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let maildir = dir.path().join("m".repeat(120));
+    let s = Smtpd::start_in(&maildir, "127.0.0.1", &["--no-fsync"]);
+    let mut c = Client::greeted(s.addr);
+    c.expect("QUIT", "221");
+    drop(s);
+    let path = maildir.join(".smtpd").join("control");
+    let mut child = Command::new(bin("smtpd"))
+        .arg("--maildir")
+        .arg(&maildir)
+        .arg("--listen")
+        .arg(format!(
+            "127.0.0.1:{}",
+            integration_tests::free_port("127.0.0.1")
+        ))
+        .arg("--control")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run smtpd");
+    let mut status = None;
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("smtpd to exit", REPLY_LIMIT, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        })
+    }));
+    if waited.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("smtpd with an unusable --control did not exit");
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(err.contains("control socket"), "{err}");
+}

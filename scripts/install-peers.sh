@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to: swaks, Postfix (for smtp-source and
 # smtp-sink, never as a running system service), dnsmasq (as a tool, not a service), faketime
-# (tests that dates are right on any day of the month), Dovecot's IMAP server (run by the local
+# (tests that dates are right on any day of the month), tmux (drives `smtpctl top` and the relay's
+# progress bar in a terminal of fixed size), Dovecot's IMAP server (run by the local
 # delivery tests as a plain process with a generated config, never as a system service; its POP3
 # server for scripts/bench-pop3.sh), OpenLDAP's slapd and ldap-utils (the LDAP login tests start
 # slapd as a plain process with a generated config), and the Python packages used by tests

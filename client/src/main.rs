@@ -32,16 +32,16 @@ mod metrics;
 mod mx;
 mod plan;
 mod progress;
-mod queue;
 mod reactor;
 mod record;
 mod run;
-mod state;
 mod tls;
 mod watch;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
+
+use relay_queue::{queue, state};
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();

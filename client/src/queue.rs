@@ -180,6 +180,16 @@ fn has_8bit_body(m: &Message) -> Result<bool, String> {
     }
 }
 
+/// The `--list` text of the queue in `maildir` (opened, never changed): what `smtp-relay
+/// --list` and `smtpctl show queue` print.
+pub fn list(maildir: &std::path::Path, now: SystemTime) -> Result<String, String> {
+    let md = Maildir::open(maildir)
+        .map_err(|e| format!("cannot use Maildir {}: {e}", maildir.display()))?;
+    let states = StateDir::open(md.root()).map_err(|e| e.to_string())?;
+    let (msgs, bad) = scan(&md, &states).map_err(|e| e.to_string())?;
+    Ok(render_list(&msgs, &bad, now))
+}
+
 /// The `--list` text, like `mailq`.
 pub fn render_list(msgs: &[Message], bad: &[Unreadable], now: SystemTime) -> String {
     let mut s = String::new();

@@ -117,14 +117,13 @@ enum Ended {
 /// configuration is one error line, and the old one stays; `--maildir` and `--interval`
 /// itself need a restart).
 pub fn run(cfg: &Config, reload: &dyn Fn() -> Result<Config, String>) -> Result<(), RunError> {
+    if cfg.list {
+        print!("{}", queue::list(&cfg.maildir, SystemTime::now())?);
+        return Ok(());
+    }
     let md = Maildir::open(&cfg.maildir)
         .map_err(|e| format!("cannot use Maildir {}: {e}", cfg.maildir.display()))?;
     let states = StateDir::open(md.root()).map_err(|e| e.to_string())?;
-    if cfg.list {
-        let (msgs, bad) = queue::scan(&md, &states).map_err(|e| e.to_string())?;
-        print!("{}", queue::render_list(&msgs, &bad, SystemTime::now()));
-        return Ok(());
-    }
     let _lock = match states.try_lock().map_err(|e| e.to_string())? {
         Some(l) => l,
         None => {

@@ -8,7 +8,7 @@
 //! in `::audit` (e.g. `smtp_relay::audit`), and when the queue is full their sender waits for
 //! room. A [`LogGuard`] flushes and joins the thread at exit so the last lines are not lost.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -57,13 +57,47 @@ struct ChannelLogger {
     shared: Arc<Shared>,
 }
 
+/// The level set by [`set_level`] (a `LevelFilter` as usize), or `NO_OVERRIDE`: then
+/// `RUST_LOG` (or the default filter) decides.
+static LEVEL_OVERRIDE: AtomicUsize = AtomicUsize::new(NO_OVERRIDE);
+const NO_OVERRIDE: usize = usize::MAX;
+
+/// From now on, records up to `level` are written, whatever `RUST_LOG` said (the operator's
+/// `smtpctl log level`). Audit records below it are filtered like the others.
+pub fn set_level(level: LevelFilter) {
+    LEVEL_OVERRIDE.store(level as usize, Ordering::Relaxed);
+    log::set_max_level(level.max(LevelFilter::Error));
+}
+
+/// Undoes [`set_level`]: `RUST_LOG` (or the default filter) decides again; `max` is the most
+/// detailed level it allows (what `log::max_level` was at start).
+pub fn clear_level(max: LevelFilter) {
+    LEVEL_OVERRIDE.store(NO_OVERRIDE, Ordering::Relaxed);
+    log::set_max_level(max);
+}
+
+/// The level set by [`set_level`], if any.
+pub fn level_override() -> Option<LevelFilter> {
+    let n = LEVEL_OVERRIDE.load(Ordering::Relaxed);
+    LevelFilter::iter().find(|l| *l as usize == n)
+}
+
+impl ChannelLogger {
+    fn wanted(&self, metadata: &Metadata<'_>) -> bool {
+        match level_override() {
+            Some(max) => metadata.level() <= max,
+            None => self.filter.enabled(metadata),
+        }
+    }
+}
+
 impl Log for ChannelLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.filter.enabled(metadata)
+        self.wanted(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.filter.matches(record) || self.shared.stopped.load(Ordering::Relaxed) {
+        if !self.wanted(record.metadata()) || self.shared.stopped.load(Ordering::Relaxed) {
             return;
         }
         let owned = OwnedRecord {
@@ -130,9 +164,16 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
         return None;
     }
     let env = env_logger::Env::default().default_filter_or(default_filter);
-    let mut builder = env_logger::Builder::from_env(env);
+    let filter = Arc::new(env_logger::Builder::from_env(env).build());
+    let max = filter.filter();
+    // The writer formats whatever the filter (or a level set later) let through.
+    let mut writer = env_logger::Builder::new();
+    writer.filter_level(LevelFilter::Trace);
+    if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
+        writer.parse_write_style(&style);
+    }
     if journal_format() {
-        builder.format(|buf, r| {
+        writer.format(|buf, r| {
             use std::io::Write;
             writeln!(
                 buf,
@@ -143,8 +184,7 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
             )
         });
     }
-    let writer = Arc::new(builder.build());
-    let max = writer.filter();
+    let writer = Arc::new(writer.build());
     let (tx, rx) = bounded(LOG_QUEUE);
     let shared = Arc::new(Shared {
         tx,
@@ -152,7 +192,7 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
         stopped: AtomicBool::new(false),
     });
     let logger = ChannelLogger {
-        filter: writer.clone(),
+        filter,
         shared: shared.clone(),
     };
     let writer_shared = shared.clone();

@@ -177,6 +177,12 @@ pub struct Args {
     /// With --user: serve with this group instead of the user's primary group.
     #[arg(long, value_name = "NAME", requires = "user")]
     pub group: Option<String>,
+    /// Control socket for smtpctl (Unix socket, mode 0600) [default: MAILDIR/.smtpd/control].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_control")]
+    pub control: Option<PathBuf>,
+    /// No control socket.
+    #[arg(long)]
+    pub no_control: bool,
     /// TOML configuration file: every option is a key of the same name (`max-size = 1048576`,
     /// `local-domain = ["example.org"]`; `[tls] cert = ...` is --tls-cert); the command line
     /// overrides it. SIGHUP re-reads it (and every file it names).
@@ -292,7 +298,15 @@ impl Args {
                 }),
             })
         };
+        let control_is_default = !self.no_control && self.control.is_none();
+        let control = match (self.no_control, self.control) {
+            (true, _) => None,
+            (false, Some(path)) => Some(path),
+            (false, None) => Some(default_control(&maildir)),
+        };
         let config = Config {
+            control_is_default,
+            control,
             maildir,
             local,
             listen: self.listen,
@@ -365,9 +379,19 @@ pub struct LocalConfig {
     pub quota: Option<u64>,
 }
 
+/// The control socket's path when `--control` is not given.
+pub fn default_control(maildir: &std::path::Path) -> PathBuf {
+    maildir.join(".smtpd").join("control")
+}
+
 /// Validated settings of smtpd.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The control socket (`--control`; None with `--no-control`).
+    pub control: Option<PathBuf>,
+    /// `control` is the default path: if it cannot be bound (a path too long for a Unix
+    /// socket, say) smtpd warns and runs without one; a path given is required.
+    pub control_is_default: bool,
     /// The relay queue Maildir.
     pub maildir: PathBuf,
     /// Local delivery, when `--local-domain` is given.
@@ -490,6 +514,8 @@ impl Config {
             pop3: self.pop3.clone(),
             submission_listen: self.login.submission_listen.clone(),
             auth: crate::auth::settings::login_service(self),
+            control: self.control.clone(),
+            control_is_default: self.control_is_default,
         }
     }
 }

@@ -22,6 +22,11 @@
 //! - [`tls`]: the server side of TLS: loading the certificate and key for STARTTLS and
 //!   implicit TLS, starting it on a transport, and what the session records of it
 //!   (`proto::smtp::server::session::TlsInfo`).
+//! - [`control`]: the control socket (`smtpctl`): its clients, bounded output, trace
+//!   subscribers, and the wire protocol ([`control::wire`]); requests are carried out in the
+//!   reactor. [`trace`]: the live transaction stream fed from the sessions.
+//! - [`smtpctl`]: the `smtpctl` command (show, monitor, trace, pause/resume, log level,
+//!   reload, and the `top` console).
 //! - [`accounts`]: reading the users and aliases files into the recipient directory (local
 //!   delivery); the one place they are read, so a reload calls it again.
 //! - [`password`]: `{ARGON2ID}` hashes (`smtpd hash-password`) and password verification.
@@ -45,6 +50,7 @@ pub mod accounts;
 pub mod auth;
 pub mod commit;
 pub mod config;
+pub mod control;
 pub mod load;
 pub mod metrics;
 pub mod password;
@@ -53,7 +59,9 @@ pub mod privileges;
 pub mod quota;
 pub mod reactor;
 pub mod sendmail;
+pub mod smtpctl;
 pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod tls;
+pub mod trace;

@@ -102,11 +102,14 @@ pub fn local_policy(
     })
 }
 
-/// Puts `--log-level` in force: records more detailed than `level` are no longer written.
-/// It can lower the level `RUST_LOG` set, not raise it (the logging thread's filter is fixed at
-/// start); `maildir_core::logging` needs a settable filter for that.
-pub fn apply_log_level(level: log::LevelFilter) {
-    log::set_max_level(level);
+/// Puts `--log-level` in force at once, raising or lowering what `RUST_LOG` allowed; `None`
+/// (the option gone at a reload) gives the decision back to `RUST_LOG`, whose most detailed
+/// level was `start` ([`log::max_level`] before any `--log-level`).
+pub fn apply_log_level(level: Option<log::LevelFilter>, start: log::LevelFilter) {
+    match level {
+        Some(level) => maildir_core::logging::set_level(level),
+        None => maildir_core::logging::clear_level(start),
+    }
 }
 
 /// What `--check-config` prints: a header naming the file, then the settings as TOML.

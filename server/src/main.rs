@@ -65,8 +65,8 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         ..
     } = smtpd::load::complete(loaded)?;
     let start_level = log::max_level();
-    if let Some(level) = config.log_level {
-        smtpd::load::apply_log_level(level);
+    if config.log_level.is_some() {
+        smtpd::load::apply_log_level(config.log_level, start_level);
     }
     let open_files = raise_open_files_limit();
     // Bound (or taken from systemd) and the key read before root is given up (--user).

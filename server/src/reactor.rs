@@ -17,11 +17,14 @@
 //! Logins: a session's `Authenticate` and `LookupUser` actions go to [`crate::auth`]'s pool,
 //! answers come back through the Waker (glue in `reactor/logins.rs`); a banned address is
 //! refused at accept.
+//! The control socket ([`crate::control`]) is served here too; its requests are carried out
+//! by `reactor::operator`, and the trace hook sits where replies are written ([`crate::trace`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,12 +41,15 @@ use slab::Slab;
 
 use crate::commit::Done;
 use crate::config::Cidr;
+use crate::control::{self, Control};
 use crate::stats::{self, Refusal, Stats, TxTimer};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
+use crate::trace;
 use proto::smtp::server::reply;
 use proto::smtp::server::session::{Action, Session, SessionConfig};
 
+mod operator;
 mod reload;
 pub use reload::ReloadSource;
 
@@ -98,6 +104,10 @@ pub struct ServerConfig {
     /// Logins (SMTP AUTH, POP3): the pool's settings and the password source; `None`: no
     /// logins.
     pub auth: Option<crate::auth::LoginService>,
+    /// The control socket's path (None: no control socket).
+    pub control: Option<PathBuf>,
+    /// `control` was not given but defaulted: failing to bind it is a warning, not an error.
+    pub control_is_default: bool,
 }
 
 mod logins;
@@ -125,6 +135,10 @@ struct Conn {
     tls_reported: bool,
     /// On the ready list (its turn ended with input possibly left to read).
     ready: bool,
+    /// When it connected (`show sessions`).
+    started: Instant,
+    /// What of its transcript the trace has published.
+    trace: trace::Cursor,
     /// When its transaction in progress began (transaction duration histogram).
     tx_timer: TxTimer,
 }
@@ -156,6 +170,10 @@ pub struct Server {
     /// Counters, fed from the sessions' events and the group commit's results; shared with
     /// the threads that read them (metrics exporter).
     stats: Arc<Stats>,
+    /// The control socket, if enabled.
+    control: Option<Control>,
+    /// `smtpctl pause smtp`: the listeners are deregistered.
+    paused: bool,
     /// How to reload the configuration ([`Server::reload`]); none: reloading is refused.
     reload: Option<ReloadSource>,
     /// Wakes the poll: given to the handshake threads a reload may start.
@@ -230,6 +248,17 @@ impl Server {
         let submission_listeners =
             logins::listen_submission(&poll, &mut listeners, &config.submission_listen)?;
         let auth = logins::start(&mut config, &waker)?;
+        let control = match &config.control {
+            Some(path) => match Control::bind(path, poll.registry()) {
+                Ok(c) => Some(c),
+                Err(e) if config.control_is_default => {
+                    log::warn!("{e}; running without a control socket (give --control PATH)");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
@@ -277,6 +306,8 @@ impl Server {
             shutdown_deadline: None,
             forced: false,
             stats: Arc::new(Stats::new()),
+            control,
+            paused: false,
             reload: None,
             waker,
             handshake_tx,
@@ -329,6 +360,7 @@ impl Server {
                     WAKER => self.completions(now),
                     SIGNALS => self.signals(now),
                     Token(t) if t >= FIRST_CONN => self.drive(t - FIRST_CONN, now),
+                    Token(t) if control::owns(t) => self.control_ready(t, now),
                     Token(t) => self.accept(t - FIRST_LISTENER, now),
                 }
             }
@@ -343,6 +375,9 @@ impl Server {
                 p.serve_ready(now, ctx);
                 p.timers(now, ctx);
             });
+            if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
+                control.flush_all(self.poll.registry());
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
@@ -395,7 +430,7 @@ impl Server {
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
-        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() {
+        if self.accept_paused_until.is_some() || self.shutdown_deadline.is_some() || self.paused {
             return;
         }
         let mut accepted = 0;
@@ -477,6 +512,9 @@ impl Server {
         if submission {
             session.set_submission();
         }
+        if self.control.as_ref().is_some_and(|c| c.tracing()) {
+            session.set_transcript(true);
+        }
         if tls {
             let Some(config) = &self.config.tls else {
                 return;
@@ -511,6 +549,8 @@ impl Server {
             starting_tls: false,
             tls_reported: false,
             ready: false,
+            started: now,
+            trace: trace::Cursor::default(),
             tx_timer: TxTimer::default(),
         });
         self.drive(key, now);
@@ -595,6 +635,9 @@ impl Server {
                 return;
             };
             report(conn, &self.stats);
+            if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
+                trace::collect(&mut conn.session, &mut conn.trace, conn.generation, control);
+            }
             let blocked = !conn.session.wants_read();
             if !flush(conn) {
                 self.close(key);

@@ -9,7 +9,8 @@
 //! quota), the trusted networks, `--max-connections`, `--max-per-ip`, `--shutdown-timeout`,
 //! `--log-level`, and the certificate and key (STARTTLS and implicit TLS handshakes started afterwards use
 //! the new ones). What needs a restart, with a warning and the old value kept: the listeners
-//! (`--listen`, `--tls-listen`, `--submission-listen`), `--metrics`, `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
+//! (`--listen`, `--tls-listen`, `--submission-listen`, `--pop3-listen`, `--pop3s-listen`), the
+//! control socket, `--metrics`, `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
 //! that turns local delivery on (none at start) is refused: the group commit was started
 //! without the users' Maildirs.
 //!
@@ -73,7 +74,11 @@ impl Server {
                     "configuration reloaded in {:.1} ms: {summary}",
                     started.elapsed().as_secs_f64() * 1000.0
                 );
-                crate::load::apply_log_level(level);
+                let start = self
+                    .reload
+                    .as_ref()
+                    .map_or(log::max_level(), |s| s.start_level);
+                crate::load::apply_log_level(level, start);
                 Ok(warnings)
             }
             Err(e) => {
@@ -85,7 +90,7 @@ impl Server {
 
     /// The work of [`Server::reload`], without its log lines: (warnings, summary, the log
     /// level to put in force).
-    fn try_reload(&mut self) -> Result<(Vec<String>, String, log::LevelFilter), String> {
+    fn try_reload(&mut self) -> Result<(Vec<String>, String, Option<log::LevelFilter>), String> {
         let Some(source) = &self.reload else {
             return Err("this server was not given its command line".into());
         };
@@ -112,6 +117,14 @@ impl Server {
         }
         if config.durability != old.durability {
             warnings.push("--no-fsync changed: that needs a restart".to_owned());
+        }
+        if config.control != old.control {
+            warnings.push(
+                "the control socket (--control, --no-control) changed: that needs a restart; \
+                 still served as before"
+                    .to_owned(),
+            );
+            config.control = old.control.clone();
         }
         let mut summary = Vec::new();
         if let (Some(local), Some(directory)) = (&config.local, loaded.directory) {
@@ -164,7 +177,7 @@ impl Server {
         c.shutdown_timeout = config.shutdown_timeout;
         c.tls = loaded.tls;
         // After the summary line below is written, at the old level.
-        let level = config.log_level.unwrap_or(source.start_level);
+        let level = config.log_level;
         summary.insert(0, format!("max-size {}", config.session.max_size));
         if let Some(file) = &loaded.file {
             summary.insert(0, file.display().to_string());

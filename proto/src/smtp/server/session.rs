@@ -456,6 +456,9 @@ pub struct Session {
     /// A RCPT waiting for `Action::LookupUser`'s answer: the recipient, its parameters, the
     /// user name and the domain.
     rcpt_lookup: Option<(ForwardPath, RcptParams, String, String)>,
+    /// Command lines kept for [`Session::poll_command`] while a trace is on (None: off, the
+    /// default, and nothing is kept).
+    transcript: Option<VecDeque<Vec<u8>>>,
 }
 
 impl Session {
@@ -496,6 +499,7 @@ impl Session {
             auth_user: None,
             submission: false,
             rcpt_lookup: None,
+            transcript: None,
         }
     }
 
@@ -1027,7 +1031,38 @@ impl Session {
         &self.counts
     }
 
+    /// The state's name (`idle`, `mail`, `begin`, `data`, `bdat`, `committing`, `starttls`,
+    /// `closed`), as in [`Event::Transition`].
+    pub fn state_name(&self) -> &'static str {
+        self.state.name()
+    }
+
+    /// Protocol and cipher, once a TLS handshake finished.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.as_ref()
+    }
+
+    /// Turns the command transcript on or off: while on, every command line the session
+    /// handles (without CR LF; never message content or BDAT chunk data) is kept for
+    /// [`Session::poll_command`]. Off (the default) keeps nothing.
+    pub fn set_transcript(&mut self, on: bool) {
+        match (on, self.transcript.is_some()) {
+            (true, false) => self.transcript = Some(VecDeque::new()),
+            (false, true) => self.transcript = None,
+            _ => {}
+        }
+    }
+
+    /// The next command line of the transcript (see [`Session::set_transcript`]), in the
+    /// order handled. Poll until `None` after each input while the transcript is on.
+    pub fn poll_command(&mut self) -> Option<Vec<u8>> {
+        self.transcript.as_mut()?.pop_front()
+    }
+
     fn command(&mut self, line: &[u8], now: Instant) {
+        if let Some(t) = &mut self.transcript {
+            t.push_back(line.to_vec());
+        }
         let cmd = match command::parse(line) {
             Ok(cmd) => cmd,
             Err(r) => {
@@ -1665,6 +1700,8 @@ mod tests {
         /// Every event but `DiscardedAfterStartTls` (whose count depends on the split).
         pub(super) events: Vec<Event>,
         pub(super) counts: Counts,
+        /// The command transcript ([`Session::set_transcript`]).
+        pub(super) commands: Vec<String>,
     }
 
     /// Feeds `input` in pieces cut at `cuts`, acting like the reactor (store always succeeds).
@@ -1691,6 +1728,8 @@ mod tests {
     /// [`drive`] for a session made by the test.
     pub(super) fn drive_session(mut s: Session, input: &[u8], cuts: &[usize]) -> Outcome {
         let now = Instant::now();
+        s.set_transcript(true);
+        let mut commands = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
         let mut out = Vec::new();
         let mut stored = Vec::new();
@@ -1709,6 +1748,9 @@ mod tests {
             loop {
                 let used = s.handle_input(&pending, now + T0);
                 pending.drain(..used);
+                while let Some(c) = s.poll_command() {
+                    commands.push(String::from_utf8_lossy(&c).into_owned());
+                }
                 let mut acted = false;
                 while let Some(a) = s.poll_action() {
                     acted = true;
@@ -1757,7 +1799,41 @@ mod tests {
             closed: s.is_closed(),
             events,
             counts: *s.counts(),
+            commands,
         }
+    }
+
+    /// The command transcript holds every command line once, in order, and never message
+    /// content or BDAT chunk data, however the input is split; off, it keeps nothing.
+    #[test]
+    fn transcript_has_commands_only_any_split() {
+        let input = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n\
+            DATA\r\nMAIL FROM:<in@body>\r\n.\r\n\
+            MAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\nBDAT 12 LAST\r\nQUIT\r\nbody\r\n\
+            NOOP\r\nQUIT\r\n";
+        let o = check_splits(input, true);
+        assert_eq!(
+            o.commands,
+            [
+                "EHLO c.test",
+                "MAIL FROM:<a@x.test>",
+                "RCPT TO:<b@y.test>",
+                "DATA",
+                "MAIL FROM:<a@x.test>",
+                "RCPT TO:<c@y.test>",
+                "BDAT 12 LAST",
+                "NOOP",
+                "QUIT"
+            ]
+        );
+        let peer: SocketAddr = "192.0.2.1:1234".parse().unwrap();
+        let mut s = Session::new(config(), peer, true, Instant::now());
+        s.handle_input(b"EHLO c.test\r\n", Instant::now());
+        assert_eq!(s.poll_command(), None, "off by default");
+        s.set_transcript(true);
+        s.handle_input(b"NOOP\r\n", Instant::now());
+        s.set_transcript(false);
+        assert_eq!(s.poll_command(), None, "turning it off drops what was kept");
     }
 
     /// The outcome must not depend on how the input is split.

@@ -23,6 +23,7 @@ use maildir_core::{Durability, Mailbox};
 use crate::accounts::AccountFiles;
 use crate::auth::settings::{LoginArgs, LoginSettings};
 
+use crate::listeners::Service;
 use crate::pop3::Pop3Settings;
 use crate::reactor::ServerConfig;
 use proto::pop3::session::Pop3Config;
@@ -280,10 +281,14 @@ impl Args {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         };
-        let pop3 = if self.pop3_listen.is_empty() && self.pop3s_listen.is_empty() {
+        let pop3_wanted = !self.pop3_listen.is_empty() || !self.pop3s_listen.is_empty();
+        // With local delivery POP3 can be served: on the listeners given here, or on sockets
+        // systemd hands over.
+        let pop3 = if local.is_none() {
+            if pop3_wanted {
+                return Err("--pop3-listen and --pop3s-listen need --local-domain".into());
+            }
             None
-        } else if local.is_none() {
-            return Err("--pop3-listen and --pop3s-listen need --local-domain".into());
         } else {
             Some(Pop3Settings {
                 listen: self.pop3_listen,
@@ -429,7 +434,8 @@ pub struct Config {
     pub run_as: Option<crate::privileges::RunAs>,
     /// `--log-level`; None: as `RUST_LOG` says.
     pub log_level: Option<log::LevelFilter>,
-    /// POP3 listeners and session settings, when `--pop3-listen`/`--pop3s-listen` are given.
+    /// POP3 listeners (`--pop3-listen`, `--pop3s-listen`) and session settings, with local
+    /// delivery (POP3 reads the users' Maildirs).
     pub pop3: Option<Pop3Settings>,
     /// Logins: lockout, failure delay, submission listeners, LDAP.
     pub login: LoginSettings,
@@ -438,6 +444,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every listen address with what it serves, in the order they are bound.
+    pub fn listen_plan(&self) -> Vec<(SocketAddr, Service)> {
+        let with = |addrs: &[SocketAddr], s: Service| -> Vec<(SocketAddr, Service)> {
+            addrs.iter().map(|a| (*a, s)).collect()
+        };
+        let (pop3, pop3s) = match &self.pop3 {
+            Some(p) => (p.listen.as_slice(), p.tls_listen.as_slice()),
+            None => (&[][..], &[][..]),
+        };
+        [
+            with(&self.listen, Service::Smtp),
+            with(&self.tls_listen, Service::Smtps),
+            with(&self.login.submission_listen, Service::Submission),
+            with(pop3, Service::Pop3),
+            with(pop3s, Service::Pop3s),
+        ]
+        .concat()
+    }
+
     /// Checks the settings that no command-line option bounds (a configuration file could).
     pub fn check(&self) -> Result<(), String> {
         if self.tls.is_none() && !self.tls_listen.is_empty() {
@@ -512,7 +537,6 @@ impl Config {
             inbuf_max: self.inbuf_max,
             linger: self.linger,
             pop3: self.pop3.clone(),
-            submission_listen: self.login.submission_listen.clone(),
             auth: crate::auth::settings::login_service(self),
             control: self.control.clone(),
             control_is_default: self.control_is_default,

@@ -51,6 +51,7 @@ pub mod auth;
 pub mod commit;
 pub mod config;
 pub mod control;
+pub mod listeners;
 pub mod load;
 pub mod metrics;
 pub mod password;

@@ -74,10 +74,14 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
         smtpd::reactor::stop_signals().map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut listeners = smtpd::systemd::listeners()?;
     if listeners.is_empty() {
-        listeners = smtpd::reactor::bind_listeners(&config.listen, &config.tls_listen)
-            .map_err(|e| e.to_string())?;
-    } else if listeners.iter().any(|(_, tls)| *tls) && config.tls.is_none() {
-        return Err("an inherited smtps/submissions socket needs --tls-cert and --tls-key".into());
+        listeners = smtpd::listeners::bind(&config.listen_plan()).map_err(|e| e.to_string())?;
+    } else {
+        smtpd::listeners::check_servable(
+            listeners.iter().map(|l| l.service),
+            config.tls.is_some(),
+            config.session.auth.enabled,
+            config.pop3.is_some(),
+        )?;
     }
     if let Some(run_as) = &config.run_as {
         smtpd::privileges::drop_to(run_as)?;

@@ -42,6 +42,7 @@ use slab::Slab;
 use crate::commit::Done;
 use crate::config::Cidr;
 use crate::control::{self, Control};
+use crate::listeners::{Listener, Service};
 use crate::stats::{self, Refusal, Stats, TxTimer};
 use crate::store::{Commit, QueueFile, Store};
 use crate::tls;
@@ -63,8 +64,6 @@ const READ_CHUNK: usize = 64 * 1024;
 pub const READ_BUDGET: usize = 4;
 /// Connections one listener may accept in one turn (the rest wait for the next round).
 const ACCEPT_BUDGET: usize = 64;
-/// Pending connections the kernel may queue before we accept them.
-const LISTEN_BACKLOG: i32 = 4096;
 /// Pause after an accept failure such as "too many open files".
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -99,8 +98,6 @@ pub struct ServerConfig {
     pub linger: Duration,
     /// POP3 listeners and settings ([`crate::pop3`]); `None`: no POP3.
     pub pop3: Option<crate::pop3::Pop3Settings>,
-    /// Submission listeners (RFC 6409): MAIL needs AUTH first.
-    pub submission_listen: Vec<SocketAddr>,
     /// Logins (SMTP AUTH, POP3): the pool's settings and the password source; `None`: no
     /// logins.
     pub auth: Option<crate::auth::LoginService>,
@@ -147,7 +144,8 @@ struct Conn {
 pub struct Server {
     poll: Poll,
     /// Listening sockets, and whether each speaks TLS from the first byte.
-    listeners: Vec<(TcpListener, bool)>,
+    /// SMTP and submission listeners (POP3's are `pop3`'s), each with what it serves.
+    listeners: Vec<(TcpListener, Service)>,
     conns: Slab<Conn>,
     timers: BinaryHeap<TimerEntry>,
     /// Connections whose turn ended before they ran out of input, served in order.
@@ -184,8 +182,6 @@ pub struct Server {
     pop3: crate::pop3::Pop3,
     /// Login checks and bans (when there are accounts).
     auth: Option<crate::auth::Authenticator>,
-    /// Indices in `listeners` of the submission listeners.
-    submission_listeners: Vec<usize>,
 }
 
 /// SIGTERM, SIGINT and SIGHUP caught from now on (kept until the reactor reads them): made
@@ -194,45 +190,12 @@ pub fn stop_signals() -> io::Result<Signals> {
     Signals::new([SIGTERM, SIGINT, SIGHUP])
 }
 
-/// Binds every listen address (`plain`, and `implicit_tls` which needs a certificate), each
-/// with "implicit TLS".
-pub fn bind_listeners(
-    plain: &[SocketAddr],
-    implicit_tls: &[SocketAddr],
-) -> io::Result<Vec<(TcpListener, bool)>> {
-    let all = plain.iter().map(|a| (a, false));
-    let mut listeners = Vec::new();
-    for (addr, tls) in all.chain(implicit_tls.iter().map(|a| (a, true))) {
-        let l = net::listen(*addr, LISTEN_BACKLOG)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        listeners.push((l, tls));
-    }
-    Ok(listeners)
-}
-
 impl Server {
-    /// Binds every listen address (`plain`, and `implicit_tls` which needs `config.tls`) and
-    /// starts the group-commit thread.
-    pub fn bind(
-        plain: &[SocketAddr],
-        implicit_tls: &[SocketAddr],
-        maildir: Maildir,
-        config: ServerConfig,
-    ) -> io::Result<Server> {
-        let signals = stop_signals()?;
-        Server::with_listeners(
-            bind_listeners(plain, implicit_tls)?,
-            signals,
-            maildir,
-            config,
-        )
-    }
-
-    /// Serves on listeners already bound (by [`bind_listeners`] before dropping privileges, or
-    /// handed over by systemd: `crate::systemd::listeners`), each with "implicit TLS", with the
-    /// signals caught since [`stop_signals`], and starts the group-commit thread.
+    /// Serves on listeners already bound (by [`crate::listeners::bind`] before dropping
+    /// privileges, or handed over by systemd: `crate::systemd::listeners`), with the signals
+    /// caught since [`stop_signals`], and starts the group-commit thread.
     pub fn with_listeners(
-        bound: Vec<(TcpListener, bool)>,
+        bound: Vec<Listener>,
         mut signals: Signals,
         maildir: Maildir,
         mut config: ServerConfig,
@@ -240,13 +203,21 @@ impl Server {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::new();
-        for (i, (mut l, tls)) in bound.into_iter().enumerate() {
+        let mut pop3_listeners = Vec::new();
+        for Listener {
+            mut socket,
+            service,
+        } in bound
+        {
+            if service.pop3() {
+                pop3_listeners.push((socket, service.implicit_tls()));
+                continue;
+            }
+            let token = Token(FIRST_LISTENER + listeners.len());
             poll.registry()
-                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
-            listeners.push((l, tls));
+                .register(&mut socket, token, Interest::READABLE)?;
+            listeners.push((socket, service));
         }
-        let submission_listeners =
-            logins::listen_submission(&poll, &mut listeners, &config.submission_listen)?;
         let auth = logins::start(&mut config, &waker)?;
         let control = match &config.control {
             Some(path) => match Control::bind(path, poll.registry()) {
@@ -274,6 +245,7 @@ impl Server {
         let pop3 = crate::pop3::Pop3::bind(
             poll.registry(),
             config.pop3.clone(),
+            pop3_listeners,
             config.mailboxes.clone(),
             waker.clone(),
         )?;
@@ -313,7 +285,6 @@ impl Server {
             handshake_tx,
             pop3,
             auth,
-            submission_listeners,
         })
     }
 
@@ -435,7 +406,7 @@ impl Server {
         }
         let mut accepted = 0;
         loop {
-            let Some((listener, tls)) = self.listeners.get(index) else {
+            let Some(&(ref listener, service)) = self.listeners.get(index) else {
                 return;
             };
             if accepted == ACCEPT_BUDGET {
@@ -445,12 +416,10 @@ impl Server {
                 }
                 return;
             }
-            let tls = *tls;
             match listener.accept() {
                 Ok((stream, peer)) => {
                     accepted += 1;
-                    let submission = self.submission_listeners.contains(&index);
-                    self.admit(stream, peer, tls, submission, now);
+                    self.admit(stream, peer, service, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -465,14 +434,7 @@ impl Server {
         }
     }
 
-    fn admit(
-        &mut self,
-        mut stream: TcpStream,
-        peer: SocketAddr,
-        tls: bool,
-        submission: bool,
-        now: Instant,
-    ) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, service: Service, now: Instant) {
         // This connection may have arrived after the poll returned: its clock starts now.
         let now = now.max(Instant::now());
         let host = &self.config.session.hostname;
@@ -509,13 +471,13 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let mut transport = Transport::plain(stream);
         let mut session = Session::new(self.config.session.clone(), peer, trusted, now);
-        if submission {
+        if service.submission() {
             session.set_submission();
         }
         if self.control.as_ref().is_some_and(|c| c.tracing()) {
             session.set_transcript(true);
         }
-        if tls {
+        if service.implicit_tls() {
             let Some(config) = &self.config.tls else {
                 return;
             };
@@ -1024,6 +986,31 @@ fn flush(conn: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every token has one owner: SMTP listeners, POP3 listeners, the control socket, SMTP
+    /// connections and POP3 connections never share one.
+    #[test]
+    fn token_ranges_do_not_overlap() {
+        use crate::pop3::conns::{MAX_LISTENERS, POP3_LISTENER};
+        let control = control::LISTENER..=control::LISTENER + control::MAX_CLIENTS;
+        let pop3_listeners = POP3_LISTENER..POP3_LISTENER + MAX_LISTENERS;
+        for t in [WAKER.0, SIGNALS.0, FIRST_LISTENER, POP3_LISTENER - 1] {
+            assert!(!control.contains(&t) && !crate::pop3::owns_token(t), "{t}");
+            assert!(t < FIRST_CONN, "{t}");
+        }
+        for t in pop3_listeners.clone().chain(control.clone()) {
+            assert!(t < FIRST_CONN, "{t}");
+        }
+        for t in pop3_listeners {
+            assert!(crate::pop3::owns_token(t) && !control::owns(t), "{t}");
+        }
+        for t in control {
+            assert!(control::owns(t) && !crate::pop3::owns_token(t), "{t}");
+        }
+        for t in [FIRST_CONN, FIRST_CONN + 1_000_000] {
+            assert!(!control::owns(t) && !crate::pop3::owns_token(t), "{t}");
+        }
+    }
 
     /// Issue 10 item 17: the unprocessed input of a connection stays within 64 KiB.
     #[test]

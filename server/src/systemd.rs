@@ -3,12 +3,11 @@
 //! (`READY=1` once serving, `STOPPING=1` on a stop signal, to `NOTIFY_SOCKET`). Without those
 //! variables both do nothing.
 //!
-//! Which inherited socket is which comes from its name (`FileDescriptorName=` in
-//! `smtpd.socket`): `smtp` and `submission` are plain SMTP (STARTTLS offered with a
-//! certificate), `smtps` and `submissions` are implicit TLS (RFC 8314: need `--tls-cert`);
-//! sockets without names (`unknown`, as systemd calls them) are plain SMTP. Any other name is
-//! an error, never a guess. With inherited sockets, `--listen` and `--tls-listen` are not
-//! bound.
+//! Which inherited socket is which comes from its name (`FileDescriptorName=` in the
+//! `.socket` units), the names of [`crate::listeners::Service`]: `smtp`, `smtps`,
+//! `submission` (MAIL needs AUTH), `submissions`, `pop3`, `pop3s`; sockets without names
+//! (`unknown`, as systemd calls them) are SMTP. Any other name is an error, never a guess.
+//! With inherited sockets, no listen option (`--listen`, `--pop3-listen`, ...) is bound.
 //!
 //! Owns: taking and checking the inherited sockets, and the notifications.
 //! Must not: bind, or decide anything about sessions.
@@ -17,26 +16,19 @@ use std::os::fd::{FromRawFd, RawFd};
 
 use mio::net::TcpListener;
 
-/// Whether a socket of this `FileDescriptorName=` speaks implicit TLS.
-pub fn implicit_tls(name: &str) -> Result<bool, String> {
-    match name {
-        "smtp" | "submission" | "unknown" | "" => Ok(false),
-        "smtps" | "submissions" => Ok(true),
-        other => Err(format!(
-            "inherited socket named '{other}': expected smtp, submission, smtps or submissions"
-        )),
-    }
-}
+use crate::listeners::{Listener, Service};
 
 /// The listening sockets systemd handed over (empty when not socket-activated), each with
-/// "implicit TLS". Each must be a listening TCP socket.
-pub fn listeners() -> Result<Vec<(TcpListener, bool)>, String> {
+/// the service its name stands for ([`Service::from_name`]). Each must be a listening TCP
+/// socket.
+pub fn listeners() -> Result<Vec<Listener>, String> {
     let fds = sd_notify::listen_fds_with_names().map_err(|e| format!("socket activation: {e}"))?;
     let mut out = Vec::new();
     for (fd, name) in fds {
-        let tls = implicit_tls(&name)?;
-        let l = take_listener(fd).map_err(|e| format!("inherited socket {fd} ({name}): {e}"))?;
-        out.push((l, tls));
+        let service = Service::from_name(&name)?;
+        let socket =
+            take_listener(fd).map_err(|e| format!("inherited socket {fd} ({name}): {e}"))?;
+        out.push(Listener { socket, service });
     }
     Ok(out)
 }
@@ -100,16 +92,6 @@ fn notify(states: &[sd_notify::NotifyState]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(implicit_tls("smtp"), Ok(false));
-        assert_eq!(implicit_tls("submission"), Ok(false));
-        assert_eq!(implicit_tls("unknown"), Ok(false));
-        assert_eq!(implicit_tls("smtps"), Ok(true));
-        assert_eq!(implicit_tls("submissions"), Ok(true));
-        assert!(implicit_tls("pop3").unwrap_err().contains("'pop3'"));
-    }
 
     #[test]
     fn a_non_listening_socket_is_refused() {

@@ -103,6 +103,29 @@ fn client_from(ip: [u8; 4], s: &Smtpd) -> Client {
     c
 }
 
+/// The bans in force as `smtpctl --json show stats` reports them (the `smtpd_bans_active`
+/// gauge's source).
+fn bans_active(s: &Smtpd) -> u64 {
+    let out = Command::new(bin("smtpctl"))
+        .arg("--maildir")
+        .arg(&s.maildir)
+        .args(["--json", "show", "stats"])
+        .output()
+        .expect("run smtpctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    fn find(v: &serde_json::Value) -> Option<u64> {
+        match v {
+            serde_json::Value::Object(m) => m
+                .get("bans_active")
+                .and_then(|b| b.as_u64())
+                .or_else(|| m.values().find_map(find)),
+            _ => None,
+        }
+    }
+    find(&v).unwrap_or_else(|| panic!("no bans_active in {text}"))
+}
+
 fn read(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).expect("read a stored file")).into_owned()
 }
@@ -321,6 +344,7 @@ fn lockout_bans_an_address_until_it_expires() {
         log.contains("ban ip=127.0.0.2 failures=3 until=20"),
         "{log}"
     );
+    assert_eq!(bans_active(&s), 1);
     // The ban ends by itself.
     wait_for("the ban to expire", Duration::from_secs(20), || {
         let mut c = Client::connect_from(Ipv4Addr::new(127, 0, 0, 2), s.addr);
@@ -331,6 +355,7 @@ fn lockout_bans_an_address_until_it_expires() {
         &format!("AUTH PLAIN {}", plain("alice", PASSWORD)),
         "235 2.7.0",
     );
+    assert_eq!(bans_active(&s), 0, "the ended ban is no longer counted");
 }
 
 #[test]
@@ -534,4 +559,43 @@ fn concurrent_argon2_logins_do_not_stall_the_reactor() {
     assert_eq!(field("logins_ok"), 100.0, "{out}\n{}", server_log(&s));
     assert!(field("busy_p99") < 1000.0, "{out}");
     assert!(field("busy_noops") >= 1.0, "{out}");
+}
+
+/// A reload (SIGHUP) brings the users file's changes to logins without a restart: a user added
+/// can log in, a user removed no longer can, in new sessions and in one opened before.
+#[test]
+fn a_reload_brings_the_new_users_file_to_logins() {
+    let acc = Accounts::new();
+    let s = acc.start(&["--auth-failure-delay", "0", "--max-auth-failures", "0"]);
+    let mut before = client_from([127, 0, 0, 1], &s);
+    before.expect(
+        &format!("AUTH PLAIN {}", plain("carol", PASSWORD)),
+        "535 5.7.8",
+    );
+    let users = std::fs::read_to_string(acc.path("users")).expect("users");
+    let hash = users
+        .lines()
+        .find_map(|l| l.strip_prefix("alice:"))
+        .expect("alice's line")
+        .to_owned();
+    std::fs::write(acc.path("users"), format!("carol:{hash}\nbob:*::::\n")).expect("users");
+    std::fs::write(acc.path("aliases"), "postmaster: carol\n").expect("aliases");
+    s.signal(libc::SIGHUP);
+    wait_for("the reload", Duration::from_secs(20), || {
+        server_log(&s).contains("configuration reloaded")
+    });
+    let mut c = client_from([127, 0, 0, 1], &s);
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("carol", PASSWORD)),
+        "235 2.7.0",
+    );
+    let mut c = client_from([127, 0, 0, 1], &s);
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("alice", PASSWORD)),
+        "535 5.7.8",
+    );
+    before.expect(
+        &format!("AUTH PLAIN {}", plain("carol", PASSWORD)),
+        "235 2.7.0",
+    );
 }

@@ -298,7 +298,8 @@ fn example_keys(text: &str) -> Vec<String> {
             continue;
         }
         if let Some((k, _)) = l.split_once(" = ")
-            && k.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {
             keys.push(format!("{table}{k}"));
         }
@@ -493,7 +494,7 @@ fn a_listener_change_is_a_warning() {
         log2().contains("configuration reloaded")
     });
     assert!(
-        log2().contains("listeners (--listen, --tls-listen, --submission-listen) changed"),
+        log2().contains("listeners (--listen, --tls-listen, --submission-listen, --pop3-listen, --pop3s-listen) changed"),
         "{}",
         log2()
     );

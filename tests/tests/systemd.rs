@@ -84,13 +84,45 @@ fn launch(dir: &Path, listen: &[String], smtpd_args: &[&str]) -> Launched {
     Launched { child, pid, log }
 }
 
-/// smtpd serves on the sockets it inherits (named `smtp` and `submission`), not on its
-/// `--listen` address; it says READY=1 once serving and STOPPING=1 on SIGTERM, then exits 0.
+/// A users file line for alice, password "correct horse" (made with Dovecot's doveadm).
+const ALICE: &str = "alice:{SHA512-CRYPT}$6$sNDqHs.hhdD9yuAI$fWwvlemPsvqkMyqp9uNcElVdSsbyT11P8dsqnaa6KVdJXTpjZ9GrPRSPIiDnaIDKHJfgUfMEoJGt5w8i0N8cT/::::\n";
+
+/// Speaks to the inherited submission and POP3 sockets with Python's smtplib and poplib:
+/// MAIL before AUTH, then a login and a message to alice, then alice's POP3 listing. Prints
+/// one line per step.
+const SUBMIT_AND_READ: &str = r#"
+import poplib, smtplib, sys
+sub, pop = int(sys.argv[1]), int(sys.argv[2])
+s = smtplib.SMTP("127.0.0.1", sub, timeout=20)
+s.ehlo("client.test")
+print("mail-before-auth", s.mail("ann@example.test")[0])
+s.rset()
+s.login("alice", "correct horse")
+s.mail("alice@example.test")
+s.rcpt("alice@example.test")
+print("data", s.data(b"Subject: activated\r\n\r\nhello\r\n")[0])
+s.quit()
+p = poplib.POP3("127.0.0.1", pop, timeout=20)
+p.user("alice")
+p.pass_("correct horse")
+print("stat", p.stat()[0])
+p.quit()
+"#;
+
+/// smtpd serves on the sockets it inherits, each as its name says (`smtp`; `submission`, where
+/// MAIL needs AUTH; `pop3`), not on its `--listen` address; it says READY=1 once serving and
+/// STOPPING=1 on SIGTERM, then exits 0.
 #[test]
 fn socket_activation_and_notify() {
     let dir = tempfile::tempdir().expect("temp dir");
     let maildir = dir.path().join("Maildir");
-    let (p1, p2, unused) = (
+    let users = dir.path().join("users");
+    std::fs::write(&users, ALICE).expect("users file");
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "postmaster: alice\n").expect("aliases file");
+    let mailboxes = dir.path().join("mailboxes");
+    let (p1, p2, p3, unused) = (
+        free_port("127.0.0.1"),
         free_port("127.0.0.1"),
         free_port("127.0.0.1"),
         free_port("127.0.0.1"),
@@ -98,6 +130,7 @@ fn socket_activation_and_notify() {
     let listen = [
         format!("127.0.0.1:{p1}:smtp"),
         format!("127.0.0.1:{p2}:submission"),
+        format!("127.0.0.1:{p3}:pop3"),
     ];
     let unused_addr = format!("127.0.0.1:{unused}");
     let mut l = launch(
@@ -110,6 +143,14 @@ fn socket_activation_and_notify() {
             &unused_addr,
             "--hostname",
             "mx.activated.test",
+            "--local-domain",
+            "example.test",
+            "--mailboxes",
+            mailboxes.to_str().expect("utf-8 path"),
+            "--users",
+            users.to_str().expect("utf-8 path"),
+            "--aliases",
+            aliases.to_str().expect("utf-8 path"),
         ],
     );
     wait_for("READY=1", Duration::from_secs(20), || {
@@ -121,8 +162,13 @@ fn socket_activation_and_notify() {
         "{ready:?}"
     );
     assert!(send(p1, "a@one.test").starts_with("250 2.0.0 Ok: queued as"));
-    assert!(send(p2, "b@one.test").starts_with("250 2.0.0 Ok: queued as"));
-    assert_eq!(list(&maildir.join("new")).len(), 2);
+    assert_eq!(list(&maildir.join("new")).len(), 1);
+    let steps = python(SUBMIT_AND_READ, &[&p2.to_string(), &p3.to_string()]);
+    assert_eq!(
+        steps.lines().collect::<Vec<_>>(),
+        ["mail-before-auth 530", "data 250", "stat 1"],
+        "{steps}"
+    );
     assert!(
         std::net::TcpStream::connect(&unused_addr).is_err(),
         "--listen is not bound when sockets are inherited"
@@ -134,6 +180,33 @@ fn socket_activation_and_notify() {
     let n = l.notifications();
     assert_eq!(n.len(), 2, "{n:?}");
     assert_eq!(n[1], "STOPPING=1");
+}
+
+/// An inherited socket smtpd cannot serve as configured is refused at start, saying what it
+/// needs: submission without accounts, POP3 without local delivery.
+#[test]
+fn an_inherited_socket_needs_what_it_serves() {
+    for (name, needs) in [
+        ("submission", "--users or --ldap-url"),
+        ("pop3", "--local-domain"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let maildir = dir.path().join("Maildir");
+        let p = free_port("127.0.0.1");
+        let mut l = launch(
+            dir.path(),
+            &[format!("127.0.0.1:{p}:{name}")],
+            &["--maildir", maildir.to_str().expect("utf-8 path")],
+        );
+        let status = l.child.wait().expect("launcher exit");
+        assert_eq!(status.code(), Some(1), "{name}");
+        let err = std::fs::read_to_string(dir.path().join("smtpd.log")).expect("log");
+        assert!(
+            err.contains(&format!("an inherited {name} socket needs")) && err.contains(needs),
+            "{err}"
+        );
+        assert!(l.notifications().is_empty());
+    }
 }
 
 /// A socket named for something smtpd does not serve is refused at start, by name.
@@ -205,8 +278,9 @@ fn journal_log_format() {
     }
 }
 
-/// Started as root with `--user nobody --group nogroup`, smtpd binds a privileged port (587 on
-/// a loopback address of its own), then serves as nobody:nogroup with no other group.
+/// Started as root with `--user nobody --group nogroup`, smtpd binds its privileged ports (25,
+/// submission's 587 and POP3's 110 on a loopback address of its own), then serves on each as
+/// nobody:nogroup with no other group.
 #[test]
 fn user_and_group_after_binding_a_privileged_port() {
     // SAFETY: geteuid cannot fail.
@@ -230,11 +304,26 @@ fn user_and_group_after_binding_a_privileged_port() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let ip = format!("127.0.{}.{}", std::process::id() % 200 + 20, 87);
-    let addr = format!("{ip}:587");
+    let users = dir.path().join("users");
+    std::fs::write(&users, ALICE).expect("users file");
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "postmaster: alice\n").expect("aliases file");
+    let mailboxes = dir.path().join("mailboxes");
+    std::fs::create_dir(&mailboxes).expect("mkdir");
+    std::os::unix::fs::chown(&mailboxes, Some(ids[0]), Some(ids[1])).expect("chown");
     let child = Command::new(bin("smtpd"))
         .arg("--maildir")
         .arg(&maildir)
-        .args(["--listen", &addr, "--user", "nobody", "--group", "nogroup"])
+        .args(["--listen", &format!("{ip}:25")])
+        .args(["--submission-listen", &format!("{ip}:587")])
+        .args(["--pop3-listen", &format!("{ip}:110")])
+        .args(["--local-domain", "example.test", "--users"])
+        .arg(&users)
+        .arg("--aliases")
+        .arg(&aliases)
+        .arg("--mailboxes")
+        .arg(&mailboxes)
+        .args(["--user", "nobody", "--group", "nogroup"])
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -259,17 +348,28 @@ fn user_and_group_after_binding_a_privileged_port() {
     assert_eq!(field(&st, "Groups:"), g, "{st}");
     let reply = python(
         r#"
-import smtplib, sys
-s = smtplib.SMTP(sys.argv[1], 587, timeout=20)
+import poplib, smtplib, sys
+s = smtplib.SMTP(sys.argv[1], 25, timeout=20)
 s.ehlo("client.test")
 s.mail("ann@src.test")
 s.rcpt("x@one.test")
 print(s.data(b"Subject: as nobody\r\n\r\nhi\r\n")[0])
 s.quit()
+s = smtplib.SMTP(sys.argv[1], 587, timeout=20)
+s.ehlo("client.test")
+print(s.mail("ann@src.test")[0])
+s.quit()
+p = poplib.POP3(sys.argv[1], 110, timeout=20)
+print(p.getwelcome().decode().split()[0])
+p.quit()
 "#,
         &[&ip],
     );
-    assert_eq!(reply.trim(), "250");
+    assert_eq!(
+        reply.lines().collect::<Vec<_>>(),
+        ["250", "530", "+OK"],
+        "{reply}"
+    );
     let files = list(&maildir.join("new"));
     assert_eq!(files.len(), 1);
     use std::os::unix::fs::MetadataExt;

@@ -160,6 +160,16 @@ impl Bans {
         self.banned.len() != before
     }
 
+    /// Bans kept (those over are dropped by [`Bans::expire`]).
+    pub fn len(&self) -> usize {
+        self.banned.len()
+    }
+
+    /// True when no address is banned.
+    pub fn is_empty(&self) -> bool {
+        self.banned.is_empty()
+    }
+
     /// When the next ban ends, if any.
     pub fn next_expiry(&self) -> Option<SystemTime> {
         self.banned.values().map(|b| b.until).min()

@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +94,10 @@ pub struct Authenticator {
     saver: Saver,
     /// Requests submitted and not yet answered by [`Authenticator::poll_answer`].
     in_flight: usize,
+    /// When the earliest ban kept ends: then [`Authenticator::collect`] drops it.
+    next_expiry: Option<SystemTime>,
+    /// The password source the threads use; a reload replaces it ([`Authenticator::set_backend`]).
+    backend: Arc<RwLock<Arc<Backend>>>,
 }
 
 impl Authenticator {
@@ -120,6 +124,8 @@ impl Authenticator {
         let (tx, rx) = unbounded::<Job>();
         let (answer_tx, answers) = unbounded::<Answer>();
         let (lookup_tx, lookups) = unbounded::<LookupAnswer>();
+        let backend = Arc::new(RwLock::new(backend));
+        let next_expiry = bans.next_expiry();
         let mut threads = Vec::new();
         for i in 0..config.threads.max(1) {
             let rx = rx.clone();
@@ -131,6 +137,8 @@ impl Authenticator {
                 .name(format!("auth-{i}"))
                 .spawn(move || {
                     for job in rx.iter() {
+                        // The source in force when the job starts (a reload may replace it).
+                        let backend = backend.read().unwrap_or_else(|e| e.into_inner()).clone();
                         let sent = match job {
                             Job::Login(mut req) => {
                                 let verdict = backend.verify(&req.user, &req.password);
@@ -178,7 +186,15 @@ impl Authenticator {
             bans,
             saver,
             in_flight: 0,
+            next_expiry,
+            backend,
         })
+    }
+
+    /// Checks later logins against `backend` (a reload's users file or LDAP settings); checks
+    /// already running finish with the old one.
+    pub fn set_backend(&self, backend: Arc<Backend>) {
+        *self.backend.write().unwrap_or_else(|e| e.into_inner()) = backend;
     }
 
     /// Queues a login for verification. A banned address is not verified: it gets `Bad`
@@ -237,6 +253,12 @@ impl Authenticator {
     /// Takes the threads' answers (call after a Waker event): counts failures, applies and
     /// logs bans, holds failures back for the delay.
     pub fn collect(&mut self, now: Instant, wall: SystemTime) {
+        if self.next_expiry.is_some_and(|t| t <= wall) {
+            if self.bans.expire(wall) {
+                self.saver.save(self.bans.bans());
+            }
+            self.next_expiry = self.bans.next_expiry();
+        }
         while let Ok(mut a) = self.answers.try_recv() {
             let banned_before = self.bans.is_banned(a.ip, wall);
             match &a.verdict {
@@ -270,6 +292,7 @@ impl Authenticator {
                             ban_file::rfc3339(ban.until)
                         );
                         self.bans.expire(wall);
+                        self.next_expiry = self.bans.next_expiry();
                         self.saver.save(self.bans.bans());
                     }
                 }

@@ -45,10 +45,11 @@ use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
 use crate::config::Cidr;
 use crate::tls;
 
-/// Tokens of POP3 listeners: `POP3_LISTENER + index` (below the reactor's SMTP connections).
-const POP3_LISTENER: usize = 1 << 19;
+/// Tokens of POP3 listeners: `POP3_LISTENER + index` (between the reactor's SMTP listeners
+/// and the control socket's tokens, below the SMTP connections).
+pub const POP3_LISTENER: usize = 1 << 18;
 /// Most POP3 listeners.
-const MAX_LISTENERS: usize = 1024;
+pub const MAX_LISTENERS: usize = 1024;
 /// Tokens (and `ConnRef` keys, for the handshake pool) of POP3 connections: `POP3_CONN + key`.
 const POP3_CONN: usize = 1 << 30;
 /// Reads of the socket, or of a message file, one connection may do per turn.
@@ -151,38 +152,41 @@ pub struct Pop3 {
 }
 
 impl Pop3 {
-    /// Binds the POP3 listeners and starts the maildrop thread (none without settings: POP3
-    /// is off).
+    /// Serves POP3 on `bound` (listeners bound by `crate::listeners`, each with "implicit
+    /// TLS") and starts the maildrop thread; without listeners POP3 is off. Listeners need
+    /// `settings` (local delivery).
     pub fn bind(
         registry: &Registry,
         settings: Option<Pop3Settings>,
+        bound: Vec<(TcpListener, bool)>,
         mailboxes: Option<Arc<Mailboxes>>,
         waker: Arc<Waker>,
     ) -> io::Result<Pop3> {
-        let mut listeners = Vec::new();
-        let worker = match &settings {
-            Some(_) => Some(Worker::spawn(waker)?),
-            None => None,
-        };
-        if let Some(s) = &settings {
-            let all = s.listen.iter().map(|a| (a, false));
-            for (i, (addr, tls)) in all
-                .chain(s.tls_listen.iter().map(|a| (a, true)))
-                .enumerate()
-            {
-                if i == MAX_LISTENERS {
-                    return Err(io::Error::other("too many POP3 listeners"));
-                }
-                let mut l = net::listen(*addr, 1024).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {addr} (POP3): {e}"))
-                })?;
-                registry.register(&mut l, Token(POP3_LISTENER + i), Interest::READABLE)?;
-                listeners.push((l, tls));
-            }
+        if bound.is_empty() {
+            return Ok(Pop3::off(settings, mailboxes));
         }
-        Ok(Pop3 {
+        if settings.is_none() || mailboxes.is_none() {
+            return Err(io::Error::other(
+                "POP3 listeners need local delivery (--local-domain, --mailboxes, --users)",
+            ));
+        }
+        if bound.len() > MAX_LISTENERS {
+            return Err(io::Error::other("too many POP3 listeners"));
+        }
+        let mut pop3 = Pop3::off(settings, mailboxes);
+        for (i, (mut l, tls)) in bound.into_iter().enumerate() {
+            registry.register(&mut l, Token(POP3_LISTENER + i), Interest::READABLE)?;
+            pop3.listeners.push((l, tls));
+        }
+        pop3.worker = Some(Worker::spawn(waker)?);
+        Ok(pop3)
+    }
+
+    /// POP3 without listeners (yet).
+    fn off(settings: Option<Pop3Settings>, mailboxes: Option<Arc<Mailboxes>>) -> Pop3 {
+        Pop3 {
             settings,
-            listeners,
+            listeners: Vec::new(),
             conns: Slab::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
@@ -193,9 +197,9 @@ impl Pop3 {
             scratch: vec![0; FILE_CHUNK],
             shutting_down: false,
             accept_paused_until: None,
-            worker,
+            worker: None,
             done_here: Vec::new(),
-        })
+        }
     }
 
     /// The addresses bound (for the start-up log line).
@@ -204,6 +208,19 @@ impl Pop3 {
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// True when some POP3 listener starts TLS at once (it needs a certificate).
+    pub fn has_implicit_tls(&self) -> bool {
+        self.listeners.iter().any(|(_, tls)| *tls)
+    }
+
+    /// Sessions opened from now on use `settings` (a reload); open ones keep theirs.
+    /// Listeners stay as bound.
+    pub fn set_settings(&mut self, settings: Option<Pop3Settings>) {
+        if let Some(s) = settings {
+            self.settings = Some(s);
+        }
     }
 
     /// Open POP3 connections.

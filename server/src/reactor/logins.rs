@@ -1,5 +1,4 @@
-//! The reactor's side of logins: starting the [`Authenticator`], binding the submission
-//! listeners, handing a session's `Authenticate` action to the pool, and giving each answer
+//! The reactor's side of logins: starting the [`Authenticator`], handing a session's `Authenticate` action to the pool, and giving each answer
 //! back to its session when it is due (failures after the failure delay), closing the
 //! session of a banned address.
 //!
@@ -7,37 +6,16 @@
 //! or wait: answers come through the Waker and the reactor's wake-up deadline.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use mio::net::TcpListener;
-use mio::{Interest, Poll, Token, Waker};
+use mio::Waker;
 use net::ConnRef;
 use proto::sasl::Secret;
 use proto::smtp::server::auth::{AuthOutcome, UserLookup};
 
-use super::{Conn, FIRST_LISTENER, LISTEN_BACKLOG, Server, ServerConfig};
+use super::{Conn, Server, ServerConfig};
 use crate::auth::{Answer, Authenticator, LookupRequest, Request, Service, Verdict};
-
-/// Binds the submission listeners after the others; returns their indices in `listeners`.
-pub(super) fn listen_submission(
-    poll: &Poll,
-    listeners: &mut Vec<(TcpListener, bool)>,
-    addrs: &[SocketAddr],
-) -> io::Result<Vec<usize>> {
-    let mut indices = Vec::new();
-    for addr in addrs {
-        let i = listeners.len();
-        let mut l = net::listen(*addr, LISTEN_BACKLOG)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        poll.registry()
-            .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)?;
-        listeners.push((l, false));
-        indices.push(i);
-    }
-    Ok(indices)
-}
 
 /// Starts the login pool when there are accounts (loads the bans of the last run).
 pub(super) fn start(
@@ -116,6 +94,7 @@ impl Server {
             return;
         };
         auth.collect(now, SystemTime::now());
+        self.stats.set_bans_active(auth.bans().len());
         let mut due = Vec::new();
         while let Some(a) = auth.poll_answer(now) {
             due.push(a);

@@ -7,10 +7,12 @@
 //! What a reload changes: the session settings (`--max-size`, `--max-recipients`, `--timeout`,
 //! `--hostname`, `--max-hops`, `--postmaster`, local domains, users, aliases, delimiter,
 //! quota), the trusted networks, `--max-connections`, `--max-per-ip`, `--shutdown-timeout`,
-//! `--log-level`, and the certificate and key (STARTTLS and implicit TLS handshakes started afterwards use
-//! the new ones). What needs a restart, with a warning and the old value kept: the listeners
-//! (`--listen`, `--tls-listen`, `--submission-listen`, `--pop3-listen`, `--pop3s-listen`), the
-//! control socket, `--metrics`, `--maildir`, `--mailboxes`, `--no-fsync`. A configuration
+//! `--log-level`, the certificate and key (STARTTLS and implicit TLS handshakes started
+//! afterwards use the new ones), the accounts logins are checked against (users file, LDAP
+//! settings) and POP3's session settings. What needs a restart, with a warning and the old
+//! value kept: the listeners (`--listen`, `--tls-listen`, `--submission-listen`,
+//! `--pop3-listen`, `--pop3s-listen`), the control socket, `--metrics`, `--maildir`,
+//! `--mailboxes`, `--no-fsync`, the lockout and the login pool. A configuration
 //! that turns local delivery on (none at start) is refused: the group commit was started
 //! without the users' Maildirs.
 //!
@@ -27,6 +29,7 @@ use net::handshake::Handshakers;
 
 use super::Server;
 use crate::config::Config;
+use crate::listeners::Service;
 
 /// What a reload needs besides the files: how smtpd was started and what is in force.
 #[derive(Debug)]
@@ -100,7 +103,8 @@ impl Server {
         let mut warnings = Vec::new();
         if listeners(&config) != listeners(old) {
             warnings.push(
-                "the listeners (--listen, --tls-listen, --submission-listen) changed: that \
+                "the listeners (--listen, --tls-listen, --submission-listen, --pop3-listen, \
+                 --pop3s-listen) changed: that \
                  needs a restart; still listening as before"
                     .to_owned(),
             );
@@ -117,6 +121,16 @@ impl Server {
         }
         if config.durability != old.durability {
             warnings.push("--no-fsync changed: that needs a restart".to_owned());
+        }
+        let (new_l, old_l) = (&config.login, &old.login);
+        if (&new_l.bans, new_l.failure_delay, new_l.threads)
+            != (&old_l.bans, old_l.failure_delay, old_l.threads)
+        {
+            warnings.push(
+                "the lockout and login pool (--max-auth-failures, --ban-time, --ban-exempt, \
+                 --auth-failure-delay) changed: that needs a restart; still as before"
+                    .to_owned(),
+            );
         }
         if config.control != old.control {
             warnings.push(
@@ -155,7 +169,9 @@ impl Server {
                 source.spool_is_copy,
             )?);
         }
-        if loaded.tls.is_none() && !old.tls_listen.is_empty() {
+        let implicit_tls =
+            self.listeners.iter().any(|(_, s)| s.implicit_tls()) || self.pop3.has_implicit_tls();
+        if loaded.tls.is_none() && implicit_tls {
             return Err("the implicit TLS listeners need a certificate until a restart".into());
         }
         if loaded.tls.is_some() && self.handshakers.is_none() {
@@ -176,6 +192,17 @@ impl Server {
         c.max_per_ip = config.max_per_ip;
         c.shutdown_timeout = config.shutdown_timeout;
         c.tls = loaded.tls;
+        // Logins from now on check the new users file (or LDAP settings).
+        match (&self.auth, crate::auth::settings::login_service(&config)) {
+            (Some(auth), Some(service)) => auth.set_backend(service.backend),
+            (None, Some(_)) => warnings.push(
+                "logins were off at start (no --users or --ldap-url): turning them on needs a \
+                 restart"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        self.pop3.set_settings(config.pop3.clone());
         // After the summary line below is written, at the old level.
         let level = config.log_level;
         summary.insert(0, format!("max-size {}", config.session.max_size));
@@ -187,6 +214,13 @@ impl Server {
             config.listen = source.config.listen.clone();
             config.tls_listen = source.config.tls_listen.clone();
             config.login.submission_listen = source.config.login.submission_listen.clone();
+            config.login.bans = source.config.login.bans.clone();
+            config.login.failure_delay = source.config.login.failure_delay;
+            config.login.threads = source.config.login.threads;
+            if let (Some(new), Some(old)) = (&mut config.pop3, &source.config.pop3) {
+                new.listen = old.listen.clone();
+                new.tls_listen = old.tls_listen.clone();
+            }
             config.metrics = source.config.metrics;
             config.maildir = source.config.maildir.clone();
             config.durability = source.config.durability;
@@ -200,9 +234,6 @@ impl Server {
 }
 
 /// Every listening address with what it serves: a change to this set needs a restart.
-fn listeners(c: &Config) -> BTreeSet<(SocketAddr, &'static str)> {
-    let plain = c.listen.iter().map(|a| (*a, "smtp"));
-    let tls = c.tls_listen.iter().map(|a| (*a, "smtps"));
-    let submission = c.login.submission_listen.iter().map(|a| (*a, "submission"));
-    plain.chain(tls).chain(submission).collect()
+fn listeners(c: &Config) -> BTreeSet<(SocketAddr, Service)> {
+    c.listen_plan().into_iter().collect()
 }

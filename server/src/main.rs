@@ -83,6 +83,18 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
             config.pop3.is_some(),
         )?;
     }
+    let auth = &config.session.auth;
+    if config.tls.is_none() && !auth.allow_plaintext {
+        for l in listeners.iter().filter(|l| l.service.submission()) {
+            let addr = l.socket.local_addr().map_or("?".into(), |a| a.to_string());
+            log::warn!(
+                "{} on {addr}: without a certificate AUTH is offered only to loopback clients, \
+                 and MAIL needs it there: give --tls-cert and --tls-key (or \
+                 --allow-plaintext-auth)",
+                l.service.name()
+            );
+        }
+    }
     if let Some(run_as) = &config.run_as {
         smtpd::privileges::drop_to(run_as)?;
     }

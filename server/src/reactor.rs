@@ -346,8 +346,8 @@ impl Server {
                 p.serve_ready(now, ctx);
                 p.timers(now, ctx);
             });
-            if let Some(control) = self.control.as_mut().filter(|c| c.tracing()) {
-                control.flush_all(self.poll.registry());
+            if self.control.as_ref().is_some_and(|c| c.tracing()) {
+                self.flush_control();
             }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
@@ -900,6 +900,7 @@ impl Server {
             other_conns: self.conns.len(),
             linger: self.config.linger,
             auth: self.auth.as_mut(),
+            stats: &self.stats,
         };
         f(&mut self.pop3, &mut ctx);
     }

@@ -444,7 +444,8 @@ fn reload_applies_a_new_file_and_refuses_a_broken_one() {
 }
 
 /// `smtpctl log level debug` raises the level at once (above the start's `info`): the session
-/// transitions, logged at debug, appear for the next message and not before.
+/// transitions, logged at debug, appear for the next message and not before; a reload that
+/// does not change `--log-level` keeps it.
 #[test]
 fn log_level_raises_and_lowers_the_log() {
     let s = start(&["--no-fsync"]);
@@ -457,6 +458,12 @@ fn log_level_raises_and_lowers_the_log() {
     send(&s, "after@example.org", 1, "127.0.0.1");
     wait_for("a debug line", REPLY_LIMIT, || {
         full_log(&s).contains("idle -> mail")
+    });
+    // A reload that does not change --log-level keeps the level set here.
+    smtpctl_ok(&s, &["reload"]);
+    send(&s, "reloaded@example.org", 1, "127.0.0.1");
+    wait_for("a debug line after the reload", REPLY_LIMIT, || {
+        full_log(&s).matches("idle -> mail").count() >= 2
     });
     smtpctl_ok(&s, &["log", "level", "warn"]);
     send(&s, "quiet@example.org", 1, "127.0.0.1");

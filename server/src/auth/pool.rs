@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -96,6 +97,8 @@ pub struct Authenticator {
     in_flight: usize,
     /// When the earliest ban kept ends: then [`Authenticator::collect`] drops it.
     next_expiry: Option<SystemTime>,
+    /// Set when the server stops: the threads drop the jobs still queued unverified.
+    stop: Arc<AtomicBool>,
     /// The password source the threads use; a reload replaces it ([`Authenticator::set_backend`]).
     backend: Arc<RwLock<Arc<Backend>>>,
 }
@@ -126,6 +129,7 @@ impl Authenticator {
         let (lookup_tx, lookups) = unbounded::<LookupAnswer>();
         let backend = Arc::new(RwLock::new(backend));
         let next_expiry = bans.next_expiry();
+        let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for i in 0..config.threads.max(1) {
             let rx = rx.clone();
@@ -133,10 +137,14 @@ impl Authenticator {
             let looked_up = lookup_tx.clone();
             let waker = waker.clone();
             let backend = backend.clone();
+            let stop = stop.clone();
             let t = std::thread::Builder::new()
                 .name(format!("auth-{i}"))
                 .spawn(move || {
                     for job in rx.iter() {
+                        if stop.load(Ordering::Relaxed) {
+                            return; // Stopping: nobody waits for these answers.
+                        }
                         // The source in force when the job starts (a reload may replace it).
                         let backend = backend.read().unwrap_or_else(|e| e.into_inner()).clone();
                         let sent = match job {
@@ -187,6 +195,7 @@ impl Authenticator {
             saver,
             in_flight: 0,
             next_expiry,
+            stop,
             backend,
         })
     }
@@ -351,6 +360,7 @@ impl Authenticator {
 
 impl Drop for Authenticator {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();

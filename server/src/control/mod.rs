@@ -28,6 +28,8 @@ use wire::{Message, Request, TraceEvent};
 
 /// Token of the listening socket; clients follow it.
 pub const LISTENER: usize = 1 << 19;
+/// Reads of one client's socket per readiness event.
+const READS_PER_TURN: usize = 16;
 /// Most control clients at a time.
 pub const MAX_CLIENTS: usize = 64;
 /// Trace output a subscriber may have unread before events to it are dropped.
@@ -183,7 +185,9 @@ impl Control {
         let client = self.clients.get_mut(key)?;
         let mut buf = [0u8; 1024];
         let mut gone = false;
-        loop {
+        // A client that keeps writing gets a bounded share of this turn (more input means
+        // another readiness event), and at most one request's worth is kept.
+        for _ in 0..READS_PER_TURN {
             match client.stream.read(&mut buf) {
                 Ok(0) => {
                     gone = true;
@@ -191,7 +195,8 @@ impl Control {
                 }
                 Ok(n) => {
                     if matches!(client.kind, Kind::Request) {
-                        client.inbuf.extend_from_slice(&buf[..n]);
+                        let room = (wire::MAX_REQUEST + 1).saturating_sub(client.inbuf.len());
+                        client.inbuf.extend_from_slice(&buf[..n.min(room)]);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -43,6 +43,7 @@ use slab::Slab;
 use super::maildrops::{self, Done, Job, Worker};
 use crate::auth::{Answer, Authenticator, Request, Service, Verdict};
 use crate::config::Cidr;
+use crate::stats::{Refusal, Stats};
 use crate::tls;
 
 /// Tokens of POP3 listeners: `POP3_LISTENER + index` (between the reactor's SMTP listeners
@@ -106,6 +107,8 @@ pub struct Ctx<'a> {
     pub linger: Duration,
     /// The login pool and the bans (shared with SMTP AUTH); `None`: no logins.
     pub auth: Option<&'a mut Authenticator>,
+    /// The server's counters: POP3 logins and refused connections count with SMTP's.
+    pub stats: &'a Stats,
 }
 
 struct Conn {
@@ -321,6 +324,11 @@ impl Pop3 {
     /// failure delay). A banned address's session is closed after its `-ERR [AUTH]`.
     pub fn login_answer(&mut self, answer: Answer, now: Instant, ctx: &mut Ctx<'_>) {
         let key = answer.conn.key - POP3_CONN;
+        match answer.verdict {
+            Verdict::Ok { .. } if !answer.banned => ctx.stats.auth_succeeded(),
+            Verdict::TempFail(_) => {}
+            _ => ctx.stats.auth_failed(),
+        }
         let result = match answer.verdict {
             _ if answer.banned => AuthResult::Banned,
             Verdict::Ok { user } => AuthResult::Accepted(user),
@@ -397,16 +405,23 @@ impl Pop3 {
         let now = now.max(Instant::now());
         let trusted = ctx.trusted.iter().any(|n| n.contains(peer.ip()));
         let refusal = if self.conns.len() + ctx.other_conns >= ctx.max_connections {
-            Some("-ERR [SYS/TEMP] Too many connections.\r\n")
+            Some((
+                Refusal::TooManyConnections,
+                "-ERR [SYS/TEMP] Too many connections.\r\n",
+            ))
         } else if !trusted
             && ctx.max_per_ip > 0
             && ctx.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= ctx.max_per_ip
         {
-            Some("-ERR [SYS/TEMP] Too many connections from your address.\r\n")
+            Some((
+                Refusal::TooManyFromAddress,
+                "-ERR [SYS/TEMP] Too many connections from your address.\r\n",
+            ))
         } else {
             None
         };
-        if let Some(r) = refusal {
+        if let Some((why, r)) = refusal {
+            ctx.stats.refused(why);
             log::warn!(
                 "pop3: refused connection from [{}]: {}",
                 peer.ip(),
@@ -426,6 +441,7 @@ impl Pop3 {
             .as_ref()
             .is_some_and(|a| a.is_banned(peer.ip(), SystemTime::now()));
         if banned {
+            ctx.stats.refused(Refusal::Banned);
             log::warn!("pop3: refused connection from [{}]: banned", peer.ip());
             session.refuse_banned();
         }

@@ -31,9 +31,18 @@ impl Server {
             self.operator_request(key, request, now);
         }
         self.trace_switch(was_tracing);
-        if let Some(control) = self.control.as_mut() {
-            control.flush_all(self.poll.registry());
-        }
+        self.flush_control();
+    }
+
+    /// Writes what the control clients have pending; a subscriber whose socket failed is
+    /// closed there, and when it was the last one the sessions' transcripts go off.
+    pub(super) fn flush_control(&mut self) {
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        let was_tracing = control.tracing();
+        control.flush_all(self.poll.registry());
+        self.trace_switch(was_tracing);
     }
 
     /// Turns the sessions' command transcripts on or off when tracing began or ended.
@@ -156,7 +165,7 @@ impl Server {
                         .session
                         .tls_info()
                         .map(|t| format!("{} {}", t.version, t.cipher)),
-                    user: None,
+                    user: c.session.auth_user().map(str::to_owned),
                 }
             })
             .collect();

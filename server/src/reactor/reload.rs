@@ -77,11 +77,13 @@ impl Server {
                     "configuration reloaded in {:.1} ms: {summary}",
                     started.elapsed().as_secs_f64() * 1000.0
                 );
-                let start = self
-                    .reload
-                    .as_ref()
-                    .map_or(log::max_level(), |s| s.start_level);
-                crate::load::apply_log_level(level, start);
+                if let Some(level) = level {
+                    let start = self
+                        .reload
+                        .as_ref()
+                        .map_or(log::max_level(), |s| s.start_level);
+                    crate::load::apply_log_level(level, start);
+                }
                 Ok(warnings)
             }
             Err(e) => {
@@ -92,14 +94,15 @@ impl Server {
     }
 
     /// The work of [`Server::reload`], without its log lines: (warnings, summary, the log
-    /// level to put in force).
-    fn try_reload(&mut self) -> Result<(Vec<String>, String, Option<log::LevelFilter>), String> {
+    /// level to put in force if `--log-level` changed).
+    fn try_reload(&mut self) -> Result<(Vec<String>, String, NewLevel), String> {
         let Some(source) = &self.reload else {
             return Err("this server was not given its command line".into());
         };
         let loaded = crate::load::from_argv(&source.argv)?;
         let mut config = loaded.config;
         let old = &source.config;
+        let old_level = old.log_level;
         let mut warnings = Vec::new();
         if listeners(&config) != listeners(old) {
             warnings.push(
@@ -184,6 +187,28 @@ impl Server {
             self.handshakers = Some(pool);
         }
         // Everything is ready: swap. Nothing below can fail.
+        // Logins from now on check the new users file (or LDAP settings); the login pool
+        // itself starts and stops only with the server, and AUTH is offered only with it.
+        match (&self.auth, crate::auth::settings::login_service(&config)) {
+            (Some(auth), Some(service)) => auth.set_backend(service.backend),
+            (None, Some(_)) => {
+                warnings.push(
+                    "logins were off at start (no --users or --ldap-url): turning them on \
+                     needs a restart"
+                        .to_owned(),
+                );
+                config.session.auth.enabled = false;
+            }
+            (Some(_), None) => {
+                warnings.push(
+                    "logins were on at start: turning them off needs a restart; the accounts \
+                     in force stay"
+                        .to_owned(),
+                );
+                config.session.auth = self.config.session.auth.clone();
+            }
+            (None, None) => {}
+        }
         let max_connections = config.max_connections(source.open_files);
         let c = &mut self.config;
         c.session = Arc::new(config.session.clone());
@@ -192,19 +217,10 @@ impl Server {
         c.max_per_ip = config.max_per_ip;
         c.shutdown_timeout = config.shutdown_timeout;
         c.tls = loaded.tls;
-        // Logins from now on check the new users file (or LDAP settings).
-        match (&self.auth, crate::auth::settings::login_service(&config)) {
-            (Some(auth), Some(service)) => auth.set_backend(service.backend),
-            (None, Some(_)) => warnings.push(
-                "logins were off at start (no --users or --ldap-url): turning them on needs a \
-                 restart"
-                    .to_owned(),
-            ),
-            _ => {}
-        }
         self.pop3.set_settings(config.pop3.clone());
-        // After the summary line below is written, at the old level.
-        let level = config.log_level;
+        // After the summary line below is written, at the old level; only when the file's
+        // level changed (an unrelated reload keeps what `smtpctl log level` set).
+        let level = (config.log_level != old_level).then_some(config.log_level);
         summary.insert(0, format!("max-size {}", config.session.max_size));
         if let Some(file) = &loaded.file {
             summary.insert(0, file.display().to_string());
@@ -232,6 +248,10 @@ impl Server {
         Ok((warnings, summary.join(", "), level))
     }
 }
+
+/// A reload's `--log-level`: `None` when it did not change, else the new value (itself `None`
+/// when the option is gone: `RUST_LOG` decides again).
+type NewLevel = Option<Option<log::LevelFilter>>;
 
 /// Every listening address with what it serves: a change to this set needs a restart.
 fn listeners(c: &Config) -> BTreeSet<(SocketAddr, Service)> {

@@ -558,4 +558,53 @@ fn local_recipient_reaches_the_mailbox_through_a_transport() {
     let dsn = text(&dsns[0].1);
     assert!(dsn.starts_with("Return-Path: <>\r\n"), "{dsn}");
     assert!(dsn.contains("loops back to myself"), "{dsn}");
+    std::fs::remove_file(&dsns[0].0).expect("remove the DSN");
+
+    // One message, one recipient per route, both routes to the same address in one run: the
+    // transport's session takes alice, the smarthost's (a session of its own) refuses bob.
+    let o = sendmail(
+        md.root(),
+        &[
+            "-f",
+            "ann@src.test",
+            "alice@example.test",
+            "bob@elsewhere.test",
+        ],
+        body,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = relay(
+        md.root(),
+        &[
+            "--once",
+            "--transport",
+            &transport,
+            "--smarthost",
+            &server,
+            "--helo",
+            smtp::HOST,
+            "--timeout",
+            "10",
+        ],
+    );
+    let report = format!(
+        "stdout: {}\nstderr: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        server_log(&s)
+    );
+    assert!(out.status.success(), "{report}");
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("1 delivered") && summary.contains("1 bounced"),
+        "{report}"
+    );
+    wait_for("alice's second copy", Duration::from_secs(10), || {
+        list(&alice_new).len() == 2
+    });
+    let dsns = queued(&md);
+    assert_eq!(dsns.len(), 1, "{report}");
+    let dsn = text(&dsns[0].1);
+    assert!(dsn.contains("bob@elsewhere.test"), "{dsn}");
+    assert!(!dsn.contains("Final-Recipient: rfc822; alice@"), "{dsn}");
 }

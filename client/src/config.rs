@@ -4,6 +4,7 @@
 //! Owns: the option names (they are the interface, see issue 4), defaults, and checks that need
 //! no I/O. Must not: open the Maildir, resolve names or start anything.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,14 @@ pub struct Args {
     /// byte (RFC 8314, port 465 style), e.g. `mail.example:465,tls=implicit`.
     #[arg(long, value_name = "HOST[:PORT][,tls=starttls|implicit]")]
     pub smarthost: Option<String>,
+    /// Send mail for DOMAIN (exact match, any case) to HOST instead of looking up its MX, and
+    /// instead of the smarthost (Postfix's `transport_maps`), e.g. `example.org=127.0.0.1:25`
+    /// to hand a domain smtpd delivers locally to smtpd; may be given several times. HOST is an
+    /// IP address (`[::1]:25` with a port), or a name looked up like the smarthost's; the port
+    /// defaults to --port. Such a route is configured on purpose: no "loops back to myself"
+    /// check applies to it; --tls applies as for MX hosts.
+    #[arg(long = "transport", value_name = "DOMAIN=HOST[:PORT]")]
+    pub transport: Vec<String>,
     /// TLS policy towards MX hosts and the smarthost: `none` (never), `may` (STARTTLS when
     /// offered, certificate not checked, plaintext if it fails), `encrypt` (STARTTLS required),
     /// `verify` (STARTTLS and a certificate valid for the MX host name required).
@@ -125,7 +134,8 @@ pub enum SmarthostTls {
     Implicit,
 }
 
-/// Where mail goes: by MX lookup, or all to one server.
+/// Where mail goes: by MX lookup, or all to one server (except the domains of
+/// [`Config::transports`], which go to their own next hops either way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// Look up MX records for each domain.
@@ -138,6 +148,15 @@ pub enum Route {
     },
 }
 
+/// A fixed next hop: a host name or IP address and an optional port (default: `--port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// Host name or IP address (an IPv6 address without brackets).
+    pub host: String,
+    /// Port, if given.
+    pub port: Option<u16>,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -147,6 +166,9 @@ pub struct Config {
     pub dns: Option<SocketAddr>,
     pub port: u16,
     pub route: Route,
+    /// `--transport` routes: the domain (lower case, no trailing dot) → its next hop. They
+    /// take precedence over `route`.
+    pub transports: BTreeMap<String, NextHop>,
     pub helo: String,
     pub max_connections: usize,
     /// Most recipients per SMTP transaction.
@@ -158,8 +180,12 @@ pub struct Config {
     pub list: bool,
     pub timeouts: Timeouts,
     pub connect_timeout: Duration,
-    /// TLS level for every connection (a `tls=` smarthost raises it to at least `encrypt`).
+    /// TLS level for MX hosts and the smarthost (a `tls=` smarthost raises it to at least
+    /// `encrypt`).
     pub tls: TlsLevel,
+    /// TLS level towards `--transport` hosts: `--tls` as given (never raised by the
+    /// smarthost's `tls=`, never implicit TLS).
+    pub transport_tls: TlsLevel,
     /// TLS from the first byte (implicit-TLS smarthost).
     pub implicit_tls: bool,
     /// Extra CA certificates (PEM).
@@ -194,6 +220,13 @@ impl Args {
             None => Route::Mx,
             Some(s) => parse_smarthost(&s)?,
         };
+        let mut transports = BTreeMap::new();
+        for t in &self.transport {
+            let (domain, hop) = parse_transport(t)?;
+            if transports.insert(domain.clone(), hop).is_some() {
+                return Err(format!("--transport: {domain} is given more than once"));
+            }
+        }
         let (mut tls, mut implicit_tls) = (self.tls, false);
         if let Route::Smarthost { tls: st, .. } = &route {
             if *st != SmarthostTls::Policy && tls == TlsLevel::None {
@@ -238,6 +271,7 @@ impl Args {
             dns: self.dns,
             port: self.port.unwrap_or(25),
             route,
+            transports,
             helo,
             max_connections: self.max_connections,
             max_rcpt: self.max_rcpt_per_transaction,
@@ -249,6 +283,7 @@ impl Args {
             timeouts,
             connect_timeout,
             tls,
+            transport_tls: self.tls,
             implicit_tls,
             tls_ca: self.tls_ca,
             chunking: !self.no_chunking,
@@ -270,41 +305,65 @@ fn parse_smarthost(arg: &str) -> Result<Route, String> {
             ));
         }
     };
-    let bad = || format!("--smarthost {arg:?}: expected HOST or HOST:PORT");
+    let NextHop { host, port } = parse_host_port(s)
+        .ok_or_else(|| format!("--smarthost {arg:?}: expected HOST or HOST:PORT"))?;
+    Ok(Route::Smarthost { host, port, tls })
+}
+
+/// `DOMAIN=HOST[:PORT]` (HOST as for [`parse_host_port`]): the domain in lower case without
+/// its trailing dot, and where its mail goes.
+fn parse_transport(arg: &str) -> Result<(String, NextHop), String> {
+    let bad = |why: &str| format!("--transport {arg:?}: {why}");
+    let Some((domain, hop)) = arg.split_once('=') else {
+        return Err(bad("expected DOMAIN=HOST[:PORT]"));
+    };
+    let domain = domain.trim().trim_end_matches('.');
+    if domain.is_empty() {
+        return Err(bad("no domain before '='"));
+    }
+    let probe = format!("postmaster@{domain}");
+    let domain = maildir_core::Mailbox::parse(&probe)
+        .map_err(|e| bad(&format!("bad domain: {}", e.reason())))?
+        .domain()
+        .normalized();
+    let hop = parse_host_port(hop.trim())
+        .ok_or_else(|| bad("expected HOST or HOST:PORT after '=' (port 1 to 65535)"))?;
+    Ok((domain, hop))
+}
+
+/// `host`, `host:port`, `[ipv6]:port` or a bare IPv6 address; `None` when it is none of these
+/// (empty, port 0 or not a number, brackets or spaces in a name).
+fn parse_host_port(s: &str) -> Option<NextHop> {
     if s.is_empty() {
-        return Err(bad());
+        return None;
     }
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(Route::Smarthost {
+        return (addr.port() != 0).then(|| NextHop {
             host: addr.ip().to_string(),
             port: Some(addr.port()),
-            tls,
         });
     }
     if s.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(Route::Smarthost {
+        return Some(NextHop {
             host: s.to_owned(),
             port: None,
-            tls,
         });
     }
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => {
-            let port: u16 = p.parse().map_err(|_| bad())?;
-            if port == 0 {
-                return Err(bad());
-            }
-            (h, Some(port))
-        }
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(port) if port != 0 => (h, Some(port)),
+            _ => return None,
+        },
         None => (s, None),
     };
-    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '[' || c == ']') {
-        return Err(bad());
+    if host.is_empty()
+        || host.contains(|c: char| c.is_whitespace() || c.is_control() || "[]=,/@".contains(c))
+    {
+        return None;
     }
-    Ok(Route::Smarthost {
+    Some(NextHop {
         host: host.to_owned(),
         port,
-        tls,
     })
 }
 
@@ -390,5 +449,86 @@ mod tests {
         assert!(parse(&["--smarthost", "m.example,tls=implicit", "--tls", "none"]).is_err());
         assert!(parse(&["--tls-ca", "/x.pem"]).is_err());
         assert!(parse(&["--tls", "verify", "--tls-ca", "/x.pem"]).is_ok());
+    }
+
+    fn hop(host: &str, port: Option<u16>) -> NextHop {
+        NextHop {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn transports() {
+        assert!(parse(&[]).unwrap().transports.is_empty());
+        let c = parse(&[
+            "--transport",
+            "Example.ORG.=127.0.0.1:2525",
+            "--transport",
+            "v6.test=[::1]:25",
+            "--transport",
+            "bare6.test=::1",
+            "--transport",
+            "name.test=mail.local.test",
+            "--transport",
+            "named-port.test=mail.local.test:587",
+            "--smarthost",
+            "relay.test",
+        ])
+        .unwrap();
+        let t: Vec<(&str, NextHop)> = c
+            .transports
+            .iter()
+            .map(|(d, h)| (d.as_str(), h.clone()))
+            .collect();
+        assert_eq!(
+            t,
+            vec![
+                ("bare6.test", hop("::1", None)),
+                ("example.org", hop("127.0.0.1", Some(2525))),
+                ("name.test", hop("mail.local.test", None)),
+                ("named-port.test", hop("mail.local.test", Some(587))),
+                ("v6.test", hop("::1", Some(25))),
+            ]
+        );
+        // The smarthost stays the route for every other domain.
+        assert!(matches!(c.route, Route::Smarthost { .. }));
+        for bad in [
+            "=",
+            "example.org",
+            "example.org=",
+            "=127.0.0.1:25",
+            ".=127.0.0.1",
+            "example.org=127.0.0.1:0",
+            "example.org=mail.test:0",
+            "example.org=mail.test:x",
+            "example.org=mail.test:70000",
+            "example.org=[::1]",
+            "example.org=a b",
+            "exa mple.org=127.0.0.1",
+            "a@b=127.0.0.1",
+            "example.org=127.0.0.1:25=x",
+        ] {
+            let e = parse(&["--transport", bad]).expect_err(bad);
+            assert!(e.starts_with("--transport "), "{bad}: {e}");
+        }
+        // One domain, two routes: which one was meant?
+        let e = parse(&[
+            "--transport",
+            "a.test=127.0.0.1",
+            "--transport",
+            "A.test.=127.0.0.2",
+        ])
+        .unwrap_err();
+        assert!(e.contains("more than once"), "{e}");
+    }
+
+    #[test]
+    fn transport_tls_is_the_tls_option_as_given() {
+        let c = parse(&["--smarthost", "m.example:465,tls=implicit"]).unwrap();
+        assert_eq!((c.tls, c.transport_tls), (TlsLevel::Encrypt, TlsLevel::May));
+        let c = parse(&["--tls", "verify", "--transport", "a.test=127.0.0.1"]).unwrap();
+        assert_eq!(c.transport_tls, TlsLevel::Verify);
+        assert!(parse(&["--smarthost", "127.0.0.1:0"]).is_err());
     }
 }

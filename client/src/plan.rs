@@ -317,6 +317,7 @@ mod tests {
             .map(|i| Target {
                 host: format!("mx{i}.test"),
                 addr: format!("127.0.0.{}:25", i + 2).parse().unwrap(),
+                transport: false,
             })
             .collect();
         JobSpec {
@@ -425,6 +426,7 @@ mod tests {
             Resolution::Targets(vec![Target {
                 host: "mx".into(),
                 addr: std::net::SocketAddr::from((ip, 25)),
+                transport: false,
             }])
         };
         let dns: HashMap<String, Resolution> = [

@@ -11,8 +11,10 @@
 //! a heap (stale entries skipped by generation), sending jobs on after a failure (what a
 //! connection's end means is [`JobSpec::after_close`]'s decision; recipients that got a 4xx go
 //! to the next MX address), closing everything at a stop signal ([`Reactor::stop`]), and the
-//! Postfix-style log line per recipient attempt. TLS: which
-//! STARTTLS policy each connection gets, starting the handshake on the transport when the
+//! Postfix-style log line per recipient attempt. A session to a `--transport` target
+//! ([`Target::transport`]) holds only such jobs and has the session's "loops back to myself"
+//! check off. TLS: which STARTTLS policy each connection gets (`--tls` as given for transport
+//! targets), starting the handshake on the transport when the
 //! session asks, telling the session when it completed, the Postfix-style TLS log line, and the
 //! fallback of `--tls may` (a failed handshake → the same host again in plaintext on a new
 //! connection, remembered for an hour). Tokens from [`EXTERNAL`] up are the caller's
@@ -113,6 +115,8 @@ struct Conn {
     transport: Transport,
     /// The STARTTLS policy this session got.
     mode: StartTls,
+    /// The TLS level it was chosen from (`--tls`, or as raised by the smarthost's `tls=`).
+    level: TlsLevel,
     tls: TlsStage,
     target: Target,
     session: Session,
@@ -374,6 +378,22 @@ impl<'a> Reactor<'a> {
 
     fn connect(&mut self, addr: SocketAddr, list: Vec<usize>) {
         let now = Instant::now();
+        // Jobs of `--transport` routes and of other routes to the same address never share a
+        // session (the loop check and the TLS level differ): those unlike the first job wait
+        // for the next session to this address.
+        let is_transport = |j: &Job| j.spec.target().transport;
+        let transport = list
+            .iter()
+            .find_map(|&k| self.jobs.get(k))
+            .is_some_and(is_transport);
+        let (list, later): (Vec<usize>, Vec<usize>) = list.into_iter().partition(|&k| {
+            self.jobs
+                .get(k)
+                .is_none_or(|j| is_transport(j) == transport)
+        });
+        for key in later {
+            self.enqueue(key);
+        }
         let mut keys = Vec::with_capacity(list.len());
         let mut sjobs = Vec::with_capacity(list.len());
         for key in list {
@@ -423,10 +443,16 @@ impl<'a> Reactor<'a> {
         else {
             return;
         };
-        let mode = match self.cfg.tls {
+        // A transport next hop gets `--tls` as given, never the smarthost's `tls=`.
+        let (level, implicit) = if target.transport {
+            (self.cfg.transport_tls, false)
+        } else {
+            (self.cfg.tls, self.cfg.implicit_tls)
+        };
+        let mode = match level {
             _ if self.tls.is_none() => StartTls::Off,
             TlsLevel::None => StartTls::Off,
-            _ if self.cfg.implicit_tls => StartTls::Implicit,
+            _ if implicit => StartTls::Implicit,
             TlsLevel::May
                 if self
                     .tls_failed
@@ -441,7 +467,8 @@ impl<'a> Reactor<'a> {
         let session = Session::new(&self.cfg.helo, sjobs, self.cfg.timeouts, now)
             .with_starttls(mode)
             .with_max_rcpt(self.cfg.max_rcpt)
-            .with_chunking(self.cfg.chunking);
+            .with_chunking(self.cfg.chunking)
+            .with_loop_check(!target.transport);
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -479,6 +506,7 @@ impl<'a> Reactor<'a> {
         entry.insert(Conn {
             transport: Transport::plain(stream),
             mode,
+            level,
             tls: TlsStage::Plain,
             target,
             session,
@@ -512,7 +540,7 @@ impl<'a> Reactor<'a> {
                         crate::metrics::relay().connection(&c.target.host, true);
                         c.session.output_written(0, now);
                         if c.mode == StartTls::Implicit {
-                            begin_tls(c, self.tls, self.cfg.tls);
+                            begin_tls(c, self.tls);
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
@@ -527,7 +555,6 @@ impl<'a> Reactor<'a> {
                 passes: &mut self.passes,
                 retries: &mut retries,
                 tls: self.tls,
-                level: self.cfg.tls,
             };
             // Read everything available, until the session ends: a server flooding the
             // connection gets a protocol error (every input is bounded in the session) and is
@@ -539,7 +566,7 @@ impl<'a> Reactor<'a> {
                         break;
                     }
                     Ok(n) => {
-                        check_handshake(c, self.tls, self.cfg.tls, now);
+                        check_handshake(c, self.tls, now);
                         c.session.handle_input(&self.buf[..n], now)
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -550,7 +577,7 @@ impl<'a> Reactor<'a> {
                     }
                 }
             }
-            check_handshake(c, self.tls, self.cfg.tls, now);
+            check_handshake(c, self.tls, now);
             loop {
                 handle_actions(c, &mut ctx);
                 if !c.closed.is_open() {
@@ -748,7 +775,6 @@ struct Ctx<'r> {
     /// Recipients that got a 4xx here and go on to the next MX address.
     retries: &'r mut Vec<Job>,
     tls: Option<&'r TlsContext>,
-    level: TlsLevel,
 }
 
 fn pump_body(c: &mut Conn, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) -> bool {
@@ -817,12 +843,12 @@ fn pump_body(c: &mut Conn, buf: &mut [u8], scratch: &mut Vec<u8>, now: Instant) 
 
 /// Starts the TLS handshake on the connection's transport (implicit TLS, or after `220` to
 /// STARTTLS).
-fn begin_tls(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel) {
+fn begin_tls(c: &mut Conn, ctx: Option<&TlsContext>) {
     let Some(ctx) = ctx else {
         c.session.abort("TLS is not configured");
         return;
     };
-    let config = if level == TlsLevel::Verify {
+    let config = if c.level == TlsLevel::Verify {
         &ctx.strict
     } else {
         &ctx.lax
@@ -835,7 +861,7 @@ fn begin_tls(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel) {
 }
 
 /// A handshake under way that has completed: log it and let the session go on.
-fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now: Instant) {
+fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, now: Instant) {
     if c.tls != TlsStage::Handshaking || c.transport.is_handshaking() {
         return;
     }
@@ -844,7 +870,7 @@ fn check_handshake(c: &mut Conn, ctx: Option<&TlsContext>, level: TlsLevel, now:
         let name = tls::server_name(&c.target.host, c.target.addr.ip());
         log::info!(
             "{} TLS connection established to {}[{}]:{}: {}",
-            ctx.trust(conn, &name, level == TlsLevel::Verify),
+            ctx.trust(conn, &name, c.level == TlsLevel::Verify),
             c.target.host,
             c.target.addr.ip(),
             c.target.addr.port(),
@@ -878,7 +904,7 @@ fn write_pending(c: &mut Conn, now: Instant) -> bool {
 fn handle_actions(c: &mut Conn, ctx: &mut Ctx) {
     while let Some(ev) = c.session.poll_action() {
         match ev {
-            Action::StartTls => begin_tls(c, ctx.tls, ctx.level),
+            Action::StartTls => begin_tls(c, ctx.tls),
             Action::StartTlsRefused(reply) => log::info!(
                 "{}[{}]: STARTTLS refused ({}): continuing in plaintext",
                 c.target.host,

@@ -287,6 +287,47 @@ fn errors_name_the_file_the_line_and_the_key() {
     assert!(err.contains("/nonexistent/users: cannot read"), "{err}");
 }
 
+/// smtp-relay's `transport` key: a list of `DOMAIN=HOST[:PORT]`, printed back by
+/// `--check-config`; a bad entry is one error line and exit 1, like a bad smarthost.
+#[test]
+fn relay_transport_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        "maildir = \"q\"\ntransport = [\"example.org=127.0.0.1:25\", \"v6.test=[::1]:2525\"]\n",
+    )
+    .expect("write");
+    let (code, out, err) = run("smtp-relay", &["--config", s(&file), "--check-config"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("transport = [\"example.org=127.0.0.1:25\", \"v6.test=[::1]:2525\"]"),
+        "{out}"
+    );
+    for bad in [
+        "=",
+        "example.org",
+        "=127.0.0.1:25",
+        "example.org=127.0.0.1:0",
+        "example.org=[::1]",
+        "example.org=two words",
+    ] {
+        std::fs::write(&file, format!("maildir = \"q\"\ntransport = [\"{bad}\"]\n"))
+            .expect("write");
+        for check in [false, true] {
+            let mut args = vec!["--config", s(&file)];
+            if check {
+                args.push("--check-config");
+            }
+            let (code, out, err) = run("smtp-relay", &args);
+            assert_eq!(code, Some(1), "{bad}: {err}");
+            assert!(err.starts_with("smtp-relay: --transport "), "{bad}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(out.is_empty(), "{out}");
+        }
+    }
+}
+
 /// Keys of an example file, commented or not, tables joined with '-'.
 fn example_keys(text: &str) -> Vec<String> {
     let mut table = String::new();

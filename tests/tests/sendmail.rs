@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use integration_tests::relay::{Sink, relay, temp_maildir, text, without_envelope};
-use integration_tests::{bin, have, list};
+use integration_tests::{bin, have, list, wait_for};
 
 /// The files in the queue's `new/`, read.
 fn queued(md: &maildir_core::Maildir) -> Vec<(PathBuf, Vec<u8>)> {
@@ -433,4 +434,177 @@ fn bp_lists_the_queue_through_smtp_relay() {
     let listing = text(&o.stdout);
     assert!(listing.contains(&id), "{listing}");
     assert!(listing.contains("zed@one.test"), "{listing}");
+}
+
+/// Local recipients through sendmail (issue 17): a message queued by sendmail for a domain the
+/// local smtpd delivers goes through smtp-relay's `--transport DOMAIN=127.0.0.1:PORT` to that
+/// smtpd and lands in the user's Maildir, although smtpd greets with the relay's own HELO
+/// name (no loop check for a route configured on purpose) and a smarthost pointing at the same
+/// server is set (the transport wins for its domain). Without the transport, the smarthost
+/// route keeps the check: the same server is refused as "loops back to myself".
+#[test]
+fn local_recipient_reaches_the_mailbox_through_a_transport() {
+    use integration_tests::smtp::{self, server_log};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (users, aliases, mailboxes) = (
+        dir.path().join("users"),
+        dir.path().join("aliases"),
+        dir.path().join("mailboxes"),
+    );
+    std::fs::write(&users, "alice:*::::\n").expect("write users");
+    std::fs::write(&aliases, "postmaster: alice\n").expect("write aliases");
+    let (users, aliases, mailboxes_arg) = (
+        users.to_string_lossy().into_owned(),
+        aliases.to_string_lossy().into_owned(),
+        mailboxes.to_string_lossy().into_owned(),
+    );
+    // smtp::start gives smtpd `--hostname smtp::HOST`; the relay says the same in EHLO.
+    let s = smtp::start(&[
+        "--local-domain",
+        "example.test",
+        "--mailboxes",
+        &mailboxes_arg,
+        "--users",
+        &users,
+        "--aliases",
+        &aliases,
+    ]);
+    let server = format!("127.0.0.1:{}", s.addr.port());
+    let alice_new = mailboxes.join("alice").join("new");
+
+    let (_q, md) = temp_maildir();
+    let body = b"Subject: from cron\n\nline one\n.\n..two dots\nlast line\n";
+    let o = sendmail(
+        md.root(),
+        &["-i", "-f", "ann@src.test", "alice@Example.TEST"],
+        body,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(queued(&md).len(), 1);
+    let transport = format!("example.test.={server}");
+    let out = relay(
+        md.root(),
+        &[
+            "--once",
+            "--transport",
+            &transport,
+            "--smarthost",
+            &server,
+            "--helo",
+            smtp::HOST,
+            "--timeout",
+            "10",
+        ],
+    );
+    let report = format!(
+        "stdout: {}\nstderr: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        server_log(&s)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(text(&out.stdout).contains("1 delivered"), "{report}");
+    assert!(
+        queued(&md).is_empty(),
+        "the queue is empty afterwards\n{report}"
+    );
+    // smtpd delivers before it answers the final dot; wait all the same, with a deadline.
+    wait_for("alice's copy", Duration::from_secs(10), || {
+        list(&alice_new).len() == 1
+    });
+    let copy = text(&std::fs::read(&list(&alice_new)[0]).expect("read alice's copy"));
+    assert!(copy.contains("\r\nSubject: from cron\r\n"), "{copy}");
+    assert!(
+        copy.ends_with("\r\n\r\nline one\r\n.\r\n..two dots\r\nlast line\r\n"),
+        "{copy}"
+    );
+    assert!(copy.contains(&format!("by {}", smtp::HOST)), "{copy}");
+
+    // The same server as a smarthost, no transport: the loop check still applies.
+    let o = sendmail(
+        md.root(),
+        &["-f", "ann@src.test", "alice@example.test"],
+        body,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = relay(
+        md.root(),
+        &[
+            "--once",
+            "--smarthost",
+            &server,
+            "--helo",
+            smtp::HOST,
+            "--timeout",
+            "10",
+        ],
+    );
+    let report = format!(
+        "stdout: {}\nstderr: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        server_log(&s)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(text(&out.stdout).contains("1 bounced"), "{report}");
+    assert!(
+        text(&out.stderr).contains("loops back to myself"),
+        "{report}"
+    );
+    assert_eq!(list(&alice_new).len(), 1, "nothing more for alice");
+    // The bounce to ann is queued for the relay, saying why.
+    let dsns = queued(&md);
+    assert_eq!(dsns.len(), 1, "{report}");
+    let dsn = text(&dsns[0].1);
+    assert!(dsn.starts_with("Return-Path: <>\r\n"), "{dsn}");
+    assert!(dsn.contains("loops back to myself"), "{dsn}");
+    std::fs::remove_file(&dsns[0].0).expect("remove the DSN");
+
+    // One message, one recipient per route, both routes to the same address in one run: the
+    // transport's session takes alice, the smarthost's (a session of its own) refuses bob.
+    let o = sendmail(
+        md.root(),
+        &[
+            "-f",
+            "ann@src.test",
+            "alice@example.test",
+            "bob@elsewhere.test",
+        ],
+        body,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = relay(
+        md.root(),
+        &[
+            "--once",
+            "--transport",
+            &transport,
+            "--smarthost",
+            &server,
+            "--helo",
+            smtp::HOST,
+            "--timeout",
+            "10",
+        ],
+    );
+    let report = format!(
+        "stdout: {}\nstderr: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        server_log(&s)
+    );
+    assert!(out.status.success(), "{report}");
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains("1 delivered") && summary.contains("1 bounced"),
+        "{report}"
+    );
+    wait_for("alice's second copy", Duration::from_secs(10), || {
+        list(&alice_new).len() == 2
+    });
+    let dsns = queued(&md);
+    assert_eq!(dsns.len(), 1, "{report}");
+    let dsn = text(&dsns[0].1);
+    assert!(dsn.contains("bob@elsewhere.test"), "{dsn}");
+    assert!(!dsn.contains("Final-Recipient: rfc822; alice@"), "{dsn}");
 }

@@ -20,6 +20,10 @@ pub use resolve::resolve_all;
 pub struct Target {
     pub host: String,
     pub addr: SocketAddr,
+    /// A `--transport` next hop: configured on purpose, so the session does not refuse a
+    /// server that calls itself by our HELO name, and `--tls` applies as given. Sessions never
+    /// mix jobs of transport and other targets.
+    pub transport: bool,
 }
 
 /// What a domain resolved to.

@@ -344,6 +344,7 @@ mod tests {
         Target {
             host: host.into(),
             addr: std::net::SocketAddr::new(ip.parse().unwrap(), 25),
+            transport: false,
         }
     }
 

@@ -1,7 +1,8 @@
 //! MX and address lookups with hickory-resolver, on a thread of its own.
 //!
 //! Owns: the tokio runtime hickory needs (a current-thread runtime on a dedicated thread, so the
-//! reactor never blocks on DNS), looking up every domain concurrently, the smarthost route,
+//! reactor never blocks on DNS), looking up every domain concurrently, the `--transport` routes
+//! (before everything else, their targets marked [`Target::transport`]), the smarthost route,
 //! address literals, this machine's interface addresses, and what a lookup failure means
 //! (permanent or temporary).
 //! Must not: open connections or decide retries; order MX hosts itself (that is
@@ -20,7 +21,7 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use maildir_core::address::literal_ip;
 
 use super::{MxPlan, Resolution, Target, mx_hosts, targets_below_self};
-use crate::config::{Config, Route};
+use crate::config::{Config, NextHop, Route};
 
 /// This machine's interface addresses, loopback excepted (empty if they cannot be listed).
 pub fn local_addrs() -> HashSet<IpAddr> {
@@ -124,23 +125,44 @@ async fn resolve_inner(
 ) -> Result<HashMap<String, Resolution>, String> {
     let res = resolver(&cfg)?;
     let seed = fastrand::u64(..);
-    if let Route::Smarthost { host, port, .. } = &cfg.route {
-        let port = port.unwrap_or(cfg.port);
-        let r = match host.parse::<IpAddr>() {
-            Ok(ip) => Resolution::Targets(vec![Target {
-                host: host.clone(),
-                addr: SocketAddr::new(ip, port),
-            }]),
-            Err(_) => match timed(host_targets(&res, host, port)).await {
-                // A smarthost that does not resolve is a configuration or DNS problem, not a
-                // verdict on the recipients: defer (as Postfix does), never bounce the queue.
-                Resolution::Permanent { text, .. } => {
-                    Resolution::Temporary(format!("smarthost {host}: {text}"))
-                }
-                other => other,
-            },
+    let mut out = HashMap::new();
+    // `--transport` routes first: they take precedence over the smarthost and the MX records.
+    let (routed, domains): (Vec<String>, Vec<String>) = domains
+        .into_iter()
+        .partition(|d| transport_for(&cfg, d).is_some());
+    let mut hops: HashMap<(String, u16), Resolution> = HashMap::new();
+    for d in routed {
+        let Some(hop) = transport_for(&cfg, &d) else {
+            continue;
         };
-        return Ok(domains.into_iter().map(|d| (d, r.clone())).collect());
+        let key = (hop.host.clone(), hop.port.unwrap_or(cfg.port));
+        let r = match hops.get(&key) {
+            Some(r) => r.clone(),
+            None => {
+                let r = match next_hop(&res, "transport", &key.0, key.1).await {
+                    Resolution::Targets(t) => Resolution::Targets(
+                        t.into_iter()
+                            .map(|t| Target {
+                                transport: true,
+                                ..t
+                            })
+                            .collect(),
+                    ),
+                    other => other,
+                };
+                hops.insert(key, r.clone());
+                r
+            }
+        };
+        out.insert(d, r);
+    }
+    if domains.is_empty() {
+        return Ok(out);
+    }
+    if let Route::Smarthost { host, port, .. } = &cfg.route {
+        let r = next_hop(&res, "smarthost", host, port.unwrap_or(cfg.port)).await;
+        out.extend(domains.into_iter().map(|d| (d, r.clone())));
+        return Ok(out);
     }
     let me = Arc::new(Me {
         name: cfg.helo.clone(),
@@ -160,12 +182,36 @@ async fn resolve_inner(
             (d, r)
         });
     }
-    let mut out = HashMap::new();
     while let Some(j) = set.join_next().await {
         let (d, r) = j.map_err(|e| format!("DNS task failed: {e}"))?;
         out.insert(d, r);
     }
     Ok(out)
+}
+
+/// The `--transport` next hop for a domain (lower case), if any; a trailing dot is ignored.
+fn transport_for<'a>(cfg: &'a Config, domain: &str) -> Option<&'a NextHop> {
+    cfg.transports.get(domain.trim_end_matches('.'))
+}
+
+/// A next hop configured by name or address (`what`: "smarthost" or "transport"): an IP
+/// address as it is, a name looked up by A/AAAA. A name that does not resolve is a
+/// configuration or DNS problem, not a verdict on the recipients: defer (as Postfix does),
+/// never bounce the queue.
+async fn next_hop(res: &TokioResolver, what: &str, host: &str, port: u16) -> Resolution {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => Resolution::Targets(vec![Target {
+            host: host.to_owned(),
+            addr: SocketAddr::new(ip, port),
+            transport: false,
+        }]),
+        Err(_) => match timed(host_targets(res, host, port)).await {
+            Resolution::Permanent { text, .. } => {
+                Resolution::Temporary(format!("{what} {host}: {text}"))
+            }
+            other => other,
+        },
+    }
 }
 
 /// Awaits a look-up, its time added to the DNS latency histogram.
@@ -198,6 +244,7 @@ async fn resolve_domain(
             Some(ip) => Resolution::Targets(vec![Target {
                 host: domain.to_owned(),
                 addr: SocketAddr::new(ip, port),
+                transport: false,
             }]),
             None => Resolution::Permanent {
                 status: "5.1.2",
@@ -253,6 +300,7 @@ async fn host_targets(res: &TokioResolver, host: &str, port: u16) -> Resolution 
                 .map(|ip| Target {
                     host: host.to_owned(),
                     addr: SocketAddr::new(ip, port),
+                    transport: false,
                 })
                 .collect();
             if t.is_empty() {

@@ -270,6 +270,8 @@ struct JobState {
 #[derive(Debug)]
 pub struct Session {
     helo: String,
+    /// A server that calls itself `helo` is this host: bounce with 5.4.6 (default true).
+    loop_check: bool,
     timeouts: Timeouts,
     max_rcpt: usize,
     jobs: Vec<Job>,
@@ -334,6 +336,7 @@ impl Session {
             .collect();
         Session {
             helo: helo.to_owned(),
+            loop_check: true,
             timeouts,
             max_rcpt: DEFAULT_MAX_RCPT,
             jobs,
@@ -372,6 +375,14 @@ impl Session {
     pub fn with_starttls(mut self, mode: StartTls) -> Session {
         self.starttls = mode;
         self.tls_active = mode == StartTls::Implicit;
+        self
+    }
+
+    /// Whether a server that greets or answers EHLO/HELO with our own HELO name is refused as
+    /// a mail loop (default true; false for a next hop configured on purpose, such as the
+    /// local smtpd on loopback, which shares this host's name).
+    pub fn with_loop_check(mut self, check: bool) -> Session {
+        self.loop_check = check;
         self
     }
 
@@ -699,7 +710,11 @@ impl Session {
 
     /// The server named itself `name` (greeting or EHLO): if that is our own name the mail
     /// would come back to us (RFC 5321 §5.1 "loops back to myself"): bounce everything, QUIT.
+    /// Never with the loop check off ([`Session::with_loop_check`]).
     fn is_loop(&mut self, name: Option<&str>) -> bool {
+        if !self.loop_check {
+            return false;
+        }
         let Some(name) = name.filter(|n| n.eq_ignore_ascii_case(&self.helo)) else {
             return false;
         };
@@ -1938,6 +1953,50 @@ mod tests {
         let server = "220 client.test.example ESMTP\r\n250-mx.client.test\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
         let (_, ev) = run_all_splits(&plain(vec![job(&["a@x.test"])]), server);
         assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent);
+    }
+
+    /// With the loop check off (a `--transport` next hop, typically the local smtpd, which
+    /// shares our name), a server calling itself by our name gets the mail; the same server
+    /// with the check on (the default) gets nothing.
+    #[test]
+    fn loop_check_off_sends_to_a_server_with_our_name() {
+        let server = "220 Client.TEST ESMTP\r\n250-client.test hello\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
+        let off = |now| {
+            Session::new(
+                "client.test",
+                vec![job(&["a@x.test"])],
+                Timeouts::rfc(),
+                now,
+            )
+            .with_loop_check(false)
+        };
+        let (w, ev) = run_all_splits(&off, server);
+        assert!(
+            w.starts_with("EHLO client.test\r\nMAIL FROM:<s@a.test>"),
+            "{w}"
+        );
+        assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent, "{ev:?}");
+        let on = |now| {
+            Session::new(
+                "client.test",
+                vec![job(&["a@x.test"])],
+                Timeouts::rfc(),
+                now,
+            )
+            .with_loop_check(true)
+        };
+        let (w, ev) = run_all_splits(&on, server);
+        assert_eq!(w, "QUIT\r\n");
+        let o = outcomes(&ev);
+        assert_eq!(o[0].1[0].0, RcptStatus::Bounced, "{ev:?}");
+        assert!(
+            o[0].1[0].2.starts_with("5.4.6 mail loops back to myself"),
+            "{o:?}"
+        );
+        // HELO fallback with the check off: the HELO reply naming us is fine too.
+        let helo = "220 mx.test\r\n502 no\r\n250 client.test\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
+        let (_, ev) = run_all_splits(&off, helo);
+        assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent, "{ev:?}");
     }
 
     /// Issue 10 item 7: the reply timeout is a total deadline per reply; a server trickling a

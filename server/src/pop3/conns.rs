@@ -55,6 +55,13 @@ pub const MAX_LISTENERS: usize = 1024;
 const POP3_CONN: usize = 1 << 30;
 /// Reads of the socket, or of a message file, one connection may do per turn.
 const BUDGET: usize = 4;
+/// Octets of message files one connection may read per turn (a RETR of a large message
+/// shares the thread; many small ones go out in one turn instead of one or two per turn).
+const FILE_BUDGET: usize = 4 * FILE_CHUNK;
+/// Output gathered before it is written while a connection still makes progress.
+const WRITE_AT: usize = 32 * 1024;
+/// What an empty read (a message's end) costs of [`FILE_BUDGET`].
+const FILE_END_COST: usize = 4096;
 /// Bytes read from a message file at a time.
 const FILE_CHUNK: usize = 64 * 1024;
 /// Unprocessed input kept per connection before reading stops.
@@ -494,7 +501,7 @@ impl Pop3 {
     /// its budget for this turn is spent (then it goes on the ready list).
     fn drive(&mut self, key: usize, mut now: Instant, ctx: &mut Ctx<'_>) {
         let mut reads = 0;
-        let mut file_reads = 0;
+        let mut file_octets = 0;
         let mut spent = false;
         loop {
             now = now.max(Instant::now());
@@ -521,12 +528,13 @@ impl Pop3 {
             if let Some(file) = &mut conn.message
                 && conn.session.wants_message_data()
             {
-                if file_reads == BUDGET {
+                if file_octets >= FILE_BUDGET {
                     spent = true;
                 } else {
-                    file_reads += 1;
                     progress = true;
-                    match file.read(&mut self.scratch) {
+                    let r = file.read(&mut self.scratch);
+                    file_octets += r.as_ref().map_or(FILE_END_COST, |&n| n.max(FILE_END_COST));
+                    match r {
                         Ok(0) => {
                             conn.message = None;
                             conn.session.handle_message_end(Ok(()), now);
@@ -591,7 +599,16 @@ impl Pop3 {
                 return;
             };
             let blocked = !conn.session.wants_read() || !conn.session.wants_message_data();
-            if !flush(conn) {
+            // Replies and messages of pipelined commands go out together: written once this
+            // turn can do nothing more without writing, or once there is a socket buffer's
+            // worth (one send per many small RETRs instead of two per message). A session
+            // held by its output limit has WRITE_AT or more pending.
+            let must_write = !progress
+                || spent
+                || conn.starting_tls
+                || conn.session.is_closed()
+                || conn.session.poll_output().len() >= WRITE_AT;
+            if must_write && !flush(conn) {
                 self.close(key, ctx);
                 return;
             }

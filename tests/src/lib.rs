@@ -25,6 +25,30 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// `{ARGON2ID}...` for `password`, made by `smtpd hash-password` (a users file's hash field);
+/// checks the command writes exactly one line of that scheme.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(bin("smtpd"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn smtpd hash-password");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let out = child.wait_with_output().expect("smtpd hash-password");
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(line.starts_with("{ARGON2ID}$argon2id$"), "{line}");
+    assert!(line.ends_with('\n') && line.lines().count() == 1);
+    line.trim_end().to_owned()
+}
+
 /// A TCP port on `ip` that was free a moment ago.
 pub fn free_port(ip: &str) -> u16 {
     let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use integration_tests::certs::self_signed;
 use integration_tests::ldap::{ADMIN, ADMIN_PASSWORD, PEOPLE, Slapd};
 use integration_tests::smtp::{self, Client, server_log, start, wait_exit};
-use integration_tests::{Smtpd, bin, have, list, python, wait_for};
+use integration_tests::{Smtpd, bin, hash_password, have, list, python, wait_for};
 
 const PASSWORD: &str = "correct horse";
 
@@ -26,22 +26,7 @@ struct Accounts {
 impl Accounts {
     fn new() -> Accounts {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(bin("smtpd"))
-            .arg("hash-password")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn smtpd hash-password");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{PASSWORD}\n").as_bytes())
-            .expect("write password");
-        let out = child.wait_with_output().expect("hash-password");
-        assert!(out.status.success());
-        let hash = String::from_utf8(out.stdout).expect("utf-8");
+        let hash = hash_password(PASSWORD);
         let users = format!("alice:{}::::\nbob:*::::\n", hash.trim());
         std::fs::write(dir.path().join("users"), users).expect("write users");
         std::fs::write(

@@ -5,35 +5,13 @@
 //! Test 6 of the issue: the same, with the message sent to smtpd over SMTP (Python's smtplib)
 //! and delivered by smtpd into the Maildir Dovecot serves.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use integration_tests::dovecot::{Dovecot, give_to_mail_owner};
 use integration_tests::smtp::{server_log, start};
-use integration_tests::{bin, have, list, python};
+use integration_tests::{bin, hash_password, have, list, python};
 use maildir_core::local::{LocalCopy, Mailboxes};
 use maildir_core::{Durability, ReversePath};
-
-fn hash_password(password: &str) -> String {
-    let mut child = Command::new(bin("smtpd"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn smtpd hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("smtpd hash-password");
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).expect("UTF-8");
-    assert!(line.starts_with("{ARGON2ID}$argon2id$"), "{line}");
-    assert!(line.ends_with('\n') && line.lines().count() == 1);
-    line.trim_end().to_owned()
-}
 
 #[test]
 fn dovecot_serves_a_locally_delivered_message() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use integration_tests::certs::TestCa;
 use integration_tests::dovecot::{Dovecot, give_to_mail_owner};
 use integration_tests::smtp::{server_log, start};
-use integration_tests::{Smtpd, bin, free_port, have, list, python, wait_for};
+use integration_tests::{Smtpd, free_port, hash_password, have, list, python, wait_for};
 
 const PASSWORD: &str = "correct horse";
 
@@ -22,28 +22,6 @@ struct Pop {
     pop3: u16,
     pop3s: Option<u16>,
     ca: Option<TestCa>,
-}
-
-fn hash_password(password: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(bin("smtpd"))
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn smtpd hash-password");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let out = child.wait_with_output().expect("smtpd hash-password");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim_end()
-        .to_owned()
 }
 
 impl Pop {

@@ -664,3 +664,40 @@ fn connection_limit_counts_both_protocols() {
     let mut again = Raw::connect(p.pop3);
     assert!(again.line().starts_with("+OK "));
 }
+
+/// The operator sees POP3 sessions: `smtpctl --json show sessions` lists a logged-in POP3
+/// session with its state and user, and `show stats` counts its login with SMTP AUTH's.
+#[test]
+fn smtpctl_shows_pop3_sessions_and_counts_their_logins() {
+    let p = Pop::start(false, &[]);
+    let mut c = Raw::connect(p.pop3);
+    assert!(c.line().starts_with("+OK "));
+    assert_eq!(c.cmd("USER alice"), "+OK\r\n");
+    assert_eq!(c.cmd(&format!("PASS {PASSWORD}")), "+OK Logged in.\r\n");
+    let smtpctl = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(integration_tests::bin("smtpctl"))
+            .arg("--maildir")
+            .arg(&p.s.maildir)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run smtpctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let v = smtpctl(&["show", "sessions"]);
+    let sessions = v["sessions"].as_array().expect("a sessions list");
+    let pop = sessions
+        .iter()
+        .find(|s| s["state"] == "pop3 transaction")
+        .unwrap_or_else(|| panic!("no POP3 session in {v}"));
+    assert_eq!(pop["user"], "alice", "{v}");
+    assert!(pop["bytes_in"].as_u64().is_some_and(|n| n > 0), "{v}");
+    let stats = smtpctl(&["show", "stats"]);
+    assert_eq!(stats["auth_successes"], 1, "{stats}");
+    assert_eq!(c.cmd("QUIT"), "+OK Logging out.\r\n");
+}

@@ -920,7 +920,21 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// The logged-in user, in TRANSACTION.
+    /// The protocol state in a word, for the operator (`smtpctl show sessions`).
+    pub fn state_name(&self) -> &'static str {
+        match &self.state {
+            State::Authorization { .. } | State::SaslResponse => "pop3 authorization",
+            State::Authenticating { .. } => "pop3 authenticating",
+            State::Opening { .. } => "pop3 opening",
+            State::StartingTls => "pop3 stls",
+            State::Transaction(_) => "pop3 transaction",
+            State::Reading { .. } | State::Sending { .. } => "pop3 sending",
+            State::Updating { .. } => "pop3 update",
+            State::Closed => "closed",
+        }
+    }
+
+    /// The user whose maildrop this session holds (from the password check on), if any.
     pub fn user(&self) -> Option<&str> {
         match &self.state {
             State::Transaction(d)

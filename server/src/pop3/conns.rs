@@ -138,6 +138,34 @@ struct Conn {
     /// The removal at QUIT is under way: the lock stays until it is done, even if the
     /// connection goes first.
     updating: bool,
+    /// When it was accepted.
+    started: Instant,
+    /// Octets read from the client (after TLS).
+    bytes_in: u64,
+    /// Octets written to the client (before TLS).
+    bytes_out: u64,
+}
+
+/// One POP3 connection as `smtpctl show sessions` shows it.
+#[derive(Debug, Clone)]
+pub struct ConnView {
+    /// The connection's generation (unique while the server runs, with the SMTP ids in their
+    /// own sequence).
+    pub id: u64,
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// The session's state (`pop3 transaction`, ...).
+    pub state: &'static str,
+    /// When it was accepted.
+    pub started: Instant,
+    /// Octets read from the client.
+    pub bytes_in: u64,
+    /// Octets written to the client.
+    pub bytes_out: u64,
+    /// TLS protocol and cipher, once the handshake finished.
+    pub tls: Option<String>,
+    /// The user whose maildrop it holds.
+    pub user: Option<String>,
 }
 
 /// The POP3 side of the reactor.
@@ -231,6 +259,26 @@ impl Pop3 {
         if let Some(s) = settings {
             self.settings = Some(s);
         }
+    }
+
+    /// The open connections, for the operator.
+    pub fn views(&self) -> Vec<ConnView> {
+        self.conns
+            .iter()
+            .map(|(_, c)| ConnView {
+                id: c.generation,
+                client: c.session.peer(),
+                state: c.session.state_name(),
+                started: c.started,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                tls: match (c.transport.protocol_version(), c.transport.cipher_suite()) {
+                    (Some(v), Some(s)) if !c.transport.is_handshaking() => Some(format!("{v} {s}")),
+                    _ => None,
+                },
+                user: c.session.user().map(str::to_owned),
+            })
+            .collect()
     }
 
     /// Open POP3 connections.
@@ -493,6 +541,9 @@ impl Pop3 {
             locked: None,
             message: None,
             updating: false,
+            started: now,
+            bytes_in: 0,
+            bytes_out: 0,
         });
         self.drive(key, now, ctx);
     }
@@ -573,6 +624,7 @@ impl Pop3 {
                     }
                     Ok(n) => {
                         conn.inbuf.extend_from_slice(&self.scratch[..n]);
+                        conn.bytes_in += n as u64;
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -940,7 +992,10 @@ fn flush(conn: &mut Conn) -> bool {
         }
         match conn.transport.write(pending) {
             Ok(0) => return false,
-            Ok(n) => conn.session.output_written(n),
+            Ok(n) => {
+                conn.session.output_written(n);
+                conn.bytes_out += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return false,

@@ -14,4 +14,4 @@
 pub mod conns;
 pub mod maildrops;
 
-pub use conns::{Ctx, Pop3, Pop3Settings, owns_conn, owns_token};
+pub use conns::{ConnView, Ctx, Pop3, Pop3Settings, owns_conn, owns_token};

@@ -169,6 +169,16 @@ impl Server {
                 }
             })
             .collect();
+        v.extend(self.pop3.views().into_iter().map(|c| SessionView {
+            id: c.id,
+            client: c.client,
+            state: c.state.to_owned(),
+            age_secs: now.saturating_duration_since(c.started).as_secs(),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            tls: c.tls,
+            user: c.user,
+        }));
         v.sort_by_key(|s| s.id);
         v
     }

@@ -297,6 +297,12 @@ impl Mailboxes {
         {
             return Ok(u.bytes);
         }
+        self.recount(user, now)
+    }
+
+    /// Counts `user`'s usage again now, whatever the cache's age (after a reader removed
+    /// messages); the count is cached.
+    pub fn recount(&self, user: &str, now: SystemTime) -> Result<u64, MaildirError> {
         let bytes = count_usage(&self.path(user))?;
         lock(&self.usage).insert(
             user.to_owned(),
@@ -567,6 +573,11 @@ mod tests {
         // The recount agrees with the running count.
         let much_later = later + USAGE_RECOUNT;
         assert_eq!(mb.usage("alice", much_later).unwrap(), 1005 + d[0].size);
+        // A reader removed a message: a recount sees it at once, whatever the cache's age.
+        fs::remove_file(md.cur_dir().join("1.M1P1.h,S=1000,W=1020:2,S")).unwrap();
+        assert_eq!(mb.usage("alice", much_later).unwrap(), 1005 + d[0].size);
+        assert_eq!(mb.recount("alice", much_later).unwrap(), 5 + d[0].size);
+        assert_eq!(mb.cached_usage("alice"), Some(5 + d[0].size));
     }
 
     #[test]

@@ -701,3 +701,57 @@ fn smtpctl_shows_pop3_sessions_and_counts_their_logins() {
     assert_eq!(stats["auth_successes"], 1, "{stats}");
     assert_eq!(c.cmd("QUIT"), "+OK Logging out.\r\n");
 }
+
+/// Deleting mail over POP3 frees quota at once (the usage is counted again after the removal
+/// at QUIT, not only at the next periodic recount): alice over `--mailbox-quota` gets 452 at
+/// RCPT until she deletes the large message, then mail for her is accepted.
+#[test]
+fn deleting_over_pop3_frees_quota_at_once() {
+    let p = Pop::start(false, &["--mailbox-quota", "1000"]);
+    // Put there behind smtpd's back: its count (made at start) still says 0.
+    let new = p.mailbox("alice").join("new");
+    std::fs::create_dir_all(&new).expect("mkdir");
+    for d in ["cur", "tmp"] {
+        std::fs::create_dir_all(p.mailbox("alice").join(d)).expect("mkdir");
+    }
+    std::fs::write(new.join("1795490000.M1P1.big,S=5000"), vec![b'x'; 5000]).expect("big");
+    std::fs::write(new.join("1795490001.M2P1.small,S=100"), vec![b'y'; 100]).expect("small");
+    let rcpt = || {
+        let mut c = Raw::connect(p.s.addr.port());
+        assert!(c.line().starts_with("220 "));
+        assert!(c.cmd("HELO client.test").starts_with("250 "));
+        assert!(c.cmd("MAIL FROM:<s@far.test>").starts_with("250 "));
+        c.cmd("RCPT TO:<alice@example.test>")
+    };
+    // Deletes the message of `size` octets over POP3 (LIST finds it), then QUITs.
+    let delete = |size: usize| {
+        let mut c = Raw::connect(p.pop3);
+        assert!(c.line().starts_with("+OK "));
+        assert_eq!(c.cmd("USER alice"), "+OK\r\n");
+        assert_eq!(c.cmd(&format!("PASS {PASSWORD}")), "+OK Logged in.\r\n");
+        assert!(c.cmd("LIST").starts_with("+OK"));
+        let mut which = None;
+        loop {
+            let l = c.line();
+            if l == ".\r\n" || l.is_empty() {
+                break;
+            }
+            let mut f = l.split_whitespace();
+            if let (Some(n), Some(s)) = (f.next(), f.next())
+                && s == size.to_string()
+            {
+                which = Some(n.to_owned());
+            }
+        }
+        let n = which.unwrap_or_else(|| panic!("no message of {size} octets listed"));
+        assert!(c.cmd(&format!("DELE {n}")).starts_with("+OK"));
+        assert!(c.cmd("QUIT").starts_with("+OK"));
+        assert_eq!(c.line(), "", "closed after the update");
+    };
+    delete(100);
+    let r = rcpt();
+    assert!(r.starts_with("452 4.2.2"), "{r}\n{}", server_log(&p.s));
+    delete(5000);
+    let r = rcpt();
+    assert!(r.starts_with("250 "), "{r}\n{}", server_log(&p.s));
+}

@@ -787,6 +787,7 @@ impl Pop3 {
                             user: user.clone(),
                             maildrop: Box::new(maildrop),
                             deleted,
+                            mailboxes: self.mailboxes.clone(),
                         };
                         submit(&self.worker, job, &mut self.done_here);
                     }

@@ -11,9 +11,11 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use maildir_core::MaildirError;
+use maildir_core::local::Mailboxes;
 use maildir_core::maildrop::Maildrop;
 use net::ConnRef;
 
@@ -38,6 +40,9 @@ pub enum Job {
         maildrop: Box<Maildrop>,
         /// Indexes of the messages to remove.
         deleted: Vec<usize>,
+        /// The users' Maildirs, whose usage count (the quota's) is made again after the
+        /// removal, so that deleting mail frees quota at once rather than at the next recount.
+        mailboxes: Option<Arc<Mailboxes>>,
     },
 }
 
@@ -76,11 +81,20 @@ pub fn run(job: Job) -> Done {
             user,
             mut maildrop,
             deleted,
-        } => Done::Removed {
-            conn,
-            user,
-            failures: maildrop.remove(&deleted),
-        },
+            mailboxes,
+        } => {
+            let failures = maildrop.remove(&deleted);
+            if let Some(m) = mailboxes.filter(|m| m.cached_usage(&user).is_some())
+                && let Err(e) = m.recount(&user, SystemTime::now())
+            {
+                log::warn!("pop3: cannot recount the usage of {user}: {e}");
+            }
+            Done::Removed {
+                conn,
+                user,
+                failures,
+            }
+        }
     }
 }
 

@@ -42,6 +42,16 @@ fn relay_to(md: &maildir_core::Maildir, sink: &Sink) -> String {
 }
 
 /// Runs sendmail with `args`, the queue in `SMTPD_MAILDIR`, `input` on stdin.
+/// A relay run's output and the server's log, for an assertion's message.
+fn run_report(out: &Output, s: &integration_tests::Smtpd) -> String {
+    format!(
+        "stdout: {}\nstderr: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        integration_tests::smtp::server_log(s)
+    )
+}
+
 fn sendmail(queue: &Path, args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
     let mut child = Command::new(bin("sendmail"))
@@ -444,7 +454,7 @@ fn bp_lists_the_queue_through_smtp_relay() {
 /// route keeps the check: the same server is refused as "loops back to myself".
 #[test]
 fn local_recipient_reaches_the_mailbox_through_a_transport() {
-    use integration_tests::smtp::{self, server_log};
+    use integration_tests::smtp;
     let dir = tempfile::tempdir().expect("temp dir");
     let (users, aliases, mailboxes) = (
         dir.path().join("users"),
@@ -496,12 +506,7 @@ fn local_recipient_reaches_the_mailbox_through_a_transport() {
             "10",
         ],
     );
-    let report = format!(
-        "stdout: {}\nstderr: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        server_log(&s)
-    );
+    let report = run_report(&out, &s);
     assert!(out.status.success(), "{report}");
     assert!(text(&out.stdout).contains("1 delivered"), "{report}");
     assert!(
@@ -539,12 +544,7 @@ fn local_recipient_reaches_the_mailbox_through_a_transport() {
             "10",
         ],
     );
-    let report = format!(
-        "stdout: {}\nstderr: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        server_log(&s)
-    );
+    let report = run_report(&out, &s);
     assert!(out.status.success(), "{report}");
     assert!(text(&out.stdout).contains("1 bounced"), "{report}");
     assert!(
@@ -587,12 +587,7 @@ fn local_recipient_reaches_the_mailbox_through_a_transport() {
             "10",
         ],
     );
-    let report = format!(
-        "stdout: {}\nstderr: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        server_log(&s)
-    );
+    let report = run_report(&out, &s);
     assert!(out.status.success(), "{report}");
     let summary = text(&out.stdout);
     assert!(

@@ -127,12 +127,11 @@ async fn resolve_inner(
     let seed = fastrand::u64(..);
     let mut out = HashMap::new();
     // `--transport` routes first: they take precedence over the smarthost and the MX records.
-    let (routed, domains): (Vec<String>, Vec<String>) = domains
-        .into_iter()
-        .partition(|d| transport_for(&cfg, d).is_some());
     let mut hops: HashMap<(String, u16), Resolution> = HashMap::new();
-    for d in routed {
+    let mut rest = Vec::new();
+    for d in domains {
         let Some(hop) = transport_for(&cfg, &d) else {
+            rest.push(d);
             continue;
         };
         let key = (hop.host.clone(), hop.port.unwrap_or(cfg.port));
@@ -156,6 +155,7 @@ async fn resolve_inner(
         };
         out.insert(d, r);
     }
+    let domains = rest;
     if domains.is_empty() {
         return Ok(out);
     }

@@ -7,16 +7,31 @@
 //! trail of what happened to each message) are never dropped: their target is [`AUDIT`] or ends
 //! in `::audit` (e.g. `smtp_relay::audit`), and when the queue is full their sender waits for
 //! room. A [`LogGuard`] flushes and joins the thread at exit so the last lines are not lost.
+//!
+//! The thread writes in batches: it formats every record waiting in the queue into one buffer
+//! and writes that with one `write(2)`; after a batch of more than one record it pauses for
+//! [`COALESCE`], so that under load the callers' records gather in the queue instead of waking
+//! the thread for each one (a wake-up is a syscall on the caller's thread, the reactor's).
 
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// How many records may wait for the logging thread before new ones are dropped.
 pub const LOG_QUEUE: usize = 16 * 1024;
+
+/// How long the logging thread pauses after writing a batch of more than one record, letting
+/// the next records gather. A lone record (an idle server) is written at once.
+pub const COALESCE: Duration = Duration::from_millis(2);
+
+/// Most records formatted into one batch before it is written.
+const MAX_BATCH: usize = 1024;
 
 /// The target of audit records, or the last `::` segment of one (`smtp_relay::audit`): never
 /// dropped, the caller blocks until the logging thread has room.
@@ -39,8 +54,8 @@ enum Msg {
 struct OwnedRecord {
     level: Level,
     target: String,
-    module_path: Option<String>,
-    file: Option<String>,
+    module_path: Option<Cow<'static, str>>,
+    file: Option<Cow<'static, str>>,
     line: Option<u32>,
     args: String,
 }
@@ -103,8 +118,8 @@ impl Log for ChannelLogger {
         let owned = OwnedRecord {
             level: record.level(),
             target: record.target().to_owned(),
-            module_path: record.module_path().map(str::to_owned),
-            file: record.file().map(str::to_owned),
+            module_path: static_or_owned(record.module_path_static(), record.module_path()),
+            file: static_or_owned(record.file_static(), record.file()),
             line: record.line(),
             args: record.args().to_string(),
         };
@@ -128,6 +143,53 @@ impl Log for ChannelLogger {
         let (done_tx, done_rx) = bounded(1);
         if self.shared.tx.send(Msg::Flush(done_tx)).is_ok() {
             let _ = done_rx.recv();
+        }
+    }
+}
+
+/// A record's `&'static` string as it is, or a copy of its borrowed one.
+fn static_or_owned(fixed: Option<&'static str>, any: Option<&str>) -> Option<Cow<'static, str>> {
+    fixed
+        .map(Cow::Borrowed)
+        .or_else(|| any.map(|s| Cow::Owned(s.to_owned())))
+}
+
+/// Where the formatter writes: lines gather in memory until the logging thread writes them out
+/// together ([`Batch::write_out`]). `flush` (which env_logger calls after each record) does
+/// nothing.
+#[derive(Clone, Default)]
+struct Batch(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Batch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// Writes the gathered lines to `out` (stderr) in one go, inside the registered
+    /// [`WriteAround`].
+    fn write_out(&self, out: &mut dyn Write) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.is_empty() {
+            return;
+        }
+        around(&mut || {
+            // Nowhere to report a failed write to stderr: the lines are lost, as they would
+            // be unbuffered.
+            let _ = out.write_all(&lines).and_then(|()| out.flush());
+        });
+        lines.clear();
+        if lines.capacity() > 1 << 20 {
+            lines.shrink_to(64 * 1024);
         }
     }
 }
@@ -169,8 +231,20 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
     // The writer formats whatever the filter (or a level set later) let through.
     let mut writer = env_logger::Builder::new();
     writer.filter_level(LevelFilter::Trace);
-    if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
-        writer.parse_write_style(&style);
+    let batch = Batch::default();
+    writer.target(env_logger::Target::Pipe(Box::new(batch.clone())));
+    // env_logger chooses colours only for its own stderr target: choose as it would.
+    match std::env::var("RUST_LOG_STYLE") {
+        Ok(style) => {
+            writer.parse_write_style(&style);
+        }
+        Err(_) => {
+            writer.write_style(if std::io::stderr().is_terminal() {
+                env_logger::WriteStyle::Always
+            } else {
+                env_logger::WriteStyle::Never
+            });
+        }
     }
     if journal_format() {
         writer.format(|buf, r| {
@@ -198,7 +272,7 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
     let writer_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("log".into())
-        .spawn(move || run(rx, writer, writer_shared))
+        .spawn(move || run(rx, writer, batch, writer_shared, &mut std::io::stderr()))
         .ok()?;
     if log::set_boxed_logger(Box::new(logger)).is_err() {
         return None;
@@ -266,35 +340,55 @@ pub fn syslog_priority(level: Level) -> u8 {
     }
 }
 
-fn run(rx: Receiver<Msg>, writer: Arc<env_logger::Logger>, shared: Arc<Shared>) {
+fn run(
+    rx: Receiver<Msg>,
+    writer: Arc<env_logger::Logger>,
+    batch: Batch,
+    shared: Arc<Shared>,
+    out: &mut dyn Write,
+) {
     let mut reported = 0u64;
-    while let Ok(msg) = rx.recv() {
-        let dropped = shared.dropped.load(Ordering::Relaxed);
-        if dropped > reported {
-            write(
-                &writer,
-                Level::Warn,
-                "log",
-                &format!(
-                    "{} log records dropped: logging thread overloaded",
-                    dropped - reported
-                ),
-            );
-            reported = dropped;
-        }
-        match msg {
-            Msg::Record(r) => emit(&writer, &r),
-            Msg::Flush(done) => {
-                writer.flush();
-                let _ = done.send(());
+    while let Ok(first) = rx.recv() {
+        let mut records = 0usize;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            let dropped = shared.dropped.load(Ordering::Relaxed);
+            if dropped > reported {
+                write(
+                    &writer,
+                    Level::Warn,
+                    "log",
+                    &format!(
+                        "{} log records dropped: logging thread overloaded",
+                        dropped - reported
+                    ),
+                );
+                reported = dropped;
             }
-            Msg::Stop => {
-                while let Ok(Msg::Record(r)) = rx.try_recv() {
+            match msg {
+                Msg::Record(r) => {
                     emit(&writer, &r);
+                    records += 1;
                 }
-                writer.flush();
-                return;
+                Msg::Flush(done) => {
+                    batch.write_out(out);
+                    let _ = done.send(());
+                }
+                Msg::Stop => {
+                    while let Ok(Msg::Record(r)) = rx.try_recv() {
+                        emit(&writer, &r);
+                    }
+                    batch.write_out(out);
+                    return;
+                }
             }
+            if records < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        batch.write_out(out);
+        if records > 1 {
+            std::thread::sleep(COALESCE);
         }
     }
 }
@@ -319,11 +413,8 @@ fn around(f: &mut dyn FnMut()) {
     }
 }
 
+/// Formats a record into the batch.
 fn emit(writer: &env_logger::Logger, r: &OwnedRecord) {
-    around(&mut || emit_now(writer, r));
-}
-
-fn emit_now(writer: &env_logger::Logger, r: &OwnedRecord) {
     writer.log(
         &Record::builder()
             .level(r.level)
@@ -336,16 +427,15 @@ fn emit_now(writer: &env_logger::Logger, r: &OwnedRecord) {
     );
 }
 
+/// Formats a record of the logging thread's own into the batch.
 fn write(writer: &env_logger::Logger, level: Level, target: &str, text: &str) {
-    around(&mut || {
-        writer.log(
-            &Record::builder()
-                .level(level)
-                .target(target)
-                .args(format_args!("{text}"))
-                .build(),
-        )
-    });
+    writer.log(
+        &Record::builder()
+            .level(level)
+            .target(target)
+            .args(format_args!("{text}"))
+            .build(),
+    );
 }
 
 #[cfg(test)]
@@ -360,6 +450,68 @@ mod tests {
         assert!(!is_audit("smtp_relay::reactor"));
         assert!(!is_audit("inaudit"));
         assert!(!is_audit("smtp_relay::audit::x"));
+    }
+
+    /// Counts the writes it gets.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<Mutex<(usize, Vec<u8>)>>);
+
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut g = self.0.lock().expect("lock");
+            g.0 += 1;
+            g.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Records queued while the thread was busy are written together, in order, with one
+    /// write; a flush request writes what came before it.
+    #[test]
+    fn queued_records_are_written_in_one_batch() {
+        let (tx, rx) = bounded(64);
+        let shared = Arc::new(Shared {
+            tx: tx.clone(),
+            dropped: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let batch = Batch::default();
+        let writer = Arc::new(
+            env_logger::Builder::new()
+                .filter_level(LevelFilter::Trace)
+                .format(|buf, r| writeln!(buf, "{}", r.args()))
+                .target(env_logger::Target::Pipe(Box::new(batch.clone())))
+                .build(),
+        );
+        let record = |i: usize| {
+            Msg::Record(OwnedRecord {
+                level: Level::Info,
+                target: "t".into(),
+                module_path: None,
+                file: None,
+                line: None,
+                args: format!("line {i}"),
+            })
+        };
+        for i in 0..10 {
+            tx.send(record(i)).expect("queue");
+        }
+        let (done_tx, done_rx) = bounded(1);
+        tx.send(Msg::Flush(done_tx)).expect("queue");
+        tx.send(record(10)).expect("queue");
+        tx.send(Msg::Stop).expect("queue");
+        let out = Counting::default();
+        let mut sink = out.clone();
+        run(rx, writer, batch, shared, &mut sink);
+        done_rx.try_recv().expect("the flush was answered");
+        let (writes, text) = out.0.lock().expect("lock").clone();
+        let want: String = (0..=10).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(String::from_utf8_lossy(&text), want);
+        // The ten before the flush in one write, the last one with the stop.
+        assert_eq!(writes, 2);
     }
 
     /// A logging thread that falls behind (here: not reading at all): ordinary records beyond

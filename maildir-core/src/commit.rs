@@ -17,6 +17,9 @@
 //! the next messages overlaps stage 2 of the previous ones. [`sync_all`] runs stage 1 once
 //! for a batch the caller then publishes ([`crate::Maildir::commit_batch`]).
 //!
+//! With [`SyncMode::FileSystem`] a finished file skips stage 1: the publisher makes every
+//! such file of its batch durable with one `syncfs(2)` ([`sync_fs`]) before the renames.
+//!
 //! Owns: these threads and the order of durability (file data flushed, then rename, then the
 //! directory fsync, before any result is reported). Must not: speak SMTP, know the reactor, or
 //! report a message as committed before its batch's directory fsync.
@@ -27,11 +30,24 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::maildir::{Delivered, Delivery, MaildirError, Synced, publish_all};
+use crate::maildir::{Delivered, Delivery, MaildirError, Synced, publish_all, sync_fs};
 
 /// Sync threads used where the caller has no setting of its own ([`crate::Maildir::commit_batch`],
 /// and smtpd's default).
 pub const SYNC_THREADS: usize = 16;
+
+/// How the group commit makes a finished file's bytes durable before publishing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// An fdatasync per file, from the sync threads: right on any file system.
+    #[default]
+    File,
+    /// One `syncfs(2)` per batch, by the publisher, for all the batch's finished files
+    /// ([`sync_fs`]): fewer, larger writes and one journal commit, but it flushes everything
+    /// written to that file system, so it is meant for a queue on a file system of its own.
+    /// Jobs that write files themselves ([`GroupCommit::submit_prepared`]) still sync per file.
+    FileSystem,
+}
 
 /// Work run on a sync thread for one job: writes what remains to be written and returns the
 /// job's files synced ([`Delivery::sync`]), ready to publish. Dropping a file it made before
@@ -58,6 +74,14 @@ impl Work {
 /// What the sync threads report: a caller's tag and the synced files or why not.
 type SyncResult<T> = (T, Result<Vec<Synced>, MaildirError>);
 
+/// What reaches the publisher.
+enum Ready<T> {
+    /// A job the sync threads ran.
+    Synced(SyncResult<T>),
+    /// A finished file still to sync ([`SyncMode::FileSystem`]): synced with its batch.
+    Unsynced(T, Delivery),
+}
+
 /// What a published job comes to: its files in `new/` (in the order its work gave them), or
 /// why not.
 pub type JobResult = Result<Vec<Delivered>, MaildirError>;
@@ -69,8 +93,13 @@ struct SyncPool<T> {
 }
 
 impl<T: Send + 'static> SyncPool<T> {
-    /// Starts `threads` sync threads (at least one) reporting on `out`.
-    fn spawn(threads: usize, out: &Sender<SyncResult<T>>) -> io::Result<SyncPool<T>> {
+    /// Starts `threads` sync threads (at least one) reporting on `out` what `wrap` makes of
+    /// each result.
+    fn spawn<R: Send + 'static>(
+        threads: usize,
+        out: &Sender<R>,
+        wrap: fn(SyncResult<T>) -> R,
+    ) -> io::Result<SyncPool<T>> {
         let (tx, jobs) = unbounded::<(T, Work)>();
         let n = threads.max(1);
         let mut handles = Vec::with_capacity(n);
@@ -82,7 +111,7 @@ impl<T: Send + 'static> SyncPool<T> {
                     .name(format!("sync-{i}"))
                     .spawn(move || {
                         for (tag, work) in jobs.iter() {
-                            if out.send((tag, work.run())).is_err() {
+                            if out.send(wrap((tag, work.run()))).is_err() {
                                 return;
                             }
                         }
@@ -122,7 +151,7 @@ pub fn sync_all(batch: Vec<Delivery>, threads: usize) -> Vec<Result<Synced, Mail
     }
     let (out, results_rx) = unbounded();
     let mut results: Vec<Option<Result<Synced, MaildirError>>> = (0..n).map(|_| None).collect();
-    match SyncPool::spawn(threads.min(n), &out) {
+    match SyncPool::spawn(threads.min(n), &out, |r| r) {
         Ok(pool) => {
             drop(out);
             for (i, d) in batch.into_iter().enumerate() {
@@ -174,22 +203,26 @@ fn one(r: Result<Vec<Synced>, MaildirError>) -> Result<Synced, MaildirError> {
 /// results to the caller's `report`.
 pub struct GroupCommit<T> {
     pool: Option<SyncPool<T>>,
+    /// The publisher's queue, for finished files that skip the sync threads
+    /// ([`SyncMode::FileSystem`]; None otherwise).
+    direct: Option<Sender<Ready<T>>>,
     publisher: Option<JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> GroupCommit<T> {
     /// Starts `sync_threads` sync threads (at least one) and the publisher. At most
-    /// `max_batch` jobs go in one publish. `report` gets every result of a batch (each job
-    /// with its tag: its files in `new/` durably, or why not) after that batch's directory
-    /// fsyncs; when it returns false the publisher stops.
+    /// `max_batch` jobs go in one publish; `mode` says how finished files are synced. `report`
+    /// gets every result of a batch (each job with its tag: its files in `new/` durably, or
+    /// why not) after that batch's directory fsyncs; when it returns false the publisher stops.
     pub fn spawn(
         sync_threads: usize,
         max_batch: usize,
+        mode: SyncMode,
         mut report: impl FnMut(Vec<(T, JobResult)>) -> bool + Send + 'static,
     ) -> io::Result<GroupCommit<T>> {
-        let (synced_tx, synced_rx) = unbounded::<SyncResult<T>>();
-        let pool = SyncPool::spawn(sync_threads, &synced_tx)?;
-        drop(synced_tx);
+        let (synced_tx, synced_rx) = unbounded::<Ready<T>>();
+        let pool = SyncPool::spawn(sync_threads, &synced_tx, Ready::Synced)?;
+        let direct = (mode == SyncMode::FileSystem).then_some(synced_tx);
         let publisher = std::thread::Builder::new()
             .name("publish".into())
             .spawn(move || {
@@ -201,6 +234,7 @@ impl<T: Send + 'static> GroupCommit<T> {
             })?;
         Ok(GroupCommit {
             pool: Some(pool),
+            direct,
             publisher: Some(publisher),
         })
     }
@@ -208,6 +242,13 @@ impl<T: Send + 'static> GroupCommit<T> {
     /// Queues a finished file. Returns the tag if the threads are gone (the file is dropped,
     /// which removes it from `tmp/`).
     pub fn submit(&self, tag: T, delivery: Delivery) -> Result<(), T> {
+        if let Some(direct) = &self.direct {
+            return direct
+                .send(Ready::Unsynced(tag, delivery))
+                .map_err(|e| match e.0 {
+                    Ready::Unsynced(tag, _) | Ready::Synced((tag, _)) => tag,
+                });
+        }
         self.submit_work(tag, Work::File(delivery))
             .map_err(|(tag, _)| tag)
     }
@@ -229,31 +270,31 @@ impl<T: Send + 'static> GroupCommit<T> {
 
 impl<T> Drop for GroupCommit<T> {
     fn drop(&mut self) {
-        // Ending the sync threads closes the publisher's channel, which ends the publisher.
+        // Ending the sync threads (and dropping the direct sender) closes the publisher's
+        // channel, which ends the publisher.
         self.pool.take();
+        self.direct.take();
         if let Some(t) = self.publisher.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Waits for a synced job, takes every other one synced meanwhile (up to `max_batch`) and
-/// publishes their files together ([`publish_all`]: one fsync per `new/` directory). None once
-/// the sync threads are gone.
-fn publish_next<T>(
-    synced: &Receiver<SyncResult<T>>,
-    max_batch: usize,
-) -> Option<Vec<(T, JobResult)>> {
-    let first = synced.recv().ok()?;
-    // Everything synced while the previous batch was publishing joins this one.
-    let mut batch = vec![first];
-    while batch.len() < max_batch.max(1) {
-        match synced.try_recv() {
-            Ok(item) => batch.push(item),
+/// Waits for a ready job, takes every other one ready meanwhile (up to `max_batch`), syncs
+/// the unsynced files among them together ([`sync_fs`]) and publishes all their files
+/// ([`publish_all`]: one fsync per `new/` directory). None once the sync threads are gone.
+fn publish_next<T>(ready: &Receiver<Ready<T>>, max_batch: usize) -> Option<Vec<(T, JobResult)>> {
+    let first = ready.recv().ok()?;
+    // Everything ready while the previous batch was publishing joins this one.
+    let mut arrived = vec![first];
+    while arrived.len() < max_batch.max(1) {
+        match ready.try_recv() {
+            Ok(item) => arrived.push(item),
             Err(_) => break,
         }
     }
     let started = std::time::Instant::now();
+    let batch = sync_unsynced(arrived);
     // Every file of every job, with the index of its job.
     let mut owners = Vec::new();
     let mut files = Vec::new();
@@ -283,6 +324,45 @@ fn publish_next<T>(
     }
     log::debug!("published a batch of {n} files in {:?}", started.elapsed());
     Some(results)
+}
+
+/// The batch with its unsynced files synced together ([`sync_fs`]), in the order it came.
+fn sync_unsynced<T>(arrived: Vec<Ready<T>>) -> Vec<SyncResult<T>> {
+    let mut tags = Vec::with_capacity(arrived.len());
+    let mut unsynced = Vec::new();
+    let mut done: Vec<Option<Result<Vec<Synced>, MaildirError>>> = Vec::new();
+    for item in arrived {
+        match item {
+            Ready::Synced((tag, r)) => {
+                tags.push(tag);
+                done.push(Some(r));
+            }
+            Ready::Unsynced(tag, d) => {
+                tags.push(tag);
+                done.push(None);
+                unsynced.push(d);
+            }
+        }
+    }
+    let mut synced = sync_fs(unsynced).into_iter();
+    tags.into_iter()
+        .zip(done)
+        .map(|(tag, r)| {
+            let r = r.unwrap_or_else(|| {
+                synced.next().map_or_else(
+                    || {
+                        Err(MaildirError::new(
+                            "syncfs",
+                            Path::new("tmp"),
+                            io::Error::other("internal: no result"),
+                        ))
+                    },
+                    |one| one.map(|s| vec![s]),
+                )
+            });
+            (tag, r)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -315,14 +395,21 @@ mod tests {
         }
     }
 
-    /// The pipeline reports every file with its tag, in `new/` by then.
+    /// The pipeline reports every file with its tag, in `new/` by then, whichever way the
+    /// files are synced.
     #[test]
     fn group_commit_reports_each_tag_once_published() {
+        for mode in [SyncMode::File, SyncMode::FileSystem] {
+            reports_each_tag_once_published(mode);
+        }
+    }
+
+    fn reports_each_tag_once_published(mode: SyncMode) {
         let dir = tempfile::tempdir().expect("tempdir");
         let md = Maildir::open(dir.path()).expect("open");
         let (tx, rx) = unbounded();
         let new_dir = md.new_dir().to_owned();
-        let gc = GroupCommit::spawn(2, 4, move |results| {
+        let gc = GroupCommit::spawn(2, 4, mode, move |results| {
             for (tag, r) in results {
                 let delivered = r.expect("committed");
                 assert_eq!(delivered.len(), 1);
@@ -359,7 +446,7 @@ mod tests {
         let a = Maildir::open(dir.path().join("a")).expect("open");
         let b = Maildir::open(dir.path().join("b")).expect("open");
         let (tx, rx) = unbounded();
-        let gc = GroupCommit::spawn(2, 8, move |results| {
+        let gc = GroupCommit::spawn(2, 8, SyncMode::File, move |results| {
             for r in results {
                 if tx.send(r).is_err() {
                     return false;

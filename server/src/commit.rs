@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use maildir_core::commit::{GroupCommit, JobResult, Prepare};
+use maildir_core::commit::{GroupCommit, JobResult, Prepare, SyncMode};
 use maildir_core::directory::LocalCopy;
 use maildir_core::local::Mailboxes;
 use maildir_core::{Delivered, Delivery};
@@ -54,26 +54,37 @@ pub struct Done {
     pub local_copies: usize,
 }
 
+/// How the group commit runs (`Config::sync_threads`, `max_batch`, `--sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Threads flushing files in parallel (at least one).
+    pub threads: usize,
+    /// Most messages made durable in one batch.
+    pub max_batch: usize,
+    /// An fdatasync per queue file, or a syncfs per batch.
+    pub mode: SyncMode,
+}
+
 /// Handle to the group-commit threads ([`maildir_core::commit::GroupCommit`]).
 pub struct Committer {
     inner: GroupCommit<Tag>,
 }
 
 impl Committer {
-    /// Starts the threads (`sync_threads` flushing in parallel, at least one; at most
-    /// `max_batch` messages per batch). Results arrive
-    /// on `done`, and `waker` is woken after each batch. `mailboxes` counts what local copies
-    /// add to their users' usage.
+    /// Starts the threads as `settings` say. Results arrive on `done`, and `waker` is woken
+    /// after each batch. `mailboxes` counts what local copies add to their users' usage.
     pub fn spawn(
-        sync_threads: usize,
-        max_batch: usize,
+        settings: Settings,
         mailboxes: Option<Arc<Mailboxes>>,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Committer> {
-        let inner = GroupCommit::spawn(sync_threads, max_batch, move |results| {
-            report(results, mailboxes.as_deref(), &done, &waker)
-        })?;
+        let inner = GroupCommit::spawn(
+            settings.threads,
+            settings.max_batch,
+            settings.mode,
+            move |results| report(results, mailboxes.as_deref(), &done, &waker),
+        )?;
         Ok(Committer { inner })
     }
 

@@ -86,10 +86,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Certificate and key for STARTTLS and implicit TLS listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Threads flushing queue files in parallel in the group commit.
-    pub sync_threads: usize,
-    /// Most messages the group commit makes durable in one batch.
-    pub max_batch: usize,
+    /// The group commit's threads, batch size and sync mode.
+    pub commit: crate::commit::Settings,
     /// Threads running TLS handshakes.
     pub handshake_threads: usize,
     /// Unprocessed input kept per connection before reading stops (pipelined commands).
@@ -237,8 +235,7 @@ impl Server {
             maildir,
             config.mailboxes.clone(),
             config.durability,
-            config.sync_threads,
-            config.max_batch,
+            config.commit,
             done_tx,
             waker.clone(),
         )?;
@@ -523,6 +520,10 @@ impl Server {
     fn drive(&mut self, key: usize, mut now: Instant) {
         let mut reads = 0;
         let mut spent = false;
+        // A plain TCP read that filled less than the buffer emptied the socket: the next read
+        // would only say `WouldBlock`, and more input comes with a new readiness event (edge
+        // triggered: one for each arrival), so none is tried until then.
+        let mut drained = false;
         loop {
             // Deadlines count from the moment a line is handled, never from the (earlier)
             // moment the poll returned: a timeout must not fire before it is due.
@@ -548,8 +549,10 @@ impl Server {
             let finishing_handshake = conn.session.is_closed()
                 && conn.transport.is_handshaking()
                 && !conn.session.poll_output().is_empty();
-            let may_read =
-                (conn.session.wants_read() || finishing_handshake) && !conn.eof && room > 0;
+            let may_read = (conn.session.wants_read() || finishing_handshake)
+                && !conn.eof
+                && room > 0
+                && !drained;
             if may_read && reads == READ_BUDGET {
                 // Its turn is over: the rest waits for the next round of the event loop.
                 spent = true;
@@ -567,6 +570,7 @@ impl Server {
                     }
                     Ok(n) => {
                         report_tls(conn);
+                        drained = n < room && !conn.transport.is_tls();
                         let data = &self.scratch[..n];
                         if conn.inbuf.is_empty() {
                             let used = conn.session.handle_input(data, now);
@@ -607,7 +611,11 @@ impl Server {
             }
             // Sending replies can make room for more input: read it now, as no new readiness
             // event comes for input that arrived while the session was not reading.
-            progress |= blocked && conn.session.wants_read();
+            if blocked && conn.session.wants_read() {
+                // Input may have arrived (its event came and went) while it was not reading.
+                drained = false;
+                progress = true;
+            }
             if conn.starting_tls
                 && conn.session.poll_output().is_empty()
                 && let Some(config) = &self.config.tls
@@ -660,7 +668,7 @@ impl Server {
                     let result = self.store.begin(&mut conn.queue_file);
                     conn.session.handle_begun(result, now, SystemTime::now());
                 }
-                Action::Write(bytes) => conn.queue_file.write(&bytes),
+                Action::Write(bytes) => conn.queue_file.write(bytes),
                 Action::Commit(local) => {
                     let conn_ref = ConnRef {
                         key,

@@ -21,7 +21,7 @@
 //! wait on a flush to disk (the group-commit threads do).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{IoSlice, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -30,24 +30,46 @@ use maildir_core::local::{LocalError, Mailboxes, WrittenCopy};
 use maildir_core::maildir::Synced;
 use maildir_core::{Delivery, Durability, Maildir, MaildirError};
 
-use crate::commit::{Committer, Done, Tag, local_delivered};
+use crate::commit::{Committer, Done, Settings, Tag, local_delivered};
 use net::ConnRef;
 use proto::smtp::server::session::StoreError;
 
 /// One connection's queue file: the message being written, or the first write failure, which
 /// is reported when the session commits.
+///
+/// The file's first write (the envelope and `Received:` header, which the session hands out
+/// as soon as the file exists) is held until the next one, and both go out in one `writev`:
+/// a message that arrives in one read costs one write instead of two.
 #[derive(Default)]
 pub struct QueueFile {
     delivery: Option<Delivery>,
+    /// The file's first bytes, not written yet (empty once they are).
+    held: Vec<u8>,
+    /// True once the first write was taken (held or written).
+    started: bool,
     failed: Option<StoreError>,
 }
 
 impl QueueFile {
     /// Appends message bytes (`Action::Write`). After a failure the rest is dropped and the
     /// failure kept for the commit.
-    pub fn write(&mut self, bytes: &[u8]) {
-        if let (Some(d), None) = (&mut self.delivery, self.failed)
-            && let Err(e) = d.write_all(bytes)
+    pub fn write(&mut self, bytes: Vec<u8>) {
+        if self.delivery.is_none() || self.failed.is_some() {
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.held = bytes;
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.write_out(&held, &bytes);
+    }
+
+    /// Writes what is held, then `more`.
+    fn write_out(&mut self, held: &[u8], more: &[u8]) {
+        if let Some(d) = &mut self.delivery
+            && let Err(e) = write_all_pair(d, held, more)
         {
             log::error!("cannot write queue file {}: {e}", d.id());
             self.failed = Some(io_store_error(&e));
@@ -57,6 +79,13 @@ impl QueueFile {
     /// Drops the file being written, if any (`Action::Abort`); its `tmp/` file is removed.
     pub fn abort(&mut self) {
         self.delivery.take();
+        self.reset();
+    }
+
+    /// Ready for the next file.
+    fn reset(&mut self) {
+        self.held = Vec::new();
+        self.started = false;
         self.failed = None;
     }
 
@@ -67,7 +96,7 @@ impl QueueFile {
             Ok(d) => {
                 let id = d.id().to_owned();
                 self.delivery = Some(d);
-                self.failed = None;
+                self.reset();
                 Ok(id)
             }
             Err(e) => {
@@ -88,13 +117,35 @@ impl QueueFile {
         })
     }
 
-    /// The finished file, or why it cannot be committed.
+    /// The finished file (what was held written), or why it cannot be committed.
     fn finish(&mut self) -> Result<Delivery, StoreError> {
-        match (self.delivery.take(), self.failed.take()) {
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() && self.failed.is_none() {
+            self.write_out(&held, &[]);
+        }
+        let failed = self.failed;
+        self.reset();
+        match (self.delivery.take(), failed) {
             (Some(d), None) => Ok(d),
             (_, failed) => Err(failed.unwrap_or(StoreError::Failed)),
         }
     }
+}
+
+/// Writes `a` then `b` with as few `writev` calls as the file takes.
+fn write_all_pair(w: &mut impl Write, a: &[u8], b: &[u8]) -> std::io::Result<()> {
+    let mut slices = [IoSlice::new(a), IoSlice::new(b)];
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What became of a `Commit`.
@@ -116,26 +167,18 @@ pub struct Store {
 
 impl Store {
     /// Opens the store: the queue Maildir and, for local delivery, the users' Maildirs. With
-    /// [`Durability::Fsync`] the group-commit threads start (`sync_threads` flushing in
-    /// parallel, at most `max_batch` messages per batch); their results arrive on `done`, and
-    /// `waker` is woken after each batch.
+    /// [`Durability::Fsync`] the group-commit threads start as `commit` says; their results
+    /// arrive on `done`, and `waker` is woken after each batch.
     pub fn new(
         maildir: Maildir,
         mailboxes: Option<Arc<Mailboxes>>,
         durability: Durability,
-        sync_threads: usize,
-        max_batch: usize,
+        commit: Settings,
         done: Sender<Done>,
         waker: Arc<mio::Waker>,
     ) -> std::io::Result<Store> {
         let committer = match durability {
-            Durability::Fsync => Some(Committer::spawn(
-                sync_threads,
-                max_batch,
-                mailboxes.clone(),
-                done,
-                waker,
-            )?),
+            Durability::Fsync => Some(Committer::spawn(commit, mailboxes.clone(), done, waker)?),
             Durability::NoFsync => None,
         };
         Ok(Store {
@@ -336,6 +379,7 @@ fn full_or_failed(full: bool) -> StoreError {
 mod tests {
     use super::*;
     use crate::commit::MAX_BATCH;
+    use maildir_core::commit::SyncMode;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -365,10 +409,23 @@ mod tests {
     }
 
     fn store(md: Maildir, durability: Durability) -> (Store, crossbeam_channel::Receiver<Done>) {
+        store_with(md, durability, SyncMode::File)
+    }
+
+    fn store_with(
+        md: Maildir,
+        durability: Durability,
+        mode: SyncMode,
+    ) -> (Store, crossbeam_channel::Receiver<Done>) {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
         let (tx, rx) = crossbeam_channel::unbounded();
-        let store = Store::new(md, None, durability, 2, MAX_BATCH, tx, waker).expect("store");
+        let settings = Settings {
+            threads: 2,
+            max_batch: MAX_BATCH,
+            mode,
+        };
+        let store = Store::new(md, None, durability, settings, tx, waker).expect("store");
         (store, rx)
     }
 
@@ -398,31 +455,41 @@ mod tests {
         let mut file = QueueFile::default();
         let id = store.begin(&mut file).expect("begin");
         assert!(!id.is_empty());
-        file.write(b"Subject: x\r\n\r\nbody\r\n");
+        file.write(b"Subject: x\r\n\r\nbody\r\n".to_vec());
         assert_eq!(store.commit(&mut file, CONN, None), Commit::Done(Ok(())));
         assert_eq!(store.in_flight(), 0);
         assert_eq!((dir.count("new"), dir.count("tmp")), (1, 0));
     }
 
     /// With fsync the commit goes to the group commit and its result comes back for the
-    /// same connection.
+    /// same connection, whichever way the files are synced; the held first write and the next
+    /// one are both in the file.
     #[test]
     fn begin_write_commit_through_the_group_commit() {
-        let (dir, md) = TempMaildir::new("fsync");
-        let (mut store, rx) = store(md, Durability::Fsync);
-        let mut file = QueueFile::default();
-        store.begin(&mut file).expect("begin");
-        file.write(b"body\r\n");
-        assert_eq!(store.commit(&mut file, CONN, None), Commit::Pending);
-        assert_eq!(store.in_flight(), 1);
-        let done = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("commit result");
-        assert_eq!(done.conn, CONN);
-        assert_eq!(done.result, Ok(()));
-        store.completed();
-        assert_eq!(store.in_flight(), 0);
-        assert_eq!(dir.count("new"), 1);
+        for mode in [SyncMode::File, SyncMode::FileSystem] {
+            let (dir, md) = TempMaildir::new("fsync");
+            let (mut store, rx) = store_with(md, Durability::Fsync, mode);
+            let mut file = QueueFile::default();
+            store.begin(&mut file).expect("begin");
+            file.write(b"head\r\n".to_vec());
+            file.write(b"body\r\n".to_vec());
+            assert_eq!(store.commit(&mut file, CONN, None), Commit::Pending);
+            assert_eq!(store.in_flight(), 1);
+            let done = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("commit result");
+            assert_eq!(done.conn, CONN, "{mode:?}");
+            assert_eq!(done.result, Ok(()), "{mode:?}");
+            store.completed();
+            assert_eq!(store.in_flight(), 0);
+            let new: Vec<_> = std::fs::read_dir(dir.0.join("new"))
+                .expect("new/")
+                .flatten()
+                .collect();
+            assert_eq!(new.len(), 1, "{mode:?}");
+            let text = std::fs::read(new[0].path()).expect("read");
+            assert_eq!(text, b"head\r\nbody\r\n", "{mode:?}");
+        }
     }
 
     /// Abort removes the file from `tmp/`; a commit without a file is a failure (451), and a
@@ -433,7 +500,7 @@ mod tests {
         let (mut store, _rx) = store(md, Durability::NoFsync);
         let mut file = QueueFile::default();
         store.begin(&mut file).expect("begin");
-        file.write(b"partial");
+        file.write(b"partial".to_vec());
         assert_eq!(dir.count("tmp"), 1);
         file.abort();
         assert_eq!((dir.count("new"), dir.count("tmp")), (0, 0));
@@ -443,7 +510,7 @@ mod tests {
         );
         store.begin(&mut file).expect("begin");
         file.failed = Some(StoreError::Full);
-        file.write(b"dropped after the failure");
+        file.write(b"dropped after the failure".to_vec());
         assert_eq!(
             store.commit(&mut file, CONN, None),
             Commit::Done(Err(StoreError::Full))

@@ -222,10 +222,20 @@ const STOP_AFTER: usize = 300;
 
 #[test]
 fn sigkill_during_load_loses_nothing_acknowledged() {
+    sigkill_during_load(&[]);
+}
+
+/// The same with one syncfs per batch instead of an fdatasync per file (`--sync filesystem`).
+#[test]
+fn sigkill_during_load_with_syncfs_loses_nothing_acknowledged() {
+    sigkill_during_load(&["--sync", "filesystem"]);
+}
+
+fn sigkill_during_load(args: &[&str]) {
     if !have("python3") {
         return;
     }
-    let s = start(&[]);
+    let s = start(args);
     let load = Load::start(
         &port(&s),
         LOAD_TOTAL,
@@ -246,7 +256,7 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
         "the load finished before the kill: the test proved nothing"
     );
     let files = verify_nothing_lost(&s, &lines);
-    eprintln!("SIGKILL under load: {acked} acknowledged, {files} complete files in new/");
+    eprintln!("SIGKILL under load {args:?}: {acked} acknowledged, {files} complete files in new/");
 }
 
 #[test]

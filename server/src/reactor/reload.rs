@@ -125,6 +125,9 @@ impl Server {
         if config.durability != old.durability {
             warnings.push("--no-fsync changed: that needs a restart".to_owned());
         }
+        if config.sync_mode != old.sync_mode {
+            warnings.push("--sync changed: that needs a restart".to_owned());
+        }
         let (new_l, old_l) = (&config.login, &old.login);
         if (&new_l.bans, new_l.failure_delay, new_l.threads)
             != (&old_l.bans, old_l.failure_delay, old_l.threads)
@@ -240,6 +243,7 @@ impl Server {
             config.metrics = source.config.metrics;
             config.maildir = source.config.maildir.clone();
             config.durability = source.config.durability;
+            config.sync_mode = source.config.sync_mode;
             if let (Some(new), Some(old)) = (&mut config.local, &source.config.local) {
                 new.mailboxes = old.mailboxes.clone();
             }

@@ -119,7 +119,7 @@ impl Driver {
                     self.session
                         .handle_begun(r, Instant::now(), SystemTime::now());
                 }
-                Action::Write(bytes) => self.file.write(&bytes),
+                Action::Write(bytes) => self.file.write(bytes),
                 Action::Commit(_) => {
                     let r = self.file.commit_now();
                     self.session.handle_stored(r, Instant::now());

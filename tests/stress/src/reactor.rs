@@ -69,6 +69,7 @@ pub fn run(cfg: &Config, obs: &mut impl Observer) -> io::Result<(Stats, Duration
             let mut run = Run::new(started, script, cfg.limits.max_size, cfg.reply_timeout, now);
             started += 1;
             match TcpStream::connect(cfg.addr).and_then(|mut s| {
+                s.set_nodelay(true)?;
                 poll.registry()
                     .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
                     .map(|()| s)

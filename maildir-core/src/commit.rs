@@ -26,10 +26,12 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
+use crate::job_queue::JobQueue;
 use crate::maildir::{Delivered, Delivery, MaildirError, Synced, publish_all, sync_fs};
 
 /// Sync threads used where the caller has no setting of its own ([`crate::Maildir::commit_batch`],
@@ -88,7 +90,7 @@ pub type JobResult = Result<Vec<Delivered>, MaildirError>;
 
 /// Stage 1: threads that flush each file's data as it arrives.
 struct SyncPool<T> {
-    tx: Option<Sender<(T, Work)>>,
+    jobs: Arc<JobQueue<(T, Work)>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -100,17 +102,20 @@ impl<T: Send + 'static> SyncPool<T> {
         out: &Sender<R>,
         wrap: fn(SyncResult<T>) -> R,
     ) -> io::Result<SyncPool<T>> {
-        let (tx, jobs) = unbounded::<(T, Work)>();
         let n = threads.max(1);
-        let mut handles = Vec::with_capacity(n);
+        // Dropped on a failed spawn: that closes the queue and ends the threads started.
+        let mut pool = SyncPool {
+            jobs: Arc::new(JobQueue::default()),
+            threads: Vec::with_capacity(n),
+        };
         for i in 0..n {
-            let jobs = jobs.clone();
+            let jobs = pool.jobs.clone();
             let out = out.clone();
-            handles.push(
+            pool.threads.push(
                 std::thread::Builder::new()
                     .name(format!("sync-{i}"))
                     .spawn(move || {
-                        for (tag, work) in jobs.iter() {
+                        while let Some((tag, work)) = jobs.pop() {
                             if out.send(wrap((tag, work.run()))).is_err() {
                                 return;
                             }
@@ -118,24 +123,18 @@ impl<T: Send + 'static> SyncPool<T> {
                     })?,
             );
         }
-        Ok(SyncPool {
-            tx: Some(tx),
-            threads: handles,
-        })
+        Ok(pool)
     }
 
     fn submit(&self, tag: T, work: Work) -> Result<(), (T, Work)> {
-        match &self.tx {
-            Some(tx) => tx.send((tag, work)).map_err(|e| e.0),
-            None => Err((tag, work)),
-        }
+        self.jobs.push((tag, work))
     }
 }
 
 impl<T> Drop for SyncPool<T> {
     fn drop(&mut self) {
-        // Closing the job channel ends the threads once the queued files are synced.
-        self.tx.take();
+        // Closing the job queue ends the threads once the queued files are synced.
+        self.jobs.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

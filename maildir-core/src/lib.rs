@@ -26,6 +26,7 @@ pub mod commit;
 pub mod date;
 pub mod directory;
 pub mod envelope;
+pub mod job_queue;
 pub mod local;
 pub mod logging;
 pub mod maildir;

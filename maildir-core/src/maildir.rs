@@ -9,13 +9,16 @@
 //! This module does no protocol work and starts no threads: the parallel flushes of
 //! `commit_batch` and smtpd's long-lived group commit are [`crate::commit`]'s.
 
+use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Files in `tmp/` older than this are abandoned deliveries (the Maildir convention).
@@ -91,6 +94,16 @@ pub struct Maildir {
     /// Permissions of the files [`Maildir::deliver`] creates (0600 unless
     /// [`Maildir::with_file_mode`] says otherwise).
     file_mode: u32,
+    /// `tmp/` and `new/` held open ([`Maildir::with_open_dirs`]), or None.
+    dirs: Option<Arc<OpenDirs>>,
+}
+
+/// A Maildir's `tmp/` and `new/` held open: files are created, renamed and removed relative to
+/// them (`openat`, `renameat2`, `unlinkat`) instead of walking the whole path every time.
+#[derive(Debug)]
+struct OpenDirs {
+    tmp: OwnedFd,
+    new: OwnedFd,
 }
 
 /// A message that reached `new/`.
@@ -124,6 +137,7 @@ impl Maildir {
             cur: root.join("cur"),
             root,
             file_mode: 0o600,
+            dirs: None,
         };
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
@@ -158,6 +172,7 @@ impl Maildir {
             cur: root.join("cur"),
             root,
             file_mode: 0o600,
+            dirs: None,
         };
         for dir in [&md.tmp, &md.new] {
             let meta = fs::metadata(dir).map_err(|e| MaildirError::new("use", dir, e))?;
@@ -224,30 +239,55 @@ impl Maildir {
         Ok(removed)
     }
 
+    /// Holds `tmp/` and `new/` open for the life of this Maildir (and its clones): deliveries
+    /// then create, rename and remove their files relative to them, which spares the kernel
+    /// the walk of the whole path at every step (smtpd's queue: a few per message). Two file
+    /// descriptors, so not for the users' Maildirs, which are many.
+    pub fn with_open_dirs(mut self) -> Result<Maildir, MaildirError> {
+        let open = |dir: &Path| {
+            File::open(dir)
+                .map(OwnedFd::from)
+                .map_err(|e| MaildirError::new("open", dir, e))
+        };
+        self.dirs = Some(Arc::new(OpenDirs {
+            tmp: open(&self.tmp)?,
+            new: open(&self.new)?,
+        }));
+        Ok(self)
+    }
+
     /// Starts a delivery: creates a new uniquely named file in `tmp/` to stream the message into.
     pub fn deliver(&self) -> Result<Delivery, MaildirError> {
         let id = unique_name(SystemTime::now());
         let tmp_path = self.tmp.join(&id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp_path)
-            .map_err(|e| MaildirError::new("create", &tmp_path, e))?;
-        if self.file_mode != 0o600 {
-            use std::os::unix::fs::PermissionsExt;
-            if let Err(e) = file.set_permissions(fs::Permissions::from_mode(self.file_mode)) {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(MaildirError::new("set the mode of", &tmp_path, e));
-            }
-        }
-        Ok(Delivery {
+        let created = match &self.dirs {
+            Some(dirs) => create_at(&dirs.tmp, &id),
+            None => OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp_path),
+        };
+        let file = created.map_err(|e| MaildirError::new("create", &tmp_path, e))?;
+        let delivery = Delivery {
             file: Some(file),
             tmp_path,
             new_dir: self.new.clone(),
+            dirs: self.dirs.clone(),
+            new_is_open: true,
             id,
             size: 0,
-        })
+        };
+        if self.file_mode != 0o600 {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::Permissions::from_mode(self.file_mode);
+            if let Some(Err(e)) = delivery.file.as_ref().map(|f| f.set_permissions(mode)) {
+                let path = delivery.tmp_path.clone();
+                drop(delivery);
+                return Err(MaildirError::new("set the mode of", &path, e));
+            }
+        }
+        Ok(delivery)
     }
 
     /// Makes every delivery in `batch` durable and moves it into `new/`: the files are flushed
@@ -469,6 +509,11 @@ pub struct Delivery {
     file: Option<File>,
     tmp_path: PathBuf,
     new_dir: PathBuf,
+    /// The Maildir's open `tmp/` and `new/`, if it holds them (the file is named `id` in
+    /// `tmp/`).
+    dirs: Option<Arc<OpenDirs>>,
+    /// True while `new_dir` is the one `dirs` holds open.
+    new_is_open: bool,
     id: String,
     size: u64,
 }
@@ -488,7 +533,11 @@ impl Delivery {
     /// spooled message that is also a user's copy (local delivery). The rename needs both
     /// Maildirs on one file system.
     pub fn publish_into(&mut self, md: &Maildir) {
-        self.new_dir = md.new.clone();
+        if md.new != self.new_dir {
+            self.new_dir = md.new.clone();
+            // Renamed by path from now on; the open `tmp/` still serves a removal.
+            self.new_is_open = false;
+        }
     }
 
     /// Where the file is being written (in `tmp/`), to read it back (local delivery copies the
@@ -543,8 +592,14 @@ impl Delivery {
     fn rename_into_new(&mut self) -> Result<Delivered, MaildirError> {
         let final_name = format!("{},S={}", self.id, self.size);
         let path = self.new_dir.join(&final_name);
-        rename_noreplace(&self.tmp_path, &path)
-            .map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
+        let renamed = match &self.dirs {
+            Some(dirs) if self.new_is_open => rename_noreplace(
+                (dirs.tmp.as_raw_fd(), Path::new(&self.id)),
+                (dirs.new.as_raw_fd(), Path::new(&final_name)),
+            ),
+            _ => rename_noreplace((libc::AT_FDCWD, &self.tmp_path), (libc::AT_FDCWD, &path)),
+        };
+        renamed.map_err(|e| MaildirError::new("rename", &self.tmp_path, e))?;
         self.file = None;
         Ok(Delivered {
             id: std::mem::take(&mut self.id),
@@ -588,7 +643,11 @@ impl Drop for Delivery {
         if self.file.take().is_none() {
             return;
         }
-        if let Err(e) = fs::remove_file(&self.tmp_path) {
+        let removed = match &self.dirs {
+            Some(dirs) => unlink_at(&dirs.tmp, &self.id),
+            None => fs::remove_file(&self.tmp_path),
+        };
+        if let Err(e) = removed {
             log::warn!("cannot remove {}: {e}", self.tmp_path.display());
         }
     }
@@ -600,28 +659,56 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
         .map_err(|e| MaildirError::new("fsync", dir, e))
 }
 
+/// A path relative to a directory descriptor (`AT_FDCWD`: the current directory).
+type At<'a> = (RawFd, &'a Path);
+
+/// The path as a C string.
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// Creates `name` in the directory `dir` (exclusively, mode 0600, write only).
+fn create_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    let c = c_path(Path::new(name))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the descriptor returned
+    // is new and owned by the File.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Removes `name` from the directory `dir`.
+fn unlink_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    let c = c_path(Path::new(name))?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Renames `from` to `to` unless `to` exists (then `EEXIST`, and both files stay as they
 /// were): a name reused after a pid reuse must never replace a message already in `new/`.
 /// `renameat2(RENAME_NOREPLACE)`, or link and unlink where the file system lacks it.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+fn rename_noreplace(from: At<'_>, to: At<'_>) -> io::Result<()> {
+    let (f, t) = (c_path(from.1)?, c_path(to.1)?);
     #[cfg(target_os = "linux")]
     {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-        };
-        let (f, t) = (c(from)?, c(to)?);
-        // SAFETY: two valid NUL-terminated paths relative to the current directory.
+        // SAFETY: valid directory descriptors (or AT_FDCWD) and NUL-terminated paths.
         let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                f.as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
+            libc::renameat2(from.0, f.as_ptr(), to.0, t.as_ptr(), libc::RENAME_NOREPLACE)
         };
         if r == 0 {
             return Ok(());
@@ -634,12 +721,17 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     // link(2) never replaces an existing name. Once the link exists the message is in place:
     // a failed unlink of the tmp/ name must not turn it into a failure (the client would send
     // it again), it only leaves a second name that the stale-tmp cleanup removes.
-    fs::hard_link(from, to)?;
-    if let Err(e) = fs::remove_file(from) {
+    // SAFETY: as above.
+    if unsafe { libc::linkat(from.0, f.as_ptr(), to.0, t.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::unlinkat(from.0, f.as_ptr(), 0) } != 0 {
         log::warn!(
-            "{} is delivered as {}, but its tmp/ name stays: {e}",
-            from.display(),
-            to.display()
+            "{} is delivered as {}, but its tmp/ name stays: {}",
+            from.1.display(),
+            to.1.display(),
+            io::Error::last_os_error()
         );
     }
     Ok(())
@@ -801,14 +893,46 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"new message").unwrap();
         fs::write(&b, b"message already delivered").unwrap();
-        let e = rename_noreplace(&a, &b).unwrap_err();
+        fn at(p: &Path) -> At<'_> {
+            (libc::AT_FDCWD, p)
+        }
+        let e = rename_noreplace(at(&a), at(&b)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
         assert_eq!(fs::read(&b).unwrap(), b"message already delivered");
         assert_eq!(fs::read(&a).unwrap(), b"new message");
         let c = dir.path().join("c");
-        rename_noreplace(&a, &c).unwrap();
+        rename_noreplace(at(&a), at(&c)).unwrap();
         assert!(!a.exists());
         assert_eq!(fs::read(&c).unwrap(), b"new message");
+    }
+
+    /// With `tmp/` and `new/` held open a delivery is created, renamed and removed the same
+    /// as by path, and a file sent to another Maildir's `new/` is renamed there.
+    #[test]
+    fn open_dirs_deliver_commit_abort_and_redirect() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::open(dir.path().join("q"))
+            .unwrap()
+            .with_open_dirs()
+            .unwrap();
+        let other = Maildir::open(dir.path().join("user")).unwrap();
+        let count = |d: &Path| fs::read_dir(d).unwrap().count();
+        let mut d = md.deliver().unwrap();
+        d.write_all(b"one\r\n").unwrap();
+        let done = d.commit(Durability::Fsync).unwrap();
+        assert_eq!(fs::read(&done.path).unwrap(), b"one\r\n");
+        assert!(done.path.starts_with(md.new_dir()));
+        let dropped = md.deliver().unwrap();
+        assert_eq!(count(md.tmp_dir()), 1);
+        drop(dropped);
+        assert_eq!(count(md.tmp_dir()), 0);
+        let mut d = md.deliver().unwrap();
+        d.write_all(b"two\r\n").unwrap();
+        d.publish_into(&other);
+        let done = d.commit(Durability::NoFsync).unwrap();
+        assert!(done.path.starts_with(other.new_dir()), "{done:?}");
+        assert_eq!(fs::read(&done.path).unwrap(), b"two\r\n");
+        assert_eq!((count(md.new_dir()), count(md.tmp_dir())), (1, 0));
     }
 
     #[test]

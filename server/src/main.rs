@@ -98,7 +98,9 @@ fn run(loaded: config_file::Loaded<Args>, argv: Vec<OsString>) -> Result<(), Str
     if let Some(run_as) = &config.run_as {
         smtpd::privileges::drop_to(run_as)?;
     }
-    let maildir = Maildir::open(&config.maildir).map_err(|e| e.to_string())?;
+    let maildir = Maildir::open(&config.maildir)
+        .and_then(Maildir::with_open_dirs)
+        .map_err(|e| e.to_string())?;
     let mut mailboxes = None;
     let mut spool_is_copy = false;
     if let (Some(local), Some(directory)) = (&config.local, directory) {

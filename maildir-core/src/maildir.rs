@@ -475,22 +475,33 @@ fn syncfs(f: &File) -> io::Result<()> {
 /// `new/`, then one fsync per distinct `new/` directory. A rename or fsync failure fails the
 /// deliveries it concerns (their names may not survive a crash). Results come in the order given.
 pub fn publish_all(batch: Vec<Synced>) -> Vec<Result<Delivered, MaildirError>> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
+    // Each `new/` once, with its descriptor when its Maildir holds it open.
+    let mut dirs: Vec<(PathBuf, Option<Arc<OpenDirs>>)> = Vec::new();
     let mut results: Vec<(PathBuf, Result<Delivered, MaildirError>)> = batch
         .into_iter()
         .map(|Synced(mut d)| {
             let dir = d.new_dir.clone();
-            if !dirs.contains(&dir) {
-                dirs.push(dir.clone());
+            let open = d.dirs.clone().filter(|_| d.new_is_open);
+            match dirs.iter_mut().find(|(known, _)| *known == dir) {
+                Some((_, held)) => {
+                    if held.is_none() {
+                        *held = open;
+                    }
+                }
+                None => dirs.push((dir.clone(), open)),
             }
             (dir, d.rename_into_new())
         })
         .collect();
-    for dir in dirs {
+    for (dir, open) in dirs {
         if !results.iter().any(|(d, r)| *d == dir && r.is_ok()) {
             continue;
         }
-        if let Err(e) = fsync_dir(&dir) {
+        let synced = match open {
+            Some(o) => fsync_fd(&o.new).map_err(|e| MaildirError::new("fsync", &dir, e)),
+            None => fsync_dir(&dir),
+        };
+        if let Err(e) = synced {
             for (_, r) in results.iter_mut().filter(|(d, r)| *d == dir && r.is_ok()) {
                 *r = Err(MaildirError::new(
                     "fsync",
@@ -650,6 +661,16 @@ impl Drop for Delivery {
         if let Err(e) = removed {
             log::warn!("cannot remove {}: {e}", self.tmp_path.display());
         }
+    }
+}
+
+/// `fsync(2)` on a directory held open.
+fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: a valid open descriptor, borrowed for the call.
+    if unsafe { libc::fsync(fd.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -130,6 +130,12 @@ struct Conn {
     tls_reported: bool,
     /// On the ready list (its turn ended with input possibly left to read).
     ready: bool,
+    /// The socket may hold input: set by each readiness event, cleared by a plain TCP read
+    /// that found it empty (`WouldBlock`, or fewer bytes than asked for). Edge-triggered epoll
+    /// reports every arrival, so a connection driven for another reason (a commit's result)
+    /// does not try a read that can only say `WouldBlock`. TLS connections read regardless
+    /// (rustls may hold plaintext already).
+    readable: bool,
     /// When it connected (`show sessions`).
     started: Instant,
     /// What of its transcript the trace has published.
@@ -327,7 +333,15 @@ impl Server {
                     }
                     WAKER => self.completions(now),
                     SIGNALS => self.signals(now),
-                    Token(t) if t >= FIRST_CONN => self.drive(t - FIRST_CONN, now),
+                    Token(t) if t >= FIRST_CONN => {
+                        let key = t - FIRST_CONN;
+                        if (event.is_readable() || event.is_read_closed() || event.is_error())
+                            && let Some(conn) = self.conns.get_mut(key)
+                        {
+                            conn.readable = true;
+                        }
+                        self.drive(key, now)
+                    }
                     Token(t) if control::owns(t) => self.control_ready(t, now),
                     Token(t) => self.accept(t - FIRST_LISTENER, now),
                 }
@@ -508,6 +522,7 @@ impl Server {
             starting_tls: false,
             tls_reported: false,
             ready: false,
+            readable: true,
             started: now,
             trace: trace::Cursor::default(),
             tx_timer: TxTimer::default(),
@@ -520,10 +535,6 @@ impl Server {
     fn drive(&mut self, key: usize, mut now: Instant) {
         let mut reads = 0;
         let mut spent = false;
-        // A plain TCP read that filled less than the buffer emptied the socket: the next read
-        // would only say `WouldBlock`, and more input comes with a new readiness event (edge
-        // triggered: one for each arrival), so none is tried until then.
-        let mut drained = false;
         loop {
             // Deadlines count from the moment a line is handled, never from the (earlier)
             // moment the poll returned: a timeout must not fire before it is due.
@@ -552,7 +563,7 @@ impl Server {
             let may_read = (conn.session.wants_read() || finishing_handshake)
                 && !conn.eof
                 && room > 0
-                && !drained;
+                && (conn.readable || conn.transport.is_tls());
             if may_read && reads == READ_BUDGET {
                 // Its turn is over: the rest waits for the next round of the event loop.
                 spent = true;
@@ -570,7 +581,10 @@ impl Server {
                     }
                     Ok(n) => {
                         report_tls(conn);
-                        drained = n < room && !conn.transport.is_tls();
+                        if n < room && !conn.transport.is_tls() {
+                            // The socket is empty: the next read waits for the next event.
+                            conn.readable = false;
+                        }
                         let data = &self.scratch[..n];
                         if conn.inbuf.is_empty() {
                             let used = conn.session.handle_input(data, now);
@@ -580,7 +594,11 @@ impl Server {
                         }
                         progress = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if !conn.transport.is_tls() {
+                            conn.readable = false;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) => {
                         let what = if conn.transport.is_handshaking() {
@@ -611,11 +629,7 @@ impl Server {
             }
             // Sending replies can make room for more input: read it now, as no new readiness
             // event comes for input that arrived while the session was not reading.
-            if blocked && conn.session.wants_read() {
-                // Input may have arrived (its event came and went) while it was not reading.
-                drained = false;
-                progress = true;
-            }
+            progress |= blocked && conn.session.wants_read();
             if conn.starting_tls
                 && conn.session.poll_output().is_empty()
                 && let Some(config) = &self.config.tls

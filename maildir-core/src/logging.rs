@@ -234,11 +234,11 @@ pub fn init(default_filter: &str) -> Option<LogGuard> {
     let batch = Batch::default();
     writer.target(env_logger::Target::Pipe(Box::new(batch.clone())));
     // env_logger chooses colours only for its own stderr target: choose as it would.
-    match std::env::var("RUST_LOG_STYLE") {
-        Ok(style) => {
+    match std::env::var("RUST_LOG_STYLE").ok().filter(|s| s != "auto") {
+        Some(style) => {
             writer.parse_write_style(&style);
         }
-        Err(_) => {
+        None => {
             writer.write_style(if std::io::stderr().is_terminal() {
                 env_logger::WriteStyle::Always
             } else {

@@ -43,11 +43,20 @@ use proto::smtp::server::session::StoreError;
 #[derive(Default)]
 pub struct QueueFile {
     delivery: Option<Delivery>,
-    /// The file's first bytes, not written yet (empty once they are).
-    held: Vec<u8>,
-    /// True once the first write was taken (held or written).
-    started: bool,
+    first: First,
     failed: Option<StoreError>,
+}
+
+/// Where the file's first write is.
+#[derive(Default)]
+enum First {
+    /// Not come yet.
+    #[default]
+    Awaited,
+    /// Here, to go out with the next one.
+    Held(Vec<u8>),
+    /// In the file.
+    Written,
 }
 
 impl QueueFile {
@@ -57,19 +66,17 @@ impl QueueFile {
         if self.delivery.is_none() || self.failed.is_some() {
             return;
         }
-        if !self.started {
-            self.started = true;
-            self.held = bytes;
-            return;
+        match std::mem::replace(&mut self.first, First::Written) {
+            First::Awaited => self.first = First::Held(bytes),
+            First::Held(head) => self.write_out(&head, &bytes),
+            First::Written => self.write_out(&bytes, &[]),
         }
-        let held = std::mem::take(&mut self.held);
-        self.write_out(&held, &bytes);
     }
 
-    /// Writes what is held, then `more`.
-    fn write_out(&mut self, held: &[u8], more: &[u8]) {
+    /// Writes `bytes`, then `more`.
+    fn write_out(&mut self, bytes: &[u8], more: &[u8]) {
         if let Some(d) = &mut self.delivery
-            && let Err(e) = write_all_pair(d, held, more)
+            && let Err(e) = write_all_pair(d, bytes, more)
         {
             log::error!("cannot write queue file {}: {e}", d.id());
             self.failed = Some(io_store_error(&e));
@@ -84,8 +91,7 @@ impl QueueFile {
 
     /// Ready for the next file.
     fn reset(&mut self) {
-        self.held = Vec::new();
-        self.started = false;
+        self.first = First::Awaited;
         self.failed = None;
     }
 
@@ -119,9 +125,10 @@ impl QueueFile {
 
     /// The finished file (what was held written), or why it cannot be committed.
     fn finish(&mut self) -> Result<Delivery, StoreError> {
-        let held = std::mem::take(&mut self.held);
-        if !held.is_empty() && self.failed.is_none() {
-            self.write_out(&held, &[]);
+        if let First::Held(head) = std::mem::take(&mut self.first)
+            && self.failed.is_none()
+        {
+            self.write_out(&head, &[]);
         }
         let failed = self.failed;
         self.reset();
@@ -459,6 +466,21 @@ mod tests {
         assert_eq!(store.commit(&mut file, CONN, None), Commit::Done(Ok(())));
         assert_eq!(store.in_flight(), 0);
         assert_eq!((dir.count("new"), dir.count("tmp")), (1, 0));
+        // The first write held, the second written with it, the third alone: all in order.
+        store.begin(&mut file).expect("begin");
+        for part in ["head\r\n", "one\r\n", "two\r\n"] {
+            file.write(part.as_bytes().to_vec());
+        }
+        assert_eq!(store.commit(&mut file, CONN, None), Commit::Done(Ok(())));
+        let texts: Vec<Vec<u8>> = std::fs::read_dir(dir.0.join("new"))
+            .expect("new/")
+            .flatten()
+            .map(|e| std::fs::read(e.path()).expect("read"))
+            .collect();
+        assert!(
+            texts.contains(&b"head\r\none\r\ntwo\r\n".to_vec()),
+            "{texts:?}"
+        );
     }
 
     /// With fsync the commit goes to the group commit and its result comes back for the

@@ -461,9 +461,13 @@ pub fn sync_fs(batch: Vec<Delivery>) -> Vec<Result<Synced, MaildirError>> {
 
 /// `syncfs(2)` on the file system holding `f`.
 fn syncfs(f: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: a valid open descriptor, borrowed for the call.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+    os_result(unsafe { libc::syncfs(f.as_raw_fd()) })
+}
+
+/// A libc call's 0 as Ok, anything else as the error it left in `errno`.
+fn os_result(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -620,24 +624,28 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// The file being written, and its size to count what is written.
+    fn writing(&mut self) -> io::Result<(&mut File, &mut u64)> {
+        match &mut self.file {
+            Some(f) => Ok((f, &mut self.size)),
+            None => Err(io::Error::other("delivery already finished")),
+        }
+    }
+}
+
 impl Write for Delivery {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("delivery already finished"))?;
+        let (f, size) = self.writing()?;
         let n = f.write(buf)?;
-        self.size += n as u64;
+        *size += n as u64;
         Ok(n)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("delivery already finished"))?;
+        let (f, size) = self.writing()?;
         let n = f.write_vectored(bufs)?;
-        self.size += n as u64;
+        *size += n as u64;
         Ok(n)
     }
 
@@ -667,11 +675,7 @@ impl Drop for Delivery {
 /// `fsync(2)` on a directory held open.
 fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: a valid open descriptor, borrowed for the call.
-    if unsafe { libc::fsync(fd.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os_result(unsafe { libc::fsync(fd.as_raw_fd()) })
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), MaildirError> {
@@ -713,11 +717,7 @@ fn create_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
 fn unlink_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
     let c = c_path(Path::new(name))?;
     // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    os_result(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) })
 }
 
 /// Renames `from` to `to` unless `to` exists (then `EEXIST`, and both files stay as they
@@ -743,16 +743,13 @@ fn rename_noreplace(from: At<'_>, to: At<'_>) -> io::Result<()> {
     // a failed unlink of the tmp/ name must not turn it into a failure (the client would send
     // it again), it only leaves a second name that the stale-tmp cleanup removes.
     // SAFETY: as above.
-    if unsafe { libc::linkat(from.0, f.as_ptr(), to.0, t.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    os_result(unsafe { libc::linkat(from.0, f.as_ptr(), to.0, t.as_ptr(), 0) })?;
     // SAFETY: as above.
-    if unsafe { libc::unlinkat(from.0, f.as_ptr(), 0) } != 0 {
+    if let Err(e) = os_result(unsafe { libc::unlinkat(from.0, f.as_ptr(), 0) }) {
         log::warn!(
-            "{} is delivered as {}, but its tmp/ name stays: {}",
+            "{} is delivered as {}, but its tmp/ name stays: {e}",
             from.1.display(),
-            to.1.display(),
-            io::Error::last_os_error()
+            to.1.display()
         );
     }
     Ok(())

@@ -6,7 +6,7 @@
 #
 #  1. Intake: Postfix smtp-source, 4 KiB messages, 1 / 20 / 200 sessions, a new connection per
 #     message (and -d, connection reuse, for the servers fast enough for it to matter), against
-#     smtpd (fsync before 250), smtpd --no-fsync, Postfix smtp-sink (discards), a full private
+#     smtpd (fsync before 250), smtpd --sync filesystem, smtpd --no-fsync, Postfix smtp-sink (discards), a full private
 #     Postfix instance delivering to Maildir (smtpd -> cleanup -> qmgr -> virtual; rate = files
 #     in the Maildir over time from the first connection to the last delivery), and aiosmtpd's
 #     Mailbox handler (Python mailbox.Maildir, no fsync). Every run gets a fresh server process,
@@ -20,7 +20,8 @@
 # usage: scripts/bench.sh [--quick]      (root: the private Postfix instances need it)
 #   --quick: 2,000 messages per intake run, 2,000 idle connections, 1,000 relayed, 5 s stress.
 # knobs (environment): MSGS, SLOW_MSGS (runs against Postfix and aiosmtpd, which manage a few
-#   hundred msg/s: 5,000 keeps the whole run near 10 minutes), IDLE, STRESS_SECS, RELAY_N, RELAY_RUNS, KEEP=1 (keep the work dir).
+#   hundred msg/s: 5,000 keeps the whole run near 10 minutes), IDLE, STRESS_SECS, RELAY_N, RELAY_RUNS, KEEP=1 (keep the work dir),
+#   STORE_FS=loop (smtpd's Maildirs on a fresh ext4 image, loop device with direct I/O; STORE_FS_SIZE, 6G).
 # Work files go to /tmp/bench.XXXXXX, deleted at the very end, after every measurement (deleting
 # many files slows file creation on this machine's ext4 for a minute: PEERS.md).
 # Only 127.0.0.0/8 is used. The machine is shared: the load average is printed with the figures.

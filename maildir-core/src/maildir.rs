@@ -487,11 +487,7 @@ pub fn publish_all(batch: Vec<Synced>) -> Vec<Result<Delivered, MaildirError>> {
             let dir = d.new_dir.clone();
             let open = d.dirs.clone().filter(|_| d.new_is_open);
             match dirs.iter_mut().find(|(known, _)| *known == dir) {
-                Some((_, held)) => {
-                    if held.is_none() {
-                        *held = open;
-                    }
-                }
+                Some((_, held)) => *held = held.take().or(open),
                 None => dirs.push((dir.clone(), open)),
             }
             (dir, d.rename_into_new())
@@ -622,9 +618,7 @@ impl Delivery {
             size: self.size,
         })
     }
-}
 
-impl Delivery {
     /// The file being written, and its size to count what is written.
     fn writing(&mut self) -> io::Result<(&mut File, &mut u64)> {
         match &mut self.file {

@@ -21,15 +21,6 @@ use maildir_core::commit::SyncMode;
 use maildir_core::local::Mailboxes;
 use maildir_core::{Durability, Mailbox};
 
-/// `--sync`: how the group commit makes queue files durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyncArg {
-    /// An fdatasync per file.
-    File,
-    /// One syncfs per batch (a queue on a file system of its own).
-    Filesystem,
-}
-
 use crate::accounts::AccountFiles;
 use crate::auth::settings::{LoginArgs, LoginSettings};
 
@@ -39,6 +30,15 @@ use crate::reactor::ServerConfig;
 use proto::pop3::session::Pop3Config;
 use proto::smtp::server::auth::AuthSettings;
 use proto::smtp::server::session::{OUTPUT_LIMIT, SessionConfig};
+
+/// `--sync`: how the group commit makes queue files durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncArg {
+    /// An fdatasync per file.
+    File,
+    /// One syncfs per batch (a queue on a file system of its own).
+    Filesystem,
+}
 
 /// Largest `--timeout` and `--shutdown-timeout` (a day): far beyond any real use, and far from
 /// the limits of `Instant` arithmetic.
@@ -684,6 +684,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(c.sync_threads, 16);
         assert_eq!(c.max_batch, 512);
+        assert_eq!(c.sync_mode, SyncMode::File);
         assert!((1..=4).contains(&c.handshake_threads));
         assert_eq!(c.inbuf_max, 64 * 1024);
         assert_eq!(c.linger, Duration::from_secs(5));
@@ -706,10 +707,13 @@ mod tests {
             "127.0.0.1:4650",
             "--shutdown-timeout",
             "0",
+            "--sync",
+            "filesystem",
         ])
         .unwrap();
         assert_eq!(c.trusted, vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(c.durability, Durability::NoFsync);
+        assert_eq!(c.sync_mode, SyncMode::FileSystem);
         assert!(c.session.starttls);
         assert_eq!(
             c.tls,

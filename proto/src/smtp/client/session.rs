@@ -1961,31 +1961,24 @@ mod tests {
     #[test]
     fn loop_check_off_sends_to_a_server_with_our_name() {
         let server = "220 Client.TEST ESMTP\r\n250-client.test hello\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-        let off = |now| {
-            Session::new(
-                "client.test",
-                vec![job(&["a@x.test"])],
-                Timeouts::rfc(),
-                now,
-            )
-            .with_loop_check(false)
+        let session = |check: bool| {
+            move |now: Instant| {
+                Session::new(
+                    "client.test",
+                    vec![job(&["a@x.test"])],
+                    Timeouts::rfc(),
+                    now,
+                )
+                .with_loop_check(check)
+            }
         };
-        let (w, ev) = run_all_splits(&off, server);
+        let (w, ev) = run_all_splits(&session(false), server);
         assert!(
             w.starts_with("EHLO client.test\r\nMAIL FROM:<s@a.test>"),
             "{w}"
         );
         assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent, "{ev:?}");
-        let on = |now| {
-            Session::new(
-                "client.test",
-                vec![job(&["a@x.test"])],
-                Timeouts::rfc(),
-                now,
-            )
-            .with_loop_check(true)
-        };
-        let (w, ev) = run_all_splits(&on, server);
+        let (w, ev) = run_all_splits(&session(true), server);
         assert_eq!(w, "QUIT\r\n");
         let o = outcomes(&ev);
         assert_eq!(o[0].1[0].0, RcptStatus::Bounced, "{ev:?}");
@@ -1995,7 +1988,7 @@ mod tests {
         );
         // HELO fallback with the check off: the HELO reply naming us is fine too.
         let helo = "220 mx.test\r\n502 no\r\n250 client.test\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n221 bye\r\n";
-        let (_, ev) = run_all_splits(&off, helo);
+        let (_, ev) = run_all_splits(&session(false), helo);
         assert_eq!(outcomes(&ev)[0].1[0].0, RcptStatus::Sent, "{ev:?}");
     }
 
